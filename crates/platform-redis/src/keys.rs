@@ -1,0 +1,135 @@
+//! Every Redis key, pub/sub channel and stream name the platform uses: the only place one is spelled.
+//!
+//! Layout: `<prefix>:v1:<area>:…`. The prefix is configurable (`redis.key_prefix`, one per
+//! deployment or per test); `v1` is the schema version, bumped when a value's shape changes so old
+//! and new code never read each other's data during a rollout. Parts in `{braces}` are Redis Cluster
+//! hash tags: every key that one script or MULTI/EXEC touches carries the same tag, so they hash to
+//! one slot.
+//!
+//! | builder | type | holds |
+//! |---|---|---|
+//! | [`Keys::cache_entry`] | string | JSON envelope of one cached value (value, computed-at, TTL), with `PX` |
+//! | [`Keys::cache_group_members`] | set | the entry keys of one invalidation group, for group deletes without `KEYS` |
+//! | [`Keys::rate_limit_window`] | string | request count of one fixed window (two are read for the sliding estimate) |
+//! | [`Keys::lock`] | string | random owner token of the lock holder, with `PX` |
+//! | [`Keys::lock_fence`] | string | monotonically increasing fencing number for that lock |
+//! | [`Keys::stream`] | stream | entries of one [`StreamName`] |
+//! | [`Keys::dead_letter_stream`] | stream | entries a consumer group gave up on, with the reason |
+//! | [`Keys::invalidation_channel`] | pub/sub | [`crate::messages::Invalidation`] for every replica's in-process cache |
+//! | [`Keys::campaign_updates_channel`] | pub/sub | [`crate::messages::CampaignUpdate`] of one campaign |
+
+use std::fmt;
+
+/// Version segment of every key; see the module doc.
+pub const SCHEMA_VERSION: &str = "v1";
+
+/// The streams the services exchange events on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamName {
+    /// Verified Stripe events, appended by webhook-ingest, read by campaign-api and checkout-api.
+    StripeEvents,
+    /// Usage events, appended by every service, read by usage-meter.
+    UsageEvents,
+}
+
+impl StreamName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamName::StripeEvents => "stripe-events",
+            StreamName::UsageEvents => "usage-events",
+        }
+    }
+}
+
+impl fmt::Display for StreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Builds keys under one prefix. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    root: String,
+}
+
+impl Keys {
+    /// `prefix` is used as given (e.g. `platform`, or a per-test prefix).
+    pub fn new(prefix: impl AsRef<str>) -> Self {
+        Self { root: format!("{}:{SCHEMA_VERSION}", prefix.as_ref()) }
+    }
+
+    /// `<prefix>:v1`, the start of every key; useful for `SCAN MATCH` in admin tools.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// One cached value. `group` is the invalidation group (e.g. `org:42`), used as hash tag so
+    /// the entry and its group's member set live in one slot.
+    pub fn cache_entry(&self, group: &str, key: &str) -> String {
+        format!("{}:cache:{{{group}}}:{key}", self.root)
+    }
+
+    /// Set of the entry keys written in `group`; deleting the group deletes them.
+    pub fn cache_group_members(&self, group: &str) -> String {
+        format!("{}:cache:{{{group}}}:__members", self.root)
+    }
+
+    /// Counter for one fixed window of a rate-limit policy and identifier. The hash tag is the
+    /// policy and identifier, so the current and previous window hash to one slot.
+    pub fn rate_limit_window(&self, policy: &str, identifier: &str, window_index: u64) -> String {
+        format!("{}:rl:{{{policy}:{identifier}}}:{window_index}", self.root)
+    }
+
+    /// The lock named `name`; holds the owner token.
+    pub fn lock(&self, name: &str) -> String {
+        format!("{}:lock:{{{name}}}", self.root)
+    }
+
+    /// The fencing counter of the lock named `name` (same slot as the lock).
+    pub fn lock_fence(&self, name: &str) -> String {
+        format!("{}:lock:{{{name}}}:fence", self.root)
+    }
+
+    /// A stream's key.
+    pub fn stream(&self, stream: StreamName) -> String {
+        format!("{}:stream:{stream}", self.root)
+    }
+
+    /// The dead-letter stream of `group` on `stream`.
+    pub fn dead_letter_stream(&self, stream: StreamName, group: &str) -> String {
+        format!("{}:stream:{stream}:dead:{group}", self.root)
+    }
+
+    /// Channel on which cache invalidations are broadcast to every replica.
+    pub fn invalidation_channel(&self) -> String {
+        format!("{}:chan:invalidate", self.root)
+    }
+
+    /// Channel of live updates (donations, goal reached, ended) for one campaign.
+    pub fn campaign_updates_channel(&self, campaign_id: &str) -> String {
+        format!("{}:chan:campaign:{campaign_id}", self.root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_prefix_version_and_hash_tags() {
+        let keys = Keys::new("app");
+        assert_eq!(keys.cache_entry("org:1", "active"), "app:v1:cache:{org:1}:active");
+        assert_eq!(keys.cache_group_members("org:1"), "app:v1:cache:{org:1}:__members");
+        assert_eq!(keys.rate_limit_window("api", "1.2.3.4", 7), "app:v1:rl:{api:1.2.3.4}:7");
+        assert_eq!(keys.lock("refresh"), "app:v1:lock:{refresh}");
+        assert_eq!(keys.lock_fence("refresh"), "app:v1:lock:{refresh}:fence");
+        assert_eq!(keys.stream(StreamName::StripeEvents), "app:v1:stream:stripe-events");
+        assert_eq!(
+            keys.dead_letter_stream(StreamName::UsageEvents, "meter"),
+            "app:v1:stream:usage-events:dead:meter"
+        );
+        assert_eq!(keys.invalidation_channel(), "app:v1:chan:invalidate");
+        assert_eq!(keys.campaign_updates_channel("9"), "app:v1:chan:campaign:9");
+    }
+}

@@ -1,0 +1,23 @@
+//! Redis for every service: the one place keys are spelled, the client factory, and the building
+//! blocks the services share (cache-aside, rate limiter, lock, streams, pub/sub, message types).
+//!
+//! Start with [`RedisClients::connect`], which gives pools per role and a [`Keys`] builder; every
+//! other module takes those. See each module's doc for the data structures behind its keys.
+
+pub mod cache;
+pub mod client;
+pub mod error;
+pub mod keys;
+pub mod lock;
+pub mod messages;
+pub mod pubsub;
+pub mod ratelimit;
+pub mod streams;
+pub mod trace;
+
+pub use client::{RedisClients, RedisEndpoint, RedisMode, RedisSettings};
+pub use error::{RedisError, Result};
+pub use keys::{Keys, StreamName};
+
+/// Re-exported so services use the same fred version and features as this crate.
+pub use fred;

@@ -1,0 +1,1 @@
+//! pubsub (in progress)

@@ -1,0 +1,1 @@
+//! ratelimit (in progress)

@@ -1,0 +1,27 @@
+//! Test support: real `redis-server` and Postgres processes on free loopback ports.
+//!
+//! Tests never mock Redis or the database. A test binary shares one Redis ([`RedisServer::shared`])
+//! and one Postgres cluster ([`PostgresServer::shared`]); each test isolates itself with its own key
+//! prefix ([`unique_prefix`]) and its own database ([`PostgresServer::create_database`]). A test that
+//! needs to stop or restart a server (fallback behaviour) starts a private one with
+//! [`RedisServer::start`] and owns it.
+//!
+//! Processes are started synchronously so they can live in a `OnceLock`. Statics are never
+//! dropped, so every server also gets a watchdog shell process that kills it and removes its
+//! directory once the test binary has exited, however it exited.
+//!
+//! The suite is meant for `cargo test` (one process per test binary, so one server per binary).
+
+mod postgres;
+mod process;
+mod redis;
+
+pub use postgres::{PostgresServer, TestDatabase};
+pub use process::free_port;
+pub use redis::RedisServer;
+
+/// A key prefix no other test uses, readable in `redis-cli MONITOR` output: `t-<test>-<random>`.
+pub fn unique_prefix(test: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("t-{test}-{}", &id[..8])
+}
