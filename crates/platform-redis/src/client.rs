@@ -10,7 +10,8 @@
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use fred::types::config::{ReconnectPolicy, ServerConfig, TlsConnector};
+use fred::clients::SubscriberClient;
+use fred::types::RespVersion;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
