@@ -1,1 +1,43 @@
-//! customer-count-refresher
+//! customer-count-refresher: the exact unique-customer count over all simPRO invoices, refreshed in the background.
+//!
+//! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
+//! returns; tests call [`build`] with port 0 and real Redis and Postgres.
+
+use platform_service::settings::{self, CommonSettings, SettingsError};
+use platform_service::{Application, connect_context};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The service name in logs, traces and metrics.
+pub const SERVICE: &str = "customer-count-refresher";
+
+/// Embedded defaults; see `config/default.toml`.
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// This service's configuration.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    #[serde(flatten)]
+    pub common: CommonSettings,
+}
+
+impl Settings {
+    /// Loads the layered configuration and validates it.
+    pub fn load() -> Result<Self, SettingsError> {
+        let settings: Self = settings::load(DEFAULTS)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.common.validate()?;
+        Ok(())
+    }
+}
+
+/// Connects the dependencies and binds the HTTP server (not yet serving).
+pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+    let context = connect_context(SERVICE, &settings.common.redis, None).await?;
+    let admin_token: SecretString = settings.common.auth.admin_token.clone();
+    Ok(Application::build(&settings.common.http, admin_token, context, |_cfg| {})?)
+}

@@ -1,1 +1,12 @@
-fn main() {}
+//! Entry point of customer-count-refresher: settings, telemetry, serve until stopped.
+
+use customer_count_refresher::{SERVICE, Settings, build};
+use platform_service::init_telemetry;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    let _telemetry = init_telemetry(SERVICE, &settings.common.telemetry)?;
+    build(settings).await?.run_until_stopped().await?;
+    Ok(())
+}

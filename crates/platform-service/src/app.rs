@@ -1,0 +1,202 @@
+//! The HTTP application every service runs: `Application::build` binds, `run_until_stopped` serves
+//! until SIGTERM/SIGINT (or a programmatic stop) and drains.
+//!
+//! Shutdown order, so that rolling updates lose no request: the signal flips `/readyz` to 503
+//! (draining), waits `http.drain_delay_ms` for load balancers to notice, then stops accepting and
+//! gives in-flight requests `http.shutdown_timeout_secs`; background workers watch the same
+//! [`Shutdown`] token and finish their current batch.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use platform_redis::RedisClients;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::AdminToken;
+use crate::error::{configure_extractors, not_found};
+use crate::health::{self, FallbackStatus};
+use crate::metrics::{Metrics, observe_requests};
+use crate::settings::HttpSettings;
+
+/// The process-wide stop signal: draining flag for `/readyz`, cancellation for workers.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    token: CancellationToken,
+    draining: Arc<AtomicBool>,
+}
+
+impl Shutdown {
+    /// True from the stop signal on.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+    /// A token background workers select on; cancelled when the service stops.
+    pub fn token(&self) -> CancellationToken {
+        self.token.child_token()
+    }
+    /// Starts the stop sequence, as SIGTERM would.
+    pub fn trigger(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.token.cancel();
+    }
+    /// Resolves once the stop sequence has started.
+    pub async fn triggered(&self) {
+        self.token.cancelled().await;
+    }
+}
+
+/// What the common routes and the services' handlers share.
+pub struct AppContext {
+    pub service: &'static str,
+    pub redis: RedisClients,
+    /// The service's Postgres pool, when it has a database.
+    pub db: Option<PgPool>,
+    pub metrics: Metrics,
+    pub shutdown: Shutdown,
+    /// Components that report their in-process fallback in `/api/health/redis`.
+    pub fallbacks: Vec<Arc<dyn FallbackStatus>>,
+}
+
+impl std::fmt::Debug for AppContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppContext").field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+impl AppContext {
+    pub fn new(service: &'static str, redis: RedisClients, db: Option<PgPool>) -> Self {
+        Self {
+            service,
+            redis,
+            db,
+            metrics: Metrics::new(service),
+            shutdown: Shutdown::default(),
+            fallbacks: Vec::new(),
+        }
+    }
+}
+
+/// A bound, not yet running HTTP server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    context: web::Data<AppContext>,
+    drain_delay: Duration,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Binds `http.host:http.port` (port 0 picks a free one, as tests do) and builds the server
+    /// with the common routes, the JSON error contract, metrics and tracing, plus `routes`.
+    pub fn build<F>(
+        http: &HttpSettings,
+        admin_token: SecretString,
+        context: AppContext,
+        routes: F,
+    ) -> std::io::Result<Self>
+    where
+        F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+    {
+        let listener = TcpListener::bind((http.host.as_str(), http.port))?;
+        let port = listener.local_addr()?.port();
+        let context = web::Data::new(context);
+        let metrics = web::Data::new(context.metrics.clone());
+        let token = web::Data::new(AdminToken(admin_token));
+        let extractors = configure_extractors(http.body_limit_bytes);
+        let app_context = context.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(observe_requests))
+                .app_data(app_context.clone())
+                .app_data(metrics.clone())
+                .app_data(token.clone())
+                .configure(extractors.clone())
+                .configure(health::configure)
+                .configure(routes.clone())
+                .default_service(web::to(not_found))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(http.shutdown_timeout_secs);
+        if http.workers > 0 {
+            server = server.workers(http.workers);
+        }
+        tracing::info!(service = context.service, port, "listening");
+        Ok(Self {
+            port,
+            server: server.run(),
+            context,
+            drain_delay: Duration::from_millis(http.drain_delay_ms),
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared context (tests use it to reach the stop signal or the pools).
+    pub fn context(&self) -> web::Data<AppContext> {
+        self.context.clone()
+    }
+
+    /// Serves until SIGTERM / SIGINT or [`Shutdown::trigger`], then drains as the module doc says.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let shutdown = self.context.shutdown.clone();
+        let drain_delay = self.drain_delay;
+        let service = self.context.service;
+        tokio::spawn(async move {
+            tokio::select! {
+                signal = stop_signal() => tracing::info!(signal, service, "stop signal received; draining"),
+                () = shutdown.triggered() => tracing::info!(service, "stop requested; draining"),
+            }
+            shutdown.trigger();
+            tokio::time::sleep(drain_delay).await;
+            handle.stop(true).await;
+        });
+        self.server.await?;
+        tracing::info!(service, "stopped");
+        Ok(())
+    }
+}
+
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut sigterm) => tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the service");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+/// Connects what every service needs (Redis pools, and the Postgres pool when `database` is
+/// given) and returns the context for [`Application::build`]. Neither dependency has to be up:
+/// Redis reconnects in the background and the Postgres pool connects on first use.
+pub async fn connect_context(
+    service: &'static str,
+    redis: &platform_redis::RedisSettings,
+    database: Option<&crate::settings::DatabaseSettings>,
+) -> anyhow::Result<AppContext> {
+    let redis = RedisClients::connect(redis).await?;
+    let db = database.map(crate::database::connect_lazy).transpose()?;
+    Ok(AppContext::new(service, redis, db))
+}

@@ -1,0 +1,138 @@
+//! The routes every service serves: `/healthz`, `/readyz`, `/metrics`, `/api/health/redis`.
+//!
+//! `/healthz` says the process is alive and never touches a dependency (a liveness probe must not
+//! restart pods because Redis is down). `/readyz` is 200 only when Redis and, where the service
+//! has one, Postgres answer, and 503 while draining after SIGTERM. `/api/health/redis` is the
+//! seed 001 report: connected, latency, memory, and `mode: redis | fallback` with the components
+//! currently running on their in-process fallback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use fred::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::app::AppContext;
+use crate::error::error_chain;
+use crate::metrics::Metrics;
+
+/// Something that can run on an in-process fallback when Redis is unreachable (rate limiter,
+/// session store, …); reported by `/api/health/redis`.
+pub trait FallbackStatus: Send + Sync {
+    /// Short name, e.g. `rateLimiter`.
+    fn component(&self) -> &'static str;
+    /// True while the component is serving from its fallback.
+    fn in_fallback(&self) -> bool;
+}
+
+/// Registers the common routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/api/health/redis", web::get().to(redis_health));
+}
+
+async fn healthz(ctx: web::Data<AppContext>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok", "service": ctx.service }))
+}
+
+#[derive(Serialize)]
+struct Check {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
+    let draining = ctx.shutdown.is_draining();
+    let redis = match tokio::time::timeout(Duration::from_secs(2), ctx.redis.ping()).await {
+        Ok(Ok(_)) => Check { ok: true, error: None },
+        Ok(Err(e)) => Check { ok: false, error: Some(error_chain(&e)) },
+        Err(_) => Check { ok: false, error: Some("timed out".into()) },
+    };
+    let postgres = match &ctx.db {
+        None => None,
+        Some(pool) => Some(match sqlx::query("SELECT 1").execute(pool).await {
+            Ok(_) => Check { ok: true, error: None },
+            Err(e) => Check { ok: false, error: Some(error_chain(&e)) },
+        }),
+    };
+    let ready = !draining && redis.ok && postgres.as_ref().is_none_or(|c| c.ok);
+    let body = json!({
+        "status": if draining { "draining" } else if ready { "ready" } else { "not_ready" },
+        "service": ctx.service,
+        "checks": { "redis": redis, "postgres": postgres },
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(metrics.encode())
+}
+
+async fn redis_health(ctx: web::Data<AppContext>) -> HttpResponse {
+    let ping = tokio::time::timeout(Duration::from_secs(2), ctx.redis.ping()).await;
+    let latency_ms = match &ping {
+        Ok(Ok(rtt)) => Some(rtt.as_secs_f64() * 1000.0),
+        _ => None,
+    };
+    let connected = latency_ms.is_some();
+    let memory = if connected { memory_info(&ctx).await } else { None };
+    let fallbacks: serde_json::Map<String, serde_json::Value> = ctx
+        .fallbacks
+        .iter()
+        .map(|f| (f.component().to_owned(), f.in_fallback().into()))
+        .collect();
+    let any_fallback = !connected || fallbacks.values().any(|v| v == &true);
+    HttpResponse::Ok().json(json!({
+        "status": if connected { "healthy" } else { "degraded" },
+        "connected": connected,
+        "latency": latency_ms,
+        "memory": memory,
+        "mode": if any_fallback { "fallback" } else { "redis" },
+        "fallbacks": fallbacks,
+        "keyPrefix": ctx.redis.keys().root(),
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    }))
+}
+
+async fn memory_info(ctx: &AppContext) -> Option<serde_json::Value> {
+    let info: String = ctx.redis.primary().info(Some(fred::types::InfoKind::Memory)).await.ok()?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(':')))
+            .map(|v| v.trim().to_owned())
+    };
+    Some(json!({
+        "usedBytes": field("used_memory").and_then(|v| v.parse::<u64>().ok()),
+        "usedHuman": field("used_memory_human"),
+        "maxBytes": field("maxmemory").and_then(|v| v.parse::<u64>().ok()),
+        "policy": field("maxmemory_policy"),
+    }))
+}
+
+/// A [`FallbackStatus`] from a closure.
+pub fn fallback_status(
+    component: &'static str,
+    probe: impl Fn() -> bool + Send + Sync + 'static,
+) -> Arc<dyn FallbackStatus> {
+    struct Probe<F>(&'static str, F);
+    impl<F: Fn() -> bool + Send + Sync> FallbackStatus for Probe<F> {
+        fn component(&self) -> &'static str {
+            self.0
+        }
+        fn in_fallback(&self) -> bool {
+            (self.1)()
+        }
+    }
+    Arc::new(Probe(component, probe))
+}

@@ -1,0 +1,109 @@
+//! Prometheus metrics (`/metrics`) and the per-request middleware that records them and opens the
+//! request's tracing span.
+//!
+//! Services register their own metrics on [`Metrics::register`] while building; the request
+//! middleware records `http_requests_total` and `http_request_duration_seconds` by method, route
+//! pattern (never the raw path, to bound cardinality) and status.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Metric, Registry};
+use tracing::Instrument;
+
+/// Labels of the HTTP metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// The registry and the HTTP metrics. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<RwLock<Registry>>,
+    requests: Family<HttpLabels, Counter>,
+    durations: Family<HttpLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Metrics {
+    /// A registry whose metrics all carry `service="<service>"`.
+    pub fn new(service: &'static str) -> Self {
+        let mut registry = Registry::with_labels(
+            [(std::borrow::Cow::Borrowed("service"), std::borrow::Cow::Borrowed(service))]
+                .into_iter(),
+        );
+        let requests = Family::<HttpLabels, Counter>::default();
+        let durations: Family<HttpLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register("http_requests", "HTTP requests served", requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to produce the response",
+            durations.clone(),
+        );
+        Self { registry: Arc::new(RwLock::new(registry)), requests, durations }
+    }
+
+    /// Registers a service metric; keep a clone of `metric` to update it.
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry.write().unwrap_or_else(|p| p.into_inner()).register(name, help, metric);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        let registry = self.registry.read().unwrap_or_else(|p| p.into_inner());
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+            tracing::error!(%error, "could not encode metrics");
+        }
+        text
+    }
+
+    fn observe(&self, labels: HttpLabels, seconds: f64) {
+        self.durations.get_or_create(&labels).observe(seconds);
+        self.requests.get_or_create(&labels).inc();
+    }
+}
+
+/// Middleware (`middleware::from_fn(observe_requests)`): one span per request, child of the
+/// caller's `traceparent` when present, and the HTTP metrics.
+pub async fn observe_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().to_string();
+    let span = tracing::info_span!(
+        "http_request",
+        http.method = %method,
+        http.route = %route,
+        http.status = tracing::field::Empty,
+    );
+    let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
+    platform_redis::trace::set_parent_from(&span, traceparent);
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+
+    let started = Instant::now();
+    let response = next.call(req).instrument(span.clone()).await?;
+    let status = response.status().as_u16();
+    span.record("http.status", status);
+    if let Some(metrics) = metrics {
+        metrics.observe(HttpLabels { method, route, status }, started.elapsed().as_secs_f64());
+    }
+    Ok(response)
+}

@@ -1,0 +1,200 @@
+//! Layered configuration: embedded commented defaults, then an environment file, then `APP__…` variables.
+//!
+//! Order (later wins):
+//! 1. the service's `config/default.toml`, compiled into the binary so it runs from any directory;
+//! 2. the file named by `APP_CONFIG_FILE`, or else `config/<APP_ENVIRONMENT>.toml` when it exists;
+//! 3. environment variables `APP__<SECTION>__<KEY>` (e.g. `APP__REDIS__URL`, `APP__HTTP__PORT`).
+//!
+//! Secrets are [`SecretString`]s: their `Debug` prints `[REDACTED]`, so logging a settings struct
+//! never leaks them. Every service validates its settings right after loading; the error names the
+//! setting at fault.
+
+use std::collections::HashMap;
+
+use config::{Config, Environment, File, FileFormat};
+use platform_redis::RedisSettings;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A source could not be read or a value has the wrong type; `config` names the key.
+    #[error("configuration error: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is present but unusable.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl SettingsError {
+    pub fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid { key, reason: reason.into() }
+    }
+}
+
+/// Loads `T` from the layers described in the module doc. `defaults` is the service's embedded
+/// `config/default.toml`.
+pub fn load<T: DeserializeOwned>(defaults: &str) -> Result<T, SettingsError> {
+    let file = std::env::var("APP_CONFIG_FILE")
+        .map(|path| (path, true))
+        .or_else(|_| std::env::var("APP_ENVIRONMENT").map(|env| (format!("config/{env}"), false)))
+        .ok();
+    load_from(defaults, file, None)
+}
+
+/// [`load`] with its inputs explicit: the optional file (path, required) and, instead of the
+/// process environment, a map of `APP__…` variables (for tests).
+pub fn load_from<T: DeserializeOwned>(
+    defaults: &str,
+    file: Option<(String, bool)>,
+    env: Option<HashMap<String, String>>,
+) -> Result<T, SettingsError> {
+    let mut builder = Config::builder().add_source(File::from_str(defaults, FileFormat::Toml));
+    if let Some((path, required)) = file {
+        builder = builder.add_source(File::with_name(&path).required(required));
+    }
+    let settings = builder
+        .add_source(
+            Environment::with_prefix("APP")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(env),
+        )
+        .build()?;
+    Ok(settings.try_deserialize()?)
+}
+
+/// `[http]`: where the service listens and how it stops.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub host: String,
+    pub port: u16,
+    /// Worker threads; 0 means one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// After SIGTERM, how long `/readyz` says "draining" before the listener closes, so load
+    /// balancers stop sending traffic first (Kubernetes: keep below terminationGracePeriodSeconds).
+    #[serde(default)]
+    pub drain_delay_ms: u64,
+    /// How long in-flight requests get to finish once the listener closed.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_secs: u64,
+    /// Largest accepted request body.
+    #[serde(default = "default_body_limit")]
+    pub body_limit_bytes: usize,
+}
+
+fn default_shutdown_timeout() -> u64 {
+    20
+}
+fn default_body_limit() -> usize {
+    1024 * 1024
+}
+
+/// `[database]`: the service's own Postgres database.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    #[serde(default = "default_acquire_timeout")]
+    pub acquire_timeout_ms: u64,
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+fn default_acquire_timeout() -> u64 {
+    2_000
+}
+
+/// `[auth]`: the bearer token of admin and service-to-service routes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub admin_token: SecretString,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object a line (containers, log shippers).
+    #[default]
+    Json,
+    /// Human-readable lines (a terminal).
+    Pretty,
+}
+
+/// `[telemetry]`: logs and traces.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// `EnvFilter` directives; `RUST_LOG` wins when set.
+    #[serde(default = "default_filter")]
+    pub filter: String,
+    /// OTLP/HTTP endpoint (e.g. `http://otel-collector:4318`); traces are exported only when set.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+}
+
+fn default_filter() -> String {
+    "info".into()
+}
+
+/// Sections every service has. Services embed it with `#[serde(flatten)]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CommonSettings {
+    pub http: HttpSettings,
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+impl CommonSettings {
+    /// Checks what the types cannot; the error names the setting.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.http.host.trim().is_empty() {
+            return Err(SettingsError::invalid("http.host", "must not be empty"));
+        }
+        if self.http.body_limit_bytes == 0 {
+            return Err(SettingsError::invalid("http.body_limit_bytes", "must be > 0"));
+        }
+        if self.auth.admin_token.expose_secret().len() < 8 {
+            return Err(SettingsError::invalid(
+                "auth.admin_token",
+                "must be at least 8 characters (set APP__AUTH__ADMIN_TOKEN)",
+            ));
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(SettingsError::invalid(
+                "telemetry.otlp_endpoint",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        self.redis
+            .validate()
+            .map_err(|e| SettingsError::invalid("redis", e.to_string()))
+    }
+}
+
+impl DatabaseSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let url = self.url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(SettingsError::invalid(
+                "database.url",
+                "must be a postgres:// URL (set APP__DATABASE__URL)",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(SettingsError::invalid("database.max_connections", "must be > 0"));
+        }
+        Ok(())
+    }
+}
