@@ -1,0 +1,210 @@
+//! The routes and contracts every service inherits, served by a real Application on a free port
+//! against real Redis and Postgres.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use actix_web::{HttpResponse, web};
+use platform_redis::RedisSettings;
+use platform_service::settings::{DatabaseSettings, HttpSettings};
+use platform_service::{Application, RequireAdmin, connect_context};
+use platform_testing::{PostgresServer, RedisServer, unique_prefix};
+use secrecy::SecretString;
+use serde_json::Value;
+
+const TOKEN: &str = "test-admin-token";
+
+struct TestApp {
+    base: String,
+    shutdown: platform_service::Shutdown,
+    client: reqwest::Client,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn http_settings() -> HttpSettings {
+    HttpSettings {
+        host: "127.0.0.1".into(),
+        port: 0,
+        workers: 1,
+        drain_delay_ms: 0,
+        shutdown_timeout_secs: 5,
+        body_limit_bytes: 64,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Echo {
+    #[allow(dead_code)]
+    name: String,
+}
+
+async fn spawn_app(redis_url: &str, with_database: bool) -> TestApp {
+    platform_service::telemetry::install_crypto_provider();
+    let redis = RedisSettings::for_url(redis_url, &unique_prefix("routes"));
+    let database = if with_database {
+        let db = PostgresServer::shared().create_database().await.unwrap();
+        Some(DatabaseSettings {
+            url: SecretString::from(db.url),
+            max_connections: 2,
+            acquire_timeout_ms: 1_000,
+        })
+    } else {
+        None
+    };
+    let context = connect_context("test-service", &redis, database.as_ref()).await.unwrap();
+    let app = Application::build(&http_settings(), SecretString::from(TOKEN), context, |cfg| {
+        cfg.route(
+            "/admin/ping",
+            web::post().to(|_: RequireAdmin| async { HttpResponse::Ok().json("pong") }),
+        )
+        .route(
+            "/echo",
+            web::post().to(|_: web::Json<Echo>| async { HttpResponse::Ok().finish() }),
+        );
+    })
+    .unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = app.context().shutdown.clone();
+    let server = tokio::spawn(app.run_until_stopped());
+    TestApp { base, shutdown, client: reqwest::Client::new(), server }
+}
+
+impl TestApp {
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn readiness_reports_redis_and_postgres_when_both_answer() {
+    // Arrange
+    let app = spawn_app(&RedisServer::shared().url(), true).await;
+
+    // Act
+    let (live, live_body) = app.get("/healthz").await;
+    let (ready, ready_body) = app.get("/readyz").await;
+
+    // Assert
+    assert_eq!(live, 200);
+    assert_eq!(live_body["service"], "test-service");
+    assert_eq!(ready, 200, "{ready_body}");
+    assert_eq!(ready_body["checks"]["redis"]["ok"], true);
+    assert_eq!(ready_body["checks"]["postgres"]["ok"], true);
+}
+
+#[tokio::test]
+async fn redis_health_says_fallback_while_redis_is_down_and_redis_once_back() {
+    // Arrange
+    let redis = RedisServer::start().unwrap();
+    let app = spawn_app(&redis.url(), false).await;
+    let (_, up) = app.get("/api/health/redis").await;
+
+    // Act
+    redis.stop();
+    let (down_status, down) = app.get("/api/health/redis").await;
+    let (ready_while_down, _) = app.get("/readyz").await;
+    let (live_while_down, _) = app.get("/healthz").await;
+    redis.restart().unwrap();
+    let mut back = Value::Null;
+    for _ in 0..100 {
+        back = app.get("/api/health/redis").await.1;
+        if back["connected"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Assert
+    assert_eq!(up["connected"], true);
+    assert_eq!(up["mode"], "redis");
+    assert!(up["latency"].as_f64().is_some());
+    assert!(up["memory"]["usedBytes"].as_u64().unwrap() > 0);
+    assert_eq!(down_status, 200, "the report itself must answer while Redis is down");
+    assert_eq!(down["connected"], false);
+    assert_eq!(down["mode"], "fallback");
+    assert_eq!(ready_while_down, 503);
+    assert_eq!(live_while_down, 200, "liveness must not depend on Redis");
+    assert_eq!(back["connected"], true);
+    assert_eq!(back["mode"], "redis");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_pattern() {
+    // Arrange
+    let app = spawn_app(&RedisServer::shared().url(), false).await;
+    app.get("/healthz").await;
+    app.get("/healthz").await;
+
+    // Act
+    let response = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap();
+    let text = response.text().await.unwrap();
+
+    // Assert
+    let expected =
+        r#"http_requests_total{service="test-service",method="GET",route="/healthz",status="200"} 2"#;
+    assert!(text.contains(expected), "{text}");
+    assert!(text.contains("http_request_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn errors_follow_the_json_contract() {
+    // Arrange
+    let app = spawn_app(&RedisServer::shared().url(), false).await;
+    let post = |path: &str, body: &'static str| {
+        app.client
+            .post(format!("{}{path}", app.base))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let oversized = r#"{"name":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#;
+
+    // Act
+    let (unknown, unknown_body) = app.get("/no/such/route").await;
+    let bad_json = post("/echo", "{not json").send().await.unwrap();
+    let too_big = post("/echo", oversized).send().await.unwrap();
+
+    // Assert
+    assert_eq!(unknown, 404);
+    assert_eq!(unknown_body["code"], "not_found");
+    assert_eq!(bad_json.status().as_u16(), 400);
+    let body: Value = bad_json.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_json");
+    assert!(body["error"].as_str().unwrap().starts_with("Invalid JSON body"));
+    assert_eq!(too_big.status().as_u16(), 413);
+    let body: Value = too_big.json().await.unwrap();
+    assert_eq!(body["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_bearer_token() {
+    // Arrange
+    let app = spawn_app(&RedisServer::shared().url(), false).await;
+    let url = format!("{}/admin/ping", app.base);
+
+    // Act
+    let missing = app.client.post(&url).send().await.unwrap();
+    let wrong = app.client.post(&url).bearer_auth("nope").send().await.unwrap();
+    let right = app.client.post(&url).bearer_auth(TOKEN).send().await.unwrap();
+
+    // Assert
+    assert_eq!(missing.status().as_u16(), 401);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"error": "Missing bearer token", "code": "unauthorized"}));
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert_eq!(right.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn a_stop_request_drains_and_ends_the_server() {
+    // Arrange
+    let app = spawn_app(&RedisServer::shared().url(), false).await;
+    assert_eq!(app.get("/healthz").await.0, 200);
+
+    // Act
+    app.shutdown.trigger();
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(10), app.server).await;
+
+    // Assert
+    assert!(matches!(finished, Ok(Ok(Ok(())))), "server did not stop cleanly: {finished:?}");
+    assert!(app.shutdown.is_draining());
+}

@@ -1,0 +1,76 @@
+//! Layered settings: embedded defaults, then a file, then `APP__…` variables; validation names the key.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+
+use platform_service::settings::{CommonSettings, SettingsError, load_from};
+use secrecy::ExposeSecret;
+
+const DEFAULTS: &str = r#"
+[http]
+host = "127.0.0.1"
+port = 8081
+[redis]
+url = "redis://127.0.0.1:6379"
+[auth]
+admin_token = "dev-admin-token"
+[telemetry]
+format = "json"
+"#;
+
+fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+    Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+}
+
+#[test]
+fn environment_variables_override_file_and_defaults() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("production.toml");
+    std::fs::write(&file, "[http]\nport = 9000\nhost = \"0.0.0.0\"\n").unwrap();
+
+    // Act
+    let settings: CommonSettings = load_from(
+        DEFAULTS,
+        Some((file.display().to_string(), true)),
+        env(&[("APP__HTTP__PORT", "9100"), ("APP__AUTH__ADMIN_TOKEN", "a-long-secret")]),
+    )
+    .unwrap();
+
+    // Assert
+    assert_eq!(settings.http.port, 9100, "environment beats file");
+    assert_eq!(settings.http.host, "0.0.0.0", "file beats defaults");
+    assert_eq!(settings.auth.admin_token.expose_secret(), "a-long-secret");
+    settings.validate().unwrap();
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let settings: CommonSettings =
+        load_from(DEFAULTS, None, env(&[("APP__AUTH__ADMIN_TOKEN", "super-secret-token")]))
+            .unwrap();
+    let printed = format!("{settings:?}");
+    assert!(!printed.contains("super-secret-token"), "{printed}");
+    assert!(printed.contains("REDACTED"));
+}
+
+#[test]
+fn a_bad_setting_is_named_in_the_error() {
+    // Act
+    let wrong_type: Result<CommonSettings, _> =
+        load_from(DEFAULTS, None, env(&[("APP__HTTP__PORT", "eighty")]));
+    let short_token: CommonSettings =
+        load_from(DEFAULTS, None, env(&[("APP__AUTH__ADMIN_TOKEN", "short")])).unwrap();
+    let missing = load_from::<CommonSettings>("[http]\nhost=\"x\"\nport=1\n", None, None);
+
+    // Assert
+    let message = wrong_type.unwrap_err().to_string();
+    assert!(message.contains("http.port"), "{message}");
+    let invalid = short_token.validate().unwrap_err();
+    assert!(
+        matches!(invalid, SettingsError::Invalid { key: "auth.admin_token", .. }),
+        "{invalid}"
+    );
+    let message = missing.unwrap_err().to_string();
+    assert!(message.contains("redis") || message.contains("auth"), "{message}");
+}
