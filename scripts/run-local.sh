@@ -221,13 +221,14 @@ fi
 # --- 7. summary --------------------------------------------------------------------------------
 rel() { printf '%s' "${1#"$REPO_ROOT"/}"; }
 echo
-printf '%-26s %-28s %s\n' SERVICE URL LOG
+printf '%-26s %-40s %s\n' SERVICE URL LOG
 for name in "${SERVICES[@]}"; do
-    printf '%-26s %-28s %s\n' "$name" "http://127.0.0.1:${SERVICE_PORT[$name]}" "$(rel "$LOG_DIR/$name.log")"
+    printf '%-26s %-40s %s\n' "$name" "http://127.0.0.1:${SERVICE_PORT[$name]}" "$(rel "$LOG_DIR/$name.log")"
 done
-printf '%-26s %-28s %s\n' "redis ($redis_note)" "redis://127.0.0.1:$REDIS_PORT" "$(rel "$LOG_DIR/redis.log")"
-printf '%-26s %-28s %s\n' "postgres ($pg_note)" "postgres://postgres@127.0.0.1:$PG_PORT" "$(rel "$PG_LOG")"
+printf '%-26s %-40s %s\n' redis "redis://127.0.0.1:$REDIS_PORT" "$(rel "$LOG_DIR/redis.log")"
+printf '%-26s %-40s %s\n' postgres "postgres://postgres@127.0.0.1:$PG_PORT" "$(rel "$PG_LOG")"
 echo
+echo "Redis:       $redis_note; Postgres: $pg_note (data: $(rel "$PGDATA_DIR"))"
 echo "Databases:   ${DATABASES[*]} (e.g. postgres://postgres@127.0.0.1:$PG_PORT/campaign)"
 echo "Admin token: $ADMIN_TOKEN   (Authorization: Bearer $ADMIN_TOKEN)"
 echo "Try:         curl http://127.0.0.1:${SERVICE_PORT[campaign-api]}/readyz"
