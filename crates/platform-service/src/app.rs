@@ -196,6 +196,8 @@ pub async fn connect_context(
     redis: &platform_redis::RedisSettings,
     database: Option<&crate::settings::DatabaseSettings>,
 ) -> anyhow::Result<AppContext> {
+    // Before any TLS client exists (tests build services without `init_telemetry`).
+    crate::telemetry::install_crypto_provider();
     let redis = RedisClients::connect(redis).await?;
     let db = database.map(crate::database::connect_lazy).transpose()?;
     Ok(AppContext::new(service, redis, db))

@@ -3,6 +3,8 @@
 //! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
 //! returns; tests call [`build`] with port 0 and real Redis and Postgres.
 
+use std::collections::HashMap;
+
 use platform_service::settings::{self, CommonSettings, DatabaseSettings, SettingsError};
 use platform_service::{Application, connect_context};
 use secrecy::SecretString;
@@ -26,6 +28,13 @@ impl Settings {
     /// Loads the layered configuration and validates it.
     pub fn load() -> Result<Self, SettingsError> {
         let settings: Self = settings::load(DEFAULTS)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Defaults plus `APP__…` overrides from `vars` instead of the process environment (tests).
+    pub fn from_overrides(vars: HashMap<String, String>) -> Result<Self, SettingsError> {
+        let settings: Self = settings::load_from(DEFAULTS, None, Some(vars))?;
         settings.validate()?;
         Ok(settings)
     }
