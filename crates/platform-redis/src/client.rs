@@ -9,8 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use fred::prelude::*;
 use fred::clients::SubscriberClient;
+use fred::prelude::*;
 use fred::types::RespVersion;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -117,7 +117,9 @@ impl RedisSettings {
     /// Checks what the types cannot; the message names the setting.
     pub fn validate(&self) -> Result<()> {
         if self.pool_size == 0 || self.pool_size > 64 {
-            return Err(RedisError::Config("redis.pool_size must be between 1 and 64".into()));
+            return Err(RedisError::Config(
+                "redis.pool_size must be between 1 and 64".into(),
+            ));
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
             return Err(RedisError::Config(
@@ -125,7 +127,9 @@ impl RedisSettings {
             ));
         }
         if self.command_timeout_ms == 0 {
-            return Err(RedisError::Config("redis.command_timeout_ms must be > 0".into()));
+            return Err(RedisError::Config(
+                "redis.command_timeout_ms must be > 0".into(),
+            ));
         }
         for (name, endpoint) in [
             ("redis", Some(&self.primary)),
@@ -134,9 +138,9 @@ impl RedisSettings {
             ("redis.sessions", self.sessions.as_ref()),
         ] {
             if let Some(endpoint) = endpoint {
-                endpoint.fred_config(self.mode).map_err(|e| {
-                    RedisError::Config(format!("{name}: {}", e.details()))
-                })?;
+                endpoint
+                    .fred_config(self.mode)
+                    .map_err(|e| RedisError::Config(format!("{name}: {}", e.details())))?;
             }
         }
         Ok(())
@@ -162,14 +166,20 @@ impl RedisEndpoint {
             None => {
                 let server = match mode {
                     RedisMode::Centralized => ServerConfig::new_centralized(&self.host, self.port),
-                    RedisMode::Cluster => ServerConfig::new_clustered(vec![(&self.host, self.port)]),
+                    RedisMode::Cluster => {
+                        ServerConfig::new_clustered(vec![(&self.host, self.port)])
+                    }
                 };
                 Config {
                     server,
                     username: self.username.clone(),
                     password: self.password.as_ref().map(|p| p.expose_secret().to_owned()),
                     database: (self.db != 0).then_some(self.db),
-                    tls: if self.tls { Some(TlsConnector::default_rustls()?.into()) } else { None },
+                    tls: if self.tls {
+                        Some(TlsConnector::default_rustls()?.into())
+                    } else {
+                        None
+                    },
                     ..Config::default()
                 }
             }
@@ -195,7 +205,9 @@ pub struct RedisClients {
 
 impl std::fmt::Debug for RedisClients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisClients").field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("RedisClients")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -318,6 +330,11 @@ fn builder(endpoint: &RedisEndpoint, settings: &RedisSettings) -> Result<Builder
         .with_performance_config(|p| {
             p.default_command_timeout = command_timeout;
         })
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, settings.reconnect_max_delay_ms, 2));
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            50,
+            settings.reconnect_max_delay_ms,
+            2,
+        ));
     Ok(builder)
 }

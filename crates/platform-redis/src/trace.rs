@@ -3,9 +3,7 @@
 //! Written by hand (`00-<trace id>-<span id>-<flags>`) rather than through an OpenTelemetry
 //! propagator so this crate does not depend on the SDK; the format is fixed by the W3C spec.
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The current span's `traceparent`, or `None` when no OpenTelemetry layer records it.
@@ -26,7 +24,8 @@ pub fn current_traceparent() -> Option<String> {
 /// Parses a `traceparent` header value into a remote span context.
 pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
     let mut parts = value.trim().split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if version != "00" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
         return None;
     }
@@ -55,11 +54,20 @@ mod tests {
     #[test]
     fn traceparent_parses_and_rejects_malformed_values() {
         let parsed = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let Some(context) = parsed else { panic!("valid traceparent rejected") };
-        assert_eq!(format!("{:032x}", context.trace_id()), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let Some(context) = parsed else {
+            panic!("valid traceparent rejected")
+        };
+        assert_eq!(
+            format!("{:032x}", context.trace_id()),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert!(context.is_sampled());
-        assert!(parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none());
-        assert!(parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        assert!(
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none()
+        );
+        assert!(
+            parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
         assert!(parse_traceparent("garbage").is_none());
     }
 }

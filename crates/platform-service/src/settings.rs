@@ -30,7 +30,10 @@ pub enum SettingsError {
 
 impl SettingsError {
     pub fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
-        Self::Invalid { key, reason: reason.into() }
+        Self::Invalid {
+            key,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -161,7 +164,10 @@ impl CommonSettings {
             return Err(SettingsError::invalid("http.host", "must not be empty"));
         }
         if self.http.body_limit_bytes == 0 {
-            return Err(SettingsError::invalid("http.body_limit_bytes", "must be > 0"));
+            return Err(SettingsError::invalid(
+                "http.body_limit_bytes",
+                "must be > 0",
+            ));
         }
         if self.auth.admin_token.expose_secret().len() < 8 {
             return Err(SettingsError::invalid(
@@ -193,7 +199,10 @@ impl DatabaseSettings {
             ));
         }
         if self.max_connections == 0 {
-            return Err(SettingsError::invalid("database.max_connections", "must be > 0"));
+            return Err(SettingsError::invalid(
+                "database.max_connections",
+                "must be > 0",
+            ));
         }
         Ok(())
     }

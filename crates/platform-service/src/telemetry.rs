@@ -78,7 +78,11 @@ pub fn init_telemetry(
         .with(otel_layer)
         .try_init()
         .map_err(|e| anyhow::anyhow!("telemetry already initialised: {e}"))?;
-    tracing::info!(service, otlp = settings.otlp_endpoint.is_some(), "telemetry initialised");
+    tracing::info!(
+        service,
+        otlp = settings.otlp_endpoint.is_some(),
+        "telemetry initialised"
+    );
     Ok(TelemetryGuard { provider })
 }
 

@@ -49,27 +49,44 @@ async fn spawn_app(redis_url: &str, with_database: bool) -> TestApp {
     } else {
         None
     };
-    let context = connect_context("test-service", &redis, database.as_ref()).await.unwrap();
-    let app = Application::build(&http_settings(), SecretString::from(TOKEN), context, |cfg| {
-        cfg.route(
-            "/admin/ping",
-            web::post().to(|_: RequireAdmin| async { HttpResponse::Ok().json("pong") }),
-        )
-        .route(
-            "/echo",
-            web::post().to(|_: web::Json<Echo>| async { HttpResponse::Ok().finish() }),
-        );
-    })
+    let context = connect_context("test-service", &redis, database.as_ref())
+        .await
+        .unwrap();
+    let app = Application::build(
+        &http_settings(),
+        SecretString::from(TOKEN),
+        context,
+        |cfg| {
+            cfg.route(
+                "/admin/ping",
+                web::post().to(|_: RequireAdmin| async { HttpResponse::Ok().json("pong") }),
+            )
+            .route(
+                "/echo",
+                web::post().to(|_: web::Json<Echo>| async { HttpResponse::Ok().finish() }),
+            );
+        },
+    )
     .unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.context().shutdown.clone();
     let server = tokio::spawn(app.run_until_stopped());
-    TestApp { base, shutdown, client: reqwest::Client::new(), server }
+    TestApp {
+        base,
+        shutdown,
+        client: reqwest::Client::new(),
+        server,
+    }
 }
 
 impl TestApp {
     async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.client.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -119,7 +136,10 @@ async fn redis_health_says_fallback_while_redis_is_down_and_redis_once_back() {
     assert_eq!(up["mode"], "redis");
     assert!(up["latency"].as_f64().is_some());
     assert!(up["memory"]["usedBytes"].as_u64().unwrap() > 0);
-    assert_eq!(down_status, 200, "the report itself must answer while Redis is down");
+    assert_eq!(
+        down_status, 200,
+        "the report itself must answer while Redis is down"
+    );
     assert_eq!(down["connected"], false);
     assert_eq!(down["mode"], "fallback");
     assert_eq!(ready_while_down, 503);
@@ -136,12 +156,16 @@ async fn metrics_count_requests_by_route_pattern() {
     app.get("/healthz").await;
 
     // Act
-    let response = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap();
+    let response = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap();
     let text = response.text().await.unwrap();
 
     // Assert
-    let expected =
-        r#"http_requests_total{service="test-service",method="GET",route="/healthz",status="200"} 2"#;
+    let expected = r#"http_requests_total{service="test-service",method="GET",route="/healthz",status="200"} 2"#;
     assert!(text.contains(expected), "{text}");
     assert!(text.contains("http_request_duration_seconds_bucket"));
 }
@@ -156,7 +180,8 @@ async fn errors_follow_the_json_contract() {
             .header("content-type", "application/json")
             .body(body)
     };
-    let oversized = r#"{"name":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#;
+    let oversized =
+        r#"{"name":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#;
 
     // Act
     let (unknown, unknown_body) = app.get("/no/such/route").await;
@@ -169,7 +194,12 @@ async fn errors_follow_the_json_contract() {
     assert_eq!(bad_json.status().as_u16(), 400);
     let body: Value = bad_json.json().await.unwrap();
     assert_eq!(body["code"], "invalid_json");
-    assert!(body["error"].as_str().unwrap().starts_with("Invalid JSON body"));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid JSON body")
+    );
     assert_eq!(too_big.status().as_u16(), 413);
     let body: Value = too_big.json().await.unwrap();
     assert_eq!(body["code"], "payload_too_large");
@@ -183,13 +213,28 @@ async fn admin_routes_need_the_bearer_token() {
 
     // Act
     let missing = app.client.post(&url).send().await.unwrap();
-    let wrong = app.client.post(&url).bearer_auth("nope").send().await.unwrap();
-    let right = app.client.post(&url).bearer_auth(TOKEN).send().await.unwrap();
+    let wrong = app
+        .client
+        .post(&url)
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    let right = app
+        .client
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
 
     // Assert
     assert_eq!(missing.status().as_u16(), 401);
     let body: Value = missing.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({"error": "Missing bearer token", "code": "unauthorized"}));
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "Missing bearer token", "code": "unauthorized"})
+    );
     assert_eq!(wrong.status().as_u16(), 401);
     assert_eq!(right.status().as_u16(), 200);
 }
@@ -205,6 +250,9 @@ async fn a_stop_request_drains_and_ends_the_server() {
     let finished = tokio::time::timeout(std::time::Duration::from_secs(10), app.server).await;
 
     // Assert
-    assert!(matches!(finished, Ok(Ok(Ok(())))), "server did not stop cleanly: {finished:?}");
+    assert!(
+        matches!(finished, Ok(Ok(Ok(())))),
+        "server did not stop cleanly: {finished:?}"
+    );
     assert!(app.shutdown.is_draining());
 }

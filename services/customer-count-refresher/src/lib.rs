@@ -48,5 +48,10 @@ impl Settings {
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let context = connect_context(SERVICE, &settings.common.redis, None).await?;
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
-    Ok(Application::build(&settings.common.http, admin_token, context, |_cfg| {})?)
+    Ok(Application::build(
+        &settings.common.http,
+        admin_token,
+        context,
+        |_cfg| {},
+    )?)
 }

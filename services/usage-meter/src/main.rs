@@ -1,7 +1,7 @@
 //! Entry point of usage-meter: settings, telemetry, serve until stopped.
 
-use usage_meter::{SERVICE, Settings, build};
 use platform_service::init_telemetry;
+use usage_meter::{SERVICE, Settings, build};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

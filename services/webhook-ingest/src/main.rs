@@ -1,7 +1,7 @@
 //! Entry point of webhook-ingest: settings, telemetry, serve until stopped.
 
-use webhook_ingest::{SERVICE, Settings, build};
 use platform_service::init_telemetry;
+use webhook_ingest::{SERVICE, Settings, build};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
