@@ -15,6 +15,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use platform_redis::RedisClients;
+use platform_redis::ratelimit::{LimiterMode, RateLimiter};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +57,8 @@ impl Shutdown {
 pub struct AppContext {
     pub service: &'static str,
     pub redis: RedisClients,
+    /// Named policies from `[rate_limit]`; wrap routes with `RateLimit::new(limiter, "api")`.
+    pub rate_limiter: RateLimiter,
     /// The service's Postgres pool, when it has a database.
     pub db: Option<PgPool>,
     pub metrics: Metrics,
@@ -73,14 +76,24 @@ impl std::fmt::Debug for AppContext {
 }
 
 impl AppContext {
-    pub fn new(service: &'static str, redis: RedisClients, db: Option<PgPool>) -> Self {
+    pub fn new(
+        service: &'static str,
+        redis: RedisClients,
+        rate_limiter: RateLimiter,
+        db: Option<PgPool>,
+    ) -> Self {
+        let limiter = rate_limiter.clone();
+        let fallbacks = vec![health::fallback_status("rateLimiter", move || {
+            limiter.mode() == LimiterMode::Fallback
+        })];
         Self {
             service,
             redis,
+            rate_limiter,
             db,
             metrics: Metrics::new(service),
             shutdown: Shutdown::default(),
-            fallbacks: Vec::new(),
+            fallbacks,
         }
     }
 }
@@ -192,17 +205,18 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-/// Connects what every service needs (Redis pools, and the Postgres pool when `database` is
-/// given) and returns the context for [`Application::build`]. Neither dependency has to be up:
-/// Redis reconnects in the background and the Postgres pool connects on first use.
+/// Connects what every service needs (Redis pools, the rate limiter, and the Postgres pool when
+/// `database` is given) and returns the context for [`Application::build`]. Neither dependency
+/// has to be up: Redis reconnects in the background and the Postgres pool connects on first use.
 pub async fn connect_context(
     service: &'static str,
-    redis: &platform_redis::RedisSettings,
+    common: &crate::settings::CommonSettings,
     database: Option<&crate::settings::DatabaseSettings>,
 ) -> anyhow::Result<AppContext> {
     // Before any TLS client exists (tests build services without `init_telemetry`).
     crate::telemetry::install_crypto_provider();
-    let redis = RedisClients::connect(redis).await?;
+    let redis = RedisClients::connect(&common.redis).await?;
+    let rate_limiter = RateLimiter::new(&redis, &common.rate_limit)?;
     let db = database.map(crate::database::connect_lazy).transpose()?;
-    Ok(AppContext::new(service, redis, db))
+    Ok(AppContext::new(service, redis, rate_limiter, db))
 }

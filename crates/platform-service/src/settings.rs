@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use config::{Config, Environment, File, FileFormat};
 use platform_redis::RedisSettings;
+use platform_redis::ratelimit::RateLimitSettings;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -155,6 +156,9 @@ pub struct CommonSettings {
     pub redis: RedisSettings,
     pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
+    /// Named rate-limit policies (seed 001 defaults; entries here override or add).
+    #[serde(default)]
+    pub rate_limit: RateLimitSettings,
 }
 
 impl CommonSettings {
@@ -183,6 +187,9 @@ impl CommonSettings {
                 "must be an http:// or https:// URL",
             ));
         }
+        self.rate_limit
+            .validate()
+            .map_err(|e| SettingsError::invalid("rate_limit", e.to_string()))?;
         self.redis
             .validate()
             .map_err(|e| SettingsError::invalid("redis", e.to_string()))

@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use actix_web::{HttpResponse, web};
-use platform_redis::RedisSettings;
-use platform_service::settings::{DatabaseSettings, HttpSettings};
+use platform_redis::ratelimit::RateLimit;
+use platform_service::settings::{CommonSettings, DatabaseSettings, load_from};
 use platform_service::{Application, RequireAdmin, connect_context};
 use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 use secrecy::SecretString;
@@ -19,17 +19,6 @@ struct TestApp {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-fn http_settings() -> HttpSettings {
-    HttpSettings {
-        host: "127.0.0.1".into(),
-        port: 0,
-        workers: 1,
-        drain_delay_ms: 0,
-        shutdown_timeout_secs: 5,
-        body_limit_bytes: 64,
-    }
-}
-
 #[derive(serde::Deserialize)]
 struct Echo {
     #[allow(dead_code)]
@@ -37,8 +26,33 @@ struct Echo {
 }
 
 async fn spawn_app(redis_url: &str, with_database: bool) -> TestApp {
-    platform_service::telemetry::install_crypto_provider();
-    let redis = RedisSettings::for_url(redis_url, &unique_prefix("routes"));
+    let prefix = unique_prefix("routes");
+    let common: CommonSettings = load_from(
+        &format!(
+            r#"
+            [http]
+            host = "127.0.0.1"
+            port = 0
+            workers = 1
+            shutdown_timeout_secs = 5
+            body_limit_bytes = 64
+            [redis]
+            url = "{redis_url}"
+            key_prefix = "{prefix}"
+            reconnect_max_delay_ms = 500
+            [auth]
+            admin_token = "{TOKEN}"
+            [telemetry]
+            [rate_limit.policies.tight]
+            limit = 2
+            window_secs = 3600
+            "#
+        ),
+        None,
+        None,
+    )
+    .unwrap();
+    common.validate().unwrap();
     let database = if with_database {
         let db = PostgresServer::shared().create_database().await.unwrap();
         Some(DatabaseSettings {
@@ -49,14 +63,15 @@ async fn spawn_app(redis_url: &str, with_database: bool) -> TestApp {
     } else {
         None
     };
-    let context = connect_context("test-service", &redis, database.as_ref())
+    let context = connect_context("test-service", &common, database.as_ref())
         .await
         .unwrap();
+    let limiter = context.rate_limiter.clone();
     let app = Application::build(
-        &http_settings(),
-        SecretString::from(TOKEN),
+        &common.http,
+        common.auth.admin_token.clone(),
         context,
-        |cfg| {
+        move |cfg| {
             cfg.route(
                 "/admin/ping",
                 web::post().to(|_: RequireAdmin| async { HttpResponse::Ok().json("pong") }),
@@ -64,6 +79,11 @@ async fn spawn_app(redis_url: &str, with_database: bool) -> TestApp {
             .route(
                 "/echo",
                 web::post().to(|_: web::Json<Echo>| async { HttpResponse::Ok().finish() }),
+            )
+            .service(
+                web::resource("/limited")
+                    .wrap(RateLimit::new(limiter.clone(), "tight"))
+                    .route(web::get().to(|| async { HttpResponse::Ok().json("ok") })),
             );
         },
     )
@@ -146,6 +166,29 @@ async fn redis_health_says_fallback_while_redis_is_down_and_redis_once_back() {
     assert_eq!(live_while_down, 200, "liveness must not depend on Redis");
     assert_eq!(back["connected"], true);
     assert_eq!(back["mode"], "redis");
+    assert_eq!(up["fallbacks"]["rateLimiter"], false);
+}
+
+#[tokio::test]
+async fn a_rate_limited_route_carries_headers_and_answers_429_past_its_policy() {
+    // Arrange
+    let app = spawn_app(&RedisServer::shared().url(), false).await;
+    let url = format!("{}/limited", app.base);
+
+    // Act
+    let first = app.client.get(&url).send().await.unwrap();
+    let second = app.client.get(&url).send().await.unwrap();
+    let third = app.client.get(&url).send().await.unwrap();
+
+    // Assert
+    assert_eq!(first.status().as_u16(), 200);
+    assert_eq!(first.headers()["x-ratelimit-limit"], "2");
+    assert_eq!(first.headers()["x-ratelimit-remaining"], "1");
+    assert_eq!(second.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(third.status().as_u16(), 429);
+    assert!(third.headers().contains_key("retry-after"));
+    let body: Value = third.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
 }
 
 #[tokio::test]

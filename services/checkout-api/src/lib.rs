@@ -48,8 +48,7 @@ impl Settings {
 
 /// Connects the dependencies and binds the HTTP server (not yet serving).
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-    let context =
-        connect_context(SERVICE, &settings.common.redis, Some(&settings.database)).await?;
+    let context = connect_context(SERVICE, &settings.common, Some(&settings.database)).await?;
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
     Ok(Application::build(
         &settings.common.http,

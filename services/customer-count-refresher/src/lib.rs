@@ -46,7 +46,7 @@ impl Settings {
 
 /// Connects the dependencies and binds the HTTP server (not yet serving).
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-    let context = connect_context(SERVICE, &settings.common.redis, None).await?;
+    let context = connect_context(SERVICE, &settings.common, None).await?;
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
     Ok(Application::build(
         &settings.common.http,
