@@ -111,7 +111,7 @@ async fn redis_health(ctx: web::Data<AppContext>) -> HttpResponse {
         .iter()
         .map(|f| (f.component().to_owned(), f.in_fallback().into()))
         .collect();
-    let any_fallback = !connected || fallbacks.values().any(|v| v == &true);
+    let any_fallback = !connected || fallbacks.values().any(|v| *v == true);
     HttpResponse::Ok().json(json!({
         "status": if connected { "healthy" } else { "degraded" },
         "connected": connected,
