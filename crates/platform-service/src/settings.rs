@@ -214,3 +214,26 @@ impl DatabaseSettings {
         Ok(())
     }
 }
+
+/// What a service's settings struct implements to get [`load`]-based constructors.
+pub trait ServiceSettings: DeserializeOwned + Sized {
+    /// The service's embedded `config/default.toml`.
+    const DEFAULTS: &'static str;
+
+    /// Checks what the types cannot; the error names the setting.
+    fn validate(&self) -> Result<(), SettingsError>;
+
+    /// Loads the layered configuration (module doc) and validates it.
+    fn load() -> Result<Self, SettingsError> {
+        let settings: Self = load(Self::DEFAULTS)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Defaults plus `APP__…` overrides from `vars` instead of the process environment (tests).
+    fn from_overrides(vars: HashMap<String, String>) -> Result<Self, SettingsError> {
+        let settings: Self = load_from(Self::DEFAULTS, None, Some(vars))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+}

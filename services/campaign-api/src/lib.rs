@@ -3,18 +3,15 @@
 //! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
 //! returns; tests call [`build`] with port 0 and real Redis and Postgres.
 
-use std::collections::HashMap;
-
-use platform_service::settings::{self, CommonSettings, DatabaseSettings, SettingsError};
+use platform_service::settings::{
+    CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
+};
 use platform_service::{Application, connect_context};
 use secrecy::SecretString;
 use serde::Deserialize;
 
 /// The service name in logs, traces and metrics.
 pub const SERVICE: &str = "campaign-api";
-
-/// Embedded defaults; see `config/default.toml`.
-const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// This service's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -24,22 +21,10 @@ pub struct Settings {
     pub database: DatabaseSettings,
 }
 
-impl Settings {
-    /// Loads the layered configuration and validates it.
-    pub fn load() -> Result<Self, SettingsError> {
-        let settings: Self = settings::load(DEFAULTS)?;
-        settings.validate()?;
-        Ok(settings)
-    }
+impl ServiceSettings for Settings {
+    const DEFAULTS: &'static str = include_str!("../config/default.toml");
 
-    /// Defaults plus `APP__…` overrides from `vars` instead of the process environment (tests).
-    pub fn from_overrides(vars: HashMap<String, String>) -> Result<Self, SettingsError> {
-        let settings: Self = settings::load_from(DEFAULTS, None, Some(vars))?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    pub fn validate(&self) -> Result<(), SettingsError> {
+    fn validate(&self) -> Result<(), SettingsError> {
         self.common.validate()?;
         self.database.validate()?;
         Ok(())

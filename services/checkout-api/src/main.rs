@@ -2,6 +2,7 @@
 
 use checkout_api::{SERVICE, Settings, build};
 use platform_service::init_telemetry;
+use platform_service::settings::ServiceSettings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

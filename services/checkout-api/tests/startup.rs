@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use checkout_api::{Settings, build};
+use platform_service::settings::ServiceSettings;
 use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 use customer_count_refresher::{SERVICE, Settings, build};
 use platform_service::init_telemetry;
+use platform_service::settings::ServiceSettings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use customer_count_refresher::{Settings, build};
+use platform_service::settings::ServiceSettings;
 use platform_testing::{RedisServer, unique_prefix};
 
 #[tokio::test]

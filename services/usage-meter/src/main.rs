@@ -1,6 +1,7 @@
 //! Entry point of usage-meter: settings, telemetry, serve until stopped.
 
 use platform_service::init_telemetry;
+use platform_service::settings::ServiceSettings;
 use usage_meter::{SERVICE, Settings, build};
 
 #[tokio::main]

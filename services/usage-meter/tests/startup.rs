@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use platform_service::settings::ServiceSettings;
 use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 use usage_meter::{Settings, build};
 

@@ -1,6 +1,7 @@
 //! Entry point of webhook-ingest: settings, telemetry, serve until stopped.
 
 use platform_service::init_telemetry;
+use platform_service::settings::ServiceSettings;
 use webhook_ingest::{SERVICE, Settings, build};
 
 #[tokio::main]
