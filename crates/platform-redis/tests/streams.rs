@@ -1,0 +1,522 @@
+//! The stream producer and consumer-group worker against a real Redis: effects and acks commit
+//! together so a dead consumer's entries are applied exactly once by another, poison entries are
+//! dead-lettered without stopping the worker, and cancellation stops it gracefully.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use platform_redis::fred::clients::Transaction;
+use platform_redis::fred::prelude::*;
+use platform_redis::streams::{
+    ConsumerSettings, HandlerError, Outcome, StartFrom, StreamConsumer, StreamEntry, StreamHandler,
+    StreamProducer,
+};
+use platform_redis::{RedisClients, RedisSettings, StreamName};
+use platform_testing::{RedisServer, unique_prefix};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Credit {
+    amount: i64,
+}
+
+/// Adds each acked entry's amount to a counter, inside the worker's transaction.
+struct CountingHandler {
+    counter: String,
+    /// Entries with these amounts are retried forever (to exhaust `max_deliveries`).
+    always_retry: Option<i64>,
+    /// Entries with this amount are dead-lettered by the handler's own decision.
+    reject: Option<i64>,
+    traceparents: Mutex<Vec<String>>,
+}
+
+impl CountingHandler {
+    fn new(counter: String) -> Self {
+        Self {
+            counter,
+            always_retry: None,
+            reject: None,
+            traceparents: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl StreamHandler for CountingHandler {
+    type Body = Credit;
+
+    async fn handle(
+        &self,
+        batch: &[StreamEntry<Credit>],
+        tx: &Transaction,
+    ) -> Result<Vec<Outcome>, HandlerError> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut total = 0;
+        for entry in batch {
+            if let Some(traceparent) = &entry.traceparent {
+                self.traceparents.lock().unwrap().push(traceparent.clone());
+            }
+            if Some(entry.body.amount) == self.always_retry {
+                outcomes.push(Outcome::Retry);
+            } else if Some(entry.body.amount) == self.reject {
+                outcomes.push(Outcome::DeadLetter("amount rejected by handler".into()));
+            } else {
+                total += entry.body.amount;
+                outcomes.push(Outcome::Ack);
+            }
+        }
+        if total != 0 {
+            let () = tx.incr_by(&self.counter, total).await?;
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Queues its effects, then fails before the worker could EXEC, and stops its consumer: a
+/// consumer that dies in the middle of a batch.
+struct DyingHandler {
+    counter: String,
+    stop: CancellationToken,
+    calls: AtomicUsize,
+}
+
+impl StreamHandler for DyingHandler {
+    type Body = Credit;
+
+    async fn handle(
+        &self,
+        batch: &[StreamEntry<Credit>],
+        tx: &Transaction,
+    ) -> Result<Vec<Outcome>, HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let total: i64 = batch.iter().map(|e| e.body.amount).sum();
+        let () = tx.incr_by(&self.counter, total).await?;
+        self.stop.cancel();
+        Err(HandlerError::msg("process died before EXEC"))
+    }
+}
+
+async fn clients(test: &str) -> RedisClients {
+    let server = RedisServer::shared();
+    RedisClients::connect(&RedisSettings::for_url(&server.url(), &unique_prefix(test)))
+        .await
+        .expect("connect")
+}
+
+fn counter_key(clients: &RedisClients) -> String {
+    format!("{}:test:counter", clients.keys().root())
+}
+
+async fn counter(clients: &RedisClients) -> i64 {
+    let value: Option<i64> = clients.primary().get(counter_key(clients)).await.unwrap();
+    value.unwrap_or(0)
+}
+
+async fn pending(clients: &RedisClients, consumer: &StreamConsumer) -> u64 {
+    let summary: Value = clients
+        .primary()
+        .xpending(
+            consumer.stream_key(),
+            consumer.settings().group.as_str(),
+            (),
+        )
+        .await
+        .unwrap();
+    summary
+        .into_array()
+        .first()
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+async fn dead_letters(
+    clients: &RedisClients,
+    consumer: &StreamConsumer,
+) -> Vec<Vec<(String, String)>> {
+    let entries: Value = clients
+        .primary()
+        .xrange(consumer.dead_letter_key(), "-", "+", None)
+        .await
+        .unwrap();
+    entries
+        .into_array()
+        .into_iter()
+        .map(|entry| {
+            let mut parts = entry.into_array().into_iter();
+            let _id = parts.next();
+            let flat = parts.next().unwrap().into_array();
+            flat.chunks(2)
+                .map(|kv| (kv[0].as_string().unwrap(), kv[1].as_string().unwrap()))
+                .collect()
+        })
+        .collect()
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+/// Polls `condition` until it holds; fails the test after a generous deadline.
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn settings(group: &str) -> ConsumerSettings {
+    ConsumerSettings {
+        batch_size: 50,
+        block: Duration::from_millis(100),
+        claim_idle: Duration::from_millis(300),
+        start_from: StartFrom::Beginning,
+        ..ConsumerSettings::new(StreamName::UsageEvents, group)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_consumers_entries_are_reclaimed_and_applied_exactly_once() {
+    // Arrange: 500 credits, a group, and two consumers that die holding entries.
+    let clients = clients("streams-reclaim").await;
+    let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
+    let survivor_stop = CancellationToken::new();
+    let survivor = StreamConsumer::new(
+        &clients,
+        ConsumerSettings {
+            consumer: "survivor".into(),
+            ..settings("meter")
+        },
+        survivor_stop.clone(),
+    );
+    survivor.ensure_group().await.unwrap();
+    let credits: Vec<Credit> = (1..=500).map(|amount| Credit { amount }).collect();
+    let expected: i64 = credits.iter().map(|c| c.amount).sum();
+    producer.append_all(&credits).await.unwrap();
+
+    // One reads 200 entries and crashes before acking (raw XREADGROUP, never acked).
+    let _: Value = clients
+        .primary()
+        .xreadgroup(
+            "meter",
+            "dead-one",
+            Some(200),
+            None,
+            false,
+            survivor.stream_key(),
+            ">",
+        )
+        .await
+        .unwrap();
+    // Another queues its effects for a batch and dies before EXEC.
+    let dying_stop = CancellationToken::new();
+    let dying_handler = DyingHandler {
+        counter: counter_key(&clients),
+        stop: dying_stop.clone(),
+        calls: AtomicUsize::new(0),
+    };
+    let dying = StreamConsumer::new(
+        &clients,
+        ConsumerSettings {
+            consumer: "dying".into(),
+            claim_idle: Duration::from_secs(60),
+            ..settings("meter")
+        },
+        dying_stop,
+    );
+    dying.run(&dying_handler).await.unwrap();
+    assert_eq!(dying_handler.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        counter(&clients).await,
+        0,
+        "nothing of the dead batches was applied"
+    );
+    assert_eq!(pending(&clients, &survivor).await, 250);
+
+    // Act: the survivor reads the rest and reclaims the dead consumers' entries.
+    let handler = CountingHandler::new(counter_key(&clients));
+    let running = {
+        let survivor = survivor.clone();
+        tokio::spawn(async move { survivor.run(&handler).await })
+    };
+    eventually("every entry is acked", || async {
+        survivor.stats().processed == 500 && pending(&clients, &survivor).await == 0
+    })
+    .await;
+    survivor_stop.cancel();
+    running.await.unwrap().unwrap();
+
+    // Assert
+    assert_eq!(counter(&clients).await, expected);
+    assert_eq!(pending(&clients, &survivor).await, 0);
+    let stats = survivor.stats();
+    assert_eq!(stats.processed, 500);
+    assert!(stats.reclaimed >= 250, "reclaimed {}", stats.reclaimed);
+    assert_eq!(stats.dead_lettered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_entries_go_to_the_dead_letter_stream_and_the_worker_goes_on() {
+    // Arrange: good entries around three kinds of poison.
+    let clients = clients("streams-poison").await;
+    let stop = CancellationToken::new();
+    let consumer = StreamConsumer::new(&clients, settings("meter"), stop.clone());
+    consumer.ensure_group().await.unwrap();
+    let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
+    let key = consumer.stream_key().to_owned();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    producer.append(&Credit { amount: 1 }).await.unwrap();
+    let not_json: String = clients
+        .primary()
+        .xadd(
+            &key,
+            false,
+            None,
+            "*",
+            vec![("v", "1"), ("data", "{not json")],
+        )
+        .await
+        .unwrap();
+    let future_version: String = clients
+        .primary()
+        .xadd(
+            &key,
+            false,
+            None,
+            "*",
+            vec![("v", "99"), ("data", r#"{"amount":1000}"#)],
+        )
+        .await
+        .unwrap();
+    let no_data: String = clients
+        .primary()
+        .xadd(&key, false, None, "*", vec![("v", "1")])
+        .await
+        .unwrap();
+    let _: String = clients
+        .primary()
+        .xadd(
+            &key,
+            false,
+            None,
+            "*",
+            vec![
+                ("v", "1"),
+                ("traceparent", traceparent),
+                ("data", r#"{"amount":10}"#),
+            ],
+        )
+        .await
+        .unwrap();
+    producer.append(&Credit { amount: 100 }).await.unwrap();
+    let handler = CountingHandler::new(counter_key(&clients));
+
+    // Act
+    let running = {
+        let consumer = consumer.clone();
+        tokio::spawn(async move {
+            consumer
+                .run(&handler)
+                .await
+                .map(|()| handler.traceparents.into_inner().unwrap())
+        })
+    };
+    eventually("good entries are processed", || async {
+        consumer.stats().processed == 3 && consumer.stats().dead_lettered == 3
+    })
+    .await;
+    stop.cancel();
+    let seen_traceparents = running.await.unwrap().unwrap();
+
+    // Assert
+    assert_eq!(counter(&clients).await, 111);
+    assert_eq!(pending(&clients, &consumer).await, 0);
+    assert_eq!(seen_traceparents, vec![traceparent.to_owned()]);
+    let dead = dead_letters(&clients, &consumer).await;
+    assert_eq!(dead.len(), 3);
+    assert_eq!(field(&dead[0], "original_id"), not_json);
+    assert!(field(&dead[0], "reason").contains("not a valid message body"));
+    assert_eq!(field(&dead[0], "data"), "{not json");
+    assert_eq!(field(&dead[1], "original_id"), future_version);
+    assert!(field(&dead[1], "reason").contains("unknown message version 99"));
+    assert_eq!(field(&dead[2], "original_id"), no_data);
+    assert!(field(&dead[2], "reason").contains("missing field `data`"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_retried_past_max_deliveries_or_rejected_by_the_handler_are_dead_lettered() {
+    // Arrange: one entry the handler always retries, one it rejects, two good ones.
+    let clients = clients("streams-max-deliveries").await;
+    let stop = CancellationToken::new();
+    let consumer = StreamConsumer::new(
+        &clients,
+        ConsumerSettings {
+            max_deliveries: 2,
+            ..settings("meter")
+        },
+        stop.clone(),
+    );
+    consumer.ensure_group().await.unwrap();
+    let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
+    let ids = producer
+        .append_all(&[
+            Credit { amount: 1 },
+            Credit { amount: -1 },
+            Credit { amount: -2 },
+            Credit { amount: 2 },
+        ])
+        .await
+        .unwrap();
+    let handler = CountingHandler {
+        always_retry: Some(-1),
+        reject: Some(-2),
+        ..CountingHandler::new(counter_key(&clients))
+    };
+
+    // Act
+    let running = {
+        let consumer = consumer.clone();
+        tokio::spawn(async move { consumer.run(&handler).await })
+    };
+    eventually("both bad entries are dead-lettered", || async {
+        consumer.stats().dead_lettered == 2 && pending(&clients, &consumer).await == 0
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+
+    // Assert
+    assert_eq!(counter(&clients).await, 3);
+    let stats = consumer.stats();
+    assert_eq!(stats.processed, 2);
+    assert_eq!(stats.retries, 2, "retried on its first and second delivery");
+    let dead = dead_letters(&clients, &consumer).await;
+    assert_eq!(dead.len(), 2);
+    assert_eq!(field(&dead[0], "original_id"), ids[2]);
+    assert_eq!(field(&dead[0], "reason"), "amount rejected by handler");
+    assert_eq!(field(&dead[1], "original_id"), ids[1]);
+    assert_eq!(field(&dead[1], "reason"), "delivered 3 times (max 2)");
+    assert_eq!(field(&dead[1], "deliveries"), "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_token_stops_a_worker_blocked_on_an_empty_stream() {
+    // Arrange: default (2 s) block on a stream with nothing in it.
+    let clients = clients("streams-stop").await;
+    let stop = CancellationToken::new();
+    let consumer = StreamConsumer::new(
+        &clients,
+        ConsumerSettings::new(StreamName::StripeEvents, "campaigns"),
+        stop.clone(),
+    );
+    let handler = CountingHandler::new(counter_key(&clients));
+    let running = {
+        let consumer = consumer.clone();
+        tokio::spawn(async move { consumer.run(&handler).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Act
+    stop.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), running).await;
+
+    // Assert
+    assert!(matches!(result, Ok(Ok(Ok(())))), "run returned {result:?}");
+    assert_eq!(consumer.stats(), Default::default());
+}
+
+/// Cancels the consumer from inside a batch, then finishes that batch normally.
+struct StopMidBatchHandler {
+    inner: CountingHandler,
+    stop: CancellationToken,
+}
+
+impl StreamHandler for StopMidBatchHandler {
+    type Body = Credit;
+
+    async fn handle(
+        &self,
+        batch: &[StreamEntry<Credit>],
+        tx: &Transaction,
+    ) -> Result<Vec<Outcome>, HandlerError> {
+        self.stop.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.inner.handle(batch, tx).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_worker_finishes_its_current_batch_before_returning() {
+    // Arrange
+    let clients = clients("streams-finish-batch").await;
+    let stop = CancellationToken::new();
+    let consumer = StreamConsumer::new(
+        &clients,
+        ConsumerSettings {
+            batch_size: 10,
+            ..settings("meter")
+        },
+        stop.clone(),
+    );
+    consumer.ensure_group().await.unwrap();
+    let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
+    producer
+        .append_all(&vec![Credit { amount: 1 }; 30])
+        .await
+        .unwrap();
+    let handler = StopMidBatchHandler {
+        inner: CountingHandler::new(counter_key(&clients)),
+        stop: stop.clone(),
+    };
+
+    // Act
+    tokio::time::timeout(Duration::from_secs(30), consumer.run(&handler))
+        .await
+        .expect("run returns after cancellation")
+        .unwrap();
+
+    // Assert: exactly the one batch in hand was committed; the rest waits for the next worker.
+    assert_eq!(counter(&clients).await, 10);
+    assert_eq!(consumer.stats().processed, 10);
+    assert_eq!(pending(&clients, &consumer).await, 0);
+}
+
+#[tokio::test]
+async fn appended_entries_carry_version_and_json_data() {
+    // Arrange
+    let clients = clients("streams-encoding").await;
+    let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
+
+    // Act
+    let id = producer.append(&Credit { amount: 42 }).await.unwrap();
+
+    // Assert
+    let entries: Value = clients
+        .primary()
+        .xrange(producer.key(), "-", "+", None)
+        .await
+        .unwrap();
+    let mut entry = entries.into_array().remove(0).into_array().into_iter();
+    assert_eq!(entry.next().unwrap().as_string().unwrap(), id);
+    let fields: Vec<String> = entry
+        .next()
+        .unwrap()
+        .into_array()
+        .iter()
+        .map(|v| v.as_string().unwrap())
+        .collect();
+    assert_eq!(fields, vec!["v", "1", "data", r#"{"amount":42}"#]);
+}
