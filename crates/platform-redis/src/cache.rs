@@ -356,11 +356,7 @@ impl Cache {
         if !inner.settings.enabled {
             let value = compute().await?;
             inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-            return Ok(Cached {
-                value,
-                status: CacheStatus::Miss,
-                tier: Tier::Origin,
-            });
+            return Ok(Cached { value, status: CacheStatus::Miss, tier: Tier::Origin });
         }
         let entry_key = inner.keys.cache_entry(group, key);
         if let Some((value, meta)) = inner.l1_get::<T>(&entry_key) {
@@ -389,14 +385,8 @@ impl Cache {
                 let started = Instant::now();
                 let value = compute().await?;
                 let meta = Meta::now(ttl, started.elapsed());
-                inner
-                    .store(group, &entry_key, &value, meta, generation)
-                    .await;
-                return Ok(Cached {
-                    value,
-                    status: CacheStatus::Miss,
-                    tier: Tier::Origin,
-                });
+                inner.store(group, &entry_key, &value, meta, generation).await;
+                return Ok(Cached { value, status: CacheStatus::Miss, tier: Tier::Origin });
             }
             Ok(flight) => flight,
         };
@@ -418,16 +408,10 @@ impl Cache {
         // On error the flight is dropped unanswered and its waiters compute for themselves.
         let value = compute().await?;
         let meta = Meta::now(ttl, started.elapsed());
-        inner
-            .store(group, &entry_key, &value, meta, generation)
-            .await;
+        inner.store(group, &entry_key, &value, meta, generation).await;
         flight.complete(Arc::new(value.clone()));
         inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-        Ok(Cached {
-            value,
-            status: CacheStatus::Miss,
-            tier: Tier::Origin,
-        })
+        Ok(Cached { value, status: CacheStatus::Miss, tier: Tier::Origin })
     }
 
     /// Answers a hit, starting an early refresh when XFetch draws one.
@@ -457,22 +441,14 @@ impl Cache {
                 entry_key: entry_key.to_owned(),
             };
             tokio::spawn(task.run(ttl, compute));
-            return Cached {
-                value,
-                status: CacheStatus::Stale,
-                tier,
-            };
+            return Cached { value, status: CacheStatus::Stale, tier };
         }
         let counter = match tier {
             Tier::L1 => &inner.counters.l1_hits,
             _ => &inner.counters.l2_hits,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        Cached {
-            value,
-            status: CacheStatus::Hit,
-            tier,
-        }
+        Cached { value, status: CacheStatus::Hit, tier }
     }
 
     /// Deletes `key` of `group` from Redis and this L1, and tells the other replicas to drop
@@ -491,9 +467,7 @@ impl Cache {
             .await
             .map(drop)
             .map_err(Into::into);
-        let message = Invalidation::Keys {
-            keys: vec![entry_key],
-        };
+        let message = Invalidation::Keys { keys: vec![entry_key] };
         let published = inner.broadcast(&message).await;
         deleted.and(published)
     }
@@ -506,16 +480,9 @@ impl Cache {
         inner.drop_group(group);
         let members = inner.keys.cache_group_members(group);
         let client = inner.pool.next_connected();
-        let deleted: Result<u64> = inner
-            .delete_group
-            .evalsha_with_reload(client, members, ())
-            .await
-            .map_err(Into::into);
-        let published = inner
-            .broadcast(&Invalidation::Group {
-                group: group.to_owned(),
-            })
-            .await;
+        let deleted: Result<u64> =
+            inner.delete_group.evalsha_with_reload(client, members, ()).await.map_err(Into::into);
+        let published = inner.broadcast(&Invalidation::Group { group: group.to_owned() }).await;
         let deleted = deleted?;
         published?;
         Ok(deleted)
@@ -571,18 +538,13 @@ impl Inner {
     fn l1_get<T: Clone + 'static>(&self, entry_key: &str) -> Option<(T, Meta)> {
         let (shared, meta) = lock(&self.l1).get(entry_key)?;
         // Another type under the same key is a caller bug; treat it as a miss and overwrite.
-        shared
-            .downcast_ref::<T>()
-            .map(|value| (value.clone(), meta))
+        shared.downcast_ref::<T>().map(|value| (value.clone(), meta))
     }
 
     /// Puts a copy in L1 unless an invalidation was applied since `generation` was read.
     fn l1_insert(&self, group: &str, entry_key: &str, value: Shared, meta: Meta, generation: u64) {
         let remaining_ms = meta.expires_at_ms().saturating_sub(now_ms());
-        let life = self
-            .settings
-            .l1_ttl_max
-            .min(Duration::from_millis(remaining_ms));
+        let life = self.settings.l1_ttl_max.min(Duration::from_millis(remaining_ms));
         if life.is_zero() {
             return;
         }
@@ -633,10 +595,8 @@ impl Inner {
                 Ok(text) => {
                     let keys = vec![entry_key.to_owned(), self.keys.cache_group_members(group)];
                     let args = vec![text, meta.ttl_ms.to_string()];
-                    let written: std::result::Result<i64, _> = self
-                        .write_entry
-                        .evalsha_with_reload(client, keys, args)
-                        .await;
+                    let written: std::result::Result<i64, _> =
+                        self.write_entry.evalsha_with_reload(client, keys, args).await;
                     if let Err(error) = written {
                         self.redis_failed(&error, entry_key);
                     }
@@ -659,10 +619,7 @@ impl Inner {
         }
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = self.warn_limit.allow() {
-            tracing::warn!(
-                suppressed,
-                "redis unreachable; cache reads go to L1 and origin"
-            );
+            tracing::warn!(suppressed, "redis unreachable; cache reads go to L1 and origin");
         }
         None
     }
@@ -729,12 +686,7 @@ impl Inner {
         let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = watch::channel(None);
         flights.insert(entry_key.to_owned(), (id, receiver));
-        Ok(Flight {
-            inner: Arc::clone(self),
-            entry_key: entry_key.to_owned(),
-            id,
-            sender,
-        })
+        Ok(Flight { inner: Arc::clone(self), entry_key: entry_key.to_owned(), id, sender })
     }
 }
 
@@ -756,10 +708,7 @@ impl Flight {
 impl Drop for Flight {
     fn drop(&mut self) {
         let mut flights = lock(&self.inner.flights);
-        if flights
-            .get(&self.entry_key)
-            .is_some_and(|(id, _)| *id == self.id)
-        {
+        if flights.get(&self.entry_key).is_some_and(|(id, _)| *id == self.id) {
             flights.remove(&self.entry_key);
         }
         drop(flights);
@@ -788,9 +737,7 @@ impl Refresh {
         match compute().await {
             Ok(value) => {
                 let meta = Meta::now(ttl, started.elapsed());
-                self.inner
-                    .store(&self.group, &self.entry_key, &value, meta, generation)
-                    .await;
+                self.inner.store(&self.group, &self.entry_key, &value, meta, generation).await;
                 tracing::debug!(key = %self.entry_key, "early refresh stored");
             }
             Err(_) => tracing::warn!(
@@ -836,12 +783,7 @@ struct L1Entry {
 
 impl L1 {
     fn new(max: usize) -> Self {
-        Self {
-            entries: HashMap::new(),
-            order: BTreeMap::new(),
-            next_seq: 0,
-            max,
-        }
+        Self { entries: HashMap::new(), order: BTreeMap::new(), next_seq: 0, max }
     }
 
     fn len(&self) -> usize {
@@ -875,13 +817,7 @@ impl L1 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.order.insert(seq, key.to_owned());
-        let entry = L1Entry {
-            value,
-            group: group.to_owned(),
-            meta,
-            deadline,
-            seq,
-        };
+        let entry = L1Entry { value, group: group.to_owned(), meta, deadline, seq };
         self.entries.insert(key.to_owned(), entry);
     }
 
@@ -951,9 +887,7 @@ fn now_ms() -> u64 {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the data consistent, so a poisoned lock is used as is.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Milliseconds as a number, or a string with a unit: `ms`, `s`, `m`, `h`.
@@ -976,9 +910,7 @@ fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Du
 
 fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().ok()?;
     let ms_per_unit = match unit.trim() {
@@ -996,11 +928,7 @@ mod tests {
     use super::*;
 
     fn meta() -> Meta {
-        Meta {
-            computed_at_ms: now_ms(),
-            ttl_ms: 60_000,
-            compute_ms: 1,
-        }
+        Meta { computed_at_ms: now_ms(), ttl_ms: 60_000, compute_ms: 1 }
     }
 
     #[test]
@@ -1045,11 +973,7 @@ mod tests {
 
     #[test]
     fn xfetch_refreshes_only_near_expiry_and_earlier_for_slow_computes() {
-        let meta = Meta {
-            computed_at_ms: 1_000_000,
-            ttl_ms: 60_000,
-            compute_ms: 100,
-        };
+        let meta = Meta { computed_at_ms: 1_000_000, ttl_ms: 60_000, compute_ms: 100 };
         let expiry = meta.expires_at_ms();
         // A typical draw (ln 0.5 = -0.69) starts ~69 ms before expiry for a 100 ms compute.
         assert!(!xfetch_due(&meta, 1.0, expiry - 1_000, 0.5));

@@ -117,9 +117,7 @@ impl RedisSettings {
     /// Checks what the types cannot; the message names the setting.
     pub fn validate(&self) -> Result<()> {
         if self.pool_size == 0 || self.pool_size > 64 {
-            return Err(RedisError::Config(
-                "redis.pool_size must be between 1 and 64".into(),
-            ));
+            return Err(RedisError::Config("redis.pool_size must be between 1 and 64".into()));
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
             return Err(RedisError::Config(
@@ -127,9 +125,7 @@ impl RedisSettings {
             ));
         }
         if self.command_timeout_ms == 0 {
-            return Err(RedisError::Config(
-                "redis.command_timeout_ms must be > 0".into(),
-            ));
+            return Err(RedisError::Config("redis.command_timeout_ms must be > 0".into()));
         }
         for (name, endpoint) in [
             ("redis", Some(&self.primary)),
@@ -175,11 +171,7 @@ impl RedisEndpoint {
                     username: self.username.clone(),
                     password: self.password.as_ref().map(|p| p.expose_secret().to_owned()),
                     database: (self.db != 0).then_some(self.db),
-                    tls: if self.tls {
-                        Some(TlsConnector::default_rustls()?.into())
-                    } else {
-                        None
-                    },
+                    tls: if self.tls { Some(TlsConnector::default_rustls()?.into()) } else { None },
                     ..Config::default()
                 }
             }
@@ -205,9 +197,7 @@ pub struct RedisClients {
 
 impl std::fmt::Debug for RedisClients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisClients")
-            .field("keys", &self.keys)
-            .finish_non_exhaustive()
+        f.debug_struct("RedisClients").field("keys", &self.keys).finish_non_exhaustive()
     }
 }
 
@@ -330,11 +320,6 @@ fn builder(endpoint: &RedisEndpoint, settings: &RedisSettings) -> Result<Builder
         .with_performance_config(|p| {
             p.default_command_timeout = command_timeout;
         })
-        .set_policy(ReconnectPolicy::new_exponential(
-            0,
-            50,
-            settings.reconnect_max_delay_ms,
-            2,
-        ));
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, settings.reconnect_max_delay_ms, 2));
     Ok(builder)
 }

@@ -56,9 +56,7 @@ pub struct Keys {
 impl Keys {
     /// `prefix` is used as given (e.g. `platform`, or a per-test prefix).
     pub fn new(prefix: impl AsRef<str>) -> Self {
-        Self {
-            root: format!("{}:{SCHEMA_VERSION}", prefix.as_ref()),
-        }
+        Self { root: format!("{}:{SCHEMA_VERSION}", prefix.as_ref()) }
     }
 
     /// `<prefix>:v1`, the start of every key; useful for `SCAN MATCH` in admin tools.
@@ -121,24 +119,12 @@ mod tests {
     #[test]
     fn keys_carry_prefix_version_and_hash_tags() {
         let keys = Keys::new("app");
-        assert_eq!(
-            keys.cache_entry("org:1", "active"),
-            "app:v1:cache:{org:1}:active"
-        );
-        assert_eq!(
-            keys.cache_group_members("org:1"),
-            "app:v1:cache:{org:1}:__members"
-        );
-        assert_eq!(
-            keys.rate_limit_window("api", "1.2.3.4", 7),
-            "app:v1:rl:{api:1.2.3.4}:7"
-        );
+        assert_eq!(keys.cache_entry("org:1", "active"), "app:v1:cache:{org:1}:active");
+        assert_eq!(keys.cache_group_members("org:1"), "app:v1:cache:{org:1}:__members");
+        assert_eq!(keys.rate_limit_window("api", "1.2.3.4", 7), "app:v1:rl:{api:1.2.3.4}:7");
         assert_eq!(keys.lock("refresh"), "app:v1:lock:{refresh}");
         assert_eq!(keys.lock_fence("refresh"), "app:v1:lock:{refresh}:fence");
-        assert_eq!(
-            keys.stream(StreamName::StripeEvents),
-            "app:v1:stream:stripe-events"
-        );
+        assert_eq!(keys.stream(StreamName::StripeEvents), "app:v1:stream:stripe-events");
         assert_eq!(
             keys.dead_letter_stream(StreamName::UsageEvents, "meter"),
             "app:v1:stream:usage-events:dead:meter"

@@ -127,10 +127,7 @@ impl Lock {
 /// whose [`LockGuard::fence`] is smaller has been overtaken and must not commit its result.
 #[tracing::instrument(name = "lock.current_fence", skip(clients), fields(lock = name))]
 pub async fn current_fence(clients: &RedisClients, name: &str) -> Result<u64> {
-    let fence: Option<u64> = clients
-        .primary()
-        .get(clients.keys().lock_fence(name))
-        .await?;
+    let fence: Option<u64> = clients.primary().get(clients.keys().lock_fence(name)).await?;
     Ok(fence.unwrap_or(0))
 }
 
@@ -225,11 +222,7 @@ impl LockGuard {
             }
         };
         tokio::spawn(task);
-        RenewalHandle {
-            stop,
-            lost,
-            lost_rx,
-        }
+        RenewalHandle { stop, lost, lost_rx }
     }
 }
 
@@ -299,11 +292,7 @@ async fn renew(clients: &RedisClients, key: &str, token: &str, ttl: Duration) ->
 
 async fn release(clients: &RedisClients, key: &str, token: &str) -> Result<bool> {
     let deleted: i64 = RELEASE
-        .evalsha_with_reload(
-            clients.primary().next(),
-            vec![key.to_owned()],
-            vec![token.to_owned()],
-        )
+        .evalsha_with_reload(clients.primary().next(), vec![key.to_owned()], vec![token.to_owned()])
         .await?;
     Ok(deleted == 1)
 }

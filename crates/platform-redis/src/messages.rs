@@ -22,11 +22,7 @@ pub struct Envelope<T> {
 impl<T> Envelope<T> {
     /// Wraps `body` with the current version and the current span's trace context.
     pub fn new(body: T) -> Self {
-        Self {
-            v: MESSAGE_VERSION,
-            traceparent: crate::trace::current_traceparent(),
-            body,
-        }
+        Self { v: MESSAGE_VERSION, traceparent: crate::trace::current_traceparent(), body }
     }
 }
 
@@ -47,18 +43,9 @@ pub enum Invalidation {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CampaignUpdate {
     #[serde(rename_all = "camelCase")]
-    NewDonation {
-        campaign_id: String,
-        amount_cents: i64,
-        raised_cents: i64,
-        donation_count: i64,
-    },
+    NewDonation { campaign_id: String, amount_cents: i64, raised_cents: i64, donation_count: i64 },
     #[serde(rename_all = "camelCase")]
-    GoalReached {
-        campaign_id: String,
-        goal_cents: i64,
-        raised_cents: i64,
-    },
+    GoalReached { campaign_id: String, goal_cents: i64, raised_cents: i64 },
     #[serde(rename_all = "camelCase")]
     CampaignEnded { campaign_id: String },
 }
@@ -125,9 +112,7 @@ mod tests {
         let message = Envelope {
             v: MESSAGE_VERSION,
             traceparent: None,
-            body: Invalidation::Group {
-                group: "org:1".into(),
-            },
+            body: Invalidation::Group { group: "org:1".into() },
         };
         let text = serde_json::to_string(&message).unwrap_or_default();
         let back: Envelope<Invalidation> = serde_json::from_str(&text).unwrap_or_else(|_| {

@@ -136,12 +136,10 @@ impl PubSub {
         }
         let receiver = {
             let mut channels = lock(&self.inner.channels);
-            let local = channels
-                .entry(channel.to_owned())
-                .or_insert_with(|| LocalChannel {
-                    sender: broadcast::channel(LOCAL_BUFFER).0,
-                    subscribers: 0,
-                });
+            let local = channels.entry(channel.to_owned()).or_insert_with(|| LocalChannel {
+                sender: broadcast::channel(LOCAL_BUFFER).0,
+                subscribers: 0,
+            });
             local.subscribers += 1;
             local.sender.subscribe()
         };
@@ -209,12 +207,8 @@ impl Inner {
     async fn sync(&self, force: bool) -> Result<()> {
         let _serial = self.sync_lock.lock().await;
         let wanted: BTreeSet<String> = lock(&self.channels).keys().cloned().collect();
-        let tracked: BTreeSet<String> = self
-            .client
-            .tracked_channels()
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
+        let tracked: BTreeSet<String> =
+            self.client.tracked_channels().iter().map(|c| c.to_string()).collect();
         let subscribe: Vec<String> = if force {
             wanted.iter().cloned().collect()
         } else {
@@ -267,9 +261,7 @@ async fn dispatch(inner: Arc<Inner>, mut messages: broadcast::Receiver<Message>)
         match message {
             Ok(message) => {
                 let channel: &str = &message.channel;
-                let sender = lock(&inner.channels)
-                    .get(channel)
-                    .map(|local| local.sender.clone());
+                let sender = lock(&inner.channels).get(channel).map(|local| local.sender.clone());
                 let Some(sender) = sender else { continue };
                 match message.value.into_string() {
                     // No receivers left is fine: the last subscriber is being dropped.
@@ -323,9 +315,7 @@ pub struct Subscription<T> {
 
 impl<T> fmt::Debug for Subscription<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscription")
-            .field("channel", &self.channel)
-            .finish_non_exhaustive()
+        f.debug_struct("Subscription").field("channel", &self.channel).finish_non_exhaustive()
     }
 }
 
@@ -381,9 +371,7 @@ fn decode<T: DeserializeOwned>(text: &str) -> std::result::Result<Envelope<T>, &
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves the data consistent (single inserts and
     // removes), so a poisoned lock is used as is.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -393,14 +381,8 @@ mod tests {
     #[test]
     fn decode_skips_unknown_versions_and_garbage() {
         assert!(decode::<u32>(r#"{"v":1,"body":7}"#).is_ok());
-        assert_eq!(
-            decode::<u32>(r#"{"v":2,"body":7}"#).err(),
-            Some("unknown message version")
-        );
+        assert_eq!(decode::<u32>(r#"{"v":2,"body":7}"#).err(), Some("unknown message version"));
         assert_eq!(decode::<u32>("nope").err(), Some("not a message envelope"));
-        assert_eq!(
-            decode::<u32>(r#"{"v":1,"body":"x"}"#).err(),
-            Some("body does not decode")
-        );
+        assert_eq!(decode::<u32>(r#"{"v":1,"body":"x"}"#).err(), Some("body does not decode"));
     }
 }

@@ -439,10 +439,7 @@ impl StreamConsumer {
         // Blocking reads get their own connection so they never hold up a shared pool connection.
         let reader = self.clients.dedicated()?;
         let _connection = reader.connect();
-        let mut state = LoopState {
-            group_ready: false,
-            last_claim: None,
-        };
+        let mut state = LoopState { group_ready: false, last_claim: None };
         let mut failures: u32 = 0;
         tracing::info!(stream = %self.settings.stream, group = %self.settings.group, consumer = %self.settings.consumer, "stream consumer started");
         while !self.cancel.is_cancelled() {
@@ -479,10 +476,7 @@ impl StreamConsumer {
             state.group_ready = true;
         }
         let claim_every = self.settings.claim_idle / 2;
-        if state
-            .last_claim
-            .is_none_or(|at| at.elapsed() >= claim_every)
-        {
+        if state.last_claim.is_none_or(|at| at.elapsed() >= claim_every) {
             self.claim_pending(handler).await?;
             state.last_claim = Some(Instant::now());
             if self.cancel.is_cancelled() {
@@ -490,15 +484,9 @@ impl StreamConsumer {
             }
         }
         // Never block past the next claim pass.
-        let block = self
-            .settings
-            .block
-            .min(claim_every)
-            .max(Duration::from_millis(1));
-        let options = Options {
-            timeout: Some(block + Duration::from_secs(5)),
-            ..Options::default()
-        };
+        let block = self.settings.block.min(claim_every).max(Duration::from_millis(1));
+        let options =
+            Options { timeout: Some(block + Duration::from_secs(5)), ..Options::default() };
         let read_started = Instant::now();
         let reader = reader.with_options(&options);
         let read = reader.xreadgroup::<Value, _, _, _, _>(
@@ -516,8 +504,7 @@ impl StreamConsumer {
         };
         let entries = parse_read_response(value)?;
         if !entries.is_empty() {
-            self.process(handler, entries, Delivery::New, read_started)
-                .await?;
+            self.process(handler, entries, Delivery::New, read_started).await?;
         }
         Ok(())
     }
@@ -548,8 +535,7 @@ impl StreamConsumer {
             if !entries.is_empty() {
                 add(&self.counters.reclaimed, entries.len());
                 tracing::info!(count = entries.len(), stream = %self.settings.stream, group = %self.settings.group, "reclaimed idle pending entries");
-                self.process(handler, entries, Delivery::Claimed, started)
-                    .await?;
+                self.process(handler, entries, Delivery::Claimed, started).await?;
             }
             if next == "0-0" || self.cancel.is_cancelled() {
                 return Ok(());
@@ -564,9 +550,7 @@ impl StreamConsumer {
         let pipeline = self.clients.primary().next().pipeline();
         for entry in entries {
             let args = (entry.id.as_str(), entry.id.as_str(), 1u64);
-            let () = pipeline
-                .xpending(&self.key, self.settings.group.as_str(), args)
-                .await?;
+            let () = pipeline.xpending(&self.key, self.settings.group.as_str(), args).await?;
         }
         let mut counts = HashMap::with_capacity(entries.len());
         for answer in pipeline.try_all::<Value>().await {
@@ -651,13 +635,10 @@ impl StreamConsumer {
             let tx = self.clients.primary().next().multi();
             let mut ids = Vec::with_capacity(poison.len());
             for (entry, reason, deliveries) in &poison {
-                self.queue_dead_letter(&tx, entry, reason, *deliveries)
-                    .await?;
+                self.queue_dead_letter(&tx, entry, reason, *deliveries).await?;
                 ids.push(entry.id.clone());
             }
-            let () = tx
-                .xack(&self.key, self.settings.group.as_str(), ids)
-                .await?;
+            let () = tx.xack(&self.key, self.settings.group.as_str(), ids).await?;
             let _: Value = tx.exec(true).await?;
             add(&self.counters.dead_lettered, poison.len());
         }
@@ -673,10 +654,7 @@ impl StreamConsumer {
             claimed = delivery == Delivery::Claimed,
         );
         let tx = self.clients.primary().next().multi();
-        let handled = handler
-            .handle(&entries, &tx)
-            .instrument(batch_span.clone())
-            .await;
+        let handled = handler.handle(&entries, &tx).instrument(batch_span.clone()).await;
         let _entered = batch_span.enter();
         let outcomes = match handled {
             Ok(outcomes) if outcomes.len() == entries.len() => outcomes,
@@ -703,8 +681,7 @@ impl StreamConsumer {
                 Outcome::Ack => acked.push(entry.id.clone()),
                 Outcome::Retry => retried += 1,
                 Outcome::DeadLetter(reason) => {
-                    self.queue_dead_letter(&tx, original, reason, entry.deliveries)
-                        .await?;
+                    self.queue_dead_letter(&tx, original, reason, entry.deliveries).await?;
                     acked.push(entry.id.clone());
                     dead += 1;
                 }
@@ -726,9 +703,7 @@ impl StreamConsumer {
             return Ok(());
         }
         let acked_count = acked.len();
-        let () = tx
-            .xack(&self.key, self.settings.group.as_str(), acked)
-            .await?;
+        let () = tx.xack(&self.key, self.settings.group.as_str(), acked).await?;
         if let Err(error) = tx.exec::<Value>(true).await {
             add(&self.counters.retries, acked_count);
             return Err(error.into());
@@ -758,9 +733,7 @@ impl StreamConsumer {
             }
         }
         let cap = i64::try_from(self.settings.dead_letter_max_len).unwrap_or(i64::MAX);
-        let () = tx
-            .xadd(&self.dead_key, false, ("MAXLEN", "~", cap), "*", fields)
-            .await?;
+        let () = tx.xadd(&self.dead_key, false, ("MAXLEN", "~", cap), "*", fields).await?;
         Ok(())
     }
 }
@@ -768,9 +741,8 @@ impl StreamConsumer {
 /// Decodes an entry's body; the error is the dead-letter reason.
 fn decode<T: DeserializeOwned>(entry: &RawEntry) -> std::result::Result<T, String> {
     let version = entry.field(FIELD_VERSION).ok_or("missing field `v`")?;
-    let version: u32 = version
-        .parse()
-        .map_err(|_| format!("message version {version:?} is not a number"))?;
+    let version: u32 =
+        version.parse().map_err(|_| format!("message version {version:?} is not a number"))?;
     if version != MESSAGE_VERSION {
         return Err(format!(
             "unknown message version {version} (this consumer reads {MESSAGE_VERSION})"
@@ -803,10 +775,7 @@ fn parse_read_response(value: Value) -> Result<Vec<RawEntry>> {
             }
         }
         other => {
-            return Err(RedisError::Unexpected(format!(
-                "XREADGROUP answered a {}",
-                other.kind()
-            )));
+            return Err(RedisError::Unexpected(format!("XREADGROUP answered a {}", other.kind())));
         }
     }
     Ok(out)
@@ -866,10 +835,7 @@ fn array(value: Value) -> Vec<Value> {
 fn lossy(value: Value) -> String {
     match value {
         Value::Bytes(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        other => other
-            .as_str_lossy()
-            .map(|s| s.into_owned())
-            .unwrap_or_default(),
+        other => other.as_str_lossy().map(|s| s.into_owned()).unwrap_or_default(),
     }
 }
 
@@ -890,10 +856,7 @@ mod tests {
     fn raw(fields: &[(&str, &str)]) -> RawEntry {
         RawEntry {
             id: "1-0".into(),
-            fields: fields
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            fields: fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         }
     }
 
@@ -923,10 +886,8 @@ mod tests {
                 ]),
             ])
         };
-        let resp2 = Value::Array(vec![Value::Array(vec![
-            Value::from("s"),
-            Value::Array(vec![entry()]),
-        ])]);
+        let resp2 =
+            Value::Array(vec![Value::Array(vec![Value::from("s"), Value::Array(vec![entry()])])]);
         let parsed = parse_read_response(resp2).unwrap_or_default();
         assert_eq!(parsed.len(), 1);
         assert_eq!(parsed[0].field("data"), Some("2"));

@@ -54,13 +54,8 @@ mod tests {
     #[test]
     fn traceparent_parses_and_rejects_malformed_values() {
         let parsed = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let Some(context) = parsed else {
-            panic!("valid traceparent rejected")
-        };
-        assert_eq!(
-            format!("{:032x}", context.trace_id()),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
+        let Some(context) = parsed else { panic!("valid traceparent rejected") };
+        assert_eq!(format!("{:032x}", context.trace_id()), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(context.is_sampled());
         assert!(
             parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none()

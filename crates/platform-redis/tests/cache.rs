@@ -26,10 +26,7 @@ struct Campaigns {
 }
 
 fn campaigns(version: usize) -> Campaigns {
-    Campaigns {
-        names: vec!["Clean water".into(), "School roof".into()],
-        version,
-    }
+    Campaigns { names: vec!["Clean water".into(), "School roof".into()], version }
 }
 
 /// One "process": its own connections, cache and invalidation listener.
@@ -45,17 +42,12 @@ impl Replica {
     }
 
     async fn with_settings(server: &RedisServer, prefix: &str, settings: CacheSettings) -> Replica {
-        let clients = RedisClients::connect(&RedisSettings::for_url(&server.url(), prefix))
-            .await
-            .unwrap();
+        let clients =
+            RedisClients::connect(&RedisSettings::for_url(&server.url(), prefix)).await.unwrap();
         let cache = Cache::new(&clients, settings);
         let pubsub = PubSub::start(&clients).await.unwrap();
         cache.listen_for_invalidations(&pubsub).await.unwrap();
-        Replica {
-            clients,
-            cache,
-            pubsub,
-        }
+        Replica { clients, cache, pubsub }
     }
 
     /// Reads `key` with a compute that counts its runs and returns version `version`.
@@ -93,10 +85,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting: {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -128,11 +117,7 @@ async fn fifty_concurrent_misses_compute_once_and_the_next_read_is_an_l1_hit() {
     let next = replica.read("org:1", "active", 2, &runs).await;
 
     // Assert
-    assert_eq!(
-        runs.load(Ordering::SeqCst),
-        1,
-        "compute ran once for 50 concurrent misses"
-    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "compute ran once for 50 concurrent misses");
     for result in results {
         assert_eq!(result.unwrap().value, campaigns(1));
     }
@@ -158,10 +143,7 @@ async fn another_process_reads_the_value_from_redis_as_an_l2_hit() {
     let read = second.read("org:2", "active", 2, &second_runs).await;
 
     // Assert
-    assert_eq!(
-        (computed.status, computed.tier),
-        (CacheStatus::Miss, Tier::Origin)
-    );
+    assert_eq!((computed.status, computed.tier), (CacheStatus::Miss, Tier::Origin));
     assert_eq!((read.status, read.tier), (CacheStatus::Hit, Tier::L2));
     assert_eq!(read.value, campaigns(1));
     assert_eq!(second_runs.load(Ordering::SeqCst), 0);
@@ -173,10 +155,7 @@ async fn another_process_reads_the_value_from_redis_as_an_l2_hit() {
         .smembers(second.clients.keys().cache_group_members("org:2"))
         .await
         .unwrap();
-    assert_eq!(
-        members,
-        vec![second.clients.keys().cache_entry("org:2", "active")]
-    );
+    assert_eq!(members, vec![second.clients.keys().cache_entry("org:2", "active")]);
     first.stop().await;
     second.stop().await;
 }
@@ -195,18 +174,12 @@ async fn an_invalidation_from_one_replica_empties_the_l1_of_another() {
 
     // Act
     a.cache.invalidate("org:3", "active").await.unwrap();
-    eventually("b's L1 is empty", || async {
-        b.cache.stats().l1_entries == 0
-    })
-    .await;
+    eventually("b's L1 is empty", || async { b.cache.stats().l1_entries == 0 }).await;
     let after = b.read("org:3", "active", 2, &runs).await;
 
     // Assert
     assert_eq!(a.cache.stats().l1_entries, 0);
-    assert_eq!(
-        (after.status, after.tier),
-        (CacheStatus::Miss, Tier::Origin)
-    );
+    assert_eq!((after.status, after.tier), (CacheStatus::Miss, Tier::Origin));
     assert_eq!(after.value, campaigns(2));
     a.stop().await;
     b.stop().await;
@@ -228,10 +201,7 @@ async fn a_group_invalidation_drops_every_entry_of_the_group_on_every_replica() 
 
     // Act
     let deleted = a.cache.invalidate_group("org:4").await.unwrap();
-    eventually("b dropped org:4", || async {
-        b.cache.stats().l1_entries == 1
-    })
-    .await;
+    eventually("b dropped org:4", || async { b.cache.stats().l1_entries == 1 }).await;
     let active = b.read("org:4", "active", 2, &runs).await;
     let stats = b.read("org:4", "stats", 2, &runs).await;
     let other = b.read("org:5", "active", 2, &runs).await;
@@ -262,10 +232,7 @@ async fn a_failed_compute_returns_its_error_and_caches_nothing() {
 
     // Assert
     assert_eq!(failed.unwrap_err(), "database down");
-    assert_eq!(
-        (retried.status, retried.tier),
-        (CacheStatus::Miss, Tier::Origin)
-    );
+    assert_eq!((retried.status, retried.tier), (CacheStatus::Miss, Tier::Origin));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     replica.stop().await;
 }
@@ -286,21 +253,14 @@ async fn waiters_compute_for_themselves_when_the_leader_fails() {
                     .get_or_compute("org:7", "active", TTL, move || async move {
                         let run = runs.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(200)).await;
-                        if run == 0 {
-                            Err("first run fails".to_owned())
-                        } else {
-                            Ok(campaigns(1))
-                        }
+                        if run == 0 { Err("first run fails".to_owned()) } else { Ok(campaigns(1)) }
                     })
                     .await
             })
         })
         .collect();
-    let results: Vec<_> = futures::future::join_all(readers)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let results: Vec<_> =
+        futures::future::join_all(readers).await.into_iter().map(Result::unwrap).collect();
 
     // Assert: only the leader sees the error; nobody is left without an answer
     assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
@@ -313,24 +273,16 @@ async fn waiters_compute_for_themselves_when_the_leader_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_near_expiry_is_served_stale_while_one_background_refresh_replaces_it() {
     // Arrange: a huge beta makes XFetch refresh on every hit
-    let settings = CacheSettings {
-        early_refresh_beta: 1e9,
-        ..CacheSettings::default()
-    };
-    let replica = Replica::with_settings(
-        RedisServer::shared(),
-        &unique_prefix("cache-xfetch"),
-        settings,
-    )
-    .await;
+    let settings = CacheSettings { early_refresh_beta: 1e9, ..CacheSettings::default() };
+    let replica =
+        Replica::with_settings(RedisServer::shared(), &unique_prefix("cache-xfetch"), settings)
+            .await;
     let version = counter();
     let read = || {
         let version = Arc::clone(&version);
-        replica
-            .cache
-            .get_or_compute("org:8", "stats", TTL, move || async move {
-                Ok::<_, String>(campaigns(version.fetch_add(1, Ordering::SeqCst) + 1))
-            })
+        replica.cache.get_or_compute("org:8", "stats", TTL, move || async move {
+            Ok::<_, String>(campaigns(version.fetch_add(1, Ordering::SeqCst) + 1))
+        })
     };
     let first = read().await.unwrap();
 
@@ -339,10 +291,7 @@ async fn an_entry_near_expiry_is_served_stale_while_one_background_refresh_repla
 
     // Assert: the old value is served at once, labelled STALE, and a refresh replaces it
     assert_eq!((first.status, first.value.version), (CacheStatus::Miss, 1));
-    assert_eq!(
-        (stale.status, stale.tier, stale.value.version),
-        (CacheStatus::Stale, Tier::L1, 1)
-    );
+    assert_eq!((stale.status, stale.tier, stale.value.version), (CacheStatus::Stale, Tier::L1, 1));
     assert_eq!(stale.status.as_header(), "STALE");
     eventually("the refreshed value is served", || async {
         read().await.unwrap().value.version >= 2
@@ -355,10 +304,7 @@ async fn an_entry_near_expiry_is_served_stale_while_one_background_refresh_repla
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_cache_always_computes() {
     // Arrange
-    let settings = CacheSettings {
-        enabled: false,
-        ..CacheSettings::default()
-    };
+    let settings = CacheSettings { enabled: false, ..CacheSettings::default() };
     let replica =
         Replica::with_settings(RedisServer::shared(), &unique_prefix("cache-off"), settings).await;
     let runs = counter();
@@ -386,22 +332,14 @@ async fn with_redis_down_reads_compute_and_caching_resumes_after_restart() {
     let while_down = replica.read("org:10", "active", 1, &runs).await;
 
     // Assert: the request is answered from origin; the cache error is counted, not returned
-    assert_eq!(
-        (while_down.status, while_down.tier),
-        (CacheStatus::Miss, Tier::Origin)
-    );
+    assert_eq!((while_down.status, while_down.tier), (CacheStatus::Miss, Tier::Origin));
     assert_eq!(while_down.value, campaigns(1));
     assert!(replica.cache.stats().errors >= 1);
 
     // Act: Redis comes back (empty); the same Cache writes to it again
     server.restart().unwrap();
     eventually("the cache pool reconnected", || async {
-        replica
-            .clients
-            .cache()
-            .clients()
-            .iter()
-            .all(|c| c.is_connected())
+        replica.clients.cache().clients().iter().all(|c| c.is_connected())
     })
     .await;
     let after = replica.read("org:10", "stats", 1, &runs).await;
@@ -410,10 +348,7 @@ async fn with_redis_down_reads_compute_and_caching_resumes_after_restart() {
 
     // Assert
     assert_eq!(after.tier, Tier::Origin);
-    assert_eq!(
-        (from_redis.status, from_redis.tier),
-        (CacheStatus::Hit, Tier::L2)
-    );
+    assert_eq!((from_redis.status, from_redis.tier), (CacheStatus::Hit, Tier::L2));
     assert_eq!(from_redis.value, campaigns(1));
     replica.stop().await;
     other_process.stop().await;

@@ -19,14 +19,10 @@ async fn clients(test: &str) -> RedisClients {
 async fn a_second_holder_cannot_acquire_a_held_lock() {
     // Arrange
     let clients = clients("lock-exclusive").await;
-    let first = Lock::acquire(&clients, "job", Duration::from_secs(10))
-        .await
-        .unwrap();
+    let first = Lock::acquire(&clients, "job", Duration::from_secs(10)).await.unwrap();
 
     // Act
-    let second = Lock::acquire(&clients, "job", Duration::from_secs(10))
-        .await
-        .unwrap();
+    let second = Lock::acquire(&clients, "job", Duration::from_secs(10)).await.unwrap();
     let waited = Lock::acquire_with_wait(
         &clients,
         "job",
@@ -46,16 +42,11 @@ async fn a_second_holder_cannot_acquire_a_held_lock() {
 async fn a_released_lock_can_be_taken_by_the_next_holder() {
     // Arrange
     let clients = clients("lock-release").await;
-    let first = Lock::acquire(&clients, "job", Duration::from_secs(10))
-        .await
-        .unwrap()
-        .unwrap();
+    let first = Lock::acquire(&clients, "job", Duration::from_secs(10)).await.unwrap().unwrap();
 
     // Act
     let released = first.release().await.unwrap();
-    let second = Lock::acquire(&clients, "job", Duration::from_secs(10))
-        .await
-        .unwrap();
+    let second = Lock::acquire(&clients, "job", Duration::from_secs(10)).await.unwrap();
 
     // Assert
     assert!(released);
@@ -66,10 +57,7 @@ async fn a_released_lock_can_be_taken_by_the_next_holder() {
 async fn a_waiter_gets_the_lock_once_the_holder_releases_it() {
     // Arrange
     let clients = clients("lock-wait").await;
-    let holder = Lock::acquire(&clients, "job", Duration::from_secs(10))
-        .await
-        .unwrap()
-        .unwrap();
+    let holder = Lock::acquire(&clients, "job", Duration::from_secs(10)).await.unwrap().unwrap();
     let waiter = {
         let clients = clients.clone();
         tokio::spawn(async move {
@@ -96,14 +84,9 @@ async fn a_waiter_gets_the_lock_once_the_holder_releases_it() {
 async fn a_stale_owner_cannot_release_or_renew_the_new_owners_lock() {
     // Arrange: the first lease expires and someone else takes the lock.
     let clients = clients("lock-stale").await;
-    let stale = Lock::acquire(&clients, "job", Duration::from_millis(50))
-        .await
-        .unwrap()
-        .unwrap();
+    let stale = Lock::acquire(&clients, "job", Duration::from_millis(50)).await.unwrap().unwrap();
     let new_owner = loop {
-        if let Some(guard) = Lock::acquire(&clients, "job", Duration::from_secs(10))
-            .await
-            .unwrap()
+        if let Some(guard) = Lock::acquire(&clients, "job", Duration::from_secs(10)).await.unwrap()
         {
             break guard;
         }
@@ -113,9 +96,7 @@ async fn a_stale_owner_cannot_release_or_renew_the_new_owners_lock() {
     // Act
     let renewed = stale.renew(Duration::from_secs(10)).await.unwrap();
     let released = stale.release().await.unwrap();
-    let third = Lock::acquire(&clients, "job", Duration::from_secs(10))
-        .await
-        .unwrap();
+    let third = Lock::acquire(&clients, "job", Duration::from_secs(10)).await.unwrap();
 
     // Assert: the new owner still holds it, with its own token.
     assert!(!renewed);
@@ -123,11 +104,7 @@ async fn a_stale_owner_cannot_release_or_renew_the_new_owners_lock() {
     assert!(third.is_none());
     let stored: Option<String> = {
         use platform_redis::fred::prelude::*;
-        clients
-            .primary()
-            .get(clients.keys().lock("job"))
-            .await
-            .unwrap()
+        clients.primary().get(clients.keys().lock("job")).await.unwrap()
     };
     assert_eq!(stored.as_deref(), Some(new_owner.token()));
     assert!(new_owner.renew(Duration::from_secs(10)).await.unwrap());
@@ -156,25 +133,17 @@ async fn background_renewal_keeps_the_lock_past_its_original_ttl() {
 async fn renewal_reports_the_lock_lost_when_someone_else_took_it() {
     // Arrange: the lease expires before the first renewal, and another holder takes it.
     let clients = clients("lock-lost").await;
-    let guard = Lock::acquire(&clients, "job", Duration::from_millis(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let guard = Lock::acquire(&clients, "job", Duration::from_millis(30)).await.unwrap().unwrap();
     let renewal = guard.spawn_renewal(Duration::from_millis(200), Duration::from_millis(30));
     let _other = loop {
-        if let Some(g) = Lock::acquire(&clients, "job", Duration::from_secs(10))
-            .await
-            .unwrap()
-        {
+        if let Some(g) = Lock::acquire(&clients, "job", Duration::from_secs(10)).await.unwrap() {
             break g;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
 
     // Act
-    tokio::time::timeout(Duration::from_secs(10), renewal.lost())
-        .await
-        .expect("loss reported");
+    tokio::time::timeout(Duration::from_secs(10), renewal.lost()).await.expect("loss reported");
 
     // Assert
     assert!(renewal.is_lost());
@@ -189,24 +158,15 @@ async fn fence_numbers_increase_with_every_acquisition() {
 
     // Act
     for _ in 0..5 {
-        let guard = Lock::acquire(&clients, "job", Duration::from_secs(10))
-            .await
-            .unwrap()
-            .unwrap();
+        let guard = Lock::acquire(&clients, "job", Duration::from_secs(10)).await.unwrap().unwrap();
         fences.push(guard.fence());
         assert!(guard.is_fence_current().await.unwrap());
         guard.release().await.unwrap();
     }
-    let older = Lock::acquire(&clients, "job", Duration::from_secs(10))
-        .await
-        .unwrap()
-        .unwrap();
+    let older = Lock::acquire(&clients, "job", Duration::from_secs(10)).await.unwrap().unwrap();
     let older_fence = older.fence();
     older.release().await.unwrap();
-    let newer = Lock::acquire(&clients, "job", Duration::from_secs(10))
-        .await
-        .unwrap()
-        .unwrap();
+    let newer = Lock::acquire(&clients, "job", Duration::from_secs(10)).await.unwrap().unwrap();
 
     // Assert
     assert!(fences.windows(2).all(|w| w[0] < w[1]), "fences {fences:?}");
@@ -219,21 +179,14 @@ async fn fence_numbers_increase_with_every_acquisition() {
 async fn a_dropped_guard_releases_its_lock() {
     // Arrange
     let clients = clients("lock-drop").await;
-    let guard = Lock::acquire(&clients, "job", Duration::from_secs(60))
-        .await
-        .unwrap()
-        .unwrap();
+    let guard = Lock::acquire(&clients, "job", Duration::from_secs(60)).await.unwrap().unwrap();
 
     // Act
     drop(guard);
-    let next = Lock::acquire_with_wait(
-        &clients,
-        "job",
-        Duration::from_secs(10),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let next =
+        Lock::acquire_with_wait(&clients, "job", Duration::from_secs(10), Duration::from_secs(5))
+            .await
+            .unwrap();
 
     // Assert
     assert!(next.is_some());

@@ -43,10 +43,7 @@ async fn limiter_on(
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// Keeps a test's requests inside one fixed window, so the previous window plays no part.
@@ -59,11 +56,7 @@ async fn avoid_window_end(window_ms: u64, margin_ms: u64) {
 
 /// `calls` of `cmdstat_evalsha` in `INFO commandstats` (0 before the first one).
 async fn evalsha_calls(clients: &RedisClients) -> u64 {
-    let info: String = clients
-        .primary()
-        .info(Some(InfoKind::CommandStats))
-        .await
-        .expect("INFO");
+    let info: String = clients.primary().info(Some(InfoKind::CommandStats)).await.expect("INFO");
     info.lines()
         .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
         .and_then(|rest| rest.split(',').next())
@@ -74,12 +67,8 @@ async fn evalsha_calls(clients: &RedisClients) -> u64 {
 async fn exactly_limit_requests_pass_then_the_next_is_denied_with_limit_remaining_and_reset() {
     // Arrange: 5 per hour, so the test's requests fall in one fixed window.
     let hour_ms = 3_600_000;
-    let (_clients, limiter) = limiter_on(
-        RedisServer::shared(),
-        "exact",
-        &settings_with(&[("burst", 5, 3_600)]),
-    )
-    .await;
+    let (_clients, limiter) =
+        limiter_on(RedisServer::shared(), "exact", &settings_with(&[("burst", 5, 3_600)])).await;
     avoid_window_end(hour_ms, 5_000).await;
 
     // Act
@@ -100,10 +89,7 @@ async fn exactly_limit_requests_pass_then_the_next_is_denied_with_limit_remainin
         assert_eq!(decision.retry_after, None);
     }
     assert!(!denied.allowed);
-    assert_eq!(
-        (denied.limit, denied.remaining, denied.source),
-        (5, 0, DecisionSource::Redis)
-    );
+    assert_eq!((denied.limit, denied.remaining, denied.source), (5, 0, DecisionSource::Redis));
     // The rest of this hour, then the 12 minutes it takes 5 weighted requests to lose one.
     let expected = |now: u64| hour_ms - now % hour_ms + hour_ms / 5;
     let reset_ms = denied.reset_after.as_millis() as u64;
@@ -119,12 +105,9 @@ async fn exactly_limit_requests_pass_then_the_next_is_denied_with_limit_remainin
 #[tokio::test]
 async fn different_identifiers_are_counted_independently() {
     // Arrange
-    let (_clients, limiter) = limiter_on(
-        RedisServer::shared(),
-        "independent",
-        &settings_with(&[("burst", 2, 3_600)]),
-    )
-    .await;
+    let (_clients, limiter) =
+        limiter_on(RedisServer::shared(), "independent", &settings_with(&[("burst", 2, 3_600)]))
+            .await;
     avoid_window_end(3_600_000, 5_000).await;
     for _ in 0..3 {
         limiter.check("burst", "alice").await.unwrap();
@@ -143,12 +126,8 @@ async fn different_identifiers_are_counted_independently() {
 #[tokio::test]
 async fn after_the_window_requests_pass_again() {
     // Arrange: 3 per second, exhausted.
-    let (_clients, limiter) = limiter_on(
-        RedisServer::shared(),
-        "recover",
-        &settings_with(&[("tick", 3, 1)]),
-    )
-    .await;
+    let (_clients, limiter) =
+        limiter_on(RedisServer::shared(), "recover", &settings_with(&[("tick", 3, 1)])).await;
     let mut denied = None;
     for _ in 0..10 {
         let decision = limiter.check("tick", "carol").await.unwrap();
@@ -179,22 +158,15 @@ async fn after_the_window_requests_pass_again() {
 #[tokio::test]
 async fn an_unknown_policy_is_an_error_not_a_panic() {
     // Arrange
-    let (_clients, limiter) = limiter_on(
-        RedisServer::shared(),
-        "unknown",
-        &RateLimitSettings::default(),
-    )
-    .await;
+    let (_clients, limiter) =
+        limiter_on(RedisServer::shared(), "unknown", &RateLimitSettings::default()).await;
 
     // Act
     let result = limiter.check("no-such-policy", "dave").await;
 
     // Assert
     assert_eq!(result, Err(UnknownPolicy("no-such-policy".into())));
-    assert_eq!(
-        limiter.policy("guest_checkout"),
-        Some(PolicySettings::new(3, 300))
-    );
+    assert_eq!(limiter.policy("guest_checkout"), Some(PolicySettings::new(3, 300)));
 }
 
 #[tokio::test]
@@ -217,21 +189,10 @@ async fn a_blocked_identifier_costs_no_redis_command() {
     let calls_after = evalsha_calls(&clients).await;
 
     // Assert
-    assert!(
-        calls_before >= 2,
-        "the first two checks ran the script ({calls_before})"
-    );
+    assert!(calls_before >= 2, "the first two checks ran the script ({calls_before})");
     assert_eq!(calls_after, calls_before, "blocked checks sent EVALSHA");
-    assert!(
-        later
-            .iter()
-            .all(|d| !d.allowed && d.source == DecisionSource::BlockedCache)
-    );
-    assert!(
-        later
-            .iter()
-            .all(|d| d.retry_after.is_some_and(|r| r <= first_denial.reset_after))
-    );
+    assert!(later.iter().all(|d| !d.allowed && d.source == DecisionSource::BlockedCache));
+    assert!(later.iter().all(|d| d.retry_after.is_some_and(|r| r <= first_denial.reset_after)));
     let stats = limiter.stats();
     assert_eq!(stats.redis_decisions, 2);
     assert_eq!(stats.blocked_cache_hits, 20);
@@ -245,10 +206,7 @@ async fn stopping_redis_switches_to_the_fallback_which_still_limits_and_back_aft
     let (_clients, limiter) =
         limiter_on(&server, "fallback", &settings_with(&[("trio", 3, 3_600)])).await;
     avoid_window_end(3_600_000, 30_000).await;
-    assert_eq!(
-        limiter.check("trio", "warmup").await.unwrap().source,
-        DecisionSource::Redis
-    );
+    assert_eq!(limiter.check("trio", "warmup").await.unwrap().source, DecisionSource::Redis);
     assert_eq!(limiter.mode(), LimiterMode::Redis);
 
     // Act: Redis dies.
@@ -262,9 +220,7 @@ async fn stopping_redis_switches_to_the_fallback_which_still_limits_and_back_aft
     // Assert: decided in process, still limiting.
     assert_eq!(mode_during, LimiterMode::Fallback);
     assert!(
-        during[..3]
-            .iter()
-            .all(|d| d.allowed && d.source == DecisionSource::Fallback),
+        during[..3].iter().all(|d| d.allowed && d.source == DecisionSource::Fallback),
         "{during:?}"
     );
     assert!(!during[3].allowed);
@@ -296,33 +252,23 @@ fn header(
     response: &actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
     name: &str,
 ) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
+    response.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
 }
 
 #[actix_web::test]
 async fn the_middleware_answers_429_with_retry_after_headers_and_json_and_heads_every_response() {
     // Arrange: 2 per hour per client IP.
-    let (_clients, limiter) = limiter_on(
-        RedisServer::shared(),
-        "middleware",
-        &settings_with(&[("page", 2, 3_600)]),
+    let (_clients, limiter) =
+        limiter_on(RedisServer::shared(), "middleware", &settings_with(&[("page", 2, 3_600)]))
+            .await;
+    avoid_window_end(3_600_000, 5_000).await;
+    let app = test::init_service(
+        App::new()
+            .wrap(RateLimit::new(limiter, "page"))
+            .route("/", web::get().to(|| async { HttpResponse::Ok().body("ok") })),
     )
     .await;
-    avoid_window_end(3_600_000, 5_000).await;
-    let app = test::init_service(App::new().wrap(RateLimit::new(limiter, "page")).route(
-        "/",
-        web::get().to(|| async { HttpResponse::Ok().body("ok") }),
-    ))
-    .await;
-    let get = |ip: &str| {
-        test::TestRequest::get()
-            .uri("/")
-            .peer_addr(peer(ip))
-            .to_request()
-    };
+    let get = |ip: &str| test::TestRequest::get().uri("/").peer_addr(peer(ip)).to_request();
 
     // Act
     let first = test::call_service(&app, get("10.0.0.1")).await;
@@ -334,24 +280,15 @@ async fn the_middleware_answers_429_with_retry_after_headers_and_json_and_heads_
     for (response, remaining) in [(&first, "1"), (&second, "0")] {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(header(response, "x-ratelimit-limit").as_deref(), Some("2"));
-        assert_eq!(
-            header(response, "x-ratelimit-remaining").as_deref(),
-            Some(remaining)
-        );
+        assert_eq!(header(response, "x-ratelimit-remaining").as_deref(), Some(remaining));
         assert!(header(response, "x-ratelimit-reset").is_some());
         assert_eq!(header(response, "retry-after"), None);
     }
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&third, "x-ratelimit-limit").as_deref(), Some("2"));
-    assert_eq!(
-        header(&third, "x-ratelimit-remaining").as_deref(),
-        Some("0")
-    );
+    assert_eq!(header(&third, "x-ratelimit-remaining").as_deref(), Some("0"));
     let retry_after: u64 = header(&third, "retry-after").unwrap().parse().unwrap();
-    let reset: u64 = header(&third, "x-ratelimit-reset")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let reset: u64 = header(&third, "x-ratelimit-reset").unwrap().parse().unwrap();
     // Rest of the hour plus half an hour (2 weighted requests lose one in 30 min), in whole seconds.
     assert!((1_800..=5_400).contains(&retry_after), "{retry_after}");
     assert_eq!(reset, retry_after);
@@ -361,21 +298,14 @@ async fn the_middleware_answers_429_with_retry_after_headers_and_json_and_heads_
         serde_json::json!({"error": "Too many requests: limit of 2 per hour exceeded", "code": "rate_limited"})
     );
     assert_eq!(other_ip.status(), StatusCode::OK);
-    assert_eq!(
-        header(&other_ip, "x-ratelimit-remaining").as_deref(),
-        Some("1")
-    );
+    assert_eq!(header(&other_ip, "x-ratelimit-remaining").as_deref(), Some("1"));
 }
 
 #[actix_web::test]
 async fn a_custom_key_limits_per_organisation_from_the_path() {
     // Arrange: 1 per hour per org slug, whatever the caller's IP.
-    let (_clients, limiter) = limiter_on(
-        RedisServer::shared(),
-        "custom-key",
-        &settings_with(&[("org", 1, 3_600)]),
-    )
-    .await;
+    let (_clients, limiter) =
+        limiter_on(RedisServer::shared(), "custom-key", &settings_with(&[("org", 1, 3_600)])).await;
     avoid_window_end(3_600_000, 5_000).await;
     let app = test::init_service(
         App::new().service(
@@ -396,15 +326,9 @@ async fn a_custom_key_limits_per_organisation_from_the_path() {
     };
 
     // Act
-    let acme = test::call_service(&app, get("acme", "10.0.0.1"))
-        .await
-        .status();
-    let acme_again = test::call_service(&app, get("acme", "10.0.0.2"))
-        .await
-        .status();
-    let globex = test::call_service(&app, get("globex", "10.0.0.1"))
-        .await
-        .status();
+    let acme = test::call_service(&app, get("acme", "10.0.0.1")).await.status();
+    let acme_again = test::call_service(&app, get("acme", "10.0.0.2")).await.status();
+    let globex = test::call_service(&app, get("globex", "10.0.0.1")).await.status();
 
     // Assert
     assert_eq!(acme, StatusCode::OK);
@@ -415,12 +339,8 @@ async fn a_custom_key_limits_per_organisation_from_the_path() {
 #[actix_web::test]
 async fn the_first_forwarded_hop_is_the_client_only_when_trusted() {
     // Arrange: 1 per hour; two clients behind one proxy address.
-    let (_clients, limiter) = limiter_on(
-        RedisServer::shared(),
-        "forwarded",
-        &settings_with(&[("one", 1, 3_600)]),
-    )
-    .await;
+    let (_clients, limiter) =
+        limiter_on(RedisServer::shared(), "forwarded", &settings_with(&[("one", 1, 3_600)])).await;
     avoid_window_end(3_600_000, 5_000).await;
     let handler = || async { HttpResponse::Ok().finish() };
     let trusting = test::init_service(
@@ -438,34 +358,21 @@ async fn the_first_forwarded_hop_is_the_client_only_when_trusted() {
     };
 
     // Act
-    let first_client = test::call_service(&trusting, via_proxy("203.0.113.1"))
-        .await
-        .status();
-    let second_client = test::call_service(&trusting, via_proxy("203.0.113.2"))
-        .await
-        .status();
-    let first_again = test::call_service(&trusting, via_proxy("203.0.113.1"))
-        .await
-        .status();
+    let first_client = test::call_service(&trusting, via_proxy("203.0.113.1")).await.status();
+    let second_client = test::call_service(&trusting, via_proxy("203.0.113.2")).await.status();
+    let first_again = test::call_service(&trusting, via_proxy("203.0.113.1")).await.status();
 
     // Assert
     assert_eq!(
         (first_client, second_client, first_again),
-        (
-            StatusCode::OK,
-            StatusCode::OK,
-            StatusCode::TOO_MANY_REQUESTS
-        )
+        (StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS)
     );
 }
 
 #[actix_web::test]
 async fn a_disabled_limiter_passes_requests_through_without_headers() {
     // Arrange
-    let settings = RateLimitSettings {
-        enabled: false,
-        ..settings_with(&[("one", 1, 3_600)])
-    };
+    let settings = RateLimitSettings { enabled: false, ..settings_with(&[("one", 1, 3_600)]) };
     let (_clients, limiter) = limiter_on(RedisServer::shared(), "disabled", &settings).await;
     let app = test::init_service(
         App::new()
@@ -480,10 +387,7 @@ async fn a_disabled_limiter_passes_requests_through_without_headers() {
         responses.push(
             test::call_service(
                 &app,
-                test::TestRequest::get()
-                    .uri("/")
-                    .peer_addr(peer("10.0.0.9"))
-                    .to_request(),
+                test::TestRequest::get().uri("/").peer_addr(peer("10.0.0.9")).to_request(),
             )
             .await,
         );
@@ -491,26 +395,15 @@ async fn a_disabled_limiter_passes_requests_through_without_headers() {
 
     // Assert
     assert!(responses.iter().all(|r| r.status() == StatusCode::OK));
-    assert!(
-        responses
-            .iter()
-            .all(|r| header(r, "x-ratelimit-limit").is_none())
-    );
-    assert_eq!(
-        limiter.check("one", "x").await.unwrap().source,
-        DecisionSource::Disabled
-    );
+    assert!(responses.iter().all(|r| header(r, "x-ratelimit-limit").is_none()));
+    assert_eq!(limiter.check("one", "x").await.unwrap().source, DecisionSource::Disabled);
 }
 
 #[actix_web::test]
 async fn a_middleware_naming_an_unknown_policy_fails_app_start_instead_of_panicking() {
     // Arrange
-    let (_clients, limiter) = limiter_on(
-        RedisServer::shared(),
-        "bad-policy",
-        &RateLimitSettings::default(),
-    )
-    .await;
+    let (_clients, limiter) =
+        limiter_on(RedisServer::shared(), "bad-policy", &RateLimitSettings::default()).await;
     let inner = fn_service(|req: ServiceRequest| async {
         Ok::<_, actix_web::Error>(req.into_response(HttpResponse::Ok().finish()))
     })

@@ -35,12 +35,7 @@ struct CountingHandler {
 
 impl CountingHandler {
     fn new(counter: String) -> Self {
-        Self {
-            counter,
-            always_retry: None,
-            reject: None,
-            traceparents: Mutex::new(Vec::new()),
-        }
+        Self { counter, always_retry: None, reject: None, traceparents: Mutex::new(Vec::new()) }
     }
 }
 
@@ -117,29 +112,18 @@ async fn counter(clients: &RedisClients) -> i64 {
 async fn pending(clients: &RedisClients, consumer: &StreamConsumer) -> u64 {
     let summary: Value = clients
         .primary()
-        .xpending(
-            consumer.stream_key(),
-            consumer.settings().group.as_str(),
-            (),
-        )
+        .xpending(consumer.stream_key(), consumer.settings().group.as_str(), ())
         .await
         .unwrap();
-    summary
-        .into_array()
-        .first()
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
+    summary.into_array().first().and_then(Value::as_u64).unwrap_or(0)
 }
 
 async fn dead_letters(
     clients: &RedisClients,
     consumer: &StreamConsumer,
 ) -> Vec<Vec<(String, String)>> {
-    let entries: Value = clients
-        .primary()
-        .xrange(consumer.dead_letter_key(), "-", "+", None)
-        .await
-        .unwrap();
+    let entries: Value =
+        clients.primary().xrange(consumer.dead_letter_key(), "-", "+", None).await.unwrap();
     entries
         .into_array()
         .into_iter()
@@ -155,11 +139,7 @@ async fn dead_letters(
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
-    fields
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
+    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
 }
 
 /// Polls `condition` until it holds; fails the test after a generous deadline.
@@ -170,10 +150,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -196,10 +173,7 @@ async fn a_dead_consumers_entries_are_reclaimed_and_applied_exactly_once() {
     let survivor_stop = CancellationToken::new();
     let survivor = StreamConsumer::new(
         &clients,
-        ConsumerSettings {
-            consumer: "survivor".into(),
-            ..settings("meter")
-        },
+        ConsumerSettings { consumer: "survivor".into(), ..settings("meter") },
         survivor_stop.clone(),
     );
     survivor.ensure_group().await.unwrap();
@@ -210,15 +184,7 @@ async fn a_dead_consumers_entries_are_reclaimed_and_applied_exactly_once() {
     // One reads 200 entries and crashes before acking (raw XREADGROUP, never acked).
     let _: Value = clients
         .primary()
-        .xreadgroup(
-            "meter",
-            "dead-one",
-            Some(200),
-            None,
-            false,
-            survivor.stream_key(),
-            ">",
-        )
+        .xreadgroup("meter", "dead-one", Some(200), None, false, survivor.stream_key(), ">")
         .await
         .unwrap();
     // Another queues its effects for a batch and dies before EXEC.
@@ -239,11 +205,7 @@ async fn a_dead_consumers_entries_are_reclaimed_and_applied_exactly_once() {
     );
     dying.run(&dying_handler).await.unwrap();
     assert_eq!(dying_handler.calls.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        counter(&clients).await,
-        0,
-        "nothing of the dead batches was applied"
-    );
+    assert_eq!(counter(&clients).await, 0, "nothing of the dead batches was applied");
     assert_eq!(pending(&clients, &survivor).await, 250);
 
     // Act: the survivor reads the rest and reclaims the dead consumers' entries.
@@ -281,31 +243,16 @@ async fn poison_entries_go_to_the_dead_letter_stream_and_the_worker_goes_on() {
     producer.append(&Credit { amount: 1 }).await.unwrap();
     let not_json: String = clients
         .primary()
-        .xadd(
-            &key,
-            false,
-            None,
-            "*",
-            vec![("v", "1"), ("data", "{not json")],
-        )
+        .xadd(&key, false, None, "*", vec![("v", "1"), ("data", "{not json")])
         .await
         .unwrap();
     let future_version: String = clients
         .primary()
-        .xadd(
-            &key,
-            false,
-            None,
-            "*",
-            vec![("v", "99"), ("data", r#"{"amount":1000}"#)],
-        )
+        .xadd(&key, false, None, "*", vec![("v", "99"), ("data", r#"{"amount":1000}"#)])
         .await
         .unwrap();
-    let no_data: String = clients
-        .primary()
-        .xadd(&key, false, None, "*", vec![("v", "1")])
-        .await
-        .unwrap();
+    let no_data: String =
+        clients.primary().xadd(&key, false, None, "*", vec![("v", "1")]).await.unwrap();
     let _: String = clients
         .primary()
         .xadd(
@@ -313,11 +260,7 @@ async fn poison_entries_go_to_the_dead_letter_stream_and_the_worker_goes_on() {
             false,
             None,
             "*",
-            vec![
-                ("v", "1"),
-                ("traceparent", traceparent),
-                ("data", r#"{"amount":10}"#),
-            ],
+            vec![("v", "1"), ("traceparent", traceparent), ("data", r#"{"amount":10}"#)],
         )
         .await
         .unwrap();
@@ -328,10 +271,7 @@ async fn poison_entries_go_to_the_dead_letter_stream_and_the_worker_goes_on() {
     let running = {
         let consumer = consumer.clone();
         tokio::spawn(async move {
-            consumer
-                .run(&handler)
-                .await
-                .map(|()| handler.traceparents.into_inner().unwrap())
+            consumer.run(&handler).await.map(|()| handler.traceparents.into_inner().unwrap())
         })
     };
     eventually("good entries are processed", || async {
@@ -363,10 +303,7 @@ async fn entries_retried_past_max_deliveries_or_rejected_by_the_handler_are_dead
     let stop = CancellationToken::new();
     let consumer = StreamConsumer::new(
         &clients,
-        ConsumerSettings {
-            max_deliveries: 2,
-            ..settings("meter")
-        },
+        ConsumerSettings { max_deliveries: 2, ..settings("meter") },
         stop.clone(),
     );
     consumer.ensure_group().await.unwrap();
@@ -465,18 +402,12 @@ async fn a_cancelled_worker_finishes_its_current_batch_before_returning() {
     let stop = CancellationToken::new();
     let consumer = StreamConsumer::new(
         &clients,
-        ConsumerSettings {
-            batch_size: 10,
-            ..settings("meter")
-        },
+        ConsumerSettings { batch_size: 10, ..settings("meter") },
         stop.clone(),
     );
     consumer.ensure_group().await.unwrap();
     let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
-    producer
-        .append_all(&vec![Credit { amount: 1 }; 30])
-        .await
-        .unwrap();
+    producer.append_all(&vec![Credit { amount: 1 }; 30]).await.unwrap();
     let handler = StopMidBatchHandler {
         inner: CountingHandler::new(counter_key(&clients)),
         stop: stop.clone(),
@@ -504,19 +435,10 @@ async fn appended_entries_carry_version_and_json_data() {
     let id = producer.append(&Credit { amount: 42 }).await.unwrap();
 
     // Assert
-    let entries: Value = clients
-        .primary()
-        .xrange(producer.key(), "-", "+", None)
-        .await
-        .unwrap();
+    let entries: Value = clients.primary().xrange(producer.key(), "-", "+", None).await.unwrap();
     let mut entry = entries.into_array().remove(0).into_array().into_iter();
     assert_eq!(entry.next().unwrap().as_string().unwrap(), id);
-    let fields: Vec<String> = entry
-        .next()
-        .unwrap()
-        .into_array()
-        .iter()
-        .map(|v| v.as_string().unwrap())
-        .collect();
+    let fields: Vec<String> =
+        entry.next().unwrap().into_array().iter().map(|v| v.as_string().unwrap()).collect();
     assert_eq!(fields, vec!["v", "1", "data", r#"{"amount":42}"#]);
 }

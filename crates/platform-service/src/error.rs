@@ -19,10 +19,7 @@ pub struct ErrorBody {
 
 /// A JSON error response.
 pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(ErrorBody {
-        error: message.into(),
-        code: code.to_owned(),
-    })
+    HttpResponse::build(status).json(ErrorBody { error: message.into(), code: code.to_owned() })
 }
 
 /// Logs `error` with its whole cause chain and answers an opaque 500 (or `status`, e.g. 503).
@@ -53,32 +50,28 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// oversized body) with the JSON contract.
 pub fn configure_extractors(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg: &mut web::ServiceConfig| {
-        cfg.app_data(
-            JsonConfig::default()
-                .limit(body_limit)
-                .error_handler(|err, _req| {
-                    use actix_web::error::JsonPayloadError;
-                    let response = match &err {
-                        JsonPayloadError::Overflow { .. }
-                        | JsonPayloadError::OverflowKnownLength { .. } => error_response(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "payload_too_large",
-                            "Request body is too large",
-                        ),
-                        JsonPayloadError::ContentType => error_response(
-                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                            "unsupported_media_type",
-                            "Expected Content-Type: application/json",
-                        ),
-                        other => error_response(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_json",
-                            format!("Invalid JSON body: {other}"),
-                        ),
-                    };
-                    InternalError::from_response(err, response).into()
-                }),
-        )
+        cfg.app_data(JsonConfig::default().limit(body_limit).error_handler(|err, _req| {
+            use actix_web::error::JsonPayloadError;
+            let response = match &err {
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "Request body is too large",
+                ),
+                JsonPayloadError::ContentType => error_response(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "Expected Content-Type: application/json",
+                ),
+                other => error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("Invalid JSON body: {other}"),
+                ),
+            };
+            InternalError::from_response(err, response).into()
+        }))
         .app_data(PathConfig::default().error_handler(|err, _req| {
             let response = error_response(
                 StatusCode::BAD_REQUEST,

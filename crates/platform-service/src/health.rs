@@ -49,30 +49,15 @@ struct Check {
 async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
     let draining = ctx.shutdown.is_draining();
     let redis = match tokio::time::timeout(Duration::from_secs(2), ctx.redis.ping()).await {
-        Ok(Ok(_)) => Check {
-            ok: true,
-            error: None,
-        },
-        Ok(Err(e)) => Check {
-            ok: false,
-            error: Some(error_chain(&e)),
-        },
-        Err(_) => Check {
-            ok: false,
-            error: Some("timed out".into()),
-        },
+        Ok(Ok(_)) => Check { ok: true, error: None },
+        Ok(Err(e)) => Check { ok: false, error: Some(error_chain(&e)) },
+        Err(_) => Check { ok: false, error: Some("timed out".into()) },
     };
     let postgres = match &ctx.db {
         None => None,
         Some(pool) => Some(match sqlx::query("SELECT 1").execute(pool).await {
-            Ok(_) => Check {
-                ok: true,
-                error: None,
-            },
-            Err(e) => Check {
-                ok: false,
-                error: Some(error_chain(&e)),
-            },
+            Ok(_) => Check { ok: true, error: None },
+            Err(e) => Check { ok: false, error: Some(error_chain(&e)) },
         }),
     };
     let ready = !draining && redis.ok && postgres.as_ref().is_none_or(|c| c.ok);
@@ -101,16 +86,9 @@ async fn redis_health(ctx: web::Data<AppContext>) -> HttpResponse {
         _ => None,
     };
     let connected = latency_ms.is_some();
-    let memory = if connected {
-        memory_info(&ctx).await
-    } else {
-        None
-    };
-    let fallbacks: serde_json::Map<String, serde_json::Value> = ctx
-        .fallbacks
-        .iter()
-        .map(|f| (f.component().to_owned(), f.in_fallback().into()))
-        .collect();
+    let memory = if connected { memory_info(&ctx).await } else { None };
+    let fallbacks: serde_json::Map<String, serde_json::Value> =
+        ctx.fallbacks.iter().map(|f| (f.component().to_owned(), f.in_fallback().into())).collect();
     let any_fallback = !connected || fallbacks.values().any(|v| *v == true);
     HttpResponse::Ok().json(json!({
         "status": if connected { "healthy" } else { "degraded" },
@@ -125,12 +103,7 @@ async fn redis_health(ctx: web::Data<AppContext>) -> HttpResponse {
 }
 
 async fn memory_info(ctx: &AppContext) -> Option<serde_json::Value> {
-    let info: String = ctx
-        .redis
-        .primary()
-        .info(Some(fred::types::InfoKind::Memory))
-        .await
-        .ok()?;
+    let info: String = ctx.redis.primary().info(Some(fred::types::InfoKind::Memory)).await.ok()?;
     let field = |name: &str| {
         info.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(':')))

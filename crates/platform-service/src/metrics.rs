@@ -44,11 +44,8 @@ impl Metrics {
     /// A registry whose metrics all carry `service="<service>"`.
     pub fn new(service: &'static str) -> Self {
         let mut registry = Registry::with_labels(
-            [(
-                std::borrow::Cow::Borrowed("service"),
-                std::borrow::Cow::Borrowed(service),
-            )]
-            .into_iter(),
+            [(std::borrow::Cow::Borrowed("service"), std::borrow::Cow::Borrowed(service))]
+                .into_iter(),
         );
         let requests = Family::<HttpLabels, Counter>::default();
         let durations: Family<HttpLabels, Histogram, fn() -> Histogram> =
@@ -59,19 +56,12 @@ impl Metrics {
             "Time to produce the response",
             durations.clone(),
         );
-        Self {
-            registry: Arc::new(RwLock::new(registry)),
-            requests,
-            durations,
-        }
+        Self { registry: Arc::new(RwLock::new(registry)), requests, durations }
     }
 
     /// Registers a service metric; keep a clone of `metric` to update it.
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
-        self.registry
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .register(name, help, metric);
+        self.registry.write().unwrap_or_else(|p| p.into_inner()).register(name, help, metric);
     }
 
     /// The Prometheus text exposition.
@@ -96,9 +86,7 @@ pub async fn observe_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().to_string();
     let span = tracing::info_span!(
         "http_request",
@@ -106,10 +94,7 @@ pub async fn observe_requests(
         http.route = %route,
         http.status = tracing::field::Empty,
     );
-    let traceparent = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok());
+    let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
     platform_redis::trace::set_parent_from(&span, traceparent);
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
 
@@ -118,14 +103,7 @@ pub async fn observe_requests(
     let status = response.status().as_u16();
     span.record("http.status", status);
     if let Some(metrics) = metrics {
-        metrics.observe(
-            HttpLabels {
-                method,
-                route,
-                status,
-            },
-            started.elapsed().as_secs_f64(),
-        );
+        metrics.observe(HttpLabels { method, route, status }, started.elapsed().as_secs_f64());
     }
     Ok(response)
 }

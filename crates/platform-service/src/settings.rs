@@ -31,10 +31,7 @@ pub enum SettingsError {
 
 impl SettingsError {
     pub fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
-        Self::Invalid {
-            key,
-            reason: reason.into(),
-        }
+        Self::Invalid { key, reason: reason.into() }
     }
 }
 
@@ -168,10 +165,7 @@ impl CommonSettings {
             return Err(SettingsError::invalid("http.host", "must not be empty"));
         }
         if self.http.body_limit_bytes == 0 {
-            return Err(SettingsError::invalid(
-                "http.body_limit_bytes",
-                "must be > 0",
-            ));
+            return Err(SettingsError::invalid("http.body_limit_bytes", "must be > 0"));
         }
         if self.auth.admin_token.expose_secret().len() < 8 {
             return Err(SettingsError::invalid(
@@ -190,9 +184,7 @@ impl CommonSettings {
         self.rate_limit
             .validate()
             .map_err(|e| SettingsError::invalid("rate_limit", e.to_string()))?;
-        self.redis
-            .validate()
-            .map_err(|e| SettingsError::invalid("redis", e.to_string()))
+        self.redis.validate().map_err(|e| SettingsError::invalid("redis", e.to_string()))
     }
 }
 
@@ -206,10 +198,7 @@ impl DatabaseSettings {
             ));
         }
         if self.max_connections == 0 {
-            return Err(SettingsError::invalid(
-                "database.max_connections",
-                "must be > 0",
-            ));
+            return Err(SettingsError::invalid("database.max_connections", "must be > 0"));
         }
         Ok(())
     }

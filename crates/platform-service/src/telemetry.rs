@@ -68,9 +68,8 @@ pub fn init_telemetry(
         Some(endpoint) => Some(tracer_provider(service, endpoint)?),
         None => None,
     };
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    let otel_layer =
+        provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
 
     Registry::default()
         .with(filter)
@@ -78,11 +77,7 @@ pub fn init_telemetry(
         .with(otel_layer)
         .try_init()
         .map_err(|e| anyhow::anyhow!("telemetry already initialised: {e}"))?;
-    tracing::info!(
-        service,
-        otlp = settings.otlp_endpoint.is_some(),
-        "telemetry initialised"
-    );
+    tracing::info!(service, otlp = settings.otlp_endpoint.is_some(), "telemetry initialised");
     Ok(TelemetryGuard { provider })
 }
 

@@ -63,15 +63,10 @@ async fn spawn_app(redis_url: &str, with_database: bool) -> TestApp {
     } else {
         None
     };
-    let context = connect_context("test-service", &common, database.as_ref())
-        .await
-        .unwrap();
+    let context = connect_context("test-service", &common, database.as_ref()).await.unwrap();
     let limiter = context.rate_limiter.clone();
-    let app = Application::build(
-        &common.http,
-        common.auth.admin_token.clone(),
-        context,
-        move |cfg| {
+    let app =
+        Application::build(&common.http, common.auth.admin_token.clone(), context, move |cfg| {
             cfg.route(
                 "/admin/ping",
                 web::post().to(|_: RequireAdmin| async { HttpResponse::Ok().json("pong") }),
@@ -85,28 +80,17 @@ async fn spawn_app(redis_url: &str, with_database: bool) -> TestApp {
                     .wrap(RateLimit::new(limiter.clone(), "tight"))
                     .route(web::get().to(|| async { HttpResponse::Ok().json("ok") })),
             );
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.context().shutdown.clone();
     let server = tokio::spawn(app.run_until_stopped());
-    TestApp {
-        base,
-        shutdown,
-        client: reqwest::Client::new(),
-        server,
-    }
+    TestApp { base, shutdown, client: reqwest::Client::new(), server }
 }
 
 impl TestApp {
     async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
+        let response = self.client.get(format!("{}{path}", self.base)).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -156,10 +140,7 @@ async fn redis_health_says_fallback_while_redis_is_down_and_redis_once_back() {
     assert_eq!(up["mode"], "redis");
     assert!(up["latency"].as_f64().is_some());
     assert!(up["memory"]["usedBytes"].as_u64().unwrap() > 0);
-    assert_eq!(
-        down_status, 200,
-        "the report itself must answer while Redis is down"
-    );
+    assert_eq!(down_status, 200, "the report itself must answer while Redis is down");
     assert_eq!(down["connected"], false);
     assert_eq!(down["mode"], "fallback");
     assert_eq!(ready_while_down, 503);
@@ -199,12 +180,7 @@ async fn metrics_count_requests_by_route_pattern() {
     app.get("/healthz").await;
 
     // Act
-    let response = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap();
     let text = response.text().await.unwrap();
 
     // Assert
@@ -237,12 +213,7 @@ async fn errors_follow_the_json_contract() {
     assert_eq!(bad_json.status().as_u16(), 400);
     let body: Value = bad_json.json().await.unwrap();
     assert_eq!(body["code"], "invalid_json");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("Invalid JSON body")
-    );
+    assert!(body["error"].as_str().unwrap().starts_with("Invalid JSON body"));
     assert_eq!(too_big.status().as_u16(), 413);
     let body: Value = too_big.json().await.unwrap();
     assert_eq!(body["code"], "payload_too_large");
@@ -256,28 +227,13 @@ async fn admin_routes_need_the_bearer_token() {
 
     // Act
     let missing = app.client.post(&url).send().await.unwrap();
-    let wrong = app
-        .client
-        .post(&url)
-        .bearer_auth("nope")
-        .send()
-        .await
-        .unwrap();
-    let right = app
-        .client
-        .post(&url)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let wrong = app.client.post(&url).bearer_auth("nope").send().await.unwrap();
+    let right = app.client.post(&url).bearer_auth(TOKEN).send().await.unwrap();
 
     // Assert
     assert_eq!(missing.status().as_u16(), 401);
     let body: Value = missing.json().await.unwrap();
-    assert_eq!(
-        body,
-        serde_json::json!({"error": "Missing bearer token", "code": "unauthorized"})
-    );
+    assert_eq!(body, serde_json::json!({"error": "Missing bearer token", "code": "unauthorized"}));
     assert_eq!(wrong.status().as_u16(), 401);
     assert_eq!(right.status().as_u16(), 200);
 }
@@ -293,9 +249,6 @@ async fn a_stop_request_drains_and_ends_the_server() {
     let finished = tokio::time::timeout(std::time::Duration::from_secs(10), app.server).await;
 
     // Assert
-    assert!(
-        matches!(finished, Ok(Ok(Ok(())))),
-        "server did not stop cleanly: {finished:?}"
-    );
+    assert!(matches!(finished, Ok(Ok(Ok(())))), "server did not stop cleanly: {finished:?}");
     assert!(app.shutdown.is_draining());
 }

@@ -19,12 +19,7 @@ format = "json"
 "#;
 
 fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
-    Some(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    )
+    Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
 }
 
 #[test]
@@ -38,10 +33,7 @@ fn environment_variables_override_file_and_defaults() {
     let settings: CommonSettings = load_from(
         DEFAULTS,
         Some((file.display().to_string(), true)),
-        env(&[
-            ("APP__HTTP__PORT", "9100"),
-            ("APP__AUTH__ADMIN_TOKEN", "a-long-secret"),
-        ]),
+        env(&[("APP__HTTP__PORT", "9100"), ("APP__AUTH__ADMIN_TOKEN", "a-long-secret")]),
     )
     .unwrap();
 
@@ -54,12 +46,9 @@ fn environment_variables_override_file_and_defaults() {
 
 #[test]
 fn secrets_never_appear_in_debug_output() {
-    let settings: CommonSettings = load_from(
-        DEFAULTS,
-        None,
-        env(&[("APP__AUTH__ADMIN_TOKEN", "super-secret-token")]),
-    )
-    .unwrap();
+    let settings: CommonSettings =
+        load_from(DEFAULTS, None, env(&[("APP__AUTH__ADMIN_TOKEN", "super-secret-token")]))
+            .unwrap();
     let printed = format!("{settings:?}");
     assert!(!printed.contains("super-secret-token"), "{printed}");
     assert!(printed.contains("REDACTED"));
@@ -78,19 +67,7 @@ fn a_bad_setting_is_named_in_the_error() {
     let message = wrong_type.unwrap_err().to_string();
     assert!(message.contains("http.port"), "{message}");
     let invalid = short_token.validate().unwrap_err();
-    assert!(
-        matches!(
-            invalid,
-            SettingsError::Invalid {
-                key: "auth.admin_token",
-                ..
-            }
-        ),
-        "{invalid}"
-    );
+    assert!(matches!(invalid, SettingsError::Invalid { key: "auth.admin_token", .. }), "{invalid}");
     let message = missing.unwrap_err().to_string();
-    assert!(
-        message.contains("redis") || message.contains("auth"),
-        "{message}"
-    );
+    assert!(message.contains("redis") || message.contains("auth"), "{message}");
 }

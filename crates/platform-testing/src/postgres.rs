@@ -64,12 +64,7 @@ impl PostgresServer {
             dir = sh_quote(&dir),
         ));
 
-        let mut server = Self {
-            port: 0,
-            dir,
-            bin_dir,
-            run_as,
-        };
+        let mut server = Self { port: 0, dir, bin_dir, run_as };
         let initdb = server
             .command("initdb")
             .arg("-D")
@@ -111,10 +106,7 @@ impl PostgresServer {
             .await
             .context("create the test database")?;
         admin.close().await.ok();
-        Ok(TestDatabase {
-            url: self.url(&name),
-            name,
-        })
+        Ok(TestDatabase { url: self.url(&name), name })
     }
 
     /// Stops the cluster abruptly (immediate mode, like a crash).

@@ -7,10 +7,7 @@ use std::process::{Command, Stdio};
 /// A loopback port that was free a moment ago. Another process may take it before we bind, so
 /// launchers retry with a new port when the server fails to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
 /// Finds `name` on `PATH`, then in the extra directories (Debian puts Postgres binaries under

@@ -120,10 +120,7 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
-        bail!(
-            "redis-server did not answer PING on port {} within 10 s",
-            self.port
-        )
+        bail!("redis-server did not answer PING on port {} within 10 s", self.port)
     }
 }
 

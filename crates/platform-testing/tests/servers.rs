@@ -31,10 +31,7 @@ async fn each_test_database_is_empty_and_separate() {
     let mut b = sqlx::PgConnection::connect(&second.url).await.unwrap();
 
     // Act
-    sqlx::query("CREATE TABLE only_in_first (id int)")
-        .execute(&mut a)
-        .await
-        .unwrap();
+    sqlx::query("CREATE TABLE only_in_first (id int)").execute(&mut a).await.unwrap();
     let in_second: Option<String> = sqlx::query_scalar("SELECT to_regclass('only_in_first')::text")
         .fetch_one(&mut b)
         .await

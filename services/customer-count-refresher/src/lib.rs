@@ -31,10 +31,5 @@ impl ServiceSettings for Settings {
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let context = connect_context(SERVICE, &settings.common, None).await?;
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
-    Ok(Application::build(
-        &settings.common.http,
-        admin_token,
-        context,
-        |_cfg| {},
-    )?)
+    Ok(Application::build(&settings.common.http, admin_token, context, |_cfg| {})?)
 }

@@ -13,10 +13,7 @@ async fn service_starts_and_reports_ready_with_its_dependencies() {
     let mut vars = HashMap::from([
         ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
         ("APP__REDIS__URL".to_owned(), RedisServer::shared().url()),
-        (
-            "APP__REDIS__KEY_PREFIX".to_owned(),
-            unique_prefix("usage-meter"),
-        ),
+        ("APP__REDIS__KEY_PREFIX".to_owned(), unique_prefix("usage-meter")),
     ]);
     let database = PostgresServer::shared().create_database().await.unwrap();
     vars.insert("APP__DATABASE__URL".to_owned(), database.url);

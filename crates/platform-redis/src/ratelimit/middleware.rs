@@ -55,12 +55,7 @@ impl RateLimit {
     /// Applies `policy` (a name known to `limiter`) per client IP.
     pub fn new(limiter: RateLimiter, policy: impl Into<String>) -> Self {
         let trust_x_forwarded_for = limiter.trusts_x_forwarded_for();
-        Self {
-            limiter,
-            policy: policy.into(),
-            key: None,
-            trust_x_forwarded_for,
-        }
+        Self { limiter, policy: policy.into(), key: None, trust_x_forwarded_for }
     }
 
     /// Uses `key` to find the identifier; `None` falls back to the client IP.
@@ -137,11 +132,7 @@ impl Config {
                 .parse::<IpAddr>()
                 .ok()
         };
-        let ip = if self.trust_x_forwarded_for {
-            forwarded()
-        } else {
-            None
-        };
+        let ip = if self.trust_x_forwarded_for { forwarded() } else { None };
         match ip.or_else(|| req.peer_addr().map(|addr| addr.ip())) {
             Some(ip) => ip.to_string(),
             // No peer address (e.g. a Unix socket or a test request): all such callers share one bucket.
@@ -183,10 +174,7 @@ where
                 return Ok(service.call(req).await?.map_into_left_body());
             }
             let identifier = config.identifier(&req);
-            let decision = config
-                .limiter
-                .check_policy(&config.policy, &identifier)
-                .await;
+            let decision = config.limiter.check_policy(&config.policy, &identifier).await;
             let mut response = if decision.allowed {
                 service.call(req).await?.map_into_left_body()
             } else {
@@ -210,9 +198,5 @@ fn set_headers(headers: &mut HeaderMap, decision: &Decision) {
 }
 
 fn ceil_secs(duration: std::time::Duration) -> u64 {
-    duration
-        .as_millis()
-        .div_ceil(1_000)
-        .try_into()
-        .unwrap_or(u64::MAX)
+    duration.as_millis().div_ceil(1_000).try_into().unwrap_or(u64::MAX)
 }

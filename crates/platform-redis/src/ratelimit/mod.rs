@@ -164,15 +164,9 @@ impl Default for RateLimitSettings {
 impl RateLimitSettings {
     /// The defaults overlaid with the configured policies.
     pub fn effective_policies(&self) -> HashMap<String, PolicySettings> {
-        let mut policies: HashMap<String, PolicySettings> = DEFAULT_POLICIES
-            .iter()
-            .map(|(name, policy)| ((*name).to_owned(), *policy))
-            .collect();
-        policies.extend(
-            self.policies
-                .iter()
-                .map(|(name, policy)| (name.clone(), *policy)),
-        );
+        let mut policies: HashMap<String, PolicySettings> =
+            DEFAULT_POLICIES.iter().map(|(name, policy)| ((*name).to_owned(), *policy)).collect();
+        policies.extend(self.policies.iter().map(|(name, policy)| (name.clone(), *policy)));
         policies
     }
 
@@ -206,9 +200,7 @@ impl RateLimitSettings {
             ));
         }
         if self.blocked_cache_capacity == 0 {
-            return Err(RedisError::Config(
-                "rate_limit.blocked_cache_capacity must be > 0".into(),
-            ));
+            return Err(RedisError::Config("rate_limit.blocked_cache_capacity must be > 0".into()));
         }
         Ok(())
     }
@@ -401,11 +393,8 @@ impl RateLimiter {
     /// Counts one request of `identifier` against `policy` and says whether it may proceed.
     /// Never fails because of Redis: see the module doc for the blocked cache and the fallback.
     pub async fn check(&self, policy: &str, identifier: &str) -> Result<Decision, UnknownPolicy> {
-        let policy = self
-            .inner
-            .policies
-            .get(policy)
-            .ok_or_else(|| UnknownPolicy(policy.to_owned()))?;
+        let policy =
+            self.inner.policies.get(policy).ok_or_else(|| UnknownPolicy(policy.to_owned()))?;
         Ok(self.check_policy(policy, identifier).await)
     }
 
@@ -479,9 +468,7 @@ impl RateLimiter {
     ) -> Result<Outcome> {
         let window_index = now_ms / policy.window_ms;
         let keys = vec![
-            self.inner
-                .keys
-                .rate_limit_window(&policy.name, identifier, window_index),
+            self.inner.keys.rate_limit_window(&policy.name, identifier, window_index),
             self.inner.keys.rate_limit_window(
                 &policy.name,
                 identifier,
@@ -493,20 +480,14 @@ impl RateLimiter {
             to_i64(policy.window_ms),
             to_i64(now_ms % policy.window_ms),
         ];
-        let reply: Vec<i64> = self
-            .inner
-            .script
-            .evalsha_with_reload(client, keys, args)
-            .await?;
+        let reply: Vec<i64> = self.inner.script.evalsha_with_reload(client, keys, args).await?;
         match reply.as_slice() {
             [allowed, _limit, remaining, reset] => Ok(Outcome {
                 allowed: *allowed == 1,
                 remaining: u32::try_from(*remaining).unwrap_or(0),
                 reset_ms: u64::try_from(*reset).unwrap_or(0),
             }),
-            other => Err(RedisError::Unexpected(format!(
-                "rate-limit script returned {other:?}"
-            ))),
+            other => Err(RedisError::Unexpected(format!("rate-limit script returned {other:?}"))),
         }
     }
 
@@ -558,9 +539,7 @@ impl RateLimiter {
 
     fn enter_fallback(&self, reason: &dyn fmt::Display) {
         if !self.inner.in_fallback.swap(true, Ordering::Relaxed) {
-            self.inner
-                .last_probe_ms
-                .store(self.elapsed_ms(), Ordering::Relaxed);
+            self.inner.last_probe_ms.store(self.elapsed_ms(), Ordering::Relaxed);
             tracing::warn!(%reason, "redis is unreachable; rate limits now decided in process (per replica)");
         }
     }
@@ -590,9 +569,7 @@ impl RateLimiter {
 
 /// A poisoned lock only means another thread panicked mid-update of plain counters; keep going.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn unix_ms() -> u64 {
@@ -611,18 +588,10 @@ fn describe_window(window_secs: u64) -> String {
     for (unit_secs, unit) in [(86_400, "day"), (3_600, "hour"), (60, "minute")] {
         if window_secs.is_multiple_of(unit_secs) {
             let n = window_secs / unit_secs;
-            return if n == 1 {
-                unit.to_owned()
-            } else {
-                format!("{n} {unit}s")
-            };
+            return if n == 1 { unit.to_owned() } else { format!("{n} {unit}s") };
         }
     }
-    if window_secs == 1 {
-        "second".to_owned()
-    } else {
-        format!("{window_secs} seconds")
-    }
+    if window_secs == 1 { "second".to_owned() } else { format!("{window_secs} seconds") }
 }
 
 #[cfg(test)]
@@ -647,31 +616,13 @@ mod tests {
     #[test]
     fn validation_names_the_bad_policy() {
         let mut settings = RateLimitSettings::default();
-        settings
-            .policies
-            .insert("search".into(), PolicySettings::new(0, 60));
-        let message = settings
-            .validate()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            message.contains("rate_limit.policies.search.limit"),
-            "{message}"
-        );
+        settings.policies.insert("search".into(), PolicySettings::new(0, 60));
+        let message = settings.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("rate_limit.policies.search.limit"), "{message}");
 
-        settings
-            .policies
-            .insert("search".into(), PolicySettings::new(5, 0));
-        let message = settings
-            .validate()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            message.contains("rate_limit.policies.search.window_secs"),
-            "{message}"
-        );
+        settings.policies.insert("search".into(), PolicySettings::new(5, 0));
+        let message = settings.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("rate_limit.policies.search.window_secs"), "{message}");
     }
 
     #[test]

@@ -102,10 +102,7 @@ pub(crate) struct BlockedCache {
 
 impl BlockedCache {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            until: HashMap::new(),
-            capacity,
-        }
+        Self { until: HashMap::new(), capacity }
     }
 
     /// The instant `identifier` is blocked until, if that is still in the future.
@@ -157,10 +154,7 @@ pub(crate) struct LocalWindows {
 
 impl LocalWindows {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            counters: HashMap::new(),
-            capacity,
-        }
+        Self { counters: HashMap::new(), capacity }
     }
 
     pub fn decide(&mut self, identifier: &str, limit: u32, window_ms: u64, now_ms: u64) -> Outcome {
@@ -169,38 +163,20 @@ impl LocalWindows {
         if !self.counters.contains_key(identifier) && self.counters.len() >= self.capacity {
             self.evict(window_index);
         }
-        let entry = self
-            .counters
-            .entry(identifier.to_owned())
-            .or_insert(Counters {
-                window_index,
-                current: 0,
-                previous: 0,
-            });
+        let entry = self.counters.entry(identifier.to_owned()).or_insert(Counters {
+            window_index,
+            current: 0,
+            previous: 0,
+        });
         if entry.window_index != window_index {
-            let previous = if entry.window_index + 1 == window_index {
-                entry.current
-            } else {
-                0
-            };
-            *entry = Counters {
-                window_index,
-                current: 0,
-                previous,
-            };
+            let previous = if entry.window_index + 1 == window_index { entry.current } else { 0 };
+            *entry = Counters { window_index, current: 0, previous };
         }
-        decide(
-            limit,
-            window_ms,
-            elapsed,
-            entry.previous,
-            &mut entry.current,
-        )
+        decide(limit, window_ms, elapsed, entry.previous, &mut entry.current)
     }
 
     fn evict(&mut self, window_index: u64) {
-        self.counters
-            .retain(|_, c| c.window_index + 1 >= window_index);
+        self.counters.retain(|_, c| c.window_index + 1 >= window_index);
         if self.counters.len() >= self.capacity
             && let Some(key) = self.counters.keys().next().cloned()
         {
