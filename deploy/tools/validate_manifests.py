@@ -41,14 +41,17 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _no_duplicates(loader, node, deep=False):
+    """Explicit keys of a mapping must be unique; `<<` merge keys may be overridden."""
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
-    return loader.construct_mapping(node, deep)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
 
 UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
