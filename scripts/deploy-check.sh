@@ -164,9 +164,17 @@ self_test() {
     }
     m="$WORK/mutants"; mkdir -p "$m"
 
-    # chart values: a string where Kubernetes wants an integer
+    # chart values: a string where an integer belongs, and an unknown key (values.schema.json)
     printf 'services:\n  usage-meter:\n    replicas: "two"\n    hpa: { enabled: false }\n' >"$m/replicas.yaml"
-    expect_fail 'replicas: "two" (schema type)' 'spec/replicas: .two. is not of type' check_chart mut-replicas "$CHART" "$m/replicas.yaml"
+    expect_fail 'values replicas: "two" (values.schema.json)' 'replicas.: got string, want integer' check_chart mut-replicas "$CHART" "$m/replicas.yaml"
+    printf 'services:\n  usage-meter:\n    replicaz: 2\n' >"$m/replicaz.yaml"
+    expect_fail 'values services.usage-meter.replicaz (values.schema.json)' "additional properties 'replicaz' not allowed" check_chart mut-replicaz "$CHART" "$m/replicaz.yaml"
+
+    # chart template: a quoted integer in the Deployment (passes the values schema; Kubernetes schema)
+    cp -r "$CHART" "$m/chart-type"
+    sed -i 's/^  replicas: {{ $svc.replicas }}$/  replicas: "{{ $svc.replicas }}"/' "$m/chart-type/templates/deployment.yaml"
+    grep -q 'replicas: "{{' "$m/chart-type/templates/deployment.yaml"
+    expect_fail 'Deployment replicas: "1" from the template (Kubernetes schema type)' "spec/replicas: '1' is not of type" check_chart mut-type "$m/chart-type"
 
     # chart template: an unknown field in the Deployment spec
     cp -r "$CHART" "$m/chart-unknown"
