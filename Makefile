@@ -22,13 +22,13 @@ else
 PROFILE_FLAG :=
 endif
 
-.PHONY: help deps build run stop logs test lint fmt bench clean
+.PHONY: help deps build run stop logs test lint fmt bench clean deploy-check k8s-manifests
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value ...]"
 	@echo
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
-		| awk 'BEGIN {FS = ":.*## "} {printf "  %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
+		| awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: CARGO CARGO_FLAGS TEST_FLAGS PROFILE=debug|release REDIS_PORT=6379 PG_PORT=5432"
 	@echo "           ADMIN_TOKEN=dev-admin-token READY_TIMEOUT=60 RUST_LOG=info"
@@ -74,3 +74,9 @@ clean: stop ## Stop everything, then remove target/ (cargo clean) and .run/
 	@pg_base=$$(cat .run/pg-base 2>/dev/null || true); \
 	if [[ -n "$$pg_base" && "$$pg_base" == /var/tmp/platform-dev-* ]]; then rm -rf "$$pg_base"; echo "removed $$pg_base"; fi
 	rm -rf .run
+
+deploy-check: ## Validate Dockerfile, docker-compose.yml, the Helm chart and k8s/ (no Docker engine or cluster needed)
+	@bash scripts/deploy-check.sh
+
+k8s-manifests: ## Regenerate k8s/ from the Helm chart (commit the result)
+	@bash scripts/deploy-check.sh --write-k8s
