@@ -14,6 +14,7 @@ CARGO       ?= cargo
 CARGO_FLAGS ?=
 TEST_FLAGS  ?=
 PROFILE     ?= debug
+BENCH       ?=
 export PROFILE CARGO CARGO_FLAGS
 
 ifeq ($(PROFILE),release)
@@ -30,7 +31,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
 		| awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 	@echo
-	@echo "Variables: CARGO CARGO_FLAGS TEST_FLAGS PROFILE=debug|release REDIS_PORT=6379 PG_PORT=5432"
+	@echo "Variables: CARGO CARGO_FLAGS TEST_FLAGS PROFILE=debug|release REDIS_PORT=6379 PG_PORT=5432 BENCH=<name>"
 	@echo "           ADMIN_TOKEN=dev-admin-token READY_TIMEOUT=60 RUST_LOG=info"
 
 deps: ## Install missing Debian packages (redis-server, postgresql, curl) with apt-get
@@ -64,10 +65,9 @@ lint: ## Check formatting (rustfmt) and lints (clippy, warnings are errors)
 fmt: ## Format all code with rustfmt
 	$(CARGO) fmt --all
 
-bench: ## Run the cargo benchmarks (HTTP load runs with wrk come with later issues)
+bench: ## Benchmarks: criterion micro-benches, then each service's load run (wrk on loopback); see docs/benchmarks.md
 	@bash scripts/deps.sh --bench
-	$(CARGO) bench $(CARGO_FLAGS) --workspace
-	@echo "bench: only the in-process cargo benches ran; HTTP load runs against the services (wrk) are added by later issues."
+	@bash scripts/bench/run-all.sh $(BENCH)
 
 clean: stop ## Stop everything, then remove target/ (cargo clean) and .run/
 	$(CARGO) clean
