@@ -130,7 +130,7 @@ fn mac(secret: &str, timestamp: &str, payload: &[u8]) -> hmac::Tag {
 
 /// Lowercase or uppercase hex to bytes; `None` for anything else (such a `v1` never matches).
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| -> Option<u8> {

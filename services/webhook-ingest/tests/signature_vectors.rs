@@ -31,7 +31,13 @@ fn payload(spec: &str) -> Vec<u8> {
     bytes
 }
 
-fn check(secret: &str, payload: &[u8], header: &str, now: i64, tolerance: u64) -> Result<i64, SignatureError> {
+fn check(
+    secret: &str,
+    payload: &[u8],
+    header: &str,
+    now: i64,
+    tolerance: u64,
+) -> Result<i64, SignatureError> {
     let secrets = vec![SecretString::from(secret.to_owned())];
     verify(Some(header), payload, &secrets, Duration::from_secs(tolerance), now)
 }
@@ -122,7 +128,10 @@ fn the_dotnet_vector_fails_at_t_plus_400_and_without_its_trailing_newline() {
     let rotated = verify(
         Some(header),
         &bytes,
-        &[SecretString::from("whsec_new".to_owned()), SecretString::from("webhook_secret".to_owned())],
+        &[
+            SecretString::from("whsec_new".to_owned()),
+            SecretString::from("webhook_secret".to_owned()),
+        ],
         Duration::from_secs(300),
         1_533_204_720,
     );
