@@ -8,6 +8,7 @@
 #   DURATION=10s  CONNECTIONS=32  THREADS=2   wrk settings (same for both endpoints)
 #   DELIVERIES=200000                         pre-signed unique deliveries (more than the run sends)
 #   SKIP_BUILD=1                              use the release binaries already built
+#   PG_SYNC_COMMIT=on                         off = ablation: Postgres commits without waiting for fsync
 #   CARGO_TARGET_DIR                          where cargo builds (default: <repo>/target)
 # Prints wrk's output for both endpoints and a summary; exits non-zero when a run failed.
 set -euo pipefail
@@ -21,6 +22,7 @@ THREADS="${THREADS:-2}"
 DELIVERIES="${DELIVERIES:-200000}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 SECRET="whsec_bench"
+PG_SYNC_COMMIT="${PG_SYNC_COMMIT:-on}"
 
 command -v wrk >/dev/null 2>&1 || { log "installing wrk"; apt-get install -y wrk >/dev/null; }
 PG_BIN="$(pg_bin_dir)" || die "Postgres binaries not found: run \`make deps\`"
@@ -56,7 +58,7 @@ log "starting redis-server on 127.0.0.1:$REDIS_PORT"
 for _ in $(seq 1 100); do redis_ping "$REDIS_PORT" && break; sleep 0.1; done
 redis_ping "$REDIS_PORT" || die "redis-server did not start"
 
-log "starting Postgres on 127.0.0.1:$PG_PORT (fsync and synchronous_commit on: the defaults)"
+log "starting Postgres on 127.0.0.1:$PG_PORT (fsync on, synchronous_commit=$PG_SYNC_COMMIT)"
 mkdir -p "$WORK/pg"
 chmod 700 "$WORK/pg"
 if is_root; then chown postgres: "$WORK/pg"; fi
@@ -65,7 +67,7 @@ as_pg_user "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust -E UTF8 >"$WORK/i
 touch "$WORK/pg.log"
 if is_root; then chown postgres: "$WORK/pg.log"; fi
 as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w -t 60 \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg" start >/dev/null ||
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c synchronous_commit=$PG_SYNC_COMMIT" start >/dev/null ||
     die "Postgres did not start: $(tail -5 "$WORK/pg.log")"
 "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE webhooks"
 

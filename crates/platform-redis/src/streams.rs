@@ -7,6 +7,12 @@
 //! Dead-letter entries ([`crate::keys::Keys::dead_letter_stream`]) carry `original_id`, `reason`,
 //! `deliveries`, `consumer`, and the original `v`, `traceparent` and `data` as they were.
 //!
+//! # Appending once per operation id
+//! [`StreamProducer::append_claimed`] appends only while an idempotency marker
+//! ([`crate::idempotency`]) holds the caller's claim, and marks it `done:<entry id>` in the same
+//! script: a producer that must hand an external event (a Stripe webhook) to a stream exactly once
+//! cannot lose the marker after appending, nor append twice after its claim expired.
+//!
 //! # Delivery and effects
 //! Delivery is at least once: an entry stays in the group's pending list (PEL) until acked, and
 //! entries idle there longer than [`ConsumerSettings::claim_idle`] (their consumer died, or a
