@@ -17,6 +17,7 @@
 //! | [`Keys::dead_letter_stream`] | stream | entries a consumer group gave up on, with the reason |
 //! | [`Keys::invalidation_channel`] | pub/sub | [`crate::messages::Invalidation`] for every replica's in-process cache |
 //! | [`Keys::campaign_updates_channel`] | pub/sub | [`crate::messages::CampaignUpdate`] of one campaign |
+//! | [`Keys::webhook_dedup`] | string | dedup marker of one Stripe event id: `processing:<token>` (`PX` short) then `done:<stream entry id>` (`PX` past Stripe's 3-day retry window); see [`crate::idempotency`] |
 
 use std::fmt;
 
@@ -110,6 +111,13 @@ impl Keys {
     pub fn campaign_updates_channel(&self, campaign_id: &str) -> String {
         format!("{}:chan:campaign:{campaign_id}", self.root)
     }
+
+    /// Dedup marker of one Stripe webhook event id (webhook-ingest). No hash tag: the script that
+    /// sets it to `done` also appends to the stream, which has none either (centralized Redis, as
+    /// [`crate::streams`] assumes).
+    pub fn webhook_dedup(&self, event_id: &str) -> String {
+        format!("{}:webhook:dedup:{event_id}", self.root)
+    }
 }
 
 #[cfg(test)]
@@ -131,5 +139,6 @@ mod tests {
         );
         assert_eq!(keys.invalidation_channel(), "app:v1:chan:invalidate");
         assert_eq!(keys.campaign_updates_channel("9"), "app:v1:chan:campaign:9");
+        assert_eq!(keys.webhook_dedup("evt_1"), "app:v1:webhook:dedup:evt_1");
     }
 }

@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod client;
 pub mod error;
+pub mod idempotency;
 pub mod keys;
 pub mod lock;
 pub mod messages;

@@ -7,6 +7,12 @@
 //! Dead-letter entries ([`crate::keys::Keys::dead_letter_stream`]) carry `original_id`, `reason`,
 //! `deliveries`, `consumer`, and the original `v`, `traceparent` and `data` as they were.
 //!
+//! # Appending once per operation id
+//! [`StreamProducer::append_claimed`] appends only while an idempotency marker
+//! ([`crate::idempotency`]) holds the caller's claim, and marks it `done:<entry id>` in the same
+//! script: a producer that must hand an external event (a Stripe webhook) to a stream exactly once
+//! cannot lose the marker after appending, nor append twice after its claim expired.
+//!
 //! # Delivery and effects
 //! Delivery is at least once: an entry stays in the group's pending list (PEL) until acked, and
 //! entries idle there longer than [`ConsumerSettings::claim_idle`] (their consumer died, or a
@@ -117,6 +123,77 @@ impl StreamProducer {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// `XADD` only while the marker `KEYS[1]` holds the claim `ARGV[1]`, then the marker becomes
+/// `done:<entry id>` with `PX ARGV[2]`; one script, so the entry and the marker exist together or
+/// not at all. `ARGV[3]` is the `MAXLEN ~` cap, `ARGV[4..]` the entry's field/value pairs.
+static APPEND_CLAIMED: std::sync::LazyLock<fred::types::scripts::Script> =
+    std::sync::LazyLock::new(|| {
+        fred::types::scripts::Script::from_lua(
+            r"
+local v = redis.call('GET', KEYS[1])
+if v ~= ARGV[1] then
+  if v and string.sub(v, 1, 5) == 'done:' then return {'done', string.sub(v, 6)} end
+  return {'lost', ''}
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+redis.call('SET', KEYS[1], 'done:' .. id, 'PX', ARGV[2])
+return {'appended', id}
+",
+        )
+    });
+
+/// What [`StreamProducer::append_claimed`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimedAppend {
+    /// Appended as this entry id; the marker is now `done:<id>`.
+    Appended(String),
+    /// Not appended: the marker was already done, with this result (an entry id, usually).
+    AlreadyDone(String),
+    /// Not appended: the claim expired or someone else holds the marker now.
+    ClaimLost,
+}
+
+impl StreamProducer {
+    /// Appends `body` exactly once per idempotency marker (see [`crate::idempotency`]): only while
+    /// `marker_key` still holds the claim `token`, and in the same script marks it
+    /// `done:<entry id>` for `done_ttl`. A crash can therefore never leave an entry without its
+    /// done marker (or the reverse), and a caller whose claim expired cannot append a second copy.
+    /// The entry has the same fields as [`StreamProducer::append`] (`v`, `traceparent`, `data`).
+    /// Centralized Redis only: the marker and the stream share no hash slot.
+    pub async fn append_claimed<T: Serialize>(
+        &self,
+        body: &T,
+        marker_key: &str,
+        token: &str,
+        done_ttl: Duration,
+    ) -> Result<ClaimedAppend> {
+        let mut args = vec![
+            crate::idempotency::processing_value(token),
+            crate::idempotency::ttl_ms(done_ttl).to_string(),
+            self.max_len.to_string(),
+        ];
+        for (name, value) in entry_fields(serde_json::to_string(body)?) {
+            args.push(name.to_owned());
+            args.push(value);
+        }
+        let span = tracing::debug_span!("stream.append_claimed", stream = %self.stream);
+        let reply: Vec<String> = APPEND_CLAIMED
+            .evalsha_with_reload(
+                self.clients.primary().next(),
+                vec![marker_key.to_owned(), self.key.clone()],
+                args,
+            )
+            .instrument(span)
+            .await?;
+        match (reply.first().map(String::as_str), reply.get(1)) {
+            (Some("appended"), Some(id)) => Ok(ClaimedAppend::Appended(id.clone())),
+            (Some("done"), Some(result)) => Ok(ClaimedAppend::AlreadyDone(result.clone())),
+            (Some("lost"), _) => Ok(ClaimedAppend::ClaimLost),
+            _ => Err(RedisError::Unexpected(format!("append_claimed script returned {reply:?}"))),
+        }
     }
 }
 

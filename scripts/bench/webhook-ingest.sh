@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Benchmark of webhook-ingest: signed, unique payment_intent.succeeded deliveries (verify, Redis
+# claim, Postgres ledger insert, XADD + done marker, ledger update) against the same binary's
+# /healthz, in one run, under wrk on loopback. Starts its own Redis and Postgres on free ports in
+# a scratch directory and removes everything on exit.
+#
+# Environment (all optional):
+#   DURATION=10s  CONNECTIONS=32  THREADS=2   wrk settings (same for both endpoints)
+#   DELIVERIES=200000                         pre-signed unique deliveries (more than the run sends)
+#   SKIP_BUILD=1                              use the release binaries already built
+#   PG_SYNC_COMMIT=on                         off = ablation: Postgres commits without waiting for fsync
+#   CARGO_TARGET_DIR                          where cargo builds (default: <repo>/target)
+# Prints wrk's output for both endpoints and a summary; exits non-zero when a run failed.
+set -euo pipefail
+
+# shellcheck source=../common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+
+DURATION="${DURATION:-10s}"
+CONNECTIONS="${CONNECTIONS:-32}"
+THREADS="${THREADS:-2}"
+DELIVERIES="${DELIVERIES:-200000}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+SECRET="whsec_bench"
+PG_SYNC_COMMIT="${PG_SYNC_COMMIT:-on}"
+
+command -v wrk >/dev/null 2>&1 || { log "installing wrk"; apt-get install -y wrk >/dev/null; }
+PG_BIN="$(pg_bin_dir)" || die "Postgres binaries not found: run \`make deps\`"
+
+free_tcp_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+WORK="$(mktemp -d /var/tmp/webhook-bench.XXXXXX)"
+chmod 755 "$WORK"
+REDIS_PORT="$(free_tcp_port)"
+PG_PORT="$(free_tcp_port)"
+HTTP_PORT="$(free_tcp_port)"
+SERVICE_PID=""
+cleanup() {
+    [[ -n "$SERVICE_PID" ]] && kill "$SERVICE_PID" 2>/dev/null && wait "$SERVICE_PID" 2>/dev/null
+    [[ -f "$WORK/redis.pid" ]] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null
+    [[ -f "$WORK/pg/postmaster.pid" ]] && as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" stop -m fast >/dev/null 2>&1
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- build -------------------------------------------------------------------------------------
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+    log "building webhook-ingest (release) and the delivery signer"
+    (cd "$REPO_ROOT" && cargo build --release -p webhook-ingest --bin webhook-ingest --example bench_deliveries)
+fi
+BIN="$TARGET_DIR/release/webhook-ingest"
+SIGNER="$TARGET_DIR/release/examples/bench_deliveries"
+
+# --- Redis and Postgres ------------------------------------------------------------------------
+log "starting redis-server on 127.0.0.1:$REDIS_PORT"
+/usr/bin/redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --daemonize yes --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log" --dir "$WORK"
+for _ in $(seq 1 100); do redis_ping "$REDIS_PORT" && break; sleep 0.1; done
+redis_ping "$REDIS_PORT" || die "redis-server did not start"
+
+log "starting Postgres on 127.0.0.1:$PG_PORT (fsync on, synchronous_commit=$PG_SYNC_COMMIT)"
+mkdir -p "$WORK/pg"
+chmod 700 "$WORK/pg"
+if is_root; then chown postgres: "$WORK/pg"; fi
+as_pg_user "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust -E UTF8 >"$WORK/initdb.log" 2>&1 ||
+    die "initdb failed: $(tail -5 "$WORK/initdb.log")"
+touch "$WORK/pg.log"
+if is_root; then chown postgres: "$WORK/pg.log"; fi
+as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w -t 60 \
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c synchronous_commit=$PG_SYNC_COMMIT" start >/dev/null ||
+    die "Postgres did not start: $(tail -5 "$WORK/pg.log")"
+"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE webhooks"
+
+# --- deliveries and service --------------------------------------------------------------------
+log "pre-signing $DELIVERIES unique deliveries"
+"$SIGNER" "$WORK/deliveries" "$DELIVERIES" "$SECRET" "$(date +%s)"
+
+log "starting webhook-ingest on 127.0.0.1:$HTTP_PORT"
+# The webhook policy stays on the path (one Redis round trip per request) with a limit the run
+# cannot reach; the signature tolerance covers the run (deliveries are signed once, up front).
+APP__HTTP__PORT="$HTTP_PORT" \
+    APP__REDIS__URL="redis://127.0.0.1:$REDIS_PORT" \
+    APP__REDIS__POOL_SIZE=8 \
+    APP__DATABASE__URL="postgres://postgres@127.0.0.1:$PG_PORT/webhooks" \
+    APP__DATABASE__MAX_CONNECTIONS=16 \
+    APP__WEBHOOK__SECRETS="$SECRET" \
+    APP__WEBHOOK__TOLERANCE_SECS=86400 \
+    APP__WEBHOOK__STREAM_MAX_LEN=1000000 \
+    APP__RATE_LIMIT__POLICIES__WEBHOOK__LIMIT=1000000 \
+    APP__RATE_LIMIT__POLICIES__WEBHOOK__WINDOW_SECS=1 \
+    APP__TELEMETRY__FILTER=warn \
+    "$BIN" >"$WORK/service.log" 2>&1 &
+SERVICE_PID=$!
+for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null || die "service not ready: $(tail -5 "$WORK/service.log")"
+
+metric() { curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk -v m="$1" '$1 ~ "^"m"(\\{|$)" {s+=$2} END {print s+0}'; }
+
+# --- runs --------------------------------------------------------------------------------------
+log "warm-up (2 s of /healthz)"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null
+
+log "/healthz: wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$HTTP_PORT/healthz" | tee "$WORK/healthz.txt"
+
+streamed_before="$(metric webhook_streamed_total)"
+log "POST /api/webhooks/stripe: wrk -t$THREADS -c$CONNECTIONS -d$DURATION (unique signed deliveries)"
+BENCH_DELIVERIES="$WORK/deliveries" BENCH_THREADS="$THREADS" \
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
+    -s "$REPO_ROOT/scripts/bench/webhook-ingest.lua" \
+    "http://127.0.0.1:$HTTP_PORT/api/webhooks/stripe" | tee "$WORK/webhook.txt"
+streamed="$(( $(metric webhook_streamed_total) - streamed_before ))"
+duplicates="$(metric webhook_duplicates_total)"
+rejected="$(metric webhook_rejected_total)"
+stream_len="$(redis-cli -p "$REDIS_PORT" XLEN platform:v1:stream:stripe-events 2>/dev/null || echo '?')"
+ledger_streamed="$("$PG_BIN/psql" -X -tA -h 127.0.0.1 -p "$PG_PORT" -U postgres -d webhooks \
+    -c "SELECT count(*) FROM webhook_events WHERE status = 'streamed'")"
+
+# --- summary -----------------------------------------------------------------------------------
+rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }
+pct() { awk -v p="$2" '$1 == p {print $2}' "$1"; }
+non2xx() { awk '/Non-2xx/ {print $NF}' "$1"; }
+secs="${DURATION%s}"
+health_rps="$(rps "$WORK/healthz.txt")"
+hook_rps="$(rps "$WORK/webhook.txt")"
+echo
+echo "== webhook-ingest benchmark ($(nproc) cores, load avg $(cut -d' ' -f1-3 /proc/loadavg)) =="
+printf '%-28s %12s %10s %10s\n' endpoint "req/s" p50 p99
+printf '%-28s %12s %10s %10s\n' "GET /healthz" "$health_rps" "$(pct "$WORK/healthz.txt" 50%)" "$(pct "$WORK/healthz.txt" 99%)"
+printf '%-28s %12s %10s %10s\n' "POST /api/webhooks/stripe" "$hook_rps" "$(pct "$WORK/webhook.txt" 50%)" "$(pct "$WORK/webhook.txt" 99%)"
+echo "verified+streamed webhooks/s: $(awk -v n="$streamed" -v s="$secs" 'BEGIN {printf "%.0f", n / s}') ($streamed streamed in $DURATION; duplicates $duplicates, rejected $rejected, non-2xx $(non2xx "$WORK/webhook.txt"))"
+echo "stream length $stream_len, ledger rows streamed $ledger_streamed"
+echo "ratio webhook/healthz: $(awk -v a="$hook_rps" -v b="$health_rps" 'BEGIN {printf "%.3f", a / b}') (target >= 0.3)"

@@ -1,0 +1,229 @@
+//! The exactly-once hand-off of a verified event: Redis dedup marker, Postgres ledger, stream append.
+//!
+//! # Write order (and why each crash is harmless)
+//! Stores: the dedup marker `webhook_dedup(event id)` in Redis (`processing:<token>` for
+//! `claim_ttl`, then `done:<stream entry id>` for `done_ttl` > Stripe's 3-day retry window), the
+//! ledger row in Postgres (primary key = event id), and the entry on the Stripe stream.
+//!
+//! 1. **Claim** the marker (`SET NX PX`, one script that also returns what was there).
+//!    `done:…` → duplicate, answered 200 without touching anything else (after repairing the
+//!    ledger, see 4). `processing:…` → another delivery is in flight: wait up to
+//!    `in_flight_wait_ms` for it to finish (then duplicate), else 409 so Stripe retries.
+//! 2. **Ledger insert** `ON CONFLICT DO UPDATE deliveries+1 RETURNING status`: status `received`
+//!    (or `ignored` for a type outside the allow-list). A row already `streamed`/`ignored` means a
+//!    previous delivery finished but its Redis marker is gone (Redis lost data): duplicate, and the
+//!    marker is set again. The ledger, being durable, is the final word.
+//! 3. **Append + done, atomically**: one Lua script checks the marker still holds *our* claim,
+//!    `XADD`s the event and sets `done:<entry id>`
+//!    ([`platform_redis::streams::StreamProducer::append_claimed`]). The entry and the done marker
+//!    exist together or not at all (also in the AOF, which logs a script's effects as one unit),
+//!    and a delivery whose claim expired cannot append: it gets "claim lost" and answers 409.
+//! 4. **Ledger update** `status = streamed, stream_id`. Then 200.
+//!
+//! Crashes (process, Redis or Postgres failure) between steps, and what the retry does — Stripe
+//! retries every non-2xx for 3 days, and nothing was answered 2xx before step 4 finished:
+//! - after 1: the claim expires after `claim_ttl` (or is released on a handled error); the retry
+//!   claims again and starts over. Nothing was written.
+//! - after 2: the retry finds the row `received` and continues with 3. Not lost, not duplicated.
+//! - after 3, before 4: the marker says `done:<entry id>`; the retry answers duplicate and copies
+//!   the entry id into the ledger (`received` → `streamed`). Appended once, ledger repaired.
+//! - Redis restarted empty (markers and stream lost together, or not at all if persisted): the
+//!   ledger decides — `streamed` rows are duplicates, `received` rows are appended again (the entry
+//!   they may have had was lost with that Redis).
+//!
+//! Redis or Postgres unreachable at any step: 503 and the claim is released (compare-and-delete),
+//! so the retry does not wait for the TTL; a `received` row stays `received` until a retry streams
+//! it. Consumers are still expected to be idempotent on the event id (admin replays re-publish
+//! deliberately), as at-least-once stream delivery requires anyway.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use platform_redis::idempotency::{self, Claim, Marker};
+use platform_redis::streams::{ClaimedAppend, StreamProducer};
+use platform_redis::{RedisClients, StreamName};
+use sqlx::PgPool;
+
+use crate::error::WebhookError;
+use crate::event::StripeEvent;
+use crate::ledger::{self, Status};
+use crate::metrics::WebhookMetrics;
+
+/// Which event types go on the stream.
+#[derive(Debug, Clone)]
+pub enum AllowList {
+    All,
+    Only(HashSet<String>),
+}
+
+impl AllowList {
+    /// `*` anywhere in `types` allows every type.
+    pub fn new(types: &[String]) -> Self {
+        if types.iter().any(|t| t == "*") {
+            Self::All
+        } else {
+            Self::Only(types.iter().cloned().collect())
+        }
+    }
+
+    pub fn allows(&self, event_type: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(types) => types.contains(event_type),
+        }
+    }
+}
+
+/// Timings and caps of the hand-off.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub allow: AllowList,
+    pub claim_ttl: Duration,
+    pub done_ttl: Duration,
+    pub in_flight_wait: Duration,
+    pub stream_max_len: usize,
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Appended to the stream now.
+    Streamed { stream_id: String },
+    /// Recorded, not streamed (type outside the allow-list).
+    Ignored,
+    /// This event id was handed off before.
+    Duplicate,
+}
+
+/// The hand-off, shared by all workers.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    redis: RedisClients,
+    db: PgPool,
+    producer: StreamProducer,
+    config: IngestConfig,
+    metrics: WebhookMetrics,
+}
+
+impl Ingest {
+    pub fn new(
+        redis: RedisClients,
+        db: PgPool,
+        config: IngestConfig,
+        metrics: WebhookMetrics,
+    ) -> Self {
+        let producer = StreamProducer::new(&redis, StreamName::StripeEvents, config.stream_max_len);
+        Self { redis, db, producer, config, metrics }
+    }
+
+    /// Hands `event` off exactly once (module doc).
+    #[tracing::instrument(name = "ingest.accept", skip_all, fields(event_id = %event.id, event_type = %event.event_type))]
+    pub async fn accept(&self, event: &StripeEvent) -> Result<Accepted, WebhookError> {
+        let key = self.redis.keys().webhook_dedup(&event.id);
+        let deadline = Instant::now() + self.config.in_flight_wait;
+        let token = loop {
+            match idempotency::claim(&self.redis, &key, self.config.claim_ttl).await? {
+                Claim::Claimed { token } => break token,
+                Claim::Done(result) => return self.duplicate_of_done(&event.id, &result).await,
+                Claim::InProgress => {}
+            }
+            // Another delivery holds the claim: wait (bounded) for it to finish or give up.
+            loop {
+                if Instant::now() >= deadline {
+                    return Err(WebhookError::InProgress);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                match idempotency::peek(&self.redis, &key).await? {
+                    Marker::InProgress => continue,
+                    Marker::Done(result) => {
+                        return self.duplicate_of_done(&event.id, &result).await;
+                    }
+                    Marker::Absent => break,
+                }
+            }
+        };
+        let outcome = self.hand_off(event, &key, &token).await;
+        if outcome.is_err() {
+            // Let the retry claim at once; only deletes the marker if it is still our claim.
+            if let Err(error) = idempotency::release(&self.redis, &key, &token).await {
+                tracing::warn!(%error, event_id = %event.id, "could not release the dedup claim; it expires by itself");
+            }
+        }
+        outcome
+    }
+
+    async fn hand_off(
+        &self,
+        event: &StripeEvent,
+        key: &str,
+        token: &str,
+    ) -> Result<Accepted, WebhookError> {
+        let allowed = self.config.allow.allows(&event.event_type);
+        let initial = if allowed { Status::Received } else { Status::Ignored };
+        let recorded = ledger::record(&self.db, event, initial).await?;
+        match recorded.status {
+            Status::Streamed => {
+                let stream_id = recorded.stream_id.unwrap_or_default();
+                self.mark_done(key, &stream_id).await?;
+                return Ok(Accepted::Duplicate);
+            }
+            Status::Ignored => {
+                self.mark_done(key, "").await?;
+                return Ok(if recorded.inserted { Accepted::Ignored } else { Accepted::Duplicate });
+            }
+            Status::Received if !allowed => {
+                // Recorded while allowed, not streamed, and the allow-list changed since.
+                ledger::mark_ignored(&self.db, &event.id).await?;
+                self.mark_done(key, "").await?;
+                return Ok(Accepted::Ignored);
+            }
+            Status::Received => {}
+        }
+        let message = event.to_message();
+        match self.producer.append_claimed(&message, key, token, self.config.done_ttl).await? {
+            ClaimedAppend::Appended(stream_id) => {
+                // If this fails the retry repairs the row from the done marker (module doc).
+                ledger::mark_streamed(&self.db, &event.id, &stream_id, false).await?;
+                tracing::info!(event_id = %event.id, event_type = %event.event_type, %stream_id, "event appended to the stripe stream");
+                Ok(Accepted::Streamed { stream_id })
+            }
+            ClaimedAppend::AlreadyDone(result) => self.duplicate_of_done(&event.id, &result).await,
+            ClaimedAppend::ClaimLost => Err(WebhookError::InProgress),
+        }
+    }
+
+    /// A marker says done: copy its stream id into a ledger row still `received` (a crash
+    /// between steps 3 and 4), then answer duplicate.
+    async fn duplicate_of_done(
+        &self,
+        event_id: &str,
+        result: &str,
+    ) -> Result<Accepted, WebhookError> {
+        if !result.is_empty() {
+            ledger::repair_streamed(&self.db, event_id, result).await?;
+        }
+        Ok(Accepted::Duplicate)
+    }
+
+    async fn mark_done(&self, key: &str, result: &str) -> Result<(), WebhookError> {
+        idempotency::complete(&self.redis, key, result, self.config.done_ttl).await?;
+        Ok(())
+    }
+
+    /// Re-publishes a ledger event to the stream (admin). A deliberate extra entry: consumers are
+    /// idempotent on the event id.
+    #[tracing::instrument(name = "ingest.replay", skip(self))]
+    pub async fn replay(&self, event_id: &str) -> Result<String, WebhookError> {
+        let Some((_, raw)) = ledger::find(&self.db, event_id).await? else {
+            return Err(WebhookError::NotFound(event_id.to_owned()));
+        };
+        let event = StripeEvent::parse(raw.as_bytes())?;
+        let stream_id = self.producer.append(&event.to_message()).await?;
+        ledger::mark_streamed(&self.db, event_id, &stream_id, true).await?;
+        let key = self.redis.keys().webhook_dedup(event_id);
+        self.mark_done(&key, &stream_id).await?;
+        self.metrics.replayed.inc();
+        tracing::info!(event_id, %stream_id, "event replayed to the stripe stream");
+        Ok(stream_id)
+    }
+}

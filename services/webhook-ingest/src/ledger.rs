@@ -1,0 +1,206 @@
+//! The Postgres ledger (`webhook_events`): the durable record of every event id ever accepted.
+//!
+//! One row per event id (primary key), so a second insert of the same id is a no-op that reports
+//! the row as it is. Statuses: `received` (stored, not yet known to be on the stream), `streamed`
+//! (on the stream as `stream_id`), `ignored` (type not in the allow-list).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgPool};
+
+use crate::event::StripeEvent;
+
+/// Where an event stands in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Received,
+    Streamed,
+    Ignored,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Streamed => "streamed",
+            Self::Ignored => "ignored",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, sqlx::Error> {
+        match text {
+            "received" => Ok(Self::Received),
+            "streamed" => Ok(Self::Streamed),
+            "ignored" => Ok(Self::Ignored),
+            other => Err(sqlx::Error::Decode(format!("unknown ledger status {other:?}").into())),
+        }
+    }
+}
+
+/// The row as [`record`] left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// False when the row existed before this call.
+    pub inserted: bool,
+    pub status: Status,
+    pub stream_id: Option<String>,
+}
+
+#[derive(FromRow)]
+struct RecordedRow {
+    inserted: bool,
+    status: String,
+    stream_id: Option<String>,
+}
+
+/// Inserts the event with `status` unless its id is already there; either way counts the delivery
+/// and returns the row's state.
+#[tracing::instrument(name = "ledger.record", skip_all, fields(event_id = %event.id))]
+pub async fn record(
+    db: &PgPool,
+    event: &StripeEvent,
+    status: Status,
+) -> Result<Recorded, sqlx::Error> {
+    // `xmax = 0` is true only for a row this statement inserted (an update sets xmax).
+    let row: RecordedRow = sqlx::query_as(
+        "INSERT INTO webhook_events
+             (event_id, event_type, created, livemode, api_version, object_id, customer_id, status, raw)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (event_id) DO UPDATE SET deliveries = webhook_events.deliveries + 1
+         RETURNING (xmax = 0) AS inserted, status, stream_id",
+    )
+    .bind(&event.id)
+    .bind(&event.event_type)
+    .bind(event.created)
+    .bind(event.livemode)
+    .bind(&event.api_version)
+    .bind(&event.object_id)
+    .bind(&event.customer_id)
+    .bind(status.as_str())
+    .bind(&event.raw)
+    .fetch_one(db)
+    .await?;
+    Ok(Recorded {
+        inserted: row.inserted,
+        status: Status::parse(&row.status)?,
+        stream_id: row.stream_id,
+    })
+}
+
+/// Records that the event is on the stream as `stream_id`. `replay` counts an admin re-publish.
+#[tracing::instrument(name = "ledger.mark_streamed", skip(db))]
+pub async fn mark_streamed(
+    db: &PgPool,
+    event_id: &str,
+    stream_id: &str,
+    replay: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_events
+         SET status = 'streamed', stream_id = $2, streamed_at = now(),
+             replays = replays + CASE WHEN $3 THEN 1 ELSE 0 END
+         WHERE event_id = $1",
+    )
+    .bind(event_id)
+    .bind(stream_id)
+    .bind(replay)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Copies the stream id of a done marker into a row still `received` (crash between the append
+/// and [`mark_streamed`]); rows in any other state are left alone.
+pub async fn repair_streamed(
+    db: &PgPool,
+    event_id: &str,
+    stream_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE webhook_events SET status = 'streamed', stream_id = $2, streamed_at = now()
+         WHERE event_id = $1 AND status = 'received'",
+    )
+    .bind(event_id)
+    .bind(stream_id)
+    .execute(db)
+    .await?;
+    if result.rows_affected() > 0 {
+        tracing::warn!(
+            event_id,
+            stream_id,
+            "ledger row repaired from the dedup marker (an earlier delivery stopped after the append)"
+        );
+    }
+    Ok(result.rows_affected() > 0)
+}
+
+/// Records that a `received` event will not be streamed (its type left the allow-list).
+pub async fn mark_ignored(db: &PgPool, event_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_events SET status = 'ignored' WHERE event_id = $1 AND status = 'received'",
+    )
+    .bind(event_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// One ledger row as the admin API shows it.
+#[derive(Debug, Clone, Serialize, FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub created: i64,
+    pub livemode: bool,
+    pub api_version: Option<String>,
+    pub object_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub status: String,
+    pub stream_id: Option<String>,
+    pub deliveries: i32,
+    pub replays: i32,
+    pub received_at: DateTime<Utc>,
+    pub streamed_at: Option<DateTime<Utc>>,
+}
+
+/// The admin-visible columns (a macro so queries stay static strings, as sqlx requires).
+macro_rules! columns {
+    () => {
+        "event_id, event_type, created, livemode, api_version, object_id, customer_id, status, \
+         stream_id, deliveries, replays, received_at, streamed_at"
+    };
+}
+
+/// The newest `limit` events, optionally of one type.
+#[tracing::instrument(name = "ledger.recent", skip(db))]
+pub async fn recent(
+    db: &PgPool,
+    limit: i64,
+    event_type: Option<&str>,
+) -> Result<Vec<LedgerEvent>, sqlx::Error> {
+    let sql = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM webhook_events WHERE ($1::text IS NULL OR event_type = $1) \
+         ORDER BY received_at DESC, event_id DESC LIMIT $2"
+    );
+    sqlx::query_as(sql).bind(event_type).bind(limit).fetch_all(db).await
+}
+
+/// One event with its raw body, for replay.
+pub async fn find(
+    db: &PgPool,
+    event_id: &str,
+) -> Result<Option<(LedgerEvent, String)>, sqlx::Error> {
+    #[derive(FromRow)]
+    struct WithRaw {
+        #[sqlx(flatten)]
+        event: LedgerEvent,
+        raw: String,
+    }
+    let sql = concat!("SELECT ", columns!(), ", raw FROM webhook_events WHERE event_id = $1");
+    let row: Option<WithRaw> = sqlx::query_as(sql).bind(event_id).fetch_optional(db).await?;
+    Ok(row.map(|r| (r.event, r.raw)))
+}

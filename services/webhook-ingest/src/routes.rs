@@ -1,0 +1,180 @@
+//! HTTP routes: the Stripe webhook endpoint and the admin ledger routes. Handlers read and check
+//! input at the edge, then call the signature check, the event parser and the hand-off.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix_web::middleware::Condition;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures::StreamExt;
+use platform_redis::ratelimit::{RateLimit, RateLimiter};
+use platform_service::RequireAdmin;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::WebhookError;
+use crate::event::StripeEvent;
+use crate::ingest::{Accepted, Ingest};
+use crate::ledger;
+use crate::metrics::WebhookMetrics;
+use crate::signature;
+
+/// What the handlers share (one per process).
+#[derive(Debug)]
+pub struct WebhookState {
+    pub ingest: Ingest,
+    pub db: sqlx::PgPool,
+    pub secrets: Vec<SecretString>,
+    pub tolerance: Duration,
+    pub body_limit: usize,
+    pub metrics: WebhookMetrics,
+}
+
+/// Rate limiting of the webhook route: off, or this policy per source IP.
+#[derive(Debug, Clone)]
+pub struct RouteLimit {
+    pub enabled: bool,
+    pub limiter: RateLimiter,
+    pub policy: String,
+}
+
+/// Registers the routes.
+pub fn configure(
+    state: web::Data<WebhookState>,
+    limit: RouteLimit,
+) -> impl Fn(&mut web::ServiceConfig) + Clone {
+    move |cfg: &mut web::ServiceConfig| {
+        let rate_limit = RateLimit::new(limit.limiter.clone(), limit.policy.clone());
+        cfg.app_data(state.clone())
+            .service(
+                web::resource("/api/webhooks/stripe")
+                    .wrap(Condition::new(limit.enabled, rate_limit))
+                    .route(web::post().to(receive)),
+            )
+            .route("/api/admin/webhooks/events", web::get().to(list_events))
+            .route("/api/admin/webhooks/events/{id}/replay", web::post().to(replay));
+    }
+}
+
+/// `POST /api/webhooks/stripe`: verify, parse, hand off; 200 only once the event is stored.
+async fn receive(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<WebhookState>,
+) -> Result<HttpResponse, WebhookError> {
+    let started = Instant::now();
+    state.metrics.received.inc();
+    let result = verify_and_accept(&req, payload, &state).await;
+    state.metrics.latency.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok((event_id, accepted)) => {
+            let body = match &accepted {
+                Accepted::Duplicate => {
+                    state.metrics.duplicates.inc();
+                    json!({ "received": true, "duplicate": true, "eventId": event_id })
+                }
+                Accepted::Streamed { stream_id } => {
+                    state.metrics.streamed.inc();
+                    json!({ "received": true, "duplicate": false, "eventId": event_id,
+                            "status": "streamed", "streamId": stream_id })
+                }
+                Accepted::Ignored => {
+                    state.metrics.ignored.inc();
+                    json!({ "received": true, "duplicate": false, "eventId": event_id,
+                            "status": "ignored" })
+                }
+            };
+            Ok(HttpResponse::Ok().json(body))
+        }
+        Err(error) => {
+            state.metrics.reject(error.reason());
+            if !actix_web::ResponseError::status_code(&error).is_server_error() {
+                tracing::info!(reason = error.reason(), "webhook delivery rejected");
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn verify_and_accept(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &WebhookState,
+) -> Result<(String, Accepted), WebhookError> {
+    let body = read_body(req, payload, state.body_limit).await?;
+    let header = match req.headers().get("stripe-signature") {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| signature::SignatureError::Malformed)?),
+    };
+    signature::verify(header, &body, &state.secrets, state.tolerance, unix_now())?;
+    state.metrics.verified.inc();
+    let event = StripeEvent::parse(&body)?;
+    let accepted = state.ingest.accept(&event).await?;
+    Ok((event.id, accepted))
+}
+
+/// The raw body, refusing more than `limit` bytes (by `Content-Length` first, then while reading).
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, WebhookError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(WebhookError::PayloadTooLarge { limit });
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| WebhookError::Body(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(WebhookError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+}
+
+/// `GET /api/admin/webhooks/events?limit=&type=`: newest ledger rows first.
+async fn list_events(
+    _admin: RequireAdmin,
+    query: web::Query<ListQuery>,
+    state: web::Data<WebhookState>,
+) -> Result<HttpResponse, WebhookError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(WebhookError::InvalidQuery("limit must be between 1 and 500".into()));
+    }
+    let event_type = query.event_type.as_deref().filter(|t| !t.is_empty());
+    let events = ledger::recent(&state.db, limit, event_type).await?;
+    Ok(HttpResponse::Ok().json(json!({ "events": events })))
+}
+
+/// `POST /api/admin/webhooks/events/{id}/replay`: re-publishes one event to the stream.
+async fn replay(
+    _admin: RequireAdmin,
+    path: web::Path<String>,
+    state: web::Data<WebhookState>,
+) -> Result<HttpResponse, WebhookError> {
+    let event_id = path.into_inner();
+    let stream_id = state.ingest.replay(&event_id).await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({ "eventId": event_id, "streamId": stream_id, "replayed": true })))
+}
