@@ -17,6 +17,13 @@
 //! | [`Keys::dead_letter_stream`] | stream | entries a consumer group gave up on, with the reason |
 //! | [`Keys::invalidation_channel`] | pub/sub | [`crate::messages::Invalidation`] for every replica's in-process cache |
 //! | [`Keys::campaign_updates_channel`] | pub/sub | [`crate::messages::CampaignUpdate`] of one campaign |
+//! | [`Keys::customer_count`] | hash | the fresh unique-customer count and its metadata (count, totalInvoices, lastUpdated, fence…), with `PX` = the refresh TTL |
+//! | [`Keys::customer_count_last_good`] | hash | the same fields, kept longer (retention), so a failed refresh can keep serving the last count as stale |
+//! | [`Keys::customer_count_status`] | hash | outcome of the latest refresh attempt (lastAttemptAt, lastSuccessAt, lastError, consecutiveFailures) |
+//! | [`Keys::customer_ids_live`] | set | customer ids seen by the optional real-time mode (`SADD`/`SCARD`), reconciled by each full walk |
+//!
+//! The four customer-count keys carry the hash tag of the [`CUSTOMER_COUNT_LOCK`] lock, so the
+//! fenced write script can read the lock's fence and write the count in one slot.
 
 use std::fmt;
 
@@ -46,6 +53,9 @@ impl fmt::Display for StreamName {
         f.write_str(self.as_str())
     }
 }
+
+/// Name of the lock taken by a customer-count refresh; the customer-count keys share its hash tag.
+pub const CUSTOMER_COUNT_LOCK: &str = "customer-count";
 
 /// Builds keys under one prefix. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +120,26 @@ impl Keys {
     pub fn campaign_updates_channel(&self, campaign_id: &str) -> String {
         format!("{}:chan:campaign:{campaign_id}", self.root)
     }
+
+    /// The fresh unique-customer count (hash, expires with the refresh TTL).
+    pub fn customer_count(&self) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:count", self.root)
+    }
+
+    /// The last successfully stored count (hash, kept for the longer retention).
+    pub fn customer_count_last_good(&self) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:count:last-good", self.root)
+    }
+
+    /// Outcome of the latest refresh attempt, shared by every replica (hash).
+    pub fn customer_count_status(&self) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:status", self.root)
+    }
+
+    /// Customer ids seen by the real-time mode (set).
+    pub fn customer_ids_live(&self) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:ids", self.root)
+    }
 }
 
 #[cfg(test)]
@@ -131,5 +161,13 @@ mod tests {
         );
         assert_eq!(keys.invalidation_channel(), "app:v1:chan:invalidate");
         assert_eq!(keys.campaign_updates_channel("9"), "app:v1:chan:campaign:9");
+        assert_eq!(keys.customer_count(), "app:v1:simpro:{customer-count}:count");
+        assert_eq!(
+            keys.customer_count_last_good(),
+            "app:v1:simpro:{customer-count}:count:last-good"
+        );
+        assert_eq!(keys.customer_count_status(), "app:v1:simpro:{customer-count}:status");
+        assert_eq!(keys.customer_ids_live(), "app:v1:simpro:{customer-count}:ids");
+        assert_eq!(keys.lock(CUSTOMER_COUNT_LOCK), "app:v1:lock:{customer-count}");
     }
 }
