@@ -19,7 +19,10 @@ fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = RedisServer::start().unwrap();
     let clients = runtime
-        .block_on(RedisClients::connect(&RedisSettings::for_url(&server.url(), &unique_prefix("bench"))))
+        .block_on(RedisClients::connect(&RedisSettings::for_url(
+            &server.url(),
+            &unique_prefix("bench"),
+        )))
         .unwrap();
 
     let mut settings = RateLimitSettings::default();
@@ -32,7 +35,8 @@ fn bench(c: &mut Criterion) {
     });
 
     let l1 = Cache::new(&clients, CacheSettings::default());
-    let l2_only = Cache::new(&clients, CacheSettings { l1_max_entries: 0, ..CacheSettings::default() });
+    let l2_only =
+        Cache::new(&clients, CacheSettings { l1_max_entries: 0, ..CacheSettings::default() });
     runtime.block_on(async {
         let value = vec!["campaign".to_owned(); 20];
         l1.get_or_compute("org:1", "active", Duration::from_secs(3600), move || async move {
@@ -58,7 +62,8 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.bench_function("rate_limit_blocked_caller", |b| {
-        b.to_async(&runtime).iter(|| async { limiter.check("closed", "blocked-caller").await.unwrap() })
+        b.to_async(&runtime)
+            .iter(|| async { limiter.check("closed", "blocked-caller").await.unwrap() })
     });
     for (name, cache) in [("cache_l1_hit", &l1), ("cache_l2_hit", &l2_only)] {
         group.bench_function(name, |b| {

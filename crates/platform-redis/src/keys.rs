@@ -18,6 +18,13 @@
 //! | [`Keys::invalidation_channel`] | pub/sub | [`crate::messages::Invalidation`] for every replica's in-process cache |
 //! | [`Keys::campaign_updates_channel`] | pub/sub | [`crate::messages::CampaignUpdate`] of one campaign |
 //! | [`Keys::webhook_dedup`] | string | dedup marker of one Stripe event id: `processing:<token>` (`PX` short) then `done:<stream entry id>` (`PX` past Stripe's 3-day retry window); see [`crate::idempotency`] |
+//! | [`Keys::customer_count`] | hash | the fresh unique-customer count and its metadata (count, totalInvoices, lastUpdated, fence…), with `PX` = the refresh TTL |
+//! | [`Keys::customer_count_last_good`] | hash | the same fields, kept longer (retention), so a failed refresh can keep serving the last count as stale |
+//! | [`Keys::customer_count_status`] | hash | outcome of the latest refresh attempt (lastAttemptAt, lastSuccessAt, lastError, consecutiveFailures) |
+//! | [`Keys::customer_ids_live`] | set | customer ids seen by the optional real-time mode (`SADD`/`SCARD`), reconciled by each full walk |
+//!
+//! The four customer-count keys carry the hash tag of the [`CUSTOMER_COUNT_LOCK`] lock, so the
+//! fenced write script can read the lock's fence and write the count in one slot.
 
 use std::fmt;
 
@@ -47,6 +54,9 @@ impl fmt::Display for StreamName {
         f.write_str(self.as_str())
     }
 }
+
+/// Name of the lock taken by a customer-count refresh; the customer-count keys share its hash tag.
+pub const CUSTOMER_COUNT_LOCK: &str = "customer-count";
 
 /// Builds keys under one prefix. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +128,26 @@ impl Keys {
     pub fn webhook_dedup(&self, event_id: &str) -> String {
         format!("{}:webhook:dedup:{event_id}", self.root)
     }
+
+    /// The fresh unique-customer count (hash, expires with the refresh TTL).
+    pub fn customer_count(&self) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:count", self.root)
+    }
+
+    /// The last successfully stored count (hash, kept for the longer retention).
+    pub fn customer_count_last_good(&self) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:count:last-good", self.root)
+    }
+
+    /// Outcome of the latest refresh attempt, shared by every replica (hash).
+    pub fn customer_count_status(&self) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:status", self.root)
+    }
+
+    /// Customer ids seen by the real-time mode (set).
+    pub fn customer_ids_live(&self) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:ids", self.root)
+    }
 }
 
 #[cfg(test)]
@@ -140,5 +170,13 @@ mod tests {
         assert_eq!(keys.invalidation_channel(), "app:v1:chan:invalidate");
         assert_eq!(keys.campaign_updates_channel("9"), "app:v1:chan:campaign:9");
         assert_eq!(keys.webhook_dedup("evt_1"), "app:v1:webhook:dedup:evt_1");
+        assert_eq!(keys.customer_count(), "app:v1:simpro:{customer-count}:count");
+        assert_eq!(
+            keys.customer_count_last_good(),
+            "app:v1:simpro:{customer-count}:count:last-good"
+        );
+        assert_eq!(keys.customer_count_status(), "app:v1:simpro:{customer-count}:status");
+        assert_eq!(keys.customer_ids_live(), "app:v1:simpro:{customer-count}:ids");
+        assert_eq!(keys.lock(CUSTOMER_COUNT_LOCK), "app:v1:lock:{customer-count}");
     }
 }

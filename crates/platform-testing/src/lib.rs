@@ -10,12 +10,17 @@
 //! dropped, so every server also gets a watchdog shell process that kills it and removes its
 //! directory once the test binary has exited, however it exited.
 //!
+//! [`fake_simpro`] is a local fake of simPRO's invoice list (paging headers, injected faults), also
+//! runnable as the `fake-simpro` binary.
+//!
 //! The suite is meant for `cargo test` (one process per test binary, so one server per binary).
 
+pub mod fake_simpro;
 mod postgres;
 mod process;
 mod redis;
 
+pub use fake_simpro::{FakeSimpro, FakeSimproConfig, Fault};
 pub use postgres::{PostgresServer, TestDatabase};
 pub use process::free_port;
 pub use redis::RedisServer;

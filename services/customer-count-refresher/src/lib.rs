@@ -1,12 +1,34 @@
 //! customer-count-refresher: the exact unique-customer count over all simPRO invoices, refreshed in the background.
 //!
-//! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
-//! returns; tests call [`build`] with port 0 and real Redis and Postgres.
+//! Layers: `routes` (HTTP, the seed's JSON) → `refresh` (lock, walk, fenced store, fallbacks,
+//! schedule) → `walk` / `simpro` (the upstream) and `storage` (Redis). `main.rs` loads
+//! [`Settings`] and either serves ([`build`]) or runs one refresh ([`refresh_once`], for a
+//! Kubernetes CronJob); tests call [`build`] with port 0 and real Redis.
 
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod refresh;
+pub mod routes;
+pub mod schedule;
+pub mod simpro;
+pub mod storage;
+pub mod walk;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use platform_redis::RedisClients;
+use platform_service::health::fallback_status;
+use platform_service::metrics::Metrics;
 use platform_service::settings::{CommonSettings, ServiceSettings, SettingsError};
 use platform_service::{Application, connect_context};
 use secrecy::SecretString;
 use serde::Deserialize;
+
+pub use config::{RefreshSettings, SimproSettings};
+pub use error::RefreshError;
+pub use refresh::{RefreshReport, Refresher, Source};
 
 /// The service name in logs, traces and metrics.
 pub const SERVICE: &str = "customer-count-refresher";
@@ -16,6 +38,8 @@ pub const SERVICE: &str = "customer-count-refresher";
 pub struct Settings {
     #[serde(flatten)]
     pub common: CommonSettings,
+    pub simpro: SimproSettings,
+    pub refresh: RefreshSettings,
 }
 
 impl ServiceSettings for Settings {
@@ -23,13 +47,68 @@ impl ServiceSettings for Settings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         self.common.validate()?;
-        Ok(())
+        config::validate(&self.simpro, &self.refresh)
     }
 }
 
-/// Connects the dependencies and binds the HTTP server (not yet serving).
+/// Connects the dependencies, starts the schedule and binds the HTTP server (not yet serving).
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-    let context = connect_context(SERVICE, &settings.common, None).await?;
+    let mut context = connect_context(SERVICE, &settings.common, None).await?;
+    let refresher = Arc::new(Refresher::new(
+        context.redis.clone(),
+        settings.simpro.clone(),
+        settings.refresh.clone(),
+        &context.metrics,
+    )?);
+    let redis = context.redis.clone();
+    context.fallbacks.push(fallback_status("customerCount", move || !redis.is_connected()));
+    if settings.refresh.schedule_enabled || settings.refresh.refresh_when_empty {
+        tokio::spawn(refresher.clone().run_schedule(context.shutdown.token()));
+    }
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
-    Ok(Application::build(&settings.common.http, admin_token, context, |_cfg| {})?)
+    Ok(Application::build(
+        &settings.common.http,
+        admin_token,
+        context,
+        routes::configure(refresher),
+    )?)
+}
+
+/// How `refresh-once` ended; [`RefreshOnceOutcome::exit_code`] is the process's exit status.
+#[derive(Debug)]
+pub enum RefreshOnceOutcome {
+    /// Walked and stored (exit 0).
+    Refreshed(RefreshReport),
+    /// Another replica holds the lock (exit 2): nothing was done, the CronJob may retry.
+    Skipped,
+    /// The refresh failed (exit 1); the previous count stays served.
+    Failed(RefreshError),
+}
+
+impl RefreshOnceOutcome {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            RefreshOnceOutcome::Refreshed(report) if report.storage == Source::Redis => {
+                ExitCode::SUCCESS
+            }
+            // A count only in this short-lived process's memory is lost at exit: not a success.
+            RefreshOnceOutcome::Refreshed(_) | RefreshOnceOutcome::Failed(_) => ExitCode::from(1),
+            RefreshOnceOutcome::Skipped => ExitCode::from(2),
+        }
+    }
+}
+
+/// One refresh and out: `customer-count-refresher refresh-once` (Kubernetes CronJob).
+pub async fn refresh_once(settings: Settings) -> anyhow::Result<RefreshOnceOutcome> {
+    platform_service::telemetry::install_crypto_provider();
+    let redis = RedisClients::connect(&settings.common.redis).await?;
+    let refresher =
+        Refresher::new(redis.clone(), settings.simpro, settings.refresh, &Metrics::new(SERVICE))?;
+    let outcome = match refresher.refresh().await {
+        Ok(report) => RefreshOnceOutcome::Refreshed(report),
+        Err(RefreshError::InProgress) => RefreshOnceOutcome::Skipped,
+        Err(error) => RefreshOnceOutcome::Failed(error),
+    };
+    redis.quit().await;
+    Ok(outcome)
 }

@@ -1,13 +1,23 @@
-//! Entry point of customer-count-refresher: settings, telemetry, serve until stopped.
+//! Entry point of customer-count-refresher: `serve` (default) or `refresh-once` (CronJob; exit code 0 = stored).
 
-use customer_count_refresher::{SERVICE, Settings, build};
+use std::process::ExitCode;
+
+use customer_count_refresher::{SERVICE, Settings, build, refresh_once};
 use platform_service::init_telemetry;
 use platform_service::settings::ServiceSettings;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let settings = Settings::load()?;
     let _telemetry = init_telemetry(SERVICE, &settings.common.telemetry)?;
-    build(settings).await?.run_until_stopped().await?;
-    Ok(())
+    match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => {
+            build(settings).await?.run_until_stopped().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("refresh-once") => Ok(refresh_once(settings).await?.exit_code()),
+        Some(other) => anyhow::bail!(
+            "unknown command `{other}`; usage: customer-count-refresher [serve | refresh-once]"
+        ),
+    }
 }

@@ -14,6 +14,9 @@ async fn service_starts_and_reports_ready_with_its_dependencies() {
         ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
         ("APP__REDIS__URL".to_owned(), RedisServer::shared().url()),
         ("APP__REDIS__KEY_PREFIX".to_owned(), unique_prefix("customer-count-refresher")),
+        // No schedule and no refresh at start: this test only checks the wiring.
+        ("APP__REFRESH__SCHEDULE_ENABLED".to_owned(), "false".to_owned()),
+        ("APP__REFRESH__REFRESH_WHEN_EMPTY".to_owned(), "false".to_owned()),
     ]);
     let settings = Settings::from_overrides(vars).unwrap();
     let app = build(settings).await.unwrap();
