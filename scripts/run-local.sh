@@ -127,15 +127,6 @@ done
 # "Running and testing"). They go here, after the databases exist and before the services start.
 
 # --- 3. fakes for external APIs ----------------------------------------------------------------
-# >>> FAKES: start the local fake Stripe and fake simPRO here when no real keys are set, and
-# >>> export their base URLs for the services. They do not exist yet (later issues).
-if [[ -z "${STRIPE_SECRET_KEY:-}" ]]; then
-    log "STRIPE_SECRET_KEY not set: a local fake Stripe will start here once it exists (not yet)"
-fi
-if [[ -z "$(compgen -e | grep '^SIMPRO_' || true)" ]]; then
-    log "no SIMPRO_* settings: a local fake simPRO will start here once it exists (not yet)"
-fi
-# <<< FAKES
 
 # --- 4. build ----------------------------------------------------------------------------------
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
@@ -147,6 +138,25 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
 fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 BIN_DIR="$TARGET_DIR/$PROFILE"
+
+# --- 4b. fakes of external APIs ------------------------------------------------------------------
+# The local fake simPRO (crates/platform-testing, binary fake-simpro) stands in for the accounting
+# API when no real tenant is configured (APP__SIMPRO__BASE_URL). The fake Stripe comes with the
+# checkout-api issue.
+FAKE_SIMPRO_PORT="${FAKE_SIMPRO_PORT:-8095}"
+if [[ -z "${APP__SIMPRO__BASE_URL:-}" ]]; then
+    bash "$REPO_ROOT/scripts/stop-local.sh" --fakes-only --quiet
+    port_in_use "$FAKE_SIMPRO_PORT" && die "port $FAKE_SIMPRO_PORT for fake-simpro is taken (set FAKE_SIMPRO_PORT)"
+    (exec nohup "$BIN_DIR/fake-simpro" --port "$FAKE_SIMPRO_PORT" --invoices 5000 --customers 1234 \
+        --latency-ms 5 --token dev-simpro-token >>"$LOG_DIR/fake-simpro.log" 2>&1 </dev/null) &
+    echo $! >"$PID_DIR/fake-simpro.pid"
+    export APP__SIMPRO__BASE_URL="http://127.0.0.1:$FAKE_SIMPRO_PORT"
+    export APP__SIMPRO__TOKEN=dev-simpro-token
+    log "fake simPRO on $APP__SIMPRO__BASE_URL (5000 invoices over 1234 customers)"
+fi
+if [[ -z "${STRIPE_SECRET_KEY:-}" ]]; then
+    log "STRIPE_SECRET_KEY not set: the fake Stripe arrives with the checkout-api issue (not yet)"
+fi
 
 # --- 5. services -------------------------------------------------------------------------------
 # A service still running from an earlier `make run` is restarted so the new build runs.

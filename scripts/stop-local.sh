@@ -5,6 +5,7 @@
 # removes it.
 #
 #   --services-only   leave Redis and Postgres running (used by run-local.sh to restart services)
+#   --fakes-only      stop only the fakes of external APIs (fake-simpro)
 #   --quiet           say nothing when there is nothing to stop
 set -euo pipefail
 
@@ -12,10 +13,12 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 services_only=0
+fakes_only=0
 quiet=0
 for arg in "$@"; do
     case "$arg" in
         --services-only) services_only=1 ;;
+        --fakes-only) fakes_only=1 ;;
         --quiet) quiet=1 ;;
         *) die "unknown argument: $arg" ;;
     esac
@@ -49,7 +52,14 @@ pid_is() {
 }
 
 # --- services ----------------------------------------------------------------------------------
-for name in "${SERVICES[@]}"; do
+if ((fakes_only)); then
+    targets=(fake-simpro)
+elif ((services_only)); then
+    targets=("${SERVICES[@]}")
+else
+    targets=("${SERVICES[@]}" fake-simpro)
+fi
+for name in "${targets[@]}"; do
     pidfile="$PID_DIR/$name.pid"
     [[ -f "$pidfile" ]] || continue
     pid="$(read_pidfile "$pidfile")"
@@ -60,7 +70,7 @@ for name in "${SERVICES[@]}"; do
     fi
     rm -f "$pidfile"
 done
-((services_only)) && exit 0
+((services_only || fakes_only)) && exit 0
 
 # --- Redis -------------------------------------------------------------------------------------
 REDIS_PIDFILE="$RUN_DIR/redis/redis.pid"
