@@ -17,6 +17,7 @@
 //! | [`Keys::dead_letter_stream`] | stream | entries a consumer group gave up on, with the reason |
 //! | [`Keys::invalidation_channel`] | pub/sub | [`crate::messages::Invalidation`] for every replica's in-process cache |
 //! | [`Keys::campaign_updates_channel`] | pub/sub | [`crate::messages::CampaignUpdate`] of one campaign |
+//! | [`Keys::effects_marker`] | string | `1` with `PX`: the once-only effects of one id in one scope were applied ([`crate::once`]) |
 
 use std::fmt;
 
@@ -109,6 +110,12 @@ impl Keys {
     /// Channel of live updates (donations, goal reached, ended) for one campaign.
     pub fn campaign_updates_channel(&self, campaign_id: &str) -> String {
         format!("{}:chan:campaign:{campaign_id}", self.root)
+    }
+
+    /// Marker that the once-only effects ([`crate::once::OnceEffects`]) of `id` in `scope` (e.g.
+    /// `donation`, a payment intent id) were applied.
+    pub fn effects_marker(&self, scope: &str, id: &str) -> String {
+        format!("{}:once:{{{scope}:{id}}}", self.root)
     }
 }
 

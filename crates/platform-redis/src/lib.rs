@@ -10,6 +10,7 @@ pub mod error;
 pub mod keys;
 pub mod lock;
 pub mod messages;
+pub mod once;
 pub mod pubsub;
 pub mod ratelimit;
 pub mod streams;
