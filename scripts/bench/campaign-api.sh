@@ -4,7 +4,9 @@
 #      (target: >= 0.7x the /healthz throughput, p99 < 5 ms);
 #   2. cold-miss latency: an admin PATCH invalidates, then one timed GET (X-Cache: MISS);
 #   3. hit rate over a mixed workload (wrk, 1 admin write per 100 requests), from /metrics.
-# Knobs: DURATION (default 10s), CONNECTIONS (64), THREADS (2), COLD_SAMPLES (100).
+# Knobs: DURATION (default 10s), CONNECTIONS (64), THREADS (2), COLD_SAMPLES (100),
+#   WRITE_EVERY (100: one admin write per that many requests in the mixed run),
+#   RATE_LIMIT (on; "off" disables the limiter to show its share of the warm cost).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
@@ -12,6 +14,10 @@ DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
 COLD_SAMPLES="${COLD_SAMPLES:-100}"
+WRITE_EVERY="${WRITE_EVERY:-100}"
+RATE_LIMIT="${RATE_LIMIT:-on}"
+RL_ENABLED=true
+[[ "$RATE_LIMIT" == off ]] && RL_ENABLED=false
 TOKEN="bench-admin-token"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 
@@ -51,7 +57,7 @@ log "starting campaign-api on $APP_P"
 APP__HTTP__PORT="$APP_P" APP__REDIS__URL="redis://127.0.0.1:$REDIS_P" \
     APP__DATABASE__URL="postgres://postgres@127.0.0.1:$PG_P/campaign" \
     APP__AUTH__ADMIN_TOKEN="$TOKEN" APP__DEMO__SEED=true APP__TELEMETRY__FILTER=warn \
-    APP__RATE_LIMIT__POLICIES__API__LIMIT=1000000 APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS=60 \
+    APP__RATE_LIMIT__ENABLED="$RL_ENABLED" APP__RATE_LIMIT__POLICIES__API__LIMIT=1000000 APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS=60 \
     "$TARGET_DIR/release/campaign-api" >"$WORK/app.log" 2>&1 &
 APP_PID=$!
 BASE="http://127.0.0.1:$APP_P"
@@ -97,12 +103,12 @@ read -r COLD_P50 COLD_P95 < <(python3 -c "
 xs = sorted(float(l) * 1000 for l in open('$WORK/cold.txt'))
 print(f'{xs[len(xs) // 2]:.2f} {xs[int(len(xs) * 0.95) - 1]:.2f}')")
 
-log "mixed workload: 1 admin write per 100 requests"
+log "mixed workload: 1 admin write per $WRITE_EVERY requests"
 cat >"$WORK/mixed.lua" <<LUA
 local n = 0
 request = function()
   n = n + 1
-  if n % 100 == 0 then
+  if n % $WRITE_EVERY == 0 then
     local body = '{"goalCents": ' .. (2600000 + n) .. '}'
     return wrk.format("PATCH", "/api/admin/campaigns/$CAMPAIGN",
       {["Authorization"] = "Bearer $TOKEN", ["Content-Type"] = "application/json"}, body)
@@ -117,21 +123,27 @@ counts = {"HIT": 0, "MISS": 0, "STALE": 0}
 for line in sys.stdin:
     m = re.match(r"campaign_cache_reads_total\{.*route=\"active\".*status=\"(\w+)\".*\} (\d+)", line)
     if m: counts[m.group(1)] += int(m.group(2))
-print(counts["HIT"], counts["MISS"], counts["STALE"])'
+    m = re.match(r"campaign_cache_computes_total\{.*\} (\d+)", line)
+    if m: counts["COMPUTE"] = int(m.group(1))
+print(counts["HIT"], counts["MISS"], counts["STALE"], counts.get("COMPUTE", 0))'
 }
-read -r HIT0 MISS0 STALE0 < <(cache_counts)
+read -r HIT0 MISS0 STALE0 COMP0 < <(cache_counts)
 read -r M_RPS M_P99 M_ERR < <(run_wrk -s "$WORK/mixed.lua" "$BASE")
-read -r HIT1 MISS1 STALE1 < <(cache_counts)
+read -r HIT1 MISS1 STALE1 COMP1 < <(cache_counts)
 HITS=$((HIT1 - HIT0 + STALE1 - STALE0))
 READS=$((HITS + MISS1 - MISS0))
 HIT_RATE="$(python3 -c "print(f'{100 * $HITS / max($READS, 1):.2f}')")"
+COMPUTES=$((COMP1 - COMP0))
+ORIGIN_RATE="$(python3 -c "print(f'{100 * (1 - $COMPUTES / max($READS, 1)):.2f}')")"
 
 cat <<REPORT
 
-campaign-api benchmark ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, loopback, release build)
+campaign-api benchmark ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, loopback, release build, rate limit $RATE_LIMIT)
   /healthz                         ${H_RPS} req/s   p99 ${H_P99} ms   non-2xx ${H_ERR}
   GET .../demo/active (warm)       ${A_RPS} req/s   p99 ${A_P99} ms   non-2xx ${A_ERR}
   ratio active / healthz           ${RATIO}   (target >= 0.70; p99 target < 5 ms)
   cold miss (after invalidation)   p50 ${COLD_P50} ms   p95 ${COLD_P95} ms   (${COLD_SAMPLES} samples, curl)
-  mixed 1% writes                  ${M_RPS} req/s   hit rate ${HIT_RATE}% of ${READS} reads (HIT+STALE; target > 95%)
+  mixed, 1 write / ${WRITE_EVERY} req      ${M_RPS} req/s   ${READS} reads, ${COMPUTES} Postgres computes
+    X-Cache hit rate               ${HIT_RATE}% (HIT+STALE; coalesced waiters of a miss count as MISS)
+    reads served without Postgres  ${ORIGIN_RATE}% (target > 95%)
 REPORT

@@ -231,6 +231,11 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         "Donations recorded (first deliveries)",
         metrics.donations_recorded.clone(),
     );
+    context.metrics.register(
+        "campaign_cache_computes",
+        "Cached pages computed from Postgres (one per coalesced miss)",
+        pages.computes(),
+    );
     let cache_redis = redis.clone();
     context.fallbacks.push(fallback_status("cache", move || !cache_redis.is_connected()));
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use platform_redis::cache::{Cache, Cached};
+use prometheus_client::metrics::counter::Counter;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,8 @@ pub struct Pages {
     db: PgPool,
     ttl: Duration,
     pending: Arc<Mutex<BTreeSet<String>>>,
+    /// Page computations that went to Postgres (misses that coalesced share one).
+    computes: Counter,
 }
 
 /// The invalidation group of an organisation.
@@ -51,11 +54,16 @@ pub fn org_group(slug: &str) -> String {
 
 impl Pages {
     pub fn new(cache: Cache, db: PgPool, ttl: Duration) -> Self {
-        Self { cache, db, ttl, pending: Arc::default() }
+        Self { cache, db, ttl, pending: Arc::default(), computes: Counter::default() }
     }
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    /// Counts computations from Postgres (`campaign_cache_computes`).
+    pub fn computes(&self) -> Counter {
+        self.computes.clone()
     }
 
     pub fn ttl(&self) -> Duration {
@@ -66,8 +74,10 @@ impl Pages {
     pub async fn active(&self, slug: &Slug) -> Result<Cached<ActivePage>, ApiError> {
         let db = self.db.clone();
         let owned = slug.clone();
+        let computes = self.computes.clone();
         self.cache
             .get_or_compute(&org_group(slug.as_str()), "active", self.ttl, move || async move {
+                computes.inc();
                 let Some(org_id) = storage::organisation_id(&db, &owned).await? else {
                     return Ok(ActivePage { org_id: None, campaigns: Vec::new() });
                 };
@@ -93,6 +103,7 @@ impl Pages {
             .value
             .ok_or(ApiError::CampaignNotFound)?;
         let db = self.db.clone();
+        let computes = self.computes.clone();
         let cached = self
             .cache
             .get_or_compute(
@@ -100,6 +111,7 @@ impl Pages {
                 &format!("stats:{id}"),
                 self.ttl,
                 move || async move {
+                    computes.inc();
                     let row = storage::campaign(&db, id).await?;
                     Ok::<_, ApiError>(row.as_ref().map(CampaignStats::from))
                 },
