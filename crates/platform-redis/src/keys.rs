@@ -18,6 +18,7 @@
 //! | [`Keys::invalidation_channel`] | pub/sub | [`crate::messages::Invalidation`] for every replica's in-process cache |
 //! | [`Keys::campaign_updates_channel`] | pub/sub | [`crate::messages::CampaignUpdate`] of one campaign |
 //! | [`Keys::webhook_dedup`] | string | dedup marker of one Stripe event id: `processing:<token>` (`PX` short) then `done:<stream entry id>` (`PX` past Stripe's 3-day retry window); see [`crate::idempotency`] |
+//! | [`Keys::effects_marker`] | string | `1` with `PX`: the once-only effects of one id in one scope were applied ([`crate::once`]) |
 //! | [`Keys::customer_count`] | hash | the fresh unique-customer count and its metadata (count, totalInvoices, lastUpdated, fence…), with `PX` = the refresh TTL |
 //! | [`Keys::customer_count_last_good`] | hash | the same fields, kept longer (retention), so a failed refresh can keep serving the last count as stale |
 //! | [`Keys::customer_count_status`] | hash | outcome of the latest refresh attempt (lastAttemptAt, lastSuccessAt, lastError, consecutiveFailures) |
@@ -147,6 +148,12 @@ impl Keys {
     /// Customer ids seen by the real-time mode (set).
     pub fn customer_ids_live(&self) -> String {
         format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:ids", self.root)
+    }
+
+    /// Marker that the once-only effects ([`crate::once::OnceEffects`]) of `id` in `scope` (e.g.
+    /// `donation`, a payment intent id) were applied.
+    pub fn effects_marker(&self, scope: &str, id: &str) -> String {
+        format!("{}:once:{{{scope}:{id}}}", self.root)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod keys;
 pub mod lock;
 pub mod messages;
+pub mod once;
 pub mod pubsub;
 pub mod ratelimit;
 pub mod streams;

@@ -197,6 +197,13 @@ impl StreamProducer {
     }
 }
 
+/// The fields of a stream entry carrying `body` (`v`, `traceparent` when traced, `data`), for
+/// callers that append inside a script or transaction ([`crate::once::OnceEffects`]) instead of
+/// through [`StreamProducer`].
+pub fn encode_entry<T: Serialize>(body: &T) -> Result<Vec<(&'static str, String)>> {
+    Ok(entry_fields(serde_json::to_string(body)?))
+}
+
 fn entry_fields(data: String) -> Vec<(&'static str, String)> {
     let mut fields = vec![(FIELD_VERSION, MESSAGE_VERSION.to_string())];
     if let Some(traceparent) = crate::trace::current_traceparent() {

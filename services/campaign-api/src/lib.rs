@@ -2,13 +2,40 @@
 //!
 //! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
 //! returns; tests call [`build`] with port 0 and real Redis and Postgres.
+//!
+//! Layout: `routes` (HTTP) → `pages` (cached reads, invalidation) / `live` (SSE, lifecycle) →
+//! `storage` (Postgres); `donations` consumes the Stripe event stream; `usage` buffers
+//! `api_request` usage events; `domain` holds the validated types and views.
 
+pub mod domain;
+pub mod donations;
+pub mod error;
+pub mod live;
+pub mod pages;
+pub mod routes;
+pub mod storage;
+pub mod usage;
+
+use std::time::Duration;
+
+use actix_web::web;
+use anyhow::Context as _;
+use platform_redis::cache::{Cache, CacheSettings};
+use platform_redis::keys::StreamName;
+use platform_redis::pubsub::PubSub;
+use platform_redis::streams::{ConsumerSettings, StartFrom, StreamConsumer, StreamProducer};
+use platform_service::health::fallback_status;
 use platform_service::settings::{
     CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
 };
 use platform_service::{Application, connect_context};
 use secrecy::SecretString;
 use serde::Deserialize;
+
+use crate::donations::DonationHandler;
+use crate::pages::Pages;
+use crate::routes::{ServiceMetrics, State};
+use crate::usage::{UsageBuffer, UsageSettings};
 
 /// The service name in logs, traces and metrics.
 pub const SERVICE: &str = "campaign-api";
@@ -19,6 +46,112 @@ pub struct Settings {
     #[serde(flatten)]
     pub common: CommonSettings,
     pub database: DatabaseSettings,
+    #[serde(default)]
+    pub cache: CampaignCacheSettings,
+    #[serde(default)]
+    pub public: PublicSettings,
+    #[serde(default)]
+    pub usage: UsageSettings,
+    #[serde(default)]
+    pub live: LiveSettings,
+    #[serde(default)]
+    pub stripe_events: StripeEventsSettings,
+    #[serde(default)]
+    pub demo: DemoSettings,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CampaignCacheSettings {
+    /// false: every read goes to Postgres (`X-Cache: MISS`).
+    pub enabled: bool,
+    /// Life of a cached page in Redis, and the `Cache-Control: max-age`.
+    pub ttl_seconds: u64,
+    /// Bound of the in-process tier; 0 disables it.
+    pub l1_max_entries: usize,
+    /// Longest life of an in-process copy.
+    pub l1_ttl_max_ms: u64,
+    /// XFetch beta of the early refresh (0 = never early).
+    pub early_refresh_beta: f64,
+}
+
+impl Default for CampaignCacheSettings {
+    fn default() -> Self {
+        let shared = CacheSettings::default();
+        Self {
+            enabled: true,
+            ttl_seconds: 300,
+            l1_max_entries: shared.l1_max_entries,
+            l1_ttl_max_ms: u64::try_from(shared.l1_ttl_max.as_millis()).unwrap_or(30_000),
+            early_refresh_beta: shared.early_refresh_beta,
+        }
+    }
+}
+
+/// `[public]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublicSettings {
+    /// Rate-limit policy (from `[rate_limit]`) of the public routes, per organisation.
+    pub rate_limit_policy: String,
+}
+
+impl Default for PublicSettings {
+    fn default() -> Self {
+        Self { rate_limit_policy: "api".to_owned() }
+    }
+}
+
+/// `[live]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveSettings {
+    /// Seconds between SSE keep-alive comments (also how soon a gone client is noticed).
+    pub keep_alive_secs: u64,
+    /// How often campaign starts and ends are looked for.
+    pub lifecycle_tick_ms: u64,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        Self { keep_alive_secs: 15, lifecycle_tick_ms: 5_000 }
+    }
+}
+
+/// `[stripe_events]`: the consumer of the Stripe event stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StripeEventsSettings {
+    pub enabled: bool,
+    /// This service's consumer group.
+    pub group: String,
+    pub batch_size: usize,
+    pub block_ms: u64,
+    /// Pending entries idle this long are reclaimed (also the retry delay after Postgres errors).
+    pub claim_idle_ms: u64,
+    pub max_deliveries: u64,
+}
+
+impl Default for StripeEventsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            group: "campaign-api".to_owned(),
+            batch_size: 50,
+            block_ms: 2_000,
+            claim_idle_ms: 30_000,
+            max_deliveries: 10,
+        }
+    }
+}
+
+/// `[demo]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoSettings {
+    /// Seed the `demo` organisation with active campaigns at start.
+    pub seed: bool,
 }
 
 impl ServiceSettings for Settings {
@@ -27,13 +160,144 @@ impl ServiceSettings for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
         self.common.validate()?;
         self.database.validate()?;
+        if self.cache.ttl_seconds == 0 {
+            return Err(SettingsError::invalid("cache.ttl_seconds", "must be > 0"));
+        }
+        if self.live.keep_alive_secs == 0 {
+            return Err(SettingsError::invalid("live.keep_alive_secs", "must be > 0"));
+        }
+        if self.live.lifecycle_tick_ms == 0 {
+            return Err(SettingsError::invalid("live.lifecycle_tick_ms", "must be > 0"));
+        }
+        if self.usage.flush_interval_ms == 0 {
+            return Err(SettingsError::invalid("usage.flush_interval_ms", "must be > 0"));
+        }
+        if !self.common.rate_limit.effective_policies().contains_key(&self.public.rate_limit_policy)
+        {
+            return Err(SettingsError::invalid(
+                "public.rate_limit_policy",
+                format!("no rate-limit policy named `{}`", self.public.rate_limit_policy),
+            ));
+        }
         Ok(())
     }
 }
 
-/// Connects the dependencies and binds the HTTP server (not yet serving).
+/// Connects the dependencies, migrates, starts the background workers (invalidation listener,
+/// Stripe consumer, usage flusher, lifecycle ticker) and binds the HTTP server (not yet serving).
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-    let context = connect_context(SERVICE, &settings.common, Some(&settings.database)).await?;
+    let mut context = connect_context(SERVICE, &settings.common, Some(&settings.database)).await?;
+    let db = context.db.clone().context("campaign-api needs a database")?;
+    storage::migrate(&db).await.context("running migrations")?;
+    if settings.demo.seed {
+        storage::seed_demo(&db).await.context("seeding demo data")?;
+    }
+    let redis = context.redis.clone();
+    let stop = context.shutdown.token();
+
+    let cache_settings = CacheSettings {
+        enabled: settings.cache.enabled,
+        l1_max_entries: settings.cache.l1_max_entries,
+        l1_ttl_max: Duration::from_millis(settings.cache.l1_ttl_max_ms),
+        early_refresh_beta: settings.cache.early_refresh_beta,
+    };
+    let cache = Cache::new(&redis, cache_settings);
+    let pubsub = PubSub::start(&redis).await?;
+    cache.listen_for_invalidations(&pubsub).await?;
+    let pages = Pages::new(cache, db.clone(), Duration::from_secs(settings.cache.ttl_seconds));
+    pages.spawn_repair(stop.clone());
+    {
+        let pubsub = pubsub.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            pubsub.stop().await;
+        });
+    }
+
+    let metrics = ServiceMetrics::default();
+    context.metrics.register(
+        "campaign_cache_reads",
+        "Cached reads by route and X-Cache status",
+        metrics.cache_reads.clone(),
+    );
+    context.metrics.register(
+        "campaign_sse_clients",
+        "Open SSE connections",
+        metrics.sse_clients.clone(),
+    );
+    context.metrics.register(
+        "campaign_donations_recorded",
+        "Donations recorded (first deliveries)",
+        metrics.donations_recorded.clone(),
+    );
+    context.metrics.register(
+        "campaign_cache_computes",
+        "Cached pages computed from Postgres (one per coalesced miss)",
+        pages.computes(),
+    );
+    let cache_redis = redis.clone();
+    context.fallbacks.push(fallback_status("cache", move || !cache_redis.is_connected()));
+
+    let usage = UsageBuffer::new(settings.usage.max_orgs);
+    let producer =
+        StreamProducer::new(&redis, StreamName::UsageEvents, settings.usage.stream_max_len);
+    usage.spawn_flusher(
+        producer,
+        Duration::from_millis(settings.usage.flush_interval_ms),
+        stop.clone(),
+    );
+
+    if settings.stripe_events.enabled {
+        let config = &settings.stripe_events;
+        let mut consumer_settings =
+            ConsumerSettings::new(StreamName::StripeEvents, config.group.clone());
+        consumer_settings.batch_size = config.batch_size;
+        consumer_settings.block = Duration::from_millis(config.block_ms);
+        consumer_settings.claim_idle = Duration::from_millis(config.claim_idle_ms);
+        consumer_settings.max_deliveries = config.max_deliveries;
+        consumer_settings.start_from = StartFrom::Beginning;
+        let consumer = StreamConsumer::new(&redis, consumer_settings, stop.clone());
+        // Before serving, so events appended from now on are read by this group.
+        if let Err(error) = consumer.ensure_group().await {
+            tracing::warn!(%error, "stripe event consumer group not created yet; the worker retries");
+        }
+        let handler = DonationHandler {
+            db: db.clone(),
+            pages: pages.clone(),
+            keys: redis.keys().clone(),
+            usage_stream_max_len: settings.usage.stream_max_len,
+            recorded: metrics.donations_recorded.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(error) = consumer.run(&handler).await {
+                tracing::error!(%error, "stripe event consumer stopped");
+            }
+        });
+    }
+
+    live::spawn_lifecycle(
+        db.clone(),
+        pages.clone(),
+        redis.clone(),
+        Duration::from_millis(settings.live.lifecycle_tick_ms),
+        stop.clone(),
+    );
+
+    let state = web::Data::new(State {
+        db,
+        redis,
+        pages,
+        pubsub,
+        usage,
+        metrics,
+        keep_alive: Duration::from_secs(settings.live.keep_alive_secs),
+        stop,
+    });
+    let limiter = context.rate_limiter.clone();
+    let policy = settings.public.rate_limit_policy.clone();
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
-    Ok(Application::build(&settings.common.http, admin_token, context, |_cfg| {})?)
+    Ok(Application::build(&settings.common.http, admin_token, context, move |cfg| {
+        routes::configure(cfg, state.clone(), &limiter, &policy);
+    })?)
 }

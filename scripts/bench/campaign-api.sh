@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Benchmark of campaign-api (release build) on loopback, against private Redis and Postgres:
+#   1. warm GET /api/public/campaigns/demo/active vs the same binary's /healthz, wrk, 64 connections
+#      (target: >= 0.7x the /healthz throughput, p99 < 5 ms);
+#   2. cold-miss latency: an admin PATCH invalidates, then one timed GET (X-Cache: MISS);
+#   3. hit rate over a mixed workload (wrk, 1 admin write per 100 requests), from /metrics.
+# Knobs: DURATION (default 10s), CONNECTIONS (64), THREADS (2), COLD_SAMPLES (100),
+#   WRITE_EVERY (100: one admin write per that many requests in the mixed run),
+#   RATE_LIMIT (on; "off" disables the limiter to show its share of the warm cost).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+
+DURATION="${DURATION:-10s}"
+CONNECTIONS="${CONNECTIONS:-64}"
+THREADS="${THREADS:-2}"
+COLD_SAMPLES="${COLD_SAMPLES:-100}"
+WRITE_EVERY="${WRITE_EVERY:-100}"
+RATE_LIMIT="${RATE_LIMIT:-on}"
+RL_ENABLED=true
+[[ "$RATE_LIMIT" == off ]] && RL_ENABLED=false
+TOKEN="bench-admin-token"
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+
+command -v wrk >/dev/null || die "wrk is not installed (apt-get install wrk)"
+PG_BIN="$(pg_bin_dir)" || die "Postgres binaries not found: run \`make deps\`"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+log "building campaign-api (release)"
+(cd "$REPO_ROOT" && cargo build --release -p campaign-api --quiet)
+
+WORK="$(mktemp -d /var/tmp/campaign-bench.XXXXXX)"
+chmod 755 "$WORK"
+REDIS_P="$(free_port)"
+PG_P="$(free_port)"
+APP_P="$(free_port)"
+APP_PID=""
+cleanup() {
+    [[ -n "$APP_PID" ]] && kill "$APP_PID" 2>/dev/null && wait "$APP_PID" 2>/dev/null || true
+    as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
+    [[ -f "$WORK/redis.pid" ]] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log "private redis-server on $REDIS_P, postgres on $PG_P"
+redis-server --port "$REDIS_P" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log" --dir "$WORK"
+mkdir -p "$WORK/pg"
+if is_root; then chown postgres: "$WORK/pg"; fi
+as_pg_user "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust -E UTF8 --no-sync >/dev/null
+as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
+    -o "-p $PG_P -k $WORK/pg -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_P" -U postgres -c 'CREATE DATABASE campaign' >/dev/null
+
+log "starting campaign-api on $APP_P"
+APP__HTTP__PORT="$APP_P" APP__REDIS__URL="redis://127.0.0.1:$REDIS_P" \
+    APP__DATABASE__URL="postgres://postgres@127.0.0.1:$PG_P/campaign" \
+    APP__AUTH__ADMIN_TOKEN="$TOKEN" APP__DEMO__SEED=true APP__TELEMETRY__FILTER=warn \
+    APP__RATE_LIMIT__ENABLED="$RL_ENABLED" APP__RATE_LIMIT__POLICIES__API__LIMIT=1000000 APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS=60 \
+    "$TARGET_DIR/release/campaign-api" >"$WORK/app.log" 2>&1 &
+APP_PID=$!
+BASE="http://127.0.0.1:$APP_P"
+for _ in $(seq 100); do
+    curl -fs "$BASE/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -fs "$BASE/readyz" >/dev/null || { cat "$WORK/app.log"; die "campaign-api did not become ready"; }
+
+ACTIVE="$BASE/api/public/campaigns/demo/active"
+CAMPAIGN="$(curl -fs "$ACTIVE" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')"
+curl -fs "$ACTIVE" >/dev/null
+
+# wrk summary → "rps p99_ms"
+run_wrk() {
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" | tee -a "$WORK/wrk.txt" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+m = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
+p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(f"{rps:.0f} {p99:.2f} {errors.group(1) if errors else 0}")'
+}
+
+log "warm-up"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$ACTIVE" >/dev/null
+log "wrk /healthz ($DURATION, $CONNECTIONS connections)"
+read -r H_RPS H_P99 H_ERR < <(run_wrk "$BASE/healthz")
+log "wrk /api/public/campaigns/demo/active"
+read -r A_RPS A_P99 A_ERR < <(run_wrk "$ACTIVE")
+RATIO="$(python3 -c "print(f'{$A_RPS / $H_RPS:.2f}')")"
+
+log "cold misses ($COLD_SAMPLES samples)"
+: >"$WORK/cold.txt"
+for i in $(seq "$COLD_SAMPLES"); do
+    curl -fs -o /dev/null -X PATCH -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+        -d "{\"goalCents\": $((2500000 + i))}" "$BASE/api/admin/campaigns/$CAMPAIGN"
+    curl -fs -o /dev/null -D "$WORK/headers" -w '%{time_total}\n' "$ACTIVE" >>"$WORK/cold.txt"
+    grep -qi '^x-cache: MISS' "$WORK/headers" || warn "sample $i was not a miss"
+done
+read -r COLD_P50 COLD_P95 < <(python3 -c "
+xs = sorted(float(l) * 1000 for l in open('$WORK/cold.txt'))
+print(f'{xs[len(xs) // 2]:.2f} {xs[int(len(xs) * 0.95) - 1]:.2f}')")
+
+log "mixed workload: 1 admin write per $WRITE_EVERY requests"
+cat >"$WORK/mixed.lua" <<LUA
+local n = 0
+request = function()
+  n = n + 1
+  if n % $WRITE_EVERY == 0 then
+    local body = '{"goalCents": ' .. (2600000 + n) .. '}'
+    return wrk.format("PATCH", "/api/admin/campaigns/$CAMPAIGN",
+      {["Authorization"] = "Bearer $TOKEN", ["Content-Type"] = "application/json"}, body)
+  end
+  return wrk.format("GET", "/api/public/campaigns/demo/active")
+end
+LUA
+cache_counts() {
+    curl -fs "$BASE/metrics" | python3 -c '
+import re, sys
+counts = {"HIT": 0, "MISS": 0, "STALE": 0}
+for line in sys.stdin:
+    m = re.match(r"campaign_cache_reads_total\{.*route=\"active\".*status=\"(\w+)\".*\} (\d+)", line)
+    if m: counts[m.group(1)] += int(m.group(2))
+    m = re.match(r"campaign_cache_computes_total\{.*\} (\d+)", line)
+    if m: counts["COMPUTE"] = int(m.group(1))
+print(counts["HIT"], counts["MISS"], counts["STALE"], counts.get("COMPUTE", 0))'
+}
+read -r HIT0 MISS0 STALE0 COMP0 < <(cache_counts)
+read -r M_RPS M_P99 M_ERR < <(run_wrk -s "$WORK/mixed.lua" "$BASE")
+read -r HIT1 MISS1 STALE1 COMP1 < <(cache_counts)
+HITS=$((HIT1 - HIT0 + STALE1 - STALE0))
+READS=$((HITS + MISS1 - MISS0))
+HIT_RATE="$(python3 -c "print(f'{100 * $HITS / max($READS, 1):.2f}')")"
+COMPUTES=$((COMP1 - COMP0))
+ORIGIN_RATE="$(python3 -c "print(f'{100 * (1 - $COMPUTES / max($READS, 1)):.2f}')")"
+
+cat <<REPORT
+
+campaign-api benchmark ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, loopback, release build, rate limit $RATE_LIMIT)
+  /healthz                         ${H_RPS} req/s   p99 ${H_P99} ms   non-2xx ${H_ERR}
+  GET .../demo/active (warm)       ${A_RPS} req/s   p99 ${A_P99} ms   non-2xx ${A_ERR}
+  ratio active / healthz           ${RATIO}   (target >= 0.70; p99 target < 5 ms)
+  cold miss (after invalidation)   p50 ${COLD_P50} ms   p95 ${COLD_P95} ms   (${COLD_SAMPLES} samples, curl)
+  mixed, 1 write / ${WRITE_EVERY} req      ${M_RPS} req/s   ${READS} reads, ${COMPUTES} Postgres computes
+    X-Cache hit rate               ${HIT_RATE}% (HIT+STALE; coalesced waiters of a miss count as MISS)
+    reads served without Postgres  ${ORIGIN_RATE}% (target > 95%)
+REPORT

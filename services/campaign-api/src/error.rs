@@ -1,0 +1,95 @@
+//! The one error type of campaign-api and its mapping onto the `{error, code}` JSON contract.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use platform_service::{error_response, server_error};
+
+/// Everything a request can fail with. 4xx explain themselves; 5xx are logged and opaque.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Invalid organization slug")]
+    InvalidSlug,
+    #[error("Organization not found")]
+    OrganisationNotFound,
+    #[error("Campaign not found")]
+    CampaignNotFound,
+    #[error("Invalid campaign id: expected a UUID")]
+    InvalidCampaignId,
+    #[error("Invalid `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("An organization with this slug already exists")]
+    SlugTaken,
+    #[error("Nothing to update: the body names no field")]
+    EmptyPatch,
+    /// Postgres could not be reached (pool timeout, I/O): 503 so callers retry.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Any other failure: 500.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        ApiError::Invalid { field, reason: reason.into() }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidSlug => "invalid_slug",
+            ApiError::OrganisationNotFound => "organization_not_found",
+            ApiError::CampaignNotFound => "campaign_not_found",
+            ApiError::InvalidCampaignId => "invalid_campaign_id",
+            ApiError::Invalid { .. } => "invalid_input",
+            ApiError::SlugTaken => "slug_taken",
+            ApiError::EmptyPatch => "empty_update",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_unavailable(&error) {
+            ApiError::Unavailable(error)
+        } else {
+            ApiError::Internal(error.into())
+        }
+    }
+}
+
+/// Whether a database error means "Postgres is not reachable" rather than "this query is wrong".
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+    )
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidSlug
+            | ApiError::InvalidCampaignId
+            | ApiError::Invalid { .. }
+            | ApiError::EmptyPatch => StatusCode::BAD_REQUEST,
+            ApiError::OrganisationNotFound | ApiError::CampaignNotFound => StatusCode::NOT_FOUND,
+            ApiError::SlugTaken => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            server_error(status, self)
+        } else {
+            error_response(status, self.code(), self.to_string())
+        }
+    }
+}

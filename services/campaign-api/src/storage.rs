@@ -1,0 +1,359 @@
+//! Postgres I/O of campaign-api: organisations, campaigns, donations. Runtime queries only.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::domain::{CampaignFields, CampaignRow, NewOrganisation, Organisation, Slug};
+use crate::error::ApiError;
+
+/// `SELECT` of [`CampaignRow`] from `campaigns c JOIN organisations o`, then `$rest` (a literal,
+/// so the query stays a static string).
+macro_rules! select_campaigns {
+    ($rest:literal) => {
+        concat!(
+            "SELECT c.id, c.org_id, o.slug AS org_slug, c.name, c.description, c.goal_cents, ",
+            "c.raised_cents, c.donation_count, c.starts_at, c.ends_at, c.disabled, c.created_at, ",
+            "c.updated_at FROM campaigns c JOIN organisations o ON o.id = c.org_id ",
+            $rest
+        )
+    };
+}
+
+/// Runs the embedded migrations.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}
+
+#[tracing::instrument(skip(pool))]
+pub async fn organisation_id(pool: &PgPool, slug: &Slug) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM organisations WHERE slug = $1")
+        .bind(slug.as_str())
+        .fetch_optional(pool)
+        .await
+}
+
+/// Inserts the organisation; [`ApiError::SlugTaken`] when the slug exists.
+#[tracing::instrument(skip(pool, org), fields(slug = org.slug.as_str()))]
+pub async fn create_organisation(
+    pool: &PgPool,
+    org: &NewOrganisation,
+) -> Result<Organisation, ApiError> {
+    let created = sqlx::query_as::<_, Organisation>(
+        "INSERT INTO organisations (id, slug, name, tier) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (slug) DO NOTHING RETURNING id, slug, name, tier, created_at",
+    )
+    .bind(Uuid::new_v4())
+    .bind(org.slug.as_str())
+    .bind(&org.name)
+    .bind(org.tier.as_str())
+    .fetch_optional(pool)
+    .await?;
+    created.ok_or(ApiError::SlugTaken)
+}
+
+/// Active campaigns of an organisation, newest start first.
+#[tracing::instrument(skip(pool))]
+pub async fn active_campaigns(
+    pool: &PgPool,
+    org_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Vec<CampaignRow>, sqlx::Error> {
+    sqlx::query_as::<_, CampaignRow>(select_campaigns!(
+        "WHERE c.org_id = $1 AND c.deleted_at IS NULL AND NOT c.disabled \
+           AND c.starts_at <= $2 AND c.ends_at > $2 \
+         ORDER BY c.starts_at DESC, c.created_at DESC, c.id"
+    ))
+    .bind(org_id)
+    .bind(now)
+    .fetch_all(pool)
+    .await
+}
+
+/// A campaign that is not deleted.
+#[tracing::instrument(skip(pool))]
+pub async fn campaign(pool: &PgPool, id: Uuid) -> Result<Option<CampaignRow>, sqlx::Error> {
+    sqlx::query_as::<_, CampaignRow>(select_campaigns!("WHERE c.id = $1 AND c.deleted_at IS NULL"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The slug of a campaign's organisation, deleted campaigns included (the cache group of its
+/// stats never changes).
+#[tracing::instrument(skip(pool))]
+pub async fn campaign_org_slug(pool: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT o.slug FROM campaigns c JOIN organisations o ON o.id = c.org_id WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+#[tracing::instrument(skip(pool, fields))]
+pub async fn create_campaign(
+    pool: &PgPool,
+    slug: &Slug,
+    fields: &CampaignFields,
+) -> Result<CampaignRow, ApiError> {
+    let org_id = organisation_id(pool, slug).await?.ok_or(ApiError::OrganisationNotFound)?;
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO campaigns (id, org_id, name, description, goal_cents, starts_at, ends_at, \
+           disabled, start_announced, end_announced) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $6 <= now(), $7 <= now())",
+    )
+    .bind(id)
+    .bind(org_id)
+    .bind(&fields.name)
+    .bind(&fields.description)
+    .bind(fields.goal_cents)
+    .bind(fields.starts_at)
+    .bind(fields.ends_at)
+    .bind(fields.disabled)
+    .execute(pool)
+    .await?;
+    campaign(pool, id).await?.ok_or(ApiError::CampaignNotFound)
+}
+
+/// Replaces a campaign's editable fields. A changed start or end is handed (again) to the
+/// lifecycle ticker unless it is already past. Returns `None` when the campaign does not exist.
+#[tracing::instrument(skip(pool, fields))]
+pub async fn update_campaign(
+    pool: &PgPool,
+    id: Uuid,
+    fields: &CampaignFields,
+) -> Result<Option<CampaignRow>, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE campaigns SET name = $2, description = $3, goal_cents = $4, \
+           start_announced = CASE WHEN starts_at = $5 THEN start_announced ELSE $5 <= now() END, \
+           end_announced = CASE WHEN ends_at = $6 THEN end_announced ELSE $6 <= now() END, \
+           starts_at = $5, ends_at = $6, disabled = $7, updated_at = now() \
+         WHERE id = $1 AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .bind(&fields.name)
+    .bind(&fields.description)
+    .bind(fields.goal_cents)
+    .bind(fields.starts_at)
+    .bind(fields.ends_at)
+    .bind(fields.disabled)
+    .execute(pool)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(None);
+    }
+    campaign(pool, id).await
+}
+
+/// Soft-deletes a campaign; returns its organisation's slug, or `None` when it did not exist.
+#[tracing::instrument(skip(pool))]
+pub async fn delete_campaign(pool: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE campaigns c SET deleted_at = now(), updated_at = now() FROM organisations o \
+         WHERE c.id = $1 AND c.deleted_at IS NULL AND o.id = c.org_id RETURNING o.slug",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A campaign start or end the lifecycle ticker claimed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Transition {
+    pub id: Uuid,
+    pub org_slug: String,
+}
+
+/// Claims campaigns that started since the last tick (each once, across replicas).
+pub async fn claim_started(pool: &PgPool) -> Result<Vec<Transition>, sqlx::Error> {
+    sqlx::query_as::<_, Transition>(
+        "UPDATE campaigns c SET start_announced = true FROM organisations o \
+         WHERE NOT c.start_announced AND c.starts_at <= now() AND o.id = c.org_id \
+         RETURNING c.id, o.slug AS org_slug",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Claims campaigns that ended since the last tick (each once, across replicas).
+pub async fn claim_ended(pool: &PgPool) -> Result<Vec<Transition>, sqlx::Error> {
+    sqlx::query_as::<_, Transition>(
+        "UPDATE campaigns c SET end_announced = true FROM organisations o \
+         WHERE NOT c.end_announced AND c.ends_at <= now() AND o.id = c.org_id \
+         RETURNING c.id, o.slug AS org_slug",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// A donation as recorded (on its first delivery, or as found on a redelivery).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Donation {
+    pub payment_intent_id: String,
+    pub campaign_id: Uuid,
+    pub org_id: Uuid,
+    pub org_slug: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub goal_cents: i64,
+    pub raised_after_cents: i64,
+    pub count_after: i64,
+    pub goal_crossed: bool,
+}
+
+/// A donation to record.
+#[derive(Debug, Clone)]
+pub struct NewDonation<'a> {
+    pub payment_intent_id: &'a str,
+    pub stripe_event_id: &'a str,
+    pub org_id: Uuid,
+    pub campaign_id: Uuid,
+    pub amount_cents: i64,
+    pub currency: &'a str,
+}
+
+/// Why a donation cannot be recorded, ever (the event is poison).
+#[derive(Debug, thiserror::Error)]
+pub enum DonationRejected {
+    #[error("campaign {0} does not exist")]
+    UnknownCampaign(Uuid),
+    #[error("campaign {campaign} belongs to organisation {actual}, not {claimed}")]
+    WrongOrganisation { campaign: Uuid, claimed: Uuid, actual: Uuid },
+}
+
+/// Records a donation exactly once: the insert is keyed on the payment intent id, and the
+/// campaign's totals move in the same transaction only when the insert happened. The campaign row
+/// is locked first, so concurrent donations see each other's totals and only one can cross the
+/// goal. Returns the stored donation and whether this call inserted it.
+#[tracing::instrument(skip(pool, donation), fields(payment_intent = donation.payment_intent_id))]
+pub async fn record_donation(
+    pool: &PgPool,
+    donation: &NewDonation<'_>,
+) -> Result<Result<(Donation, bool), DonationRejected>, sqlx::Error> {
+    let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
+    let campaign: Option<(Uuid, i64, i64, i64)> = sqlx::query_as(
+        "SELECT org_id, goal_cents, raised_cents, donation_count FROM campaigns \
+         WHERE id = $1 FOR UPDATE",
+    )
+    .bind(donation.campaign_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((org_id, goal, raised, count)) = campaign else {
+        return Ok(Err(DonationRejected::UnknownCampaign(donation.campaign_id)));
+    };
+    if org_id != donation.org_id {
+        return Ok(Err(DonationRejected::WrongOrganisation {
+            campaign: donation.campaign_id,
+            claimed: donation.org_id,
+            actual: org_id,
+        }));
+    }
+    let raised_after = raised.saturating_add(donation.amount_cents);
+    let inserted = sqlx::query(
+        "INSERT INTO donations (payment_intent_id, campaign_id, amount_cents, currency, \
+           raised_after_cents, count_after, goal_crossed, stripe_event_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (payment_intent_id) DO NOTHING",
+    )
+    .bind(donation.payment_intent_id)
+    .bind(donation.campaign_id)
+    .bind(donation.amount_cents)
+    .bind(donation.currency)
+    .bind(raised_after)
+    .bind(count + 1)
+    .bind(raised < goal && raised_after >= goal)
+    .bind(donation.stripe_event_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        sqlx::query(
+            "UPDATE campaigns SET raised_cents = $2, donation_count = $3, updated_at = now() \
+             WHERE id = $1",
+        )
+        .bind(donation.campaign_id)
+        .bind(raised_after)
+        .bind(count + 1)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let stored = sqlx::query_as::<_, Donation>(
+        "SELECT d.payment_intent_id, d.campaign_id, c.org_id, o.slug AS org_slug, \
+           d.amount_cents, d.currency, c.goal_cents, d.raised_after_cents, d.count_after, \
+           d.goal_crossed \
+         FROM donations d JOIN campaigns c ON c.id = d.campaign_id \
+           JOIN organisations o ON o.id = c.org_id \
+         WHERE d.payment_intent_id = $1",
+    )
+    .bind(donation.payment_intent_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Ok((stored, inserted)))
+}
+
+/// Seeds the `demo` organisation with a few active campaigns when it has none.
+pub async fn seed_demo(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO organisations (id, slug, name, tier) VALUES ($1, 'demo', 'Demo Church', \
+         'starter') ON CONFLICT (slug) DO NOTHING",
+    )
+    .bind(Uuid::new_v4())
+    .execute(&mut *tx)
+    .await?;
+    let org_id: Uuid = sqlx::query_scalar("SELECT id FROM organisations WHERE slug = 'demo'")
+        .fetch_one(&mut *tx)
+        .await?;
+    let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM campaigns WHERE org_id = $1")
+        .bind(org_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if existing == 0 {
+        let campaigns = [
+            (
+                "New Roof Fund",
+                "Replace the leaking sanctuary roof before winter.",
+                2_500_000,
+                1_240_000,
+                48,
+            ),
+            (
+                "Youth Mission Trip",
+                "Send twelve students on a summer service trip.",
+                800_000,
+                655_000,
+                31,
+            ),
+            (
+                "Community Food Pantry",
+                "Stock the pantry shelves for the coming months.",
+                300_000,
+                45_000,
+                9,
+            ),
+        ];
+        for (name, description, goal, raised, count) in campaigns {
+            sqlx::query(
+                "INSERT INTO campaigns (id, org_id, name, description, goal_cents, raised_cents, \
+                   donation_count, starts_at, ends_at, start_announced) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, now() - interval '7 days', \
+                   now() + interval '90 days', true)",
+            )
+            .bind(Uuid::new_v4())
+            .bind(org_id)
+            .bind(name)
+            .bind(description)
+            .bind(goal)
+            .bind(raised)
+            .bind(count)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tracing::info!(org_id = %org_id, "seeded the demo organisation with 3 campaigns");
+    }
+    tx.commit().await
+}

@@ -1,0 +1,213 @@
+//! Shared test support: runs the real campaign-api on port 0 against real Redis and Postgres.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::web;
+use campaign_api::{Settings, build};
+use platform_redis::messages::StripeEventMessage;
+use platform_redis::streams::StreamProducer;
+use platform_redis::{RedisClients, RedisSettings, StreamName};
+use platform_service::AppContext;
+use platform_service::settings::ServiceSettings;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+pub const TOKEN: &str = "dev-admin-token";
+
+/// Where one app instance (or several sharing them) keeps its state.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub redis_url: String,
+    pub prefix: String,
+    pub database_url: String,
+}
+
+impl Backends {
+    pub async fn new(redis_url: String, test: &str) -> Backends {
+        let database = platform_testing::PostgresServer::shared().create_database().await.unwrap();
+        Backends {
+            redis_url,
+            prefix: platform_testing::unique_prefix(test),
+            database_url: database.url,
+        }
+    }
+
+    /// Direct Redis clients under the test's prefix (to inspect streams, publish, …).
+    pub async fn redis(&self) -> RedisClients {
+        RedisClients::connect(&RedisSettings::for_url(&self.redis_url, &self.prefix)).await.unwrap()
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub context: web::Data<AppContext>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn(backends: &Backends, extra: &[(&str, &str)]) -> TestApp {
+        let mut vars = HashMap::from([
+            ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
+            ("APP__HTTP__WORKERS".to_owned(), "2".to_owned()),
+            ("APP__REDIS__URL".to_owned(), backends.redis_url.clone()),
+            ("APP__REDIS__KEY_PREFIX".to_owned(), backends.prefix.clone()),
+            ("APP__DATABASE__URL".to_owned(), backends.database_url.clone()),
+            ("APP__LIVE__KEEP_ALIVE_SECS".to_owned(), "1".to_owned()),
+            ("APP__LIVE__LIFECYCLE_TICK_MS".to_owned(), "200".to_owned()),
+            ("APP__USAGE__FLUSH_INTERVAL_MS".to_owned(), "100".to_owned()),
+            ("APP__STRIPE_EVENTS__BLOCK_MS".to_owned(), "200".to_owned()),
+            ("APP__STRIPE_EVENTS__CLAIM_IDLE_MS".to_owned(), "2000".to_owned()),
+        ]);
+        for (key, value) in extra {
+            vars.insert((*key).to_owned(), (*value).to_owned());
+        }
+        let settings = Settings::from_overrides(vars).unwrap();
+        let app = build(settings).await.unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let context = app.context();
+        let server = tokio::spawn(app.run_until_stopped());
+        TestApp { base, http: reqwest::Client::new(), context, server: Some(server) }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
+    }
+
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut request =
+            self.http.request(method, format!("{}{path}", self.base)).bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Creates an organisation; returns its id.
+    pub async fn create_org(&self, slug: &str) -> String {
+        let response = self
+            .admin(
+                reqwest::Method::POST,
+                "/api/admin/organisations",
+                Some(json!({"slug": slug, "name": format!("Org {slug}")})),
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an active campaign (started an hour ago, ends in a week); returns its id.
+    pub async fn create_campaign(&self, slug: &str, name: &str, goal_cents: i64) -> String {
+        let now = chrono::Utc::now();
+        let response = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/api/admin/organisations/{slug}/campaigns"),
+                Some(json!({
+                    "name": name,
+                    "description": "A test campaign",
+                    "goalCents": goal_cents,
+                    "startsAt": (now - chrono::Duration::hours(1)).to_rfc3339(),
+                    "endsAt": (now + chrono::Duration::days(7)).to_rfc3339(),
+                })),
+            )
+            .await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn stop(mut self) {
+        self.context.shutdown.trigger();
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+        }
+    }
+}
+
+/// The Stripe fixture event as a payment for `campaign_id` of `org_id`.
+pub fn donation_event(
+    event_id: &str,
+    payment_intent: &str,
+    org_id: &str,
+    campaign_id: &str,
+    amount: i64,
+) -> StripeEventMessage {
+    let text = include_str!("../fixtures/payment_intent.succeeded.json");
+    let mut raw: Value = serde_json::from_str(text).unwrap();
+    raw["id"] = json!(event_id);
+    raw["data"]["object"]["id"] = json!(payment_intent);
+    raw["data"]["object"]["amount"] = json!(amount);
+    raw["data"]["object"]["amount_received"] = json!(amount);
+    raw["data"]["object"]["metadata"] = json!({"org_id": org_id, "campaign_id": campaign_id});
+    StripeEventMessage {
+        event_id: event_id.to_owned(),
+        event_type: "payment_intent.succeeded".to_owned(),
+        created: raw["created"].as_i64().unwrap(),
+        livemode: false,
+        api_version: raw["api_version"].as_str().map(str::to_owned),
+        object_id: Some(payment_intent.to_owned()),
+        customer_id: None,
+        raw: raw.to_string(),
+    }
+}
+
+/// Appends Stripe events as webhook-ingest does.
+pub async fn put_on_stripe_stream(redis: &RedisClients, events: &[StripeEventMessage]) {
+    let producer = StreamProducer::new(redis, StreamName::StripeEvents, 10_000);
+    for event in events {
+        producer.append(event).await.unwrap();
+    }
+}
+
+/// Every body on the usage stream.
+pub async fn usage_events(redis: &RedisClients) -> Vec<Value> {
+    use platform_redis::fred::prelude::*;
+    let key = redis.keys().stream(StreamName::UsageEvents);
+    let entries: Vec<(String, HashMap<String, String>)> =
+        redis.primary().xrange(&key, "-", "+", None).await.unwrap();
+    entries.into_iter().map(|(_, fields)| serde_json::from_str(&fields["data"]).unwrap()).collect()
+}
+
+/// Polls `check` every 50 ms, at most `tries` times; true once it held.
+pub async fn eventually<F, Fut>(tries: usize, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..tries {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Reads an SSE response until `done` says so or `max_chunks` chunks were read; returns the text.
+pub async fn read_sse(
+    response: &mut reqwest::Response,
+    max_chunks: usize,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let mut text = String::new();
+    for _ in 0..max_chunks {
+        match tokio::time::timeout(Duration::from_secs(10), response.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => break,
+        }
+        if done(&text) {
+            break;
+        }
+    }
+    text
+}
