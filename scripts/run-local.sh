@@ -179,6 +179,10 @@ for name in "${SERVICES[@]}"; do
     if [[ "$db" != - ]]; then
         db_env=("APP__DATABASE__URL=postgres://postgres@127.0.0.1:$PG_PORT/$db")
     fi
+    if [[ "$name" == campaign-api ]]; then
+        # The `demo` organisation with active campaigns (DESIGN: local defaults).
+        db_env+=("APP__DEMO__SEED=${DEMO_SEED:-true}")
+    fi
     printf '\n=== %s: %s started on port %s ===\n' "$(date -u +%FT%TZ)" "$name" "$port" >>"$logfile"
     (cd "$REPO_ROOT" && exec nohup env "${db_env[@]}" APP__HTTP__PORT="$port" "$bin" >>"$logfile" 2>&1 </dev/null) &
     echo $! >"$PID_DIR/$name.pid"
