@@ -178,3 +178,38 @@ pub fn compute_bill(
         usage: usage.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn growth() -> TierSettings {
+        TierSettings {
+            name: "Growth".into(),
+            base_price_cents: 9900,
+            custom_pricing: false,
+            limits: [("api_request".to_owned(), 200_000)].into(),
+            overage_millicents: [("api_request".to_owned(), 10)].into(),
+        }
+    }
+
+    fn bill_for(api_requests: i64) -> Bill {
+        let org = OrgId::parse("o").unwrap_or_else(|_| unreachable!());
+        let usage = [("api_request".to_owned(), api_requests)].into();
+        let month = "2026-11".parse().unwrap_or_else(|_| unreachable!());
+        compute_bill(&org, month, "growth", &growth(), &usage)
+    }
+
+    #[test]
+    fn line_amounts_round_half_up_to_whole_cents_and_add_up_to_the_total() {
+        // 49 requests over = 490 millicents → 0 cents; 50 over = 500 millicents → 1 cent.
+        assert_eq!(bill_for(200_049).overage_cents, 0);
+        assert_eq!(bill_for(200_050).overage_cents, 1);
+        assert_eq!(bill_for(199_000).total_cents, 9900);
+        let bill = bill_for(250_000);
+        assert_eq!(bill.line_items[0].amount_millicents, 500_000);
+        assert_eq!(bill.total_cents, 9900 + 500);
+        let lines: i64 = bill.line_items.iter().map(|l| l.amount_cents).sum();
+        assert_eq!(bill.base_price_cents + lines, bill.total_cents);
+    }
+}
