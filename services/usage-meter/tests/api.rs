@@ -268,3 +268,21 @@ async fn bad_queries_answer_400_with_a_code() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn stopping_the_service_copies_the_counters_to_postgres() {
+    // Arrange: no periodic flush during the test.
+    let app =
+        TestApp::spawn("usage-final-flush", &[("APP__USAGE__FLUSH_INTERVAL_SECS", "3600")]).await;
+    app.post("/internal/usage/events", json!({ "events": [event("f1", "sms_sent", 42)] })).await;
+    let database_url = app.database_url.clone();
+    let month = Utc::now().format("%Y-%m").to_string();
+
+    // Act
+    app.stop().await;
+
+    // Assert
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let stored = usage_meter::db::usage(&pool, "f1", &month).await.unwrap();
+    assert_eq!(stored.get("sms_sent"), Some(&42));
+}
