@@ -17,92 +17,88 @@ use crate::domain::{DONATION_VOLUME, Metric, Month, OrgId, USAGE_FIELDS, ValidEv
 
 /// Records a batch of validated events, in order. Atomic (one script): for each event, an
 /// idempotency key seen before within its window (`SET NX EX` fails) makes the event a
-/// duplicate that changes nothing; otherwise counters are summed (aggregated per batch, then one
-/// `HINCRBY` per field), a gauge keeps the value with the latest event time (ties: the larger
-/// value, so the result does not depend on delivery order), the top-consumer sets follow, the
-/// detail record is pushed to the org's capped list, and `<org>|<month>` is marked dirty.
-/// Returns 1 (counted) or 0 (duplicate) per event.
+/// duplicate that changes nothing; otherwise its value is added to its slot (one slot per
+/// org, month and metric in the batch, so a batch costs one `HINCRBY`/`ZINCRBY` per slot, not
+/// per event), a gauge keeps the value with the latest event time (ties: the larger value, so
+/// the result does not depend on delivery order), the detail record is pushed to the org's
+/// capped list, and `<org>|<month>` is marked dirty. Returns 1 (counted) or 0 (duplicate) per
+/// event.
 ///
-/// KEYS: `[dirty]` then per event `[counters, idempotency, top, top2, events]`.
-/// ARGV: `[counter_ttl, events_ttl, events_cap, idem_ttl]` then per event
-/// `[kind (c|g|d), field, value, at_ms, has_idem (0|1), detail or "", dirty field, org]`.
+/// KEYS: `[dirty, idempotency keys…, slot keys…]` (each key once).
+/// ARGV: `[counter_ttl, events_ttl, events_cap, idem_ttl, n, m, d]`, then n events
+/// `[slot, value, idempotency KEYS index or 0, at_ms]`, then m slots `[kind (c|g|d), field, org,
+/// dirty field, counters, top, top2, events KEYS indices]`, then d details `[event, json]`.
 const RECORD_LUA: &str = r"
-local counter_ttl = ARGV[1]
-local events_ttl = ARGV[2]
-local events_cap = tonumber(ARGV[3])
-local idem_ttl = ARGV[4]
-local n = (#KEYS - 1) / 5
-local incr, incr_order = {}, {}
-local zincr, zincr_order = {}, {}
-local ttl_keys, ttl_order = {}, {}
-local event_keys, event_order = {}, {}
-local dirty, dirty_order = {}, {}
-local results = {}
-local function add(map, order, key, member, delta)
-  local m = map[key]
-  if m == nil then m = {}; map[key] = m; order[#order + 1] = key end
-  m[member] = (m[member] or 0) + delta
-end
-local function mark(set, order, key)
-  if not set[key] then set[key] = true; order[#order + 1] = key end
-end
+local counter_ttl, events_ttl = ARGV[1], ARGV[2]
+local events_cap, idem_ttl = tonumber(ARGV[3]), ARGV[4]
+local n, m, d = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local ev = 8
+local sl = ev + 4 * n
+local de = sl + 8 * m
+local sums, counts, used, fresh = {}, {}, {}, {}
 for i = 0, n - 1 do
-  local k = 2 + i * 5
-  local a = 5 + i * 8
-  local fresh = 1
-  if ARGV[a + 4] == '1' then
-    if not redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', idem_ttl) then fresh = 0 end
-  end
-  if fresh == 1 then
-    local counters, kind, field = KEYS[k], ARGV[a], ARGV[a + 1]
-    local value = tonumber(ARGV[a + 2])
-    local org = ARGV[a + 7]
-    if kind == 'g' then
-      local at = tonumber(ARGV[a + 3])
+  local a = ev + i * 4
+  local ok = 1
+  local idem = tonumber(ARGV[a + 2])
+  if idem > 0 and not redis.call('SET', KEYS[idem], '1', 'NX', 'EX', idem_ttl) then ok = 0 end
+  fresh[i + 1] = ok
+  if ok == 1 then
+    local s = tonumber(ARGV[a])
+    local b = sl + (s - 1) * 8
+    used[s] = true
+    if ARGV[b] == 'g' then
+      local counters, field = KEYS[tonumber(ARGV[b + 4])], ARGV[b + 1]
+      local value, at = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
       local at_field = field .. ':at'
       local cur = redis.call('HMGET', counters, field, at_field)
       local cur_v, cur_at = tonumber(cur[1]), tonumber(cur[2])
       if cur_at == nil or at > cur_at or (at == cur_at and value > (cur_v or -1)) then
-        redis.call('HSET', counters, field, ARGV[a + 2], at_field, ARGV[a + 3])
-        redis.call('ZADD', KEYS[k + 2], ARGV[a + 2], org)
+        redis.call('HSET', counters, field, ARGV[a + 1], at_field, ARGV[a + 3])
+        redis.call('ZADD', KEYS[tonumber(ARGV[b + 5])], ARGV[a + 1], ARGV[b + 2])
       end
-    elseif kind == 'd' then
-      add(incr, incr_order, counters, field, 1)
-      add(incr, incr_order, counters, 'donation_volume_cents', value)
-      add(zincr, zincr_order, KEYS[k + 2], org, 1)
-      add(zincr, zincr_order, KEYS[k + 3], org, value)
-      mark(ttl_keys, ttl_order, KEYS[k + 3])
     else
-      add(incr, incr_order, counters, field, value)
-      add(zincr, zincr_order, KEYS[k + 2], org, value)
+      sums[s] = (sums[s] or 0) + tonumber(ARGV[a + 1])
+      counts[s] = (counts[s] or 0) + 1
     end
-    mark(ttl_keys, ttl_order, counters)
-    mark(ttl_keys, ttl_order, KEYS[k + 2])
-    if ARGV[a + 5] ~= '' then
-      redis.call('LPUSH', KEYS[k + 4], ARGV[a + 5])
-      mark(event_keys, event_order, KEYS[k + 4])
+  end
+end
+for s = 1, m do
+  if used[s] then
+    local b = sl + (s - 1) * 8
+    local kind, field, org = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+    local counters, top = KEYS[tonumber(ARGV[b + 4])], KEYS[tonumber(ARGV[b + 5])]
+    if kind == 'd' then
+      local top2 = KEYS[tonumber(ARGV[b + 6])]
+      redis.call('HINCRBY', counters, field, string.format('%.0f', counts[s]))
+      redis.call('HINCRBY', counters, 'donation_volume_cents', string.format('%.0f', sums[s]))
+      redis.call('ZINCRBY', top, string.format('%.0f', counts[s]), org)
+      redis.call('ZINCRBY', top2, string.format('%.0f', sums[s]), org)
+      redis.call('EXPIRE', top2, counter_ttl)
+    elseif kind == 'c' then
+      redis.call('HINCRBY', counters, field, string.format('%.0f', sums[s]))
+      redis.call('ZINCRBY', top, string.format('%.0f', sums[s]), org)
     end
-    mark(dirty, dirty_order, ARGV[a + 6])
-  end
-  results[#results + 1] = fresh
-end
-for _, key in ipairs(incr_order) do
-  for field, delta in pairs(incr[key]) do
-    redis.call('HINCRBY', key, field, string.format('%.0f', delta))
+    redis.call('EXPIRE', counters, counter_ttl)
+    redis.call('EXPIRE', top, counter_ttl)
+    redis.call('HINCRBY', KEYS[1], ARGV[b + 3], 1)
   end
 end
-for _, key in ipairs(zincr_order) do
-  for member, delta in pairs(zincr[key]) do
-    redis.call('ZINCRBY', key, string.format('%.0f', delta), member)
+local lists, list_order = {}, {}
+for j = 0, d - 1 do
+  local a = de + j * 2
+  local i = tonumber(ARGV[a])
+  if fresh[i] == 1 then
+    local s = tonumber(ARGV[ev + (i - 1) * 4])
+    local key = KEYS[tonumber(ARGV[sl + (s - 1) * 8 + 7])]
+    redis.call('LPUSH', key, ARGV[a + 1])
+    if not lists[key] then lists[key] = true; list_order[#list_order + 1] = key end
   end
 end
-for _, key in ipairs(ttl_order) do redis.call('EXPIRE', key, counter_ttl) end
-for _, key in ipairs(event_order) do
+for _, key in ipairs(list_order) do
   redis.call('LTRIM', key, 0, events_cap - 1)
   redis.call('EXPIRE', key, events_ttl)
 end
-for _, field in ipairs(dirty_order) do redis.call('HINCRBY', KEYS[1], field, 1) end
-return results
+return fresh
 ";
 
 static RECORD: LazyLock<Script> = LazyLock::new(|| Script::from_lua(RECORD_LUA));
@@ -131,53 +127,94 @@ pub struct Retention {
     pub idempotency_window_secs: u64,
 }
 
+/// Interns keys so each is passed once; returns 1-based `KEYS` indices.
+#[derive(Default)]
+struct KeyList {
+    keys: Vec<String>,
+    index: HashMap<String, usize>,
+}
+
+impl KeyList {
+    fn add(&mut self, key: String) -> usize {
+        if let Some(i) = self.index.get(&key) {
+            return *i;
+        }
+        self.keys.push(key.clone());
+        let i = self.keys.len();
+        self.index.insert(key, i);
+        i
+    }
+}
+
 /// The recording script's keys and arguments for `events`.
 fn record_call(
     keys: &Keys,
     retention: &Retention,
     events: &[&ValidEvent],
 ) -> (Vec<String>, Vec<String>) {
-    let mut k = Vec::with_capacity(1 + events.len() * 5);
-    let mut a = Vec::with_capacity(4 + events.len() * 8);
-    k.push(keys.usage_dirty());
+    let mut k = KeyList::default();
+    k.add(keys.usage_dirty());
+    let mut slots: Vec<[String; 8]> = Vec::new();
+    let mut slot_index: HashMap<(&str, Month, Metric), usize> = HashMap::new();
+    let mut event_args = Vec::with_capacity(events.len() * 4);
+    let mut details = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let org = event.org.as_str();
+        let slot = *slot_index.entry((org, event.month, event.metric)).or_insert_with(|| {
+            let month = event.month.to_string();
+            let field = event.metric.as_str();
+            let top = k.add(keys.usage_top(field, &month));
+            let top2 = if event.metric == Metric::DonationProcessed {
+                k.add(keys.usage_top(DONATION_VOLUME, &month))
+            } else {
+                top
+            };
+            let kind = match event.metric {
+                m if m.is_gauge() => "g",
+                Metric::DonationProcessed => "d",
+                _ => "c",
+            };
+            slots.push([
+                kind.to_owned(),
+                field.to_owned(),
+                org.to_owned(),
+                format!("{org}|{month}"),
+                k.add(keys.usage_counters(org, &month)).to_string(),
+                top.to_string(),
+                top2.to_string(),
+                k.add(keys.usage_events(org)).to_string(),
+            ]);
+            slots.len()
+        });
+        let idem = match &event.idempotency_key {
+            Some(key) => k.add(keys.usage_idempotency(org, key)),
+            None => 0,
+        };
+        event_args.push(slot.to_string());
+        event_args.push(event.value.to_string());
+        event_args.push(idem.to_string());
+        event_args.push(if event.metric.is_gauge() {
+            event.occurred_at.timestamp_millis().to_string()
+        } else {
+            "0".to_owned()
+        });
+        if let Some(detail) = &event.detail {
+            details.push((i + 1).to_string());
+            details.push(detail.clone());
+        }
+    }
+    let mut a = Vec::with_capacity(7 + event_args.len() + slots.len() * 8 + details.len());
     a.push(retention.counter_ttl_secs.to_string());
     a.push(retention.events_ttl_secs.to_string());
     a.push(retention.events_per_org.max(1).to_string());
     a.push(retention.idempotency_window_secs.max(1).to_string());
-    for event in events {
-        let org = event.org.as_str();
-        let month = event.month.to_string();
-        let counters = keys.usage_counters(org, &month);
-        let field = event.metric.as_str();
-        let top = keys.usage_top(field, &month);
-        k.push(counters.clone());
-        k.push(match &event.idempotency_key {
-            Some(key) => keys.usage_idempotency(org, key),
-            // Unused placeholder in the org's slot.
-            None => counters,
-        });
-        k.push(top.clone());
-        k.push(if event.metric == Metric::DonationProcessed {
-            keys.usage_top(DONATION_VOLUME, &month)
-        } else {
-            top
-        });
-        k.push(keys.usage_events(org));
-        let kind = match event.metric {
-            m if m.is_gauge() => "g",
-            Metric::DonationProcessed => "d",
-            _ => "c",
-        };
-        a.push(kind.to_owned());
-        a.push(field.to_owned());
-        a.push(event.value.to_string());
-        a.push(event.occurred_at.timestamp_millis().to_string());
-        a.push(if event.idempotency_key.is_some() { "1" } else { "0" }.to_owned());
-        a.push(event.detail.clone().unwrap_or_default());
-        a.push(format!("{org}|{month}"));
-        a.push(org.to_owned());
-    }
-    (k, a)
+    a.push(events.len().to_string());
+    a.push(slots.len().to_string());
+    a.push((details.len() / 2).to_string());
+    a.extend(event_args);
+    a.extend(slots.into_iter().flatten());
+    a.extend(details);
+    (k.keys, a)
 }
 
 /// Queues the recording of `events` on the stream consumer's transaction (committed with the
