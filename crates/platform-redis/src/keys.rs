@@ -23,9 +23,19 @@
 //! | [`Keys::customer_count_last_good`] | hash | the same fields, kept longer (retention), so a failed refresh can keep serving the last count as stale |
 //! | [`Keys::customer_count_status`] | hash | outcome of the latest refresh attempt (lastAttemptAt, lastSuccessAt, lastError, consecutiveFailures) |
 //! | [`Keys::customer_ids_live`] | set | customer ids seen by the optional real-time mode (`SADD`/`SCARD`), reconciled by each full walk |
+//! | [`Keys::usage_counters`] | hash | usage-meter: one organisation's counters of one month (metric → value; gauges also `<metric>:at`) |
+//! | [`Keys::usage_events`] | list | usage-meter: newest detail events (JSON with metadata) of one organisation, capped |
+//! | [`Keys::usage_idempotency`] | string | usage-meter: marks a producer's idempotency key as counted, with `EX` = its window |
+//! | [`Keys::usage_top`] | sorted set | usage-meter: organisations scored by one metric's value in one month |
+//! | [`Keys::usage_dirty`] | hash | usage-meter: `<org>\|<month>` → change generation, not yet copied to Postgres |
 //!
 //! The four customer-count keys carry the hash tag of the [`CUSTOMER_COUNT_LOCK`] lock, so the
 //! fenced write script can read the lock's fence and write the count in one slot.
+//!
+//! The usage keys of one organisation share the hash tag `{<org>}`. The recording script also
+//! touches the (global) top-consumer sets and dirty hash and runs inside the stream consumer's
+//! `MULTI` with the `XACK`, so like [`crate::streams`] it assumes centralized mode (or a single
+//! shard): in cluster mode these keys are in different slots.
 
 use std::fmt;
 
@@ -155,6 +165,34 @@ impl Keys {
     pub fn effects_marker(&self, scope: &str, id: &str) -> String {
         format!("{}:once:{{{scope}:{id}}}", self.root)
     }
+
+    /// usage-meter: counters of organisation `org` for `month` (`YYYY-MM`), a hash of metric →
+    /// value (gauges also keep `<metric>:at`, the event time of the value). Tagged by the org.
+    pub fn usage_counters(&self, org: &str, month: &str) -> String {
+        format!("{}:usage:{{{org}}}:{month}", self.root)
+    }
+
+    /// usage-meter: capped list of the organisation's newest detail events (JSON).
+    pub fn usage_events(&self, org: &str) -> String {
+        format!("{}:usage:{{{org}}}:events", self.root)
+    }
+
+    /// usage-meter: marker that the producer idempotency key `key` of `org` was counted; it
+    /// expires after the idempotency window. Scoped per organisation (same tag as its counters).
+    pub fn usage_idempotency(&self, org: &str, key: &str) -> String {
+        format!("{}:usage:{{{org}}}:idem:{key}", self.root)
+    }
+
+    /// usage-meter: sorted set of organisations scored by `metric` in `month` (top consumers).
+    pub fn usage_top(&self, metric: &str, month: &str) -> String {
+        format!("{}:usage:top:{metric}:{month}", self.root)
+    }
+
+    /// usage-meter: hash of `<org>|<month>` → change generation, for counters changed since their
+    /// last copy to Postgres.
+    pub fn usage_dirty(&self) -> String {
+        format!("{}:usage:dirty", self.root)
+    }
 }
 
 #[cfg(test)]
@@ -185,5 +223,10 @@ mod tests {
         assert_eq!(keys.customer_count_status(), "app:v1:simpro:{customer-count}:status");
         assert_eq!(keys.customer_ids_live(), "app:v1:simpro:{customer-count}:ids");
         assert_eq!(keys.lock(CUSTOMER_COUNT_LOCK), "app:v1:lock:{customer-count}");
+        assert_eq!(keys.usage_counters("o1", "2026-11"), "app:v1:usage:{o1}:2026-11");
+        assert_eq!(keys.usage_events("o1"), "app:v1:usage:{o1}:events");
+        assert_eq!(keys.usage_idempotency("o1", "k"), "app:v1:usage:{o1}:idem:k");
+        assert_eq!(keys.usage_top("sms_sent", "2026-11"), "app:v1:usage:top:sms_sent:2026-11");
+        assert_eq!(keys.usage_dirty(), "app:v1:usage:dirty");
     }
 }

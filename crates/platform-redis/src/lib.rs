@@ -3,6 +3,7 @@
 //!
 //! Start with [`RedisClients::connect`], which gives pools per role and a [`Keys`] builder; every
 //! other module takes those. See each module's doc for the data structures behind its keys.
+//! [`usage`] is the producer side of usage metering (buffered recorder + actix middleware).
 
 pub mod cache;
 pub mod client;
@@ -16,6 +17,7 @@ pub mod pubsub;
 pub mod ratelimit;
 pub mod streams;
 pub mod trace;
+pub mod usage;
 
 pub use client::{RedisClients, RedisEndpoint, RedisMode, RedisSettings};
 pub use error::{RedisError, Result};

@@ -1,0 +1,254 @@
+//! The producer side of usage metering (seed 000 §3.3): a bounded in-memory buffer of
+//! [`UsageEvent`]s appended to the usage stream in batches, and actix middleware that records one
+//! `api_request` per request of an organisation.
+//!
+//! Recording never waits for Redis: [`UsageRecorder::record`] puts the event in a bounded queue
+//! and returns; a background task appends queued events with [`StreamProducer::append_all`]
+//! (one round trip per batch). While Redis is unreachable the task keeps its batch and retries
+//! with backoff; the queue fills and further events are dropped and counted
+//! ([`UsageRecorder::dropped`]) instead of growing memory. Every event gets an idempotency key if
+//! it has none, so a batch re-sent after a partly applied pipeline is counted once by usage-meter.
+//! On cancellation the task drains the queue and makes one last attempt.
+
+use std::fmt;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix_web::Error;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use futures::future::{LocalBoxFuture, Ready, ready};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::RedisClients;
+use crate::keys::StreamName;
+use crate::messages::UsageEvent;
+use crate::streams::StreamProducer;
+
+/// How a [`UsageRecorder`] buffers and sends.
+#[derive(Debug, Clone)]
+pub struct UsageRecorderSettings {
+    /// Events held in memory at most; more are dropped (and counted) while Redis is away.
+    pub capacity: usize,
+    /// Events per `append_all`.
+    pub batch_size: usize,
+    /// Longest wait before a partial batch is sent.
+    pub linger: Duration,
+    /// Approximate cap of the usage stream (`MAXLEN ~`).
+    pub stream_max_len: usize,
+}
+
+impl Default for UsageRecorderSettings {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000,
+            batch_size: 500,
+            linger: Duration::from_millis(100),
+            stream_max_len: 1_000_000,
+        }
+    }
+}
+
+/// Queues usage events for the usage stream; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UsageRecorder {
+    queue: mpsc::Sender<UsageEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl UsageRecorder {
+    /// Starts the sending task; it stops (after draining) when `cancel` fires.
+    pub fn start(
+        clients: &RedisClients,
+        settings: UsageRecorderSettings,
+        cancel: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let (queue, receiver) = mpsc::channel(settings.capacity.max(1));
+        let producer =
+            StreamProducer::new(clients, StreamName::UsageEvents, settings.stream_max_len);
+        let task = tokio::spawn(send_loop(producer, receiver, settings, cancel));
+        (Self { queue, dropped: Arc::default() }, task)
+    }
+
+    /// Queues `event` without waiting; false (and counted as dropped) when the buffer is full.
+    pub fn record(&self, mut event: UsageEvent) -> bool {
+        if event.idempotency_key.is_none() {
+            event.idempotency_key = Some(uuid::Uuid::new_v4().simple().to_string());
+        }
+        match self.queue.try_send(event) {
+            Ok(()) => true,
+            Err(_) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(dropped, "usage buffer full; dropping usage events");
+                }
+                false
+            }
+        }
+    }
+
+    /// Events dropped because the buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+async fn send_loop(
+    producer: StreamProducer,
+    mut receiver: mpsc::Receiver<UsageEvent>,
+    settings: UsageRecorderSettings,
+    cancel: CancellationToken,
+) {
+    let batch_size = settings.batch_size.max(1);
+    let mut batch: Vec<UsageEvent> = Vec::with_capacity(batch_size);
+    let mut failures: u32 = 0;
+    loop {
+        if batch.is_empty() {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                received = receiver.recv() => match received {
+                    Some(event) => batch.push(event),
+                    None => break,
+                },
+            }
+        }
+        // Linger briefly for a fuller batch.
+        let deadline = tokio::time::sleep(settings.linger);
+        tokio::pin!(deadline);
+        while batch.len() < batch_size {
+            tokio::select! {
+                () = &mut deadline => break,
+                () = cancel.cancelled() => break,
+                received = receiver.recv() => match received {
+                    Some(event) => batch.push(event),
+                    None => break,
+                },
+            }
+        }
+        match producer.append_all(&batch).await {
+            Ok(_) => {
+                batch.clear();
+                failures = 0;
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let pause =
+                    Duration::from_millis(50u64 << failures.min(6)).min(Duration::from_secs(3));
+                tracing::warn!(%error, pending = batch.len(), pause_ms = pause.as_millis() as u64, "appending usage events failed; keeping them for a retry");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+        if cancel.is_cancelled() {
+            break;
+        }
+    }
+    // Drain what is queued and try once more.
+    receiver.close();
+    while let Ok(event) = receiver.try_recv() {
+        batch.push(event);
+    }
+    for chunk in batch.chunks(batch_size) {
+        if let Err(error) = producer.append_all(chunk).await {
+            tracing::warn!(%error, lost = batch.len(), "final usage append failed; events lost");
+            break;
+        }
+    }
+}
+
+type OrgFn = Arc<dyn Fn(&ServiceRequest) -> Option<String> + Send + Sync>;
+
+/// Records one `api_request` usage event per request whose organisation `org` finds (e.g. from
+/// a path parameter; wrap the resource or scope so it is matched), after the response, with the
+/// route pattern, method and status as metadata. Requests without an organisation pass untouched.
+#[derive(Clone)]
+pub struct TrackUsage {
+    recorder: UsageRecorder,
+    org: OrgFn,
+}
+
+impl fmt::Debug for TrackUsage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackUsage").finish_non_exhaustive()
+    }
+}
+
+impl TrackUsage {
+    pub fn new<F>(recorder: UsageRecorder, org: F) -> Self
+    where
+        F: Fn(&ServiceRequest) -> Option<String> + Send + Sync + 'static,
+    {
+        Self { recorder, org: Arc::new(org) }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for TrackUsage
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = Error;
+    type Transform = TrackUsageMiddleware<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(TrackUsageMiddleware { service: Rc::new(service), config: self.clone() }))
+    }
+}
+
+/// The per-worker service built by [`TrackUsage`].
+pub struct TrackUsageMiddleware<S> {
+    service: Rc<S>,
+    config: TrackUsage,
+}
+
+impl<S> fmt::Debug for TrackUsageMiddleware<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackUsageMiddleware").finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Service<ServiceRequest> for TrackUsageMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let service = Rc::clone(&self.service);
+        let org = (self.config.org)(&req);
+        let recorder = self.config.recorder.clone();
+        let method = req.method().to_string();
+        let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+        Box::pin(async move {
+            let response = service.call(req).await?;
+            if let Some(org_id) = org {
+                recorder.record(UsageEvent {
+                    org_id,
+                    metric: "api_request".to_owned(),
+                    value: 1,
+                    occurred_at: Some(chrono::Utc::now().to_rfc3339()),
+                    idempotency_key: None,
+                    metadata: Some(serde_json::json!({
+                        "path": route,
+                        "method": method,
+                        "status": response.status().as_u16(),
+                    })),
+                });
+            }
+            Ok(response)
+        })
+    }
+}

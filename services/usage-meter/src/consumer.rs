@@ -1,0 +1,63 @@
+//! The usage-stream handler: validates each entry, dead-letters poison ones with the reason, and
+//! queues the recording of the valid ones (one script call per batch) on the consumer's
+//! transaction, so counters and `XACK` commit together.
+
+use chrono::Utc;
+use platform_redis::Keys;
+use platform_redis::fred::clients::Transaction;
+use platform_redis::messages::UsageEvent;
+use platform_redis::streams::{HandlerError, Outcome, StreamEntry, StreamHandler};
+
+use crate::domain::{EventRules, validate};
+use crate::metrics::UsageMetrics;
+use crate::store::{self, Retention};
+
+/// Handles batches of [`UsageEvent`]s from [`platform_redis::StreamName::UsageEvents`].
+#[derive(Debug, Clone)]
+pub struct UsageHandler {
+    keys: Keys,
+    retention: Retention,
+    rules: EventRules,
+    metrics: Option<UsageMetrics>,
+}
+
+impl UsageHandler {
+    pub fn new(keys: Keys, retention: Retention, rules: EventRules) -> Self {
+        Self { keys, retention, rules, metrics: None }
+    }
+
+    /// Counts what it sees on these metrics.
+    pub fn with_metrics(mut self, metrics: UsageMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+impl StreamHandler for UsageHandler {
+    type Body = UsageEvent;
+
+    async fn handle(
+        &self,
+        batch: &[StreamEntry<UsageEvent>],
+        tx: &Transaction,
+    ) -> Result<Vec<Outcome>, HandlerError> {
+        let now = Utc::now();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut valid = Vec::with_capacity(batch.len());
+        for entry in batch {
+            match validate(&entry.body, now, &self.rules) {
+                Ok(event) => {
+                    valid.push(event);
+                    outcomes.push(Outcome::Ack);
+                }
+                Err(reason) => outcomes.push(Outcome::DeadLetter(reason)),
+            }
+        }
+        let refs: Vec<_> = valid.iter().collect();
+        store::queue_record(tx, &self.keys, &self.retention, &refs).await?;
+        if let Some(metrics) = &self.metrics {
+            metrics.stream_events(valid.len(), batch.len() - valid.len());
+        }
+        Ok(outcomes)
+    }
+}

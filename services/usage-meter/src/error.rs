@@ -1,0 +1,92 @@
+//! The service's error type and its mapping onto the shared JSON error contract.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use platform_redis::RedisError;
+use platform_service::{error_response, server_error};
+use serde::Serialize;
+
+use crate::flush::FlushError;
+
+/// One refused event of a batch.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Rejection {
+    pub index: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidMonth(String),
+    #[error("{0}")]
+    InvalidOrg(String),
+    #[error("{0}")]
+    InvalidMetric(String),
+    #[error("{0}")]
+    UnknownTier(String),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("{} of the events are invalid; none was stored", .0.len())]
+    InvalidEvents(Vec<Rejection>),
+    #[error("at most {0} events per request")]
+    TooManyEvents(usize),
+    #[error("redis command failed")]
+    Redis(#[from] RedisError),
+    #[error("postgres query failed")]
+    Database(#[from] sqlx::Error),
+    #[error("usage storage is unavailable")]
+    Unavailable,
+    #[error("flush failed")]
+    Flush(#[from] FlushError),
+    #[error("this replica has no database configured")]
+    NoDatabase,
+}
+
+#[derive(Serialize)]
+struct InvalidEventsBody<'a> {
+    error: String,
+    code: &'static str,
+    rejected: &'a [Rejection],
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidMonth(_)
+            | ApiError::InvalidOrg(_)
+            | ApiError::InvalidMetric(_)
+            | ApiError::UnknownTier(_)
+            | ApiError::InvalidQuery(_)
+            | ApiError::InvalidEvents(_)
+            | ApiError::TooManyEvents(_) => StatusCode::BAD_REQUEST,
+            ApiError::Redis(e) if !e.is_unavailable() => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Redis(_)
+            | ApiError::Database(_)
+            | ApiError::Unavailable
+            | ApiError::Flush(_)
+            | ApiError::NoDatabase => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let code = match self {
+            ApiError::InvalidMonth(_) => "invalid_month",
+            ApiError::InvalidOrg(_) => "invalid_org",
+            ApiError::InvalidMetric(_) => "invalid_metric",
+            ApiError::UnknownTier(_) => "unknown_tier",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::TooManyEvents(_) => "too_many_events",
+            ApiError::InvalidEvents(rejected) => {
+                return HttpResponse::BadRequest().json(InvalidEventsBody {
+                    error: self.to_string(),
+                    code: "invalid_events",
+                    rejected,
+                });
+            }
+            _ => return server_error(status, self),
+        };
+        error_response(status, code, self.to_string())
+    }
+}
