@@ -6,35 +6,35 @@
 //! ledger row in Postgres (primary key = event id), and the entry on the Stripe stream.
 //!
 //! 1. **Claim** the marker (`SET NX PX`, one script that also returns what was there).
-//!    `done:…` → duplicate, answered 200 without touching anything else (after repairing the
-//!    ledger, see 4). `processing:…` → another delivery is in flight: wait up to
+//!    `done:…` → duplicate, answered 200 once the ledger has the row (see the crash after 3). `processing:…` → another delivery is in flight: wait up to
 //!    `in_flight_wait_ms` for it to finish (then duplicate), else 409 so Stripe retries.
-//! 2. **Ledger insert** `ON CONFLICT DO UPDATE deliveries+1 RETURNING status`: status `received`
-//!    (or `ignored` for a type outside the allow-list). A row already `streamed`/`ignored` means a
-//!    previous delivery finished but its Redis marker is gone (Redis lost data): duplicate, and the
-//!    marker is set again. The ledger, being durable, is the final word.
+//! 2. **Ledger check** `UPDATE … deliveries+1 RETURNING status`: a row already `streamed` or
+//!    `ignored` means a previous delivery finished but its Redis marker is gone (Redis lost data):
+//!    duplicate, and the marker is set again. The ledger, being durable, is the final word. A new
+//!    id matches no row, writes nothing and costs no commit. An event type outside the allow-list
+//!    is inserted `ignored` here and answered.
 //! 3. **Append + done, atomically**: one Lua script checks the marker still holds *our* claim,
 //!    `XADD`s the event and sets `done:<entry id>`
 //!    ([`platform_redis::streams::StreamProducer::append_claimed`]). The entry and the done marker
 //!    exist together or not at all (also in the AOF, which logs a script's effects as one unit),
 //!    and a delivery whose claim expired cannot append: it gets "claim lost" and answers 409.
-//! 4. **Ledger update** `status = streamed, stream_id`. Then 200.
+//! 4. **Ledger insert** of the row already `streamed` with its entry id: the only commit (and
+//!    fsync) of a new delivery. Then 200.
 //!
 //! Crashes (process, Redis or Postgres failure) between steps, and what the retry does — Stripe
 //! retries every non-2xx for 3 days, and nothing was answered 2xx before step 4 finished:
-//! - after 1: the claim expires after `claim_ttl` (or is released on a handled error); the retry
-//!   claims again and starts over. Nothing was written.
-//! - after 2: the retry finds the row `received` and continues with 3. Not lost, not duplicated.
-//! - after 3, before 4: the marker says `done:<entry id>`; the retry answers duplicate and copies
-//!   the entry id into the ledger (`received` → `streamed`). Appended once, ledger repaired.
+//! - after 1 or 2: the claim expires after `claim_ttl` (or is released on a handled error); the
+//!   retry claims again and starts over. Nothing was written.
+//! - after 3, before 4: the marker says `done:<entry id>`; the retry answers duplicate only after
+//!   inserting the ledger row from the marker (it carries the same event). Appended once, ledger
+//!   complete before any 2xx.
 //! - Redis restarted empty (markers and stream lost together, or not at all if persisted): the
-//!   ledger decides — `streamed` rows are duplicates, `received` rows are appended again (the entry
-//!   they may have had was lost with that Redis).
+//!   ledger decides — `streamed` rows are duplicates. Rows `received` (written by earlier
+//!   versions, which inserted before appending) are appended again.
 //!
 //! Redis or Postgres unreachable at any step: 503 and the claim is released (compare-and-delete),
-//! so the retry does not wait for the TTL; a `received` row stays `received` until a retry streams
-//! it. Consumers are still expected to be idempotent on the event id (admin replays re-publish
-//! deliberately), as at-least-once stream delivery requires anyway.
+//! so the retry does not wait for the TTL. Consumers are still expected to be idempotent on the
+//! event id (admin replays re-publish deliberately), as at-least-once stream delivery requires.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -124,7 +124,7 @@ impl Ingest {
         let token = loop {
             match idempotency::claim(&self.redis, &key, self.config.claim_ttl).await? {
                 Claim::Claimed { token } => break token,
-                Claim::Done(result) => return self.duplicate_of_done(&event.id, &result).await,
+                Claim::Done(result) => return self.duplicate_of_done(event, &result).await,
                 Claim::InProgress => {}
             }
             // Another delivery holds the claim: wait (bounded) for it to finish or give up.
@@ -136,7 +136,7 @@ impl Ingest {
                 match idempotency::peek(&self.redis, &key).await? {
                     Marker::InProgress => continue,
                     Marker::Done(result) => {
-                        return self.duplicate_of_done(&event.id, &result).await;
+                        return self.duplicate_of_done(event, &result).await;
                     }
                     Marker::Absent => break,
                 }
@@ -159,48 +159,60 @@ impl Ingest {
         token: &str,
     ) -> Result<Accepted, WebhookError> {
         let allowed = self.config.allow.allows(&event.event_type);
-        let initial = if allowed { Status::Received } else { Status::Ignored };
-        let recorded = ledger::record(&self.db, event, initial).await?;
-        match recorded.status {
-            Status::Streamed => {
-                let stream_id = recorded.stream_id.unwrap_or_default();
-                self.mark_done(key, &stream_id).await?;
-                return Ok(Accepted::Duplicate);
-            }
-            Status::Ignored => {
+        match ledger::touch(&self.db, &event.id).await? {
+            Some(existing) => match existing.status {
+                Status::Streamed => {
+                    self.mark_done(key, existing.stream_id.as_deref().unwrap_or_default()).await?;
+                    return Ok(Accepted::Duplicate);
+                }
+                Status::Ignored => {
+                    self.mark_done(key, "").await?;
+                    return Ok(Accepted::Duplicate);
+                }
+                Status::Received if !allowed => {
+                    // Stored while allowed, never streamed, and the allow-list changed since.
+                    ledger::mark_ignored(&self.db, &event.id).await?;
+                    self.mark_done(key, "").await?;
+                    return Ok(Accepted::Ignored);
+                }
+                // Stored by an earlier version that wrote the row before appending: stream it now.
+                Status::Received => {}
+            },
+            None if !allowed => {
+                let recorded =
+                    ledger::record(&self.db, event, Status::Ignored, None, false).await?;
                 self.mark_done(key, "").await?;
                 return Ok(if recorded.inserted { Accepted::Ignored } else { Accepted::Duplicate });
             }
-            Status::Received if !allowed => {
-                // Recorded while allowed, not streamed, and the allow-list changed since.
-                ledger::mark_ignored(&self.db, &event.id).await?;
-                self.mark_done(key, "").await?;
-                return Ok(Accepted::Ignored);
-            }
-            Status::Received => {}
+            None => {}
         }
         let message = event.to_message();
         match self.producer.append_claimed(&message, key, token, self.config.done_ttl).await? {
             ClaimedAppend::Appended(stream_id) => {
-                // If this fails the retry repairs the row from the done marker (module doc).
-                ledger::mark_streamed(&self.db, &event.id, &stream_id, false).await?;
+                // If this fails the answer is 503 and the retry records the row from the done
+                // marker (module doc, step 3).
+                ledger::record(&self.db, event, Status::Streamed, Some(&stream_id), false).await?;
                 tracing::info!(event_id = %event.id, event_type = %event.event_type, %stream_id, "event appended to the stripe stream");
                 Ok(Accepted::Streamed { stream_id })
             }
-            ClaimedAppend::AlreadyDone(result) => self.duplicate_of_done(&event.id, &result).await,
+            ClaimedAppend::AlreadyDone(result) => self.duplicate_of_done(event, &result).await,
             ClaimedAppend::ClaimLost => Err(WebhookError::InProgress),
         }
     }
 
-    /// A marker says done: copy its stream id into a ledger row still `received` (a crash
-    /// between steps 3 and 4), then answer duplicate.
+    /// A marker says done: make sure the ledger has the row as streamed (a crash between the
+    /// append and the insert leaves it missing), then answer duplicate.
     async fn duplicate_of_done(
         &self,
-        event_id: &str,
+        event: &StripeEvent,
         result: &str,
     ) -> Result<Accepted, WebhookError> {
         if !result.is_empty() {
-            ledger::repair_streamed(&self.db, event_id, result).await?;
+            let recorded =
+                ledger::record(&self.db, event, Status::Streamed, Some(result), true).await?;
+            if recorded.inserted {
+                tracing::warn!(event_id = %event.id, stream_id = result, "ledger row written from the dedup marker (an earlier delivery stopped after the append)");
+            }
         }
         Ok(Accepted::Duplicate)
     }
@@ -219,7 +231,7 @@ impl Ingest {
         };
         let event = StripeEvent::parse(raw.as_bytes())?;
         let stream_id = self.producer.append(&event.to_message()).await?;
-        ledger::mark_streamed(&self.db, event_id, &stream_id, true).await?;
+        ledger::mark_replayed(&self.db, event_id, &stream_id).await?;
         let key = self.redis.keys().webhook_dedup(event_id);
         self.mark_done(&key, &stream_id).await?;
         self.metrics.replayed.inc();

@@ -1,8 +1,10 @@
 //! The Postgres ledger (`webhook_events`): the durable record of every event id ever accepted.
 //!
 //! One row per event id (primary key), so a second insert of the same id is a no-op that reports
-//! the row as it is. Statuses: `received` (stored, not yet known to be on the stream), `streamed`
-//! (on the stream as `stream_id`), `ignored` (type not in the allow-list).
+//! the row as it is. Statuses: `streamed` (on the stream as `stream_id`; a new event's row is
+//! inserted so, right after the append), `ignored` (type not in the allow-list), `received`
+//! (stored, not yet known to be on the stream: written only by earlier versions, which inserted
+//! before appending, and still honoured).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -54,20 +56,58 @@ struct RecordedRow {
     stream_id: Option<String>,
 }
 
-/// Inserts the event with `status` unless its id is already there; either way counts the delivery
-/// and returns the row's state.
-#[tracing::instrument(name = "ledger.record", skip_all, fields(event_id = %event.id))]
+impl TryFrom<RecordedRow> for Recorded {
+    type Error = sqlx::Error;
+
+    fn try_from(row: RecordedRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            inserted: row.inserted,
+            status: Status::parse(&row.status)?,
+            stream_id: row.stream_id,
+        })
+    }
+}
+
+/// Counts one more delivery of an event id already in the ledger and returns its row; `None` (and
+/// no write, so no commit to wait for) when the id is new.
+#[tracing::instrument(name = "ledger.touch", skip(db))]
+pub async fn touch(db: &PgPool, event_id: &str) -> Result<Option<Recorded>, sqlx::Error> {
+    let row: Option<RecordedRow> = sqlx::query_as(
+        "UPDATE webhook_events SET deliveries = deliveries + 1 WHERE event_id = $1
+         RETURNING false AS inserted, status, stream_id",
+    )
+    .bind(event_id)
+    .fetch_optional(db)
+    .await?;
+    row.map(Recorded::try_from).transpose()
+}
+
+/// Inserts the event with `status` (and `stream_id` when streamed) unless its id is already
+/// there. An existing row still `received` takes the new status and stream id (the repair after a
+/// crash); rows in any other state keep theirs. `count_delivery` adds this delivery to an existing
+/// row (false when [`touch`] already counted it). Returns the row's state.
+#[tracing::instrument(name = "ledger.record", skip_all, fields(event_id = %event.id, status = status.as_str()))]
 pub async fn record(
     db: &PgPool,
     event: &StripeEvent,
     status: Status,
+    stream_id: Option<&str>,
+    count_delivery: bool,
 ) -> Result<Recorded, sqlx::Error> {
     // `xmax = 0` is true only for a row this statement inserted (an update sets xmax).
     let row: RecordedRow = sqlx::query_as(
         "INSERT INTO webhook_events
-             (event_id, event_type, created, livemode, api_version, object_id, customer_id, status, raw)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (event_id) DO UPDATE SET deliveries = webhook_events.deliveries + 1
+             (event_id, event_type, created, livemode, api_version, object_id, customer_id, status,
+              stream_id, streamed_at, raw)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $9::text IS NULL THEN NULL ELSE now() END, $10)
+         ON CONFLICT (event_id) DO UPDATE SET
+             deliveries = webhook_events.deliveries + CASE WHEN $11 THEN 1 ELSE 0 END,
+             status = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.status
+                           ELSE webhook_events.status END,
+             stream_id = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.stream_id
+                              ELSE webhook_events.stream_id END,
+             streamed_at = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.streamed_at
+                                ELSE webhook_events.streamed_at END
          RETURNING (xmax = 0) AS inserted, status, stream_id",
     )
     .bind(&event.id)
@@ -78,61 +118,31 @@ pub async fn record(
     .bind(&event.object_id)
     .bind(&event.customer_id)
     .bind(status.as_str())
+    .bind(stream_id)
     .bind(&event.raw)
+    .bind(count_delivery)
     .fetch_one(db)
     .await?;
-    Ok(Recorded {
-        inserted: row.inserted,
-        status: Status::parse(&row.status)?,
-        stream_id: row.stream_id,
-    })
+    Recorded::try_from(row)
 }
 
-/// Records that the event is on the stream as `stream_id`. `replay` counts an admin re-publish.
-#[tracing::instrument(name = "ledger.mark_streamed", skip(db))]
-pub async fn mark_streamed(
+/// Records an admin re-publish of the event as `stream_id`.
+#[tracing::instrument(name = "ledger.mark_replayed", skip(db))]
+pub async fn mark_replayed(
     db: &PgPool,
     event_id: &str,
     stream_id: &str,
-    replay: bool,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE webhook_events
-         SET status = 'streamed', stream_id = $2, streamed_at = now(),
-             replays = replays + CASE WHEN $3 THEN 1 ELSE 0 END
+         SET status = 'streamed', stream_id = $2, streamed_at = now(), replays = replays + 1
          WHERE event_id = $1",
     )
     .bind(event_id)
     .bind(stream_id)
-    .bind(replay)
     .execute(db)
     .await?;
     Ok(())
-}
-
-/// Copies the stream id of a done marker into a row still `received` (crash between the append
-/// and [`mark_streamed`]); rows in any other state are left alone.
-pub async fn repair_streamed(
-    db: &PgPool,
-    event_id: &str,
-    stream_id: &str,
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
-        "UPDATE webhook_events SET status = 'streamed', stream_id = $2, streamed_at = now()
-         WHERE event_id = $1 AND status = 'received'",
-    )
-    .bind(event_id)
-    .bind(stream_id)
-    .execute(db)
-    .await?;
-    if result.rows_affected() > 0 {
-        tracing::warn!(
-            event_id,
-            stream_id,
-            "ledger row repaired from the dedup marker (an earlier delivery stopped after the append)"
-        );
-    }
-    Ok(result.rows_affected() > 0)
 }
 
 /// Records that a `received` event will not be streamed (its type left the allow-list).

@@ -318,13 +318,13 @@ async fn an_event_type_outside_the_allow_list_is_recorded_as_ignored_and_not_str
 }
 
 #[tokio::test]
-async fn a_delivery_after_a_crash_between_ledger_insert_and_append_streams_the_event_once() {
-    // Arrange: a previous delivery stored the row and died before the append (claim expired).
+async fn a_row_left_received_by_an_earlier_version_is_streamed_once() {
+    // Arrange: an earlier version stored the row first and died before the append (claim expired).
     let app = TestApp::shared(&[]).await;
     let id = unique_event_id();
     let body = event_with_id("invoice.paid", &id);
     let event = webhook_ingest::event::StripeEvent::parse(body.as_bytes()).unwrap();
-    ledger::record(&app.db, &event, ledger::Status::Received).await.unwrap();
+    ledger::record(&app.db, &event, ledger::Status::Received, None, false).await.unwrap();
 
     // Act
     let (status, answer) = app.deliver(&body).await;
@@ -343,15 +343,34 @@ async fn a_delivery_after_a_crash_between_ledger_insert_and_append_streams_the_e
 }
 
 #[tokio::test]
-async fn a_delivery_after_a_crash_between_append_and_ledger_update_repairs_the_ledger_without_appending()
+async fn a_delivery_after_a_crash_between_append_and_ledger_insert_writes_the_row_without_appending()
  {
-    // Arrange: the row says received, the marker says done with the entry id, as if the process
-    // died right after the append script.
+    // Arrange: the marker says done with the entry id and the ledger has no row, as if the process
+    // (or Postgres) died right after the append script.
+    let app = TestApp::shared(&[]).await;
+    let id = unique_event_id();
+    let body = event_with_id("invoice.paid", &id);
+    let key = app.redis.keys().webhook_dedup(&id);
+    let () = app.redis.primary().set(&key, "done:1-1", None, None, false).await.unwrap();
+
+    // Act
+    let (status, answer) = app.deliver(&body).await;
+
+    // Assert
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["duplicate"], true);
+    assert!(app.stream().await.is_empty(), "nothing appended a second time");
+    assert_eq!(app.ledger_status(&id).await, Some(("streamed".to_owned(), Some("1-1".to_owned()))));
+}
+
+#[tokio::test]
+async fn a_row_left_received_with_a_done_marker_is_repaired_without_appending() {
+    // Arrange: an earlier version inserted the row, appended, and died before updating it.
     let app = TestApp::shared(&[]).await;
     let id = unique_event_id();
     let body = event_with_id("invoice.paid", &id);
     let event = webhook_ingest::event::StripeEvent::parse(body.as_bytes()).unwrap();
-    ledger::record(&app.db, &event, ledger::Status::Received).await.unwrap();
+    ledger::record(&app.db, &event, ledger::Status::Received, None, false).await.unwrap();
     let key = app.redis.keys().webhook_dedup(&id);
     let () = app.redis.primary().set(&key, "done:1-1", None, None, false).await.unwrap();
 
@@ -426,6 +445,40 @@ async fn a_failed_ledger_write_answers_503_releases_the_claim_and_the_retry_stre
     assert_eq!(retried, 200, "{retried_answer}");
     assert_eq!(retried_answer["duplicate"], false);
     assert_eq!(app.stream().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_ledger_insert_failing_after_the_append_answers_503_and_the_retry_records_it_without_appending_again()
+ {
+    // Arrange: a trigger rejects inserts into this test's ledger, as if Postgres failed between
+    // the append and the insert (the ledger check before the append still works).
+    let app = TestApp::shared(&[]).await;
+    let id = unique_event_id();
+    let body = event_with_id("invoice.paid", &id);
+    for statement in [
+        "CREATE FUNCTION reject_insert() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'ledger unavailable'; END $$",
+        "CREATE TRIGGER reject_insert BEFORE INSERT ON webhook_events
+             FOR EACH ROW EXECUTE FUNCTION reject_insert()",
+    ] {
+        sqlx::query(statement).execute(&app.db).await.unwrap();
+    }
+
+    // Act
+    let (failed, failed_answer) = app.deliver(&body).await;
+    sqlx::query("DROP TRIGGER reject_insert ON webhook_events").execute(&app.db).await.unwrap();
+    let (retried, retried_answer) = app.deliver(&body).await;
+
+    // Assert
+    assert_eq!(failed, 503, "{failed_answer}");
+    assert_eq!(retried, 200, "{retried_answer}");
+    assert_eq!(retried_answer["duplicate"], true, "the entry was already on the stream");
+    let stream = app.stream().await;
+    assert_eq!(stream.len(), 1, "appended exactly once");
+    assert_eq!(
+        app.ledger_status(&id).await,
+        Some(("streamed".to_owned(), Some(stream[0].0.clone())))
+    );
 }
 
 #[tokio::test]
