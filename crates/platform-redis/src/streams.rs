@@ -7,6 +7,14 @@
 //! Dead-letter entries ([`crate::keys::Keys::dead_letter_stream`]) carry `original_id`, `reason`,
 //! `deliveries`, `consumer`, and the original `v`, `traceparent` and `data` as they were.
 //!
+//! # Traces
+//! The consumer opens a `stream.entry` span per delivered entry whose parent is the entry's
+//! `traceparent`, so the producer's trace continues in every consuming service without the handler
+//! doing anything; the span ends once the batch is committed or given up. Handlers that work per
+//! entry run under it (`.instrument(entry.span.clone())`), and what they append to another stream
+//! then carries it on as the next `traceparent`. The `stream.batch` span around one handler call
+//! serves entries of many traces, so it starts a trace of its own, linked to every entry span.
+//!
 //! # Appending once per operation id
 //! [`StreamProducer::append_claimed`] appends only while an idempotency marker
 //! ([`crate::idempotency`]) holds the caller's claim, and marks it `done:<entry id>` in the same
@@ -737,6 +745,9 @@ impl StreamConsumer {
             size = entries.len(),
             claimed = delivery == Delivery::Claimed,
         );
+        for entry in &entries {
+            crate::trace::link_to(&batch_span, &entry.span);
+        }
         let tx = self.clients.primary().next().multi();
         let handled = handler.handle(&entries, &tx).instrument(batch_span.clone()).await;
         let _entered = batch_span.enter();

@@ -47,6 +47,17 @@ pub fn set_parent_from(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
+/// Links `span` to `target`'s span context (no-op when either is not recorded by OpenTelemetry).
+/// A batch span serves entries of many traces, so it has no single parent; links are how
+/// OpenTelemetry relates it to each of them.
+pub fn link_to(span: &tracing::Span, target: &tracing::Span) {
+    let context = target.context();
+    let target = context.span().span_context().clone();
+    if target.is_valid() {
+        span.add_link(target);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

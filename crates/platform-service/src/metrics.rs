@@ -19,6 +19,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 use tracing::Instrument;
 
+use crate::app::AppContext;
+
 /// Labels of the HTTP metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -82,14 +84,20 @@ impl Metrics {
 
 /// Middleware (`middleware::from_fn(observe_requests)`): one span per request, child of the
 /// caller's `traceparent` when present, and the HTTP metrics.
+///
+/// The span carries `service` (the [`AppContext`] name): the exporter's resource already names the
+/// process, but JSON log lines of the request and tests running several services in one process
+/// (one global subscriber) need it on the span itself.
 pub async fn observe_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().to_string();
+    let service = req.app_data::<web::Data<AppContext>>().map_or("unknown", |c| c.service);
     let span = tracing::info_span!(
         "http_request",
+        service,
         http.method = %method,
         http.route = %route,
         http.status = tracing::field::Empty,

@@ -3,11 +3,16 @@
 //! Logs go to stdout (JSON or pretty), filtered by `RUST_LOG` or `telemetry.filter`. When
 //! `telemetry.otlp_endpoint` is set, spans are also exported over OTLP/HTTP in batches; the
 //! returned [`TelemetryGuard`] flushes them on shutdown.
+//!
+//! [`init_test_telemetry`] installs the same layer stack for tests that export spans to a local
+//! receiver; only its log lines go through the test harness's output capture instead of stdout.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::fmt::TestWriter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -28,6 +33,17 @@ pub struct TelemetryGuard {
 }
 
 impl TelemetryGuard {
+    /// Exports every finished span now and waits for the export (blocking: from async code call
+    /// it in `spawn_blocking`). A no-op without an exporter.
+    pub fn force_flush(&self) -> anyhow::Result<()> {
+        match &self.provider {
+            Some(provider) => {
+                provider.force_flush().map_err(|e| anyhow::anyhow!("trace flush failed: {e}"))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Flushes and stops the exporter.
     pub fn shutdown(&mut self) {
         if let Some(provider) = self.provider.take()
@@ -49,19 +65,47 @@ pub fn init_telemetry(
     service: &'static str,
     settings: &TelemetrySettings,
 ) -> anyhow::Result<TelemetryGuard> {
+    install(service, settings, LogOutput::Stdout)
+}
+
+/// [`init_telemetry`] for tests: the same filter, log format and OTLP export, with log lines
+/// written through the test harness's capture (shown only for failing tests). Once per process.
+pub fn init_test_telemetry(
+    service: &'static str,
+    settings: &TelemetrySettings,
+) -> anyhow::Result<TelemetryGuard> {
+    install(service, settings, LogOutput::TestCapture)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogOutput {
+    Stdout,
+    TestCapture,
+}
+
+fn install(
+    service: &'static str,
+    settings: &TelemetrySettings,
+    output: LogOutput,
+) -> anyhow::Result<TelemetryGuard> {
     install_crypto_provider();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.filter))
         .map_err(|e| anyhow::anyhow!("invalid setting `telemetry.filter`: {e}"))?;
 
+    let writer = match output {
+        LogOutput::Stdout => BoxMakeWriter::new(std::io::stdout),
+        LogOutput::TestCapture => BoxMakeWriter::new(TestWriter::new()),
+    };
     let fmt_layer = match settings.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .with_writer(writer)
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().with_writer(writer).boxed(),
     };
 
     let provider = match &settings.otlp_endpoint {

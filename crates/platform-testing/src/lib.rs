@@ -11,16 +11,19 @@
 //! directory once the test binary has exited, however it exited.
 //!
 //! [`fake_simpro`] is a local fake of simPRO's invoice list (paging headers, injected faults), also
-//! runnable as the `fake-simpro` binary.
+//! runnable as the `fake-simpro` binary. [`otlp`] is a local OTLP/HTTP trace receiver that keeps
+//! the spans services export, for tests of trace propagation.
 //!
 //! The suite is meant for `cargo test` (one process per test binary, so one server per binary).
 
 pub mod fake_simpro;
+pub mod otlp;
 mod postgres;
 mod process;
 mod redis;
 
 pub use fake_simpro::{FakeSimpro, FakeSimproConfig, Fault};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::{PostgresServer, TestDatabase};
 pub use process::free_port;
 pub use redis::RedisServer;

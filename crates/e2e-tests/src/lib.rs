@@ -1,0 +1,5 @@
+//! Cross-service end-to-end tests live in `tests/`; this library is empty (a package needs a
+//! target, and the tests need nothing shared beyond `platform-testing`).
+//!
+//! - `tests/trace.rs`: one donation webhook is one trace through webhook-ingest, the Stripe event
+//!   stream, campaign-api, the usage stream and usage-meter.
