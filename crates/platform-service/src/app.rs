@@ -65,6 +65,8 @@ pub struct AppContext {
     pub shutdown: Shutdown,
     /// Components that report their in-process fallback in `/api/health/redis`.
     pub fallbacks: Vec<Arc<dyn FallbackStatus>>,
+    /// What `/readyz` requires (`http.ready_requires`); every check is reported regardless.
+    pub ready_requires: Vec<String>,
 }
 
 impl std::fmt::Debug for AppContext {
@@ -92,6 +94,7 @@ impl AppContext {
             metrics: Metrics::new(service),
             shutdown: Shutdown::default(),
             fallbacks,
+            ready_requires: crate::settings::READY_DEPENDENCIES.map(str::to_owned).to_vec(),
         }
     }
 }
@@ -214,5 +217,7 @@ pub async fn connect_context(
     let redis = RedisClients::connect(&common.redis).await?;
     let rate_limiter = RateLimiter::new(&redis, &common.rate_limit)?;
     let db = database.map(crate::database::connect_lazy).transpose()?;
-    Ok(AppContext::new(service, redis, rate_limiter, db))
+    let mut context = AppContext::new(service, redis, rate_limiter, db);
+    context.ready_requires.clone_from(&common.http.ready_requires);
+    Ok(context)
 }

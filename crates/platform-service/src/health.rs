@@ -1,8 +1,10 @@
 //! The routes every service serves: `/healthz`, `/readyz`, `/metrics`, `/api/health/redis`.
 //!
 //! `/healthz` says the process is alive and never touches a dependency (a liveness probe must not
-//! restart pods because Redis is down). `/readyz` is 200 only when Redis and, where the service
-//! has one, Postgres answer, and 503 while draining after SIGTERM. `/api/health/redis` is the
+//! restart pods because Redis is down). `/readyz` checks Redis and, where the service has one,
+//! Postgres, and is 503 while draining after SIGTERM or while a dependency the service cannot
+//! serve without (`http.ready_requires`) does not answer; a service that serves on a fallback
+//! stays ready, so Kubernetes keeps routing to it, and the body still shows the failed check. `/api/health/redis` is the
 //! seed 001 report: connected, latency, memory, and `mode: redis | fallback` with the components
 //! currently running on their in-process fallback.
 
@@ -60,10 +62,21 @@ async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
             Err(e) => Check { ok: false, error: Some(error_chain(&e)) },
         }),
     };
-    let ready = !draining && redis.ok && postgres.as_ref().is_none_or(|c| c.ok);
+    let required = |dependency: &str| ctx.ready_requires.iter().any(|d| d == dependency);
+    let ready = !draining
+        && (redis.ok || !required("redis"))
+        && postgres.as_ref().is_none_or(|c| c.ok || !required("postgres"));
+    let degraded = !redis.ok || postgres.as_ref().is_some_and(|c| !c.ok);
+    let status = match (draining, ready, degraded) {
+        (true, _, _) => "draining",
+        (false, false, _) => "not_ready",
+        (false, true, true) => "degraded",
+        (false, true, false) => "ready",
+    };
     let body = json!({
-        "status": if draining { "draining" } else if ready { "ready" } else { "not_ready" },
+        "status": status,
         "service": ctx.service,
+        "requires": ctx.ready_requires,
         "checks": { "redis": redis, "postgres": postgres },
     });
     if ready {

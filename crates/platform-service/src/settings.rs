@@ -15,8 +15,8 @@ use config::{Config, Environment, File, FileFormat};
 use platform_redis::RedisSettings;
 use platform_redis::ratelimit::RateLimitSettings;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,35 @@ pub struct HttpSettings {
     /// Largest accepted request body.
     #[serde(default = "default_body_limit")]
     pub body_limit_bytes: usize,
+    /// Dependencies `/readyz` requires (`redis`, `postgres`). A service that keeps serving on a
+    /// fallback without one leaves it out, so Kubernetes keeps routing to it during that outage
+    /// (the checks are reported either way).
+    #[serde(default = "default_ready_requires", deserialize_with = "string_list")]
+    pub ready_requires: Vec<String>,
+}
+
+/// What `/readyz` may require.
+pub const READY_DEPENDENCIES: [&str; 2] = ["redis", "postgres"];
+
+fn default_ready_requires() -> Vec<String> {
+    READY_DEPENDENCIES.iter().map(|d| (*d).to_owned()).collect()
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A TOML list, or one comma-separated string (what an `APP__…` variable can carry); items
+/// trimmed, empty ones dropped (so `""` is the empty list).
+pub fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let items = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => text.split(',').map(str::to_owned).collect(),
+        OneOrMany::Many(items) => items,
+    };
+    Ok(items.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
 }
 
 fn default_shutdown_timeout() -> u64 {
@@ -166,6 +195,14 @@ impl CommonSettings {
         }
         if self.http.body_limit_bytes == 0 {
             return Err(SettingsError::invalid("http.body_limit_bytes", "must be > 0"));
+        }
+        if let Some(unknown) =
+            self.http.ready_requires.iter().find(|d| !READY_DEPENDENCIES.contains(&d.as_str()))
+        {
+            return Err(SettingsError::invalid(
+                "http.ready_requires",
+                format!("unknown dependency {unknown:?} (known: redis, postgres)"),
+            ));
         }
         if self.auth.admin_token.expose_secret().len() < 8 {
             return Err(SettingsError::invalid(

@@ -26,6 +26,14 @@ struct Echo {
 }
 
 async fn spawn_app(redis_url: &str, with_database: bool) -> TestApp {
+    spawn_app_requiring(redis_url, with_database, "redis,postgres").await
+}
+
+async fn spawn_app_requiring(
+    redis_url: &str,
+    with_database: bool,
+    ready_requires: &str,
+) -> TestApp {
     let prefix = unique_prefix("routes");
     let common: CommonSettings = load_from(
         &format!(
@@ -36,6 +44,7 @@ async fn spawn_app(redis_url: &str, with_database: bool) -> TestApp {
             workers = 1
             shutdown_timeout_secs = 5
             body_limit_bytes = 64
+            ready_requires = "{ready_requires}"
             [redis]
             url = "{redis_url}"
             key_prefix = "{prefix}"
@@ -148,6 +157,27 @@ async fn redis_health_says_fallback_while_redis_is_down_and_redis_once_back() {
     assert_eq!(back["connected"], true);
     assert_eq!(back["mode"], "redis");
     assert_eq!(up["fallbacks"]["rateLimiter"], false);
+}
+
+#[tokio::test]
+async fn a_service_serving_on_its_fallback_stays_ready_while_redis_is_down_and_says_degraded() {
+    // Arrange: this service declares it can serve without Redis.
+    let redis = RedisServer::start().unwrap();
+    let app = spawn_app_requiring(&redis.url(), true, "postgres").await;
+    let (ready_up, ready_up_body) = app.get("/readyz").await;
+
+    // Act
+    redis.stop();
+    let (ready_down, ready_down_body) = app.get("/readyz").await;
+
+    // Assert
+    assert_eq!(ready_up, 200, "{ready_up_body}");
+    assert_eq!(ready_up_body["status"], "ready");
+    assert_eq!(ready_down, 200, "{ready_down_body}");
+    assert_eq!(ready_down_body["status"], "degraded");
+    assert_eq!(ready_down_body["checks"]["redis"]["ok"], false);
+    assert_eq!(ready_down_body["checks"]["postgres"]["ok"], true);
+    assert_eq!(ready_down_body["requires"], serde_json::json!(["postgres"]));
 }
 
 #[tokio::test]

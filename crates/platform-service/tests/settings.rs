@@ -71,3 +71,26 @@ fn a_bad_setting_is_named_in_the_error() {
     let message = missing.unwrap_err().to_string();
     assert!(message.contains("redis") || message.contains("auth"), "{message}");
 }
+
+#[test]
+fn readiness_requirements_come_as_a_list_or_one_comma_separated_variable() {
+    // Act
+    let defaults: CommonSettings = load_from(DEFAULTS, None, None).unwrap();
+    let one: CommonSettings =
+        load_from(DEFAULTS, None, env(&[("APP__HTTP__READY_REQUIRES", "postgres")])).unwrap();
+    let none: CommonSettings =
+        load_from(DEFAULTS, None, env(&[("APP__HTTP__READY_REQUIRES", "")])).unwrap();
+    let unknown: CommonSettings =
+        load_from(DEFAULTS, None, env(&[("APP__HTTP__READY_REQUIRES", "redis, mysql")])).unwrap();
+
+    // Assert
+    assert_eq!(defaults.http.ready_requires, ["redis", "postgres"]);
+    assert_eq!(one.http.ready_requires, ["postgres"]);
+    assert!(none.http.ready_requires.is_empty());
+    none.validate().unwrap();
+    let invalid = unknown.validate().unwrap_err();
+    assert!(
+        matches!(invalid, SettingsError::Invalid { key: "http.ready_requires", .. }),
+        "{invalid}"
+    );
+}

@@ -20,7 +20,7 @@ use std::time::Duration;
 use actix_web::web;
 use anyhow::Context;
 use platform_service::settings::{
-    CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
+    CommonSettings, DatabaseSettings, ServiceSettings, SettingsError, string_list,
 };
 use platform_service::{Application, connect_context};
 use secrecy::{ExposeSecret, SecretString};
@@ -59,22 +59,6 @@ pub struct WebhookSettings {
     pub in_flight_wait_ms: u64,
     pub rate_limit: bool,
     pub rate_limit_policy: String,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-/// A TOML list, or one comma-separated string (what an `APP__…` variable can carry).
-fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    let items = match OneOrMany::deserialize(deserializer)? {
-        OneOrMany::One(text) => text.split(',').map(str::to_owned).collect(),
-        OneOrMany::Many(items) => items,
-    };
-    Ok(items.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
 }
 
 fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SecretString>, D::Error> {
