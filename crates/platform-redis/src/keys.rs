@@ -258,7 +258,10 @@ mod tests {
         assert_eq!(keys.usage_dirty(), "app:v1:usage:dirty");
         assert_eq!(keys.stripe_customer_of_user("u1"), "app:v1:stripe:user:u1:customer");
         assert_eq!(keys.stripe_state("cus_1"), "app:v1:stripe:{stripe-sync:cus_1}:state");
-        assert_eq!(keys.lock_fence(&stripe_sync_lock("cus_1")), "app:v1:lock:{stripe-sync:cus_1}:fence");
+        assert_eq!(
+            keys.lock_fence(&stripe_sync_lock("cus_1")),
+            "app:v1:lock:{stripe-sync:cus_1}:fence"
+        );
         assert_eq!(keys.lock(&stripe_customer_lock("u1")), "app:v1:lock:{stripe-customer:u1}");
     }
 }

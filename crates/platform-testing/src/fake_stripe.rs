@@ -402,7 +402,9 @@ fn arrays_from_indices(node: Value) -> Value {
 }
 
 fn pairs(text: &str) -> Vec<(String, String)> {
-    web::Query::<Vec<(String, String)>>::from_query(text).map(|q| q.into_inner()).unwrap_or_default()
+    web::Query::<Vec<(String, String)>>::from_query(text)
+        .map(|q| q.into_inner())
+        .unwrap_or_default()
 }
 
 fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -410,7 +412,11 @@ fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 fn expands(pairs: &[(String, String)]) -> Vec<&str> {
-    pairs.iter().filter(|(k, _)| k == "expand[]" || k.starts_with("expand[")).map(|(_, v)| v.as_str()).collect()
+    pairs
+        .iter()
+        .filter(|(k, _)| k == "expand[]" || k.starts_with("expand["))
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 fn insert_customer(inner: &mut Inner, email: Option<&str>, metadata: Value) -> String {
@@ -757,7 +763,8 @@ fn handle_api(
     let nested = nest_form(form);
     let (status, body) = match route {
         route::CREATE_CUSTOMER => {
-            let id = insert_customer(&mut inner, nested["email"].as_str(), nested["metadata"].clone());
+            let id =
+                insert_customer(&mut inner, nested["email"].as_str(), nested["metadata"].clone());
             inner.customers_created += 1;
             let name = nested["name"].as_str().map(str::to_owned);
             let customer = inner.customers.get_mut(&id).map(|c| {
@@ -848,9 +855,8 @@ async fn dispatch(
     if let Some(session_id) = path.strip_prefix("/c/pay/") {
         return hosted_payment_page(&shared, session_id);
     }
-    let header = |name: &str| {
-        request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
-    };
+    let header =
+        |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let query = pairs(request.query_string());
     let form = pairs(std::str::from_utf8(&body).unwrap_or_default());
     let (status, body, delay) = handle_api(
@@ -875,7 +881,9 @@ async fn dispatch(
 fn hosted_payment_page(shared: &Shared, session_id: &str) -> HttpResponse {
     let mut inner = shared.lock();
     if !complete_session(&mut inner, session_id) {
-        return HttpResponse::NotFound().content_type("text/plain").body("No such checkout session");
+        return HttpResponse::NotFound()
+            .content_type("text/plain")
+            .body("No such checkout session");
     }
     let target = inner
         .sessions

@@ -117,7 +117,9 @@ impl ResponseError for CheckoutError {
                 };
                 error_response(status, self.code(), message)
             }
-            _ if status.is_server_error() && !matches!(self, CheckoutError::StripeNotConfigured) => {
+            _ if status.is_server_error()
+                && !matches!(self, CheckoutError::StripeNotConfigured) =>
+            {
                 server_error(status, self)
             }
             _ => error_response(status, self.code(), self.to_string()),

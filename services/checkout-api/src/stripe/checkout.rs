@@ -129,7 +129,11 @@ fn validate_price_id(price_id: &str) -> Result<(), CheckoutError> {
         && price_id.strip_prefix("price_").is_some_and(|rest| {
             !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         });
-    if ok { Ok(()) } else { Err(CheckoutError::invalid("priceId", "must be a Stripe price id (price_…)")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(CheckoutError::invalid("priceId", "must be a Stripe price id (price_…)"))
+    }
 }
 
 fn validate_email(email: &str) -> Result<(), CheckoutError> {
@@ -252,13 +256,15 @@ impl StripeService {
                 let mut item = CreateCheckoutSessionLineItems::new();
                 match line {
                     CartLine::Inline { name, unit_amount_cents, quantity } => {
-                        let mut price = CreateCheckoutSessionLineItemsPriceData::new(currency.clone());
+                        let mut price =
+                            CreateCheckoutSessionLineItemsPriceData::new(currency.clone());
                         price.product_data = Some(ProductData::new(name.clone()));
                         price.unit_amount = Some(*unit_amount_cents);
                         if cart.mode == Mode::Subscription {
-                            price.recurring = Some(CreateCheckoutSessionLineItemsPriceDataRecurring::new(
-                                CreateCheckoutSessionLineItemsPriceDataRecurringInterval::Month,
-                            ));
+                            price.recurring =
+                                Some(CreateCheckoutSessionLineItemsPriceDataRecurring::new(
+                                    CreateCheckoutSessionLineItemsPriceDataRecurringInterval::Month,
+                                ));
                         }
                         item.price_data = Some(price);
                         item.quantity = Some(*quantity);
@@ -296,7 +302,9 @@ impl StripeService {
             })
             .await?;
         let url = session.url.clone().ok_or_else(|| {
-            CheckoutError::Internal(anyhow::anyhow!("stripe returned a checkout session without url"))
+            CheckoutError::Internal(anyhow::anyhow!(
+                "stripe returned a checkout session without url"
+            ))
         })?;
         tracing::info!(session_id = %session.id.as_str(), customer_id, "stripe checkout session created");
         Ok(CheckoutCreated { url, session_id: session.id.as_str().to_owned(), customer_id })

@@ -42,7 +42,11 @@ pub fn validate_customer_id(customer_id: &str) -> Result<(), CheckoutError> {
         && customer_id.strip_prefix("cus_").is_some_and(|rest| {
             !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         });
-    if ok { Ok(()) } else { Err(CheckoutError::invalid("customerId", "must be a Stripe customer id (cus_…)")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(CheckoutError::invalid("customerId", "must be a Stripe customer id (cus_…)"))
+    }
 }
 
 impl StripeService {

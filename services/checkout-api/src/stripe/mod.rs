@@ -82,7 +82,8 @@ impl StripeService {
             );
             return;
         }
-        let mut consumer_settings = ConsumerSettings::new(StreamName::StripeEvents, events.group.clone());
+        let mut consumer_settings =
+            ConsumerSettings::new(StreamName::StripeEvents, events.group.clone());
         consumer_settings.batch_size = events.batch_size;
         consumer_settings.block = Duration::from_millis(events.block_ms);
         consumer_settings.claim_idle = Duration::from_millis(events.claim_idle_ms);

@@ -17,7 +17,11 @@ use crate::stripe::sync::{StripeState, period_end_text};
 
 /// Registers the Stripe routes: `payment` policy on the writes and the success page, `api` on
 /// the state reads.
-pub fn configure(cfg: &mut web::ServiceConfig, stripe: web::Data<StripeService>, limiter: &RateLimiter) {
+pub fn configure(
+    cfg: &mut web::ServiceConfig,
+    stripe: web::Data<StripeService>,
+    limiter: &RateLimiter,
+) {
     cfg.app_data(stripe)
         .service(
             web::resource("/api/stripe/checkout")
@@ -63,7 +67,11 @@ fn validate_session_id(id: Option<&str>) -> Result<&str, CheckoutError> {
     let ok = id.len() <= 255
         && id.starts_with("cs_")
         && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok { Ok(id) } else { Err(CheckoutError::invalid("session_id", "must be a Stripe Checkout session id (cs_…)")) }
+    if ok {
+        Ok(id)
+    } else {
+        Err(CheckoutError::invalid("session_id", "must be a Stripe Checkout session id (cs_…)"))
+    }
 }
 
 /// Whether the client ranks HTML above JSON (browsers after Stripe's redirect).
@@ -153,7 +161,9 @@ fn success_page(details: &serde_json::Value, state: Option<&StripeState>) -> Str
         Some(state) if state.status != "none" => format!(
             "<p>Subscription: <strong>{}</strong>{}{}</p>",
             escape(&state.status),
-            period_end_text(state).map(|end| format!(", renews {}", escape(&end))).unwrap_or_default(),
+            period_end_text(state)
+                .map(|end| format!(", renews {}", escape(&end)))
+                .unwrap_or_default(),
             state
                 .payment_method
                 .as_ref()
@@ -179,7 +189,8 @@ async fn customer_state(
 ) -> Result<HttpResponse, CheckoutError> {
     let customer_id = path.into_inner();
     validate_customer_id(&customer_id)?;
-    let state = stripe.stored_state(&customer_id).await?.ok_or(CheckoutError::StripeStateNotFound)?;
+    let state =
+        stripe.stored_state(&customer_id).await?.ok_or(CheckoutError::StripeStateNotFound)?;
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(state))
 }
 
@@ -192,7 +203,8 @@ async fn user_subscription(
     validate_user_id(&user_id)?;
     let customer_id =
         stripe.cached_customer_id(&user_id).await?.ok_or(CheckoutError::StripeCustomerNotFound)?;
-    let state = stripe.stored_state(&customer_id).await?.ok_or(CheckoutError::StripeStateNotFound)?;
+    let state =
+        stripe.stored_state(&customer_id).await?.ok_or(CheckoutError::StripeStateNotFound)?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({"userId": user_id, "customerId": customer_id, "subscription": state})))

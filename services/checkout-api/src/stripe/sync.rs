@@ -114,13 +114,18 @@ fn rfc3339(secs: i64) -> String {
 
 impl StripeService {
     /// The recorded state of `customer_id`, if any (no Stripe call).
-    pub async fn stored_state(&self, customer_id: &str) -> Result<Option<StripeState>, CheckoutError> {
+    pub async fn stored_state(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<StripeState>, CheckoutError> {
         let key = self.redis.keys().stripe_state(customer_id);
         let text: Option<String> = self.redis.primary().get(&key).await?;
         let Some(text) = text else { return Ok(None) };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|error| CheckoutError::Internal(anyhow::Error::new(error).context("stored stripe state unreadable")))
+        serde_json::from_str(&text).map(Some).map_err(|error| {
+            CheckoutError::Internal(
+                anyhow::Error::new(error).context("stored stripe state unreadable"),
+            )
+        })
     }
 
     /// Fetches the customer's current state from Stripe and writes it to Redis (see the module
@@ -143,8 +148,8 @@ impl StripeService {
         .ok_or(CheckoutError::SyncBusy)?;
         let state = self.fetch_state(customer_id).await?;
         let keys = self.redis.keys();
-        let text = serde_json::to_string(&state)
-            .map_err(|error| CheckoutError::Internal(error.into()))?;
+        let text =
+            serde_json::to_string(&state).map_err(|error| CheckoutError::Internal(error.into()))?;
         let written: i64 = FENCED_WRITE
             .evalsha_with_reload(
                 self.redis.primary().next(),
@@ -159,7 +164,11 @@ impl StripeService {
             tracing::info!(customer_id, status = %state.status, "stripe state synced");
             Ok(SyncOutcome::Written(state))
         } else {
-            tracing::warn!(customer_id, fence, "stripe sync overtaken by a newer one; its older data dropped");
+            tracing::warn!(
+                customer_id,
+                fence,
+                "stripe sync overtaken by a newer one; its older data dropped"
+            );
             Ok(SyncOutcome::Superseded(self.stored_state(customer_id).await?))
         }
     }
@@ -172,8 +181,9 @@ impl StripeService {
             .status(ListSubscriptionStatus::All)
             .limit(1)
             .expand(vec!["data.default_payment_method".to_owned()]);
-        let payments =
-            ListPaymentIntent::new().customer(customer_id).limit(i64::from(self.settings.recent_payments));
+        let payments = ListPaymentIntent::new()
+            .customer(customer_id)
+            .limit(i64::from(self.settings.recent_payments));
         let (subscriptions, payments) = futures::try_join!(
             api.call("list subscriptions", None, |client, strategy| {
                 let request = subscriptions.customize().request_strategy(strategy);
