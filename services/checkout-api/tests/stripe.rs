@@ -99,7 +99,7 @@ async fn success_page_right_after_payment_returns_the_synced_subscription_before
     assert_eq!(details["subscription"]["paymentMethod"]["last4"], "4242");
     assert!(details["subscription"]["currentPeriodEnd"].as_i64().unwrap() > 0);
     let stored: Value =
-        app.get(&format!("/api/stripe/users/user-s/subscription")).await.json().await.unwrap();
+        app.get("/api/stripe/users/user-s/subscription").await.json().await.unwrap();
     assert_eq!(stored["customerId"], customer_id);
     assert_eq!(stored["subscription"]["status"], "active");
     let html = app
@@ -207,11 +207,9 @@ async fn events_processed_in_reverse_order_leave_stripes_current_state() {
 
     // Act: each event on its own, in reverse order, so each triggers its own sync.
     let path = format!("/api/stripe/customers/{customer_id}/state");
-    let mut before = 0;
-    for event in events {
+    for (index, event) in events.into_iter().enumerate() {
         put_on_stripe_stream(&redis, std::slice::from_ref(&event)).await;
-        before += 1;
-        let requests = before;
+        let requests = index as u64 + 1;
         let synced = eventually(200, || async {
             backends.stripe.requests(route::LIST_SUBSCRIPTIONS) >= requests
         })

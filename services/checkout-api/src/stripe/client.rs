@@ -82,7 +82,7 @@ impl fmt::Debug for StripeApi {
 impl StripeApi {
     /// `None` when no secret key is configured.
     pub fn from_settings(settings: &StripeSettings) -> anyhow::Result<Option<Self>> {
-        let Some(secret) = &settings.secret_key else { return Ok(None) };
+        let Some(secret) = settings.secret() else { return Ok(None) };
         let client = ClientBuilder::new(secret.expose_secret())
             .url(settings.api_base_url.as_str())
             .timeout(Duration::from_millis(settings.request_timeout_ms))

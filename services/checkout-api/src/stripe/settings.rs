@@ -103,13 +103,19 @@ impl Default for StripeEventsSettings {
 }
 
 impl StripeSettings {
+    /// The secret key, unless unset or empty (an empty `APP__STRIPE__SECRET_KEY` means unset, so
+    /// deployment files can pass an optional secret through).
+    pub fn secret(&self) -> Option<&SecretString> {
+        self.secret_key.as_ref().filter(|key| !key.expose_secret().is_empty())
+    }
+
     /// Whether a secret key is set.
     pub fn is_configured(&self) -> bool {
-        self.secret_key.is_some()
+        self.secret().is_some()
     }
 
     pub fn validate(&self) -> Result<(), SettingsError> {
-        if let Some(key) = &self.secret_key {
+        if let Some(key) = self.secret() {
             let key = key.expose_secret();
             if !(key.starts_with("sk_") || key.starts_with("rk_")) {
                 // The key itself is never echoed.
