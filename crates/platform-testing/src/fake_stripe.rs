@@ -302,6 +302,24 @@ impl Drop for FakeStripe {
     }
 }
 
+/// Standard base64 with padding (for the Basic credentials of `curl -u key:`).
+fn base64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let bytes = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(bytes[0]) << 16) | (u32::from(bytes[1]) << 8) | u32::from(bytes[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -734,8 +752,10 @@ fn handle_api(
     };
     let mut inner = shared.lock();
     *inner.requests.entry(route).or_insert(0) += 1;
-    let expected = format!("Bearer {}", shared.config.secret_key);
-    if authorization != Some(expected.as_str()) {
+    // Bearer (the client libraries) or Basic with the key as user name (Stripe's curl examples).
+    let key = &shared.config.secret_key;
+    let accepted = [format!("Bearer {key}"), format!("Basic {}", base64(&format!("{key}:")))];
+    if !authorization.is_some_and(|given| accepted.iter().any(|a| a == given)) {
         let (status, body) = stripe_error(
             401,
             "invalid_request_error",
@@ -900,6 +920,13 @@ mod tests {
 
     fn pair(k: &str, v: &str) -> (String, String) {
         (k.to_owned(), v.to_owned())
+    }
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(base64("sk_test_x:"), "c2tfdGVzdF94Og==");
+        assert_eq!(base64("abc"), "YWJj");
+        assert_eq!(base64("ab"), "YWI=");
     }
 
     #[test]
