@@ -11,7 +11,8 @@
 #   READY_TIMEOUT=60       seconds to wait for all services' /readyz
 #   RUST_LOG=info  APP__TELEMETRY__FORMAT=pretty
 #   SKIP_BUILD=1           run the binaries already in target/ without building
-#   STRIPE_SECRET_KEY, SIMPRO_*  passed through to the services when set
+#   STRIPE_SECRET_KEY, SIMPRO_*  passed through to the services when set (else fakes start)
+#   FAKE_SIMPRO_PORT=8095 FAKE_STRIPE_PORT=8096
 set -euo pipefail
 
 # shellcheck source=common.sh
@@ -141,11 +142,18 @@ BIN_DIR="$TARGET_DIR/$PROFILE"
 
 # --- 4b. fakes of external APIs ------------------------------------------------------------------
 # The local fake simPRO (crates/platform-testing, binary fake-simpro) stands in for the accounting
-# API when no real tenant is configured (APP__SIMPRO__BASE_URL). The fake Stripe comes with the
-# checkout-api issue.
+# API when no real tenant is configured (APP__SIMPRO__BASE_URL); the local fake Stripe (binary
+# fake-stripe) stands in for Stripe when no secret key is configured (APP__STRIPE__SECRET_KEY or
+# STRIPE_SECRET_KEY). Both are stopped first so a rerun gets fresh ones.
 FAKE_SIMPRO_PORT="${FAKE_SIMPRO_PORT:-8095}"
-if [[ -z "${APP__SIMPRO__BASE_URL:-}" ]]; then
+FAKE_STRIPE_PORT="${FAKE_STRIPE_PORT:-8096}"
+if [[ -z "${APP__STRIPE__SECRET_KEY:-}" && -n "${STRIPE_SECRET_KEY:-}" ]]; then
+    export APP__STRIPE__SECRET_KEY="$STRIPE_SECRET_KEY"
+fi
+if [[ -z "${APP__SIMPRO__BASE_URL:-}" || -z "${APP__STRIPE__SECRET_KEY:-}" ]]; then
     bash "$REPO_ROOT/scripts/stop-local.sh" --fakes-only --quiet
+fi
+if [[ -z "${APP__SIMPRO__BASE_URL:-}" ]]; then
     port_in_use "$FAKE_SIMPRO_PORT" && die "port $FAKE_SIMPRO_PORT for fake-simpro is taken (set FAKE_SIMPRO_PORT)"
     (exec nohup "$BIN_DIR/fake-simpro" --port "$FAKE_SIMPRO_PORT" --invoices 5000 --customers 1234 \
         --latency-ms 5 --token dev-simpro-token >>"$LOG_DIR/fake-simpro.log" 2>&1 </dev/null) &
@@ -154,8 +162,14 @@ if [[ -z "${APP__SIMPRO__BASE_URL:-}" ]]; then
     export APP__SIMPRO__TOKEN=dev-simpro-token
     log "fake simPRO on $APP__SIMPRO__BASE_URL (5000 invoices over 1234 customers)"
 fi
-if [[ -z "${STRIPE_SECRET_KEY:-}" ]]; then
-    log "STRIPE_SECRET_KEY not set: the fake Stripe arrives with the checkout-api issue (not yet)"
+if [[ -z "${APP__STRIPE__SECRET_KEY:-}" ]]; then
+    port_in_use "$FAKE_STRIPE_PORT" && die "port $FAKE_STRIPE_PORT for fake-stripe is taken (set FAKE_STRIPE_PORT)"
+    (exec nohup "$BIN_DIR/fake-stripe" --port "$FAKE_STRIPE_PORT" --secret-key sk_test_fake_stripe \
+        >>"$LOG_DIR/fake-stripe.log" 2>&1 </dev/null) &
+    echo $! >"$PID_DIR/fake-stripe.pid"
+    export APP__STRIPE__SECRET_KEY=sk_test_fake_stripe
+    export APP__STRIPE__API_BASE_URL="http://127.0.0.1:$FAKE_STRIPE_PORT"
+    log "fake Stripe on $APP__STRIPE__API_BASE_URL (checkout URLs point at its /c/pay/<session> page, which pays and redirects back)"
 fi
 
 # --- 5. services -------------------------------------------------------------------------------
@@ -241,6 +255,9 @@ for name in "${SERVICES[@]}"; do
 done
 printf '%-26s %-40s %s\n' redis "redis://127.0.0.1:$REDIS_PORT" "$(rel "$LOG_DIR/redis.log")"
 printf '%-26s %-40s %s\n' postgres "postgres://postgres@127.0.0.1:$PG_PORT" "$(rel "$PG_LOG")"
+if [[ -f "$PID_DIR/fake-stripe.pid" ]]; then
+    printf '%-26s %-40s %s\n' fake-stripe "http://127.0.0.1:$FAKE_STRIPE_PORT" "$(rel "$LOG_DIR/fake-stripe.log")"
+fi
 echo
 echo "Redis:       $redis_note; Postgres: $pg_note (data: $(rel "$PGDATA_DIR"))"
 echo "Databases:   ${DATABASES[*]} (e.g. postgres://postgres@127.0.0.1:$PG_PORT/campaign)"

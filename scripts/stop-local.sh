@@ -5,7 +5,7 @@
 # removes it.
 #
 #   --services-only   leave Redis and Postgres running (used by run-local.sh to restart services)
-#   --fakes-only      stop only the fakes of external APIs (fake-simpro)
+#   --fakes-only      stop only the fakes of external APIs (fake-simpro, fake-stripe)
 #   --quiet           say nothing when there is nothing to stop
 set -euo pipefail
 
@@ -53,11 +53,11 @@ pid_is() {
 
 # --- services ----------------------------------------------------------------------------------
 if ((fakes_only)); then
-    targets=(fake-simpro)
+    targets=(fake-simpro fake-stripe)
 elif ((services_only)); then
     targets=("${SERVICES[@]}")
 else
-    targets=("${SERVICES[@]}" fake-simpro)
+    targets=("${SERVICES[@]}" fake-simpro fake-stripe)
 fi
 for name in "${targets[@]}"; do
     pidfile="$PID_DIR/$name.pid"

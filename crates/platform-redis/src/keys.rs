@@ -28,9 +28,14 @@
 //! | [`Keys::usage_idempotency`] | string | usage-meter: marks a producer's idempotency key as counted, with `EX` = its window |
 //! | [`Keys::usage_top`] | sorted set | usage-meter: organisations scored by one metric's value in one month |
 //! | [`Keys::usage_dirty`] | hash | usage-meter: `<org>\|<month>` → change generation, not yet copied to Postgres |
+//! | [`Keys::stripe_customer_of_user`] | string | checkout-api: the Stripe customer id of one user (no TTL; Stripe is the source, this only saves the lookup) |
+//! | [`Keys::stripe_state`] | string | checkout-api: JSON of one Stripe customer's synced subscription and payment state, written only under the [`stripe_sync_lock`] fence |
 //!
 //! The four customer-count keys carry the hash tag of the [`CUSTOMER_COUNT_LOCK`] lock, so the
 //! fenced write script can read the lock's fence and write the count in one slot.
+//!
+//! A Stripe state record carries the hash tag of its customer's [`stripe_sync_lock`], so the fenced
+//! write can compare the lock's fence and write the record in one slot.
 //!
 //! The usage keys of one organisation share the hash tag `{<org>}`. The recording script also
 //! touches the (global) top-consumer sets and dirty hash and runs inside the stream consumer's
@@ -68,6 +73,18 @@ impl fmt::Display for StreamName {
 
 /// Name of the lock taken by a customer-count refresh; the customer-count keys share its hash tag.
 pub const CUSTOMER_COUNT_LOCK: &str = "customer-count";
+
+/// Name of the lock held while one Stripe customer's state is fetched and written (checkout-api);
+/// [`Keys::stripe_state`] shares its hash tag.
+pub fn stripe_sync_lock(customer_id: &str) -> String {
+    format!("stripe-sync:{customer_id}")
+}
+
+/// Name of the lock held while the Stripe customer of one user is looked up or created
+/// (checkout-api), so concurrent checkouts of a new user create one customer.
+pub fn stripe_customer_lock(user_id: &str) -> String {
+    format!("stripe-customer:{user_id}")
+}
 
 /// Builds keys under one prefix. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +210,17 @@ impl Keys {
     pub fn usage_dirty(&self) -> String {
         format!("{}:usage:dirty", self.root)
     }
+
+    /// checkout-api: the Stripe customer id of user `user_id`.
+    pub fn stripe_customer_of_user(&self, user_id: &str) -> String {
+        format!("{}:stripe:user:{user_id}:customer", self.root)
+    }
+
+    /// checkout-api: the synced state record of Stripe customer `customer_id`. Tagged like
+    /// [`stripe_sync_lock`] of that customer.
+    pub fn stripe_state(&self, customer_id: &str) -> String {
+        format!("{}:stripe:{{{}}}:state", self.root, stripe_sync_lock(customer_id))
+    }
 }
 
 #[cfg(test)]
@@ -228,5 +256,12 @@ mod tests {
         assert_eq!(keys.usage_idempotency("o1", "k"), "app:v1:usage:{o1}:idem:k");
         assert_eq!(keys.usage_top("sms_sent", "2026-11"), "app:v1:usage:top:sms_sent:2026-11");
         assert_eq!(keys.usage_dirty(), "app:v1:usage:dirty");
+        assert_eq!(keys.stripe_customer_of_user("u1"), "app:v1:stripe:user:u1:customer");
+        assert_eq!(keys.stripe_state("cus_1"), "app:v1:stripe:{stripe-sync:cus_1}:state");
+        assert_eq!(
+            keys.lock_fence(&stripe_sync_lock("cus_1")),
+            "app:v1:lock:{stripe-sync:cus_1}:fence"
+        );
+        assert_eq!(keys.lock(&stripe_customer_lock("u1")), "app:v1:lock:{stripe-customer:u1}");
     }
 }

@@ -11,18 +11,22 @@
 //! directory once the test binary has exited, however it exited.
 //!
 //! [`fake_simpro`] is a local fake of simPRO's invoice list (paging headers, injected faults), also
-//! runnable as the `fake-simpro` binary. [`otlp`] is a local OTLP/HTTP trace receiver that keeps
-//! the spans services export, for tests of trace propagation.
+//! runnable as the `fake-simpro` binary. [`fake_stripe`] is a local fake of the Stripe API
+//! (customers, Checkout sessions, subscriptions, payment intents) for the real async-stripe client,
+//! also runnable as the `fake-stripe` binary. [`otlp`] is a local OTLP/HTTP trace receiver that
+//! keeps the spans services export, for tests of trace propagation.
 //!
 //! The suite is meant for `cargo test` (one process per test binary, so one server per binary).
 
 pub mod fake_simpro;
+pub mod fake_stripe;
 pub mod otlp;
 mod postgres;
 mod process;
 mod redis;
 
 pub use fake_simpro::{FakeSimpro, FakeSimproConfig, Fault};
+pub use fake_stripe::{FakeStripe, FakeStripeConfig, StripeFault, SubscriptionState};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::{PostgresServer, TestDatabase};
 pub use process::free_port;

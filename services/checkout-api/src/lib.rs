@@ -3,6 +3,12 @@
 //! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
 //! returns; tests call [`build`] with port 0 and real Redis and Postgres.
 
+pub mod error;
+pub mod stripe;
+
+use std::sync::Arc;
+
+use actix_web::web;
 use platform_service::settings::{
     CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
 };
@@ -19,6 +25,8 @@ pub struct Settings {
     #[serde(flatten)]
     pub common: CommonSettings,
     pub database: DatabaseSettings,
+    #[serde(default)]
+    pub stripe: stripe::StripeSettings,
 }
 
 impl ServiceSettings for Settings {
@@ -27,6 +35,7 @@ impl ServiceSettings for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
         self.common.validate()?;
         self.database.validate()?;
+        self.stripe.validate()?;
         Ok(())
     }
 }
@@ -34,6 +43,16 @@ impl ServiceSettings for Settings {
 /// Connects the dependencies and binds the HTTP server (not yet serving).
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let context = connect_context(SERVICE, &settings.common, Some(&settings.database)).await?;
+    let stripe = stripe::StripeService::new(
+        &settings.stripe,
+        context.redis.clone(),
+        Arc::new(stripe::NoCarts),
+    )?;
+    stripe.spawn_consumer(context.shutdown.token()).await;
+    let stripe = web::Data::new(stripe);
+    let limiter = context.rate_limiter.clone();
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
-    Ok(Application::build(&settings.common.http, admin_token, context, |_cfg| {})?)
+    Ok(Application::build(&settings.common.http, admin_token, context, move |cfg| {
+        stripe::routes::configure(cfg, stripe.clone(), &limiter);
+    })?)
 }

@@ -1,0 +1,211 @@
+//! HTTP routes of the Stripe flow: create a Checkout session, the success page (eager sync), and
+//! reads of the synced state.
+
+use actix_web::http::header::{self, Accept, Header as _};
+use actix_web::{HttpRequest, HttpResponse, web};
+use platform_redis::ratelimit::{RateLimit, RateLimiter};
+use serde::Deserialize;
+use serde_json::json;
+use stripe::StripeRequest as _;
+use stripe_checkout::checkout_session::RetrieveCheckoutSession;
+
+use crate::error::CheckoutError;
+use crate::stripe::StripeService;
+use crate::stripe::checkout::CheckoutRequest;
+use crate::stripe::customers::{validate_customer_id, validate_user_id};
+use crate::stripe::sync::{StripeState, period_end_text};
+
+/// Registers the Stripe routes: `payment` policy on the writes and the success page, `api` on
+/// the state reads.
+pub fn configure(
+    cfg: &mut web::ServiceConfig,
+    stripe: web::Data<StripeService>,
+    limiter: &RateLimiter,
+) {
+    cfg.app_data(stripe)
+        .service(
+            web::resource("/api/stripe/checkout")
+                .wrap(RateLimit::new(limiter.clone(), "payment"))
+                .route(web::post().to(create_checkout)),
+        )
+        .service(
+            web::resource("/store/checkout/success")
+                .wrap(RateLimit::new(limiter.clone(), "payment"))
+                .route(web::get().to(checkout_success)),
+        )
+        .service(
+            web::resource("/api/stripe/customers/{customerId}/state")
+                .wrap(RateLimit::new(limiter.clone(), "api"))
+                .route(web::get().to(customer_state)),
+        )
+        .service(
+            web::resource("/api/stripe/users/{userId}/subscription")
+                .wrap(RateLimit::new(limiter.clone(), "api"))
+                .route(web::get().to(user_subscription)),
+        );
+}
+
+#[tracing::instrument(name = "create_stripe_checkout", skip_all)]
+async fn create_checkout(
+    stripe: web::Data<StripeService>,
+    body: web::Json<CheckoutRequest>,
+) -> Result<HttpResponse, CheckoutError> {
+    let cart = stripe.cart_for(&body).await?;
+    let created = stripe.create_checkout(&cart).await?;
+    Ok(HttpResponse::Ok().json(created))
+}
+
+#[derive(Debug, Deserialize)]
+struct SuccessQuery {
+    session_id: Option<String>,
+}
+
+fn validate_session_id(id: Option<&str>) -> Result<&str, CheckoutError> {
+    let Some(id) = id.filter(|id| !id.is_empty()) else {
+        return Err(CheckoutError::invalid("session_id", "is required"));
+    };
+    let ok = id.len() <= 255
+        && id.starts_with("cs_")
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(id)
+    } else {
+        Err(CheckoutError::invalid("session_id", "must be a Stripe Checkout session id (cs_…)"))
+    }
+}
+
+/// Whether the client ranks HTML above JSON (browsers after Stripe's redirect).
+fn prefers_html(request: &HttpRequest) -> bool {
+    let Ok(accept) = Accept::parse(request) else { return false };
+    accept
+        .ranked()
+        .into_iter()
+        .find(|mime| {
+            (mime.type_() == "text" && mime.subtype() == "html")
+                || (mime.type_() == "application" && mime.subtype() == "json")
+        })
+        .is_some_and(|mime| mime.subtype() == "html")
+}
+
+#[tracing::instrument(name = "stripe_checkout_success", skip_all)]
+async fn checkout_success(
+    stripe: web::Data<StripeService>,
+    request: HttpRequest,
+    query: web::Query<SuccessQuery>,
+) -> Result<HttpResponse, CheckoutError> {
+    let session_id = validate_session_id(query.session_id.as_deref())?;
+    let api = stripe.api()?;
+    let retrieve = RetrieveCheckoutSession::new(session_id);
+    let session = api
+        .call("retrieve checkout session", None, |client, strategy| {
+            let request = retrieve.customize().request_strategy(strategy);
+            async move { request.send(&client).await }
+        })
+        .await
+        .map_err(|error| {
+            if error.is_not_found() { CheckoutError::StripeSessionNotFound } else { error.into() }
+        })?;
+    let customer_id = session.customer.as_ref().map(|c| c.id().as_str().to_owned());
+    // Eager sync: the buyer sees the new state now, not when the webhook arrives.
+    let state = match &customer_id {
+        Some(id) => stripe.sync_stripe_data_to_redis(id).await?.state().cloned(),
+        None => None,
+    };
+    let details = json!({
+        "sessionId": session.id.as_str(),
+        "status": session.status.as_ref().map(|s| s.as_str().to_owned()),
+        "paymentStatus": session.payment_status.as_str(),
+        "mode": session.mode.as_str(),
+        "amountTotal": session.amount_total,
+        "currency": session.currency.as_ref().map(ToString::to_string),
+        "customerId": customer_id,
+        "userId": session.client_reference_id,
+        "subscription": state,
+    });
+    if prefers_html(&request) {
+        return Ok(HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .body(success_page(&details, state.as_ref())));
+    }
+    Ok(HttpResponse::Ok().json(details))
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn success_page(details: &serde_json::Value, state: Option<&StripeState>) -> String {
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::String(s) => escape(s),
+        serde_json::Value::Null => "–".to_owned(),
+        other => escape(&other.to_string()),
+    };
+    let amount = match (details["amountTotal"].as_i64(), details["currency"].as_str()) {
+        (Some(cents), Some(currency)) => {
+            format!("{}.{:02} {}", cents / 100, cents % 100, escape(&currency.to_uppercase()))
+        }
+        _ => "–".to_owned(),
+    };
+    let subscription = match state {
+        Some(state) if state.status != "none" => format!(
+            "<p>Subscription: <strong>{}</strong>{}{}</p>",
+            escape(&state.status),
+            period_end_text(state)
+                .map(|end| format!(", renews {}", escape(&end)))
+                .unwrap_or_default(),
+            state
+                .payment_method
+                .as_ref()
+                .map(|pm| format!(", {} ending {}", escape(&pm.brand), escape(&pm.last4)))
+                .unwrap_or_default(),
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Thank you</title></head>\n<body>\n<h1>Thank you for your purchase</h1>\n<p>Order {}: {} ({})</p>\n<p>Total: {}</p>\n{}\n</body></html>\n",
+        text(&details["sessionId"]),
+        text(&details["status"]),
+        text(&details["paymentStatus"]),
+        amount,
+        subscription,
+    )
+}
+
+#[tracing::instrument(name = "stripe_customer_state", skip(stripe))]
+async fn customer_state(
+    stripe: web::Data<StripeService>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, CheckoutError> {
+    let customer_id = path.into_inner();
+    validate_customer_id(&customer_id)?;
+    let state =
+        stripe.stored_state(&customer_id).await?.ok_or(CheckoutError::StripeStateNotFound)?;
+    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(state))
+}
+
+#[tracing::instrument(name = "stripe_user_subscription", skip(stripe))]
+async fn user_subscription(
+    stripe: web::Data<StripeService>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, CheckoutError> {
+    let user_id = path.into_inner();
+    validate_user_id(&user_id)?;
+    let customer_id =
+        stripe.cached_customer_id(&user_id).await?.ok_or(CheckoutError::StripeCustomerNotFound)?;
+    let state =
+        stripe.stored_state(&customer_id).await?.ok_or(CheckoutError::StripeStateNotFound)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({"userId": user_id, "customerId": customer_id, "subscription": state})))
+}

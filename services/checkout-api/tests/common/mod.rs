@@ -1,0 +1,177 @@
+//! Shared test support: runs the real checkout-api on port 0 against real Redis, Postgres and a
+//! local fake Stripe (the real async-stripe client talks to it over loopback).
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use checkout_api::stripe::{NoCarts, StripeService, StripeSettings};
+use checkout_api::{Settings, build};
+use platform_redis::messages::StripeEventMessage;
+use platform_redis::streams::StreamProducer;
+use platform_redis::{RedisClients, RedisSettings, StreamName};
+use platform_service::AppContext;
+use platform_service::settings::ServiceSettings;
+use platform_testing::{FakeStripe, FakeStripeConfig, PostgresServer, RedisServer, unique_prefix};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+/// A fake Stripe, the Redis prefix and database of one test.
+pub struct Backends {
+    pub stripe: FakeStripe,
+    pub redis_url: String,
+    pub prefix: String,
+    pub database_url: String,
+}
+
+impl Backends {
+    pub async fn new(test: &str) -> Backends {
+        let database = PostgresServer::shared().create_database().await.unwrap();
+        Backends {
+            stripe: FakeStripe::start(FakeStripeConfig::default()).unwrap(),
+            redis_url: RedisServer::shared().url(),
+            prefix: unique_prefix(test),
+            database_url: database.url,
+        }
+    }
+
+    /// Direct Redis clients under the test's prefix.
+    pub async fn redis(&self) -> RedisClients {
+        RedisClients::connect(&RedisSettings::for_url(&self.redis_url, &self.prefix)).await.unwrap()
+    }
+
+    /// The overrides that point the app at these backends, with short test timings.
+    pub fn vars(&self) -> HashMap<String, String> {
+        let vars = [
+            ("APP__HTTP__PORT", "0".to_owned()),
+            ("APP__HTTP__WORKERS", "2".to_owned()),
+            ("APP__REDIS__URL", self.redis_url.clone()),
+            ("APP__REDIS__KEY_PREFIX", self.prefix.clone()),
+            ("APP__DATABASE__URL", self.database_url.clone()),
+            ("APP__STRIPE__SECRET_KEY", self.stripe.secret_key().to_owned()),
+            ("APP__STRIPE__API_BASE_URL", self.stripe.base_url()),
+            ("APP__STRIPE__RETRY_BACKOFF_MS", "10".to_owned()),
+            ("APP__STRIPE__REQUEST_TIMEOUT_MS", "5000".to_owned()),
+            ("APP__STRIPE__EVENTS__BLOCK_MS", "100".to_owned()),
+            ("APP__STRIPE__EVENTS__CLAIM_IDLE_MS", "500".to_owned()),
+            ("APP__RATE_LIMIT__POLICIES__PAYMENT__LIMIT", "1000".to_owned()),
+            ("APP__RATE_LIMIT__POLICIES__PAYMENT__WINDOW_SECS", "60".to_owned()),
+        ];
+        vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    /// A Stripe service of its own (same Redis prefix, same fake) for library-level calls.
+    pub async fn stripe_service(&self, extra: &[(&str, &str)]) -> StripeService {
+        platform_service::telemetry::install_crypto_provider();
+        let mut vars = self.vars();
+        for (key, value) in extra {
+            vars.insert((*key).to_owned(), (*value).to_owned());
+        }
+        let settings: StripeSettings = Settings::from_overrides(vars).unwrap().stripe;
+        StripeService::new(&settings, self.redis().await, Arc::new(NoCarts)).unwrap()
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub context: web::Data<AppContext>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn(backends: &Backends, extra: &[(&str, &str)]) -> TestApp {
+        let mut vars = backends.vars();
+        for (key, value) in extra {
+            vars.insert((*key).to_owned(), (*value).to_owned());
+        }
+        let settings = Settings::from_overrides(vars).unwrap();
+        let app = build(settings).await.unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let context = app.context();
+        let server = tokio::spawn(app.run_until_stopped());
+        let http =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        TestApp { base, http, context, server: Some(server) }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http.post(format!("{}{path}", self.base)).json(body).send().await.unwrap()
+    }
+
+    /// `POST /api/stripe/checkout` for `user_id` buying one item; returns status and body.
+    pub async fn checkout(&self, body: &Value) -> (u16, Value) {
+        let response = self.post_json("/api/stripe/checkout", body).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn stop(mut self) {
+        self.context.shutdown.trigger();
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+        }
+    }
+}
+
+/// A subscription checkout body for `user_id`.
+pub fn subscription_checkout(user_id: &str, price_id: &str) -> Value {
+    json!({"userId": user_id, "priceId": price_id})
+}
+
+/// A Stripe event of `event_type` about `customer_id`, shaped like the fixture envelope, as
+/// webhook-ingest puts it on the stream. Its payload deliberately carries a stale status, which
+/// the consumer must not trust.
+pub fn subscription_event(
+    event_id: &str,
+    event_type: &str,
+    customer_id: &str,
+    created: i64,
+) -> StripeEventMessage {
+    let text = include_str!("../fixtures/customer.subscription.updated.json");
+    let mut raw: Value = serde_json::from_str(text).unwrap();
+    raw["id"] = json!(event_id);
+    raw["type"] = json!(event_type);
+    raw["created"] = json!(created);
+    raw["data"]["object"]["customer"] = json!(customer_id);
+    raw["data"]["object"]["status"] = json!("incomplete");
+    StripeEventMessage {
+        event_id: event_id.to_owned(),
+        event_type: event_type.to_owned(),
+        created,
+        livemode: false,
+        api_version: raw["api_version"].as_str().map(str::to_owned),
+        object_id: raw["data"]["object"]["id"].as_str().map(str::to_owned),
+        customer_id: Some(customer_id.to_owned()),
+        raw: raw.to_string(),
+    }
+}
+
+/// Appends Stripe events as webhook-ingest does.
+pub async fn put_on_stripe_stream(redis: &RedisClients, events: &[StripeEventMessage]) {
+    let producer = StreamProducer::new(redis, StreamName::StripeEvents, 10_000);
+    for event in events {
+        producer.append(event).await.unwrap();
+    }
+}
+
+/// Polls `check` every 50 ms, at most `tries` times; true once it held.
+pub async fn eventually<F, Fut>(tries: usize, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..tries {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
