@@ -19,17 +19,21 @@ pub enum Metric {
     SmsSent,
     StorageUsed,
     CampaignCreated,
+    /// Requests a rate limit refused (seed 000 monitoring: "rate limit hits per church"); counted
+    /// and ranked like the others, never billed.
+    RateLimited,
 }
 
 impl Metric {
     /// Every metric producers may send, in display order.
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; 7] = [
         Metric::ApiRequest,
         Metric::DonationProcessed,
         Metric::EmailSent,
         Metric::SmsSent,
         Metric::StorageUsed,
         Metric::CampaignCreated,
+        Metric::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,7 +44,13 @@ impl Metric {
             Metric::SmsSent => "sms_sent",
             Metric::StorageUsed => "storage_used",
             Metric::CampaignCreated => "campaign_created",
+            Metric::RateLimited => "rate_limited",
         }
+    }
+
+    /// Whether a bill has a line item for it (rate-limit hits are analytics, not a product).
+    pub fn is_billed(self) -> bool {
+        self != Metric::RateLimited
     }
 
     /// A gauge keeps the latest value (by event time) instead of summing.
@@ -68,8 +78,8 @@ impl FromStr for Metric {
 /// The name of the derived donation-volume counter.
 pub const DONATION_VOLUME: &str = "donation_volume_cents";
 
-/// Every counter name a month's usage reports (the six metrics plus the donation volume).
-pub const USAGE_FIELDS: [&str; 7] = [
+/// Every counter name a month's usage reports (the metrics plus the donation volume).
+pub const USAGE_FIELDS: [&str; 8] = [
     "api_request",
     "donation_processed",
     DONATION_VOLUME,
@@ -77,6 +87,7 @@ pub const USAGE_FIELDS: [&str; 7] = [
     "sms_sent",
     "storage_used",
     "campaign_created",
+    "rate_limited",
 ];
 
 /// Whether `field` is a usage counter name (what quota checks and top lists accept).

@@ -142,7 +142,7 @@ pub fn compute_bill(
 ) -> Bill {
     let mut line_items = Vec::with_capacity(Metric::ALL.len());
     let mut overage_cents: i128 = 0;
-    for metric in Metric::ALL {
+    for metric in Metric::ALL.into_iter().filter(|m| m.is_billed()) {
         let name = metric.as_str();
         let used = usage.get(name).copied().unwrap_or(0);
         let included = tier.limit(name);
@@ -211,5 +211,18 @@ mod tests {
         assert_eq!(bill.total_cents, 9900 + 500);
         let lines: i64 = bill.line_items.iter().map(|l| l.amount_cents).sum();
         assert_eq!(bill.base_price_cents + lines, bill.total_cents);
+    }
+
+    #[test]
+    fn rate_limit_hits_are_reported_as_usage_but_never_billed() {
+        let org = OrgId::parse("o").unwrap_or_else(|_| unreachable!());
+        let usage = [("api_request".to_owned(), 10), ("rate_limited".to_owned(), 5_000_000)].into();
+        let month = "2026-11".parse().unwrap_or_else(|_| unreachable!());
+
+        let bill = compute_bill(&org, month, "growth", &growth(), &usage);
+
+        assert!(bill.line_items.iter().all(|l| l.metric != "rate_limited"));
+        assert_eq!(bill.usage.get("rate_limited"), Some(&5_000_000));
+        assert_eq!(bill.total_cents, 9900);
     }
 }
