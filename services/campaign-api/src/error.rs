@@ -69,9 +69,9 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         // A server going down tells sessions it ends them (57P01 admin shutdown, 57P02 crash
         // shutdown, 57P03 cannot connect now) or fails them as connection exceptions (08xxx):
         // an outage, not a bug in the query.
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08"))
+        }
         _ => false,
     }
 }
