@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
 use platform_redis::RedisClients;
@@ -30,6 +31,7 @@ use crate::storage;
 use crate::usage::UsageBuffer;
 
 const CAMPAIGN_PAGE: &str = include_str!("../static/campaigns.html");
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Labels of `campaign_cache_reads`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,11 +105,11 @@ pub fn configure(
         .route("/api/admin/campaigns/{id}", web::delete().to(delete_campaign));
 }
 
-fn cached_response(status: CacheStatus, ttl: Duration) -> actix_web::HttpResponseBuilder {
+fn cached_response(status: CacheStatus, pages: &Pages) -> actix_web::HttpResponseBuilder {
     let mut response = HttpResponse::Ok();
     response
-        .insert_header(("X-Cache", status.as_header()))
-        .insert_header(("Cache-Control", format!("public, max-age={}", ttl.as_secs())));
+        .insert_header((X_CACHE, HeaderValue::from_static(status.as_header())))
+        .insert_header((CACHE_CONTROL, pages.cache_control()));
     response
 }
 
@@ -125,7 +127,9 @@ async fn active_campaigns(
     state.metrics.cache_read("active", cached.status);
     let org_id = cached.value.org_id.ok_or(ApiError::OrganisationNotFound)?;
     state.usage.record_api_request(org_id);
-    Ok(cached_response(cached.status, state.pages.ttl()).json(&cached.value.campaigns))
+    Ok(cached_response(cached.status, &state.pages)
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .body(cached.value.campaigns.bytes()))
 }
 
 #[tracing::instrument(name = "campaign_stats", skip(state))]
@@ -136,7 +140,7 @@ async fn campaign_stats(
     let id = campaign_id(&path)?;
     let cached = state.pages.stats(id).await?;
     state.metrics.cache_read("stats", cached.status);
-    Ok(cached_response(cached.status, state.pages.ttl()).json(&cached.value))
+    Ok(cached_response(cached.status, &state.pages).json(&cached.value))
 }
 
 #[tracing::instrument(name = "campaign_events", skip(state))]
