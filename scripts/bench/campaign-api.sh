@@ -6,7 +6,8 @@
 #   3. hit rate over a mixed workload (wrk, 1 admin write per 100 requests), from /metrics.
 # Knobs: DURATION (default 10s), CONNECTIONS (64), THREADS (2), COLD_SAMPLES (100),
 #   WRITE_EVERY (100: one admin write per that many requests in the mixed run),
-#   RATE_LIMIT (on; "off" disables the limiter to show its share of the warm cost).
+#   RATE_LIMIT (on; "off" disables the limiter to show its share of the warm cost),
+#   LEASE (unset: the service's configured lease of the api policy, 10; 0 = exact mode).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
@@ -16,6 +17,9 @@ THREADS="${THREADS:-2}"
 COLD_SAMPLES="${COLD_SAMPLES:-100}"
 WRITE_EVERY="${WRITE_EVERY:-100}"
 RATE_LIMIT="${RATE_LIMIT:-on}"
+LEASE="${LEASE:-}"
+LEASE_ENV=()
+[[ -n "$LEASE" ]] && LEASE_ENV=("APP__RATE_LIMIT__POLICIES__API__LEASE=$LEASE")
 RL_ENABLED=true
 [[ "$RATE_LIMIT" == off ]] && RL_ENABLED=false
 TOKEN="bench-admin-token"
@@ -58,7 +62,7 @@ APP__HTTP__PORT="$APP_P" APP__REDIS__URL="redis://127.0.0.1:$REDIS_P" \
     APP__DATABASE__URL="postgres://postgres@127.0.0.1:$PG_P/campaign" \
     APP__AUTH__ADMIN_TOKEN="$TOKEN" APP__DEMO__SEED=true APP__TELEMETRY__FILTER=warn \
     APP__RATE_LIMIT__ENABLED="$RL_ENABLED" APP__RATE_LIMIT__POLICIES__API__LIMIT=1000000 APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS=60 \
-    "$TARGET_DIR/release/campaign-api" >"$WORK/app.log" 2>&1 &
+    env "${LEASE_ENV[@]}" "$TARGET_DIR/release/campaign-api" >"$WORK/app.log" 2>&1 &
 APP_PID=$!
 BASE="http://127.0.0.1:$APP_P"
 for _ in $(seq 100); do
@@ -138,7 +142,7 @@ ORIGIN_RATE="$(python3 -c "print(f'{100 * (1 - $COMPUTES / max($READS, 1)):.2f}'
 
 cat <<REPORT
 
-campaign-api benchmark ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, loopback, release build, rate limit $RATE_LIMIT)
+campaign-api benchmark ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, loopback, release build, rate limit $RATE_LIMIT, lease ${LEASE:-configured}, load average $(cut -d' ' -f1-3 /proc/loadavg))
   /healthz                         ${H_RPS} req/s   p99 ${H_P99} ms   non-2xx ${H_ERR}
   GET .../demo/active (warm)       ${A_RPS} req/s   p99 ${A_P99} ms   non-2xx ${A_ERR}
   ratio active / healthz           ${RATIO}   (target >= 0.70; p99 target < 5 ms)

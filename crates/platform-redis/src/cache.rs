@@ -35,6 +35,10 @@
 //! process is returned to its caller but not cached. A replica that computed before another
 //! replica's invalidation reached it can still write its older value to L2 in that window; keep
 //! TTLs honest for data where that matters.
+//!
+//! **Serialised values.** An L1 hit clones the cached value. For a response body, cache a
+//! [`JsonBytes`] (or a struct holding one): it holds the JSON already serialised, so a hit costs a
+//! reference-count increment and the handler sends the bytes without running serde.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -44,6 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use actix_web::web::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use serde::de::DeserializeOwned;
@@ -85,6 +90,49 @@ end
 redis.call('DEL', KEYS[1])
 return deleted
 ";
+
+/// A value serialised to JSON once, kept as bytes: cloning it (an L1 hit) is a reference-count
+/// increment, and a handler answers with [`JsonBytes::bytes`] without serialising again. In the
+/// L2 envelope it is stored as a JSON string holding that text (decoded once per L2 read).
+#[derive(Clone, PartialEq, Eq)]
+pub struct JsonBytes(Bytes);
+
+impl JsonBytes {
+    /// Serialises `value` to JSON.
+    pub fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Self> {
+        serde_json::to_vec(value).map(|json| JsonBytes(Bytes::from(json)))
+    }
+
+    /// The JSON text, sharing the buffer.
+    pub fn bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+
+    /// The JSON text as a slice.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for JsonBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JsonBytes({})", String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl Serialize for JsonBytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // `to_json` produced it, so it is UTF-8; a foreign buffer that is not fails loudly.
+        let text = std::str::from_utf8(&self.0).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(text)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(|text| JsonBytes(Bytes::from(text)))
+    }
+}
 
 /// Minimum time between two "Redis unavailable" warnings of one cache.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -957,6 +1005,17 @@ mod tests {
         assert!(l1.get("x").is_none());
         assert!(l1.get("y").is_some());
         assert_eq!(l1.order.len(), l1.entries.len());
+    }
+
+    #[test]
+    fn json_bytes_round_trip_through_the_l2_envelope_as_a_string() {
+        let body = JsonBytes::to_json(&serde_json::json!([{"name": "Well \"A\""}]))
+            .unwrap_or_else(|_| JsonBytes(Bytes::new()));
+        let stored = Stored { value: body.clone(), meta: meta() };
+        let text = serde_json::to_string(&stored).unwrap_or_default();
+        let back: Option<Stored<JsonBytes>> = serde_json::from_str(&text).ok();
+        assert_eq!(back.map(|s| s.value), Some(body.clone()));
+        assert_eq!(body.as_slice(), br#"[{"name":"Well \"A\""}]"#);
     }
 
     #[test]

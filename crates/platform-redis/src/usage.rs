@@ -9,12 +9,25 @@
 //! ([`UsageRecorder::dropped`]) instead of growing memory. Every event gets an idempotency key if
 //! it has none, so a batch re-sent after a partly applied pipeline is counted once by usage-meter.
 //! On cancellation the task drains the queue and makes one last attempt.
+//!
+//! **Counted metrics.** For high-rate metrics (`api_request` on a hot public route) one event per
+//! request would flood the stream; [`UsageRecorder::count`] adds to an in-memory tally per
+//! organisation and metric instead, and the task turns each tally into one event (`value` = the
+//! count, `occurredAt` = its first count) every `linger`. A tally in a failed batch is retried
+//! unchanged (same idempotency key) while new counts accumulate in fresh tallies, bounded by
+//! [`UsageRecorderSettings::max_tallies`] (counts of further organisations are dropped and counted).
+//! [`TrackUsage::aggregated`] makes the middleware count rather than record, and
+//! [`TrackUsage::from_response`] lets the handler name the organisation through a [`UsageOrg`]
+//! response extension when only it knows it (e.g. after a cache lookup).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use actix_web::Error;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
@@ -39,6 +52,8 @@ pub struct UsageRecorderSettings {
     pub linger: Duration,
     /// Approximate cap of the usage stream (`MAXLEN ~`).
     pub stream_max_len: usize,
+    /// Organisation × metric tallies of [`UsageRecorder::count`] held between two sends.
+    pub max_tallies: usize,
 }
 
 impl Default for UsageRecorderSettings {
@@ -48,6 +63,7 @@ impl Default for UsageRecorderSettings {
             batch_size: 500,
             linger: Duration::from_millis(100),
             stream_max_len: 1_000_000,
+            max_tallies: 10_000,
         }
     }
 }
@@ -56,7 +72,66 @@ impl Default for UsageRecorderSettings {
 #[derive(Debug, Clone)]
 pub struct UsageRecorder {
     queue: mpsc::Sender<UsageEvent>,
+    tallies: Arc<Mutex<Tallies>>,
     dropped: Arc<AtomicU64>,
+}
+
+/// Counts of [`UsageRecorder::count`] not yet turned into events: metric → organisation → tally.
+#[derive(Debug)]
+struct Tallies {
+    counts: HashMap<&'static str, HashMap<String, Tally>>,
+    len: usize,
+    capacity: usize,
+}
+
+#[derive(Debug)]
+struct Tally {
+    value: i64,
+    since: DateTime<Utc>,
+}
+
+impl Tallies {
+    /// Adds `value`; false when a new tally would pass the bound.
+    fn add(&mut self, org_id: &str, metric: &'static str, value: i64) -> bool {
+        let full = self.len >= self.capacity;
+        let by_org = self.counts.entry(metric).or_default();
+        if let Some(tally) = by_org.get_mut(org_id) {
+            tally.value = tally.value.saturating_add(value);
+            return true;
+        }
+        if full {
+            return false;
+        }
+        by_org.insert(org_id.to_owned(), Tally { value, since: Utc::now() });
+        self.len += 1;
+        true
+    }
+
+    /// Moves up to `room` tallies into `batch` as events with fresh idempotency keys.
+    fn drain_into(&mut self, batch: &mut Vec<UsageEvent>, room: usize) {
+        let mut taken = 0;
+        for (metric, by_org) in &mut self.counts {
+            let orgs: Vec<String> = by_org.keys().take(room - taken).cloned().collect();
+            for org_id in orgs {
+                if let Some(tally) = by_org.remove(&org_id) {
+                    batch.push(UsageEvent {
+                        org_id,
+                        metric: (*metric).to_owned(),
+                        value: tally.value,
+                        occurred_at: Some(tally.since.to_rfc3339_opts(SecondsFormat::Millis, true)),
+                        idempotency_key: Some(uuid::Uuid::new_v4().simple().to_string()),
+                        metadata: None,
+                    });
+                    taken += 1;
+                }
+            }
+            if taken >= room {
+                break;
+            }
+        }
+        self.counts.retain(|_, by_org| !by_org.is_empty());
+        self.len -= taken;
+    }
 }
 
 impl UsageRecorder {
@@ -69,8 +144,28 @@ impl UsageRecorder {
         let (queue, receiver) = mpsc::channel(settings.capacity.max(1));
         let producer =
             StreamProducer::new(clients, StreamName::UsageEvents, settings.stream_max_len);
-        let task = tokio::spawn(send_loop(producer, receiver, settings, cancel));
-        (Self { queue, dropped: Arc::default() }, task)
+        let tallies = Arc::new(Mutex::new(Tallies {
+            counts: HashMap::new(),
+            len: 0,
+            capacity: settings.max_tallies.max(1),
+        }));
+        let task =
+            tokio::spawn(send_loop(producer, receiver, Arc::clone(&tallies), settings, cancel));
+        (Self { queue, tallies, dropped: Arc::default() }, task)
+    }
+
+    /// Adds `value` to the tally of `metric` for `org_id`, sent as one event per organisation
+    /// and metric every `linger` (see the module doc). Memory only; false (and counted as
+    /// dropped) when the tally table is full.
+    pub fn count(&self, org_id: &str, metric: &'static str, value: i64) -> bool {
+        let added = lock(&self.tallies).add(org_id, metric, value);
+        if !added {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, metric, "usage tally table full; dropping counts");
+            }
+        }
+        added
     }
 
     /// Queues `event` without waiting; false (and counted as dropped) when the buffer is full.
@@ -90,7 +185,7 @@ impl UsageRecorder {
         }
     }
 
-    /// Events dropped because the buffer was full.
+    /// Events (or counts) dropped because the buffer (or tally table) was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -99,6 +194,7 @@ impl UsageRecorder {
 async fn send_loop(
     producer: StreamProducer,
     mut receiver: mpsc::Receiver<UsageEvent>,
+    tallies: Arc<Mutex<Tallies>>,
     settings: UsageRecorderSettings,
     cancel: CancellationToken,
 ) {
@@ -106,27 +202,37 @@ async fn send_loop(
     let mut batch: Vec<UsageEvent> = Vec::with_capacity(batch_size);
     let mut failures: u32 = 0;
     loop {
+        let mut linger = true;
         if batch.is_empty() {
+            // An event, or one linger period for the tallies.
             tokio::select! {
                 () = cancel.cancelled() => break,
                 received = receiver.recv() => match received {
                     Some(event) => batch.push(event),
                     None => break,
                 },
+                () = tokio::time::sleep(settings.linger) => linger = false,
             }
         }
-        // Linger briefly for a fuller batch.
-        let deadline = tokio::time::sleep(settings.linger);
-        tokio::pin!(deadline);
-        while batch.len() < batch_size {
-            tokio::select! {
-                () = &mut deadline => break,
-                () = cancel.cancelled() => break,
-                received = receiver.recv() => match received {
-                    Some(event) => batch.push(event),
-                    None => break,
-                },
+        if linger {
+            // Linger briefly for a fuller batch.
+            let deadline = tokio::time::sleep(settings.linger);
+            tokio::pin!(deadline);
+            while batch.len() < batch_size {
+                tokio::select! {
+                    () = &mut deadline => break,
+                    () = cancel.cancelled() => break,
+                    received = receiver.recv() => match received {
+                        Some(event) => batch.push(event),
+                        None => break,
+                    },
+                }
             }
+        }
+        let room = batch_size.saturating_sub(batch.len());
+        lock(&tallies).drain_into(&mut batch, room);
+        if batch.is_empty() {
+            continue;
         }
         match producer.append_all(&batch).await {
             Ok(_) => {
@@ -153,6 +259,7 @@ async fn send_loop(
     while let Ok(event) = receiver.try_recv() {
         batch.push(event);
     }
+    lock(&tallies).drain_into(&mut batch, usize::MAX);
     for chunk in batch.chunks(batch_size) {
         if let Err(error) = producer.append_all(chunk).await {
             tracing::warn!(%error, lost = batch.len(), "final usage append failed; events lost");
@@ -163,13 +270,21 @@ async fn send_loop(
 
 type OrgFn = Arc<dyn Fn(&ServiceRequest) -> Option<String> + Send + Sync>;
 
+/// The organisation a request is billed to, named by the handler: insert it into the response's
+/// extensions (`response.extensions_mut().insert(UsageOrg(id))`) for [`TrackUsage`] to find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageOrg(pub String);
+
 /// Records one `api_request` usage event per request whose organisation `org` finds (e.g. from
 /// a path parameter; wrap the resource or scope so it is matched), after the response, with the
-/// route pattern, method and status as metadata. Requests without an organisation pass untouched.
+/// route pattern, method and status as metadata. When `org` finds none, a [`UsageOrg`] in the
+/// response's extensions names it; requests with neither pass untouched.
+/// [`TrackUsage::aggregated`] counts instead (no metadata, one event per organisation per send).
 #[derive(Clone)]
 pub struct TrackUsage {
     recorder: UsageRecorder,
     org: OrgFn,
+    aggregated: bool,
 }
 
 impl fmt::Debug for TrackUsage {
@@ -183,7 +298,19 @@ impl TrackUsage {
     where
         F: Fn(&ServiceRequest) -> Option<String> + Send + Sync + 'static,
     {
-        Self { recorder, org: Arc::new(org) }
+        Self { recorder, org: Arc::new(org), aggregated: false }
+    }
+
+    /// The organisation comes only from the handler's [`UsageOrg`] response extension.
+    pub fn from_response(recorder: UsageRecorder) -> Self {
+        Self::new(recorder, |_| None)
+    }
+
+    /// Counts requests per organisation with [`UsageRecorder::count`] instead of recording one
+    /// event each: for hot routes.
+    pub fn aggregated(mut self) -> Self {
+        self.aggregated = true;
+        self
     }
 }
 
@@ -230,10 +357,24 @@ where
         let service = Rc::clone(&self.service);
         let org = (self.config.org)(&req);
         let recorder = self.config.recorder.clone();
+        if self.config.aggregated {
+            return Box::pin(async move {
+                let response = service.call(req).await?;
+                if let Some(org_id) = org {
+                    recorder.count(&org_id, "api_request", 1);
+                } else if let Some(UsageOrg(org_id)) = response.response().extensions().get() {
+                    recorder.count(org_id, "api_request", 1);
+                }
+                Ok(response)
+            });
+        }
         let method = req.method().to_string();
         let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
         Box::pin(async move {
             let response = service.call(req).await?;
+            let org = org.or_else(|| {
+                response.response().extensions().get::<UsageOrg>().map(|org| org.0.clone())
+            });
             if let Some(org_id) = org {
                 recorder.record(UsageEvent {
                     org_id,
@@ -251,4 +392,9 @@ where
             Ok(response)
         })
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section leaves the tallies consistent, so a poisoned lock is used as is.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -1,6 +1,7 @@
 //! The rate limiter against a real redis-server: exact limits, recovery after the window, the
-//! actix middleware's 429 and headers, the blocked cache costing no Redis command, and the
-//! in-process fallback while Redis is down.
+//! actix middleware's 429 and headers, the blocked cache costing no Redis command, the
+//! in-process fallback while Redis is down, and leased policies (tokens taken in batches and spent
+//! locally) across two replicas.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -416,4 +417,118 @@ async fn a_middleware_naming_an_unknown_policy_fails_app_start_instead_of_panick
 
     // Assert
     assert!(started.is_err());
+}
+
+/// Two limiters ("replicas") on one Redis under one prefix.
+async fn replicas_on(
+    server: &RedisServer,
+    test: &str,
+    settings: &RateLimitSettings,
+) -> (RedisClients, RateLimiter, RateLimiter) {
+    let prefix = unique_prefix(test);
+    let mut limiters = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let connected =
+            RedisClients::connect(&RedisSettings::for_url(&server.url(), &prefix)).await.unwrap();
+        limiters.push(RateLimiter::new(&connected, settings).unwrap());
+        clients.push(connected);
+    }
+    let two = limiters.pop().unwrap();
+    let one = limiters.pop().unwrap();
+    (clients.remove(0), one, two)
+}
+
+fn leased(limit: u32, lease: u32) -> RateLimitSettings {
+    let mut settings = settings_with(&[]);
+    settings.policies.insert("leased".into(), PolicySettings::new(limit, 3_600).with_lease(lease));
+    settings
+}
+
+#[tokio::test]
+async fn two_leasing_replicas_never_admit_more_than_the_limit_and_need_few_round_trips() {
+    // Arrange: a private server (to count EVALSHA), 50 per hour, leases of up to 10 tokens.
+    let server = RedisServer::start().expect("private redis");
+    let (clients, one, two) = replicas_on(&server, "lease-two", &leased(50, 10)).await;
+    avoid_window_end(3_600_000, 30_000).await;
+
+    // Act: both replicas hammer one identifier concurrently, far past the limit.
+    let hammer = |limiter: RateLimiter| async move {
+        let mut decisions = Vec::new();
+        for _ in 0..100 {
+            decisions.push(limiter.check("leased", "org:acme").await.unwrap());
+        }
+        decisions
+    };
+    let (first, second) = tokio::join!(hammer(one.clone()), hammer(two.clone()));
+    let calls = evalsha_calls(&clients).await;
+
+    // Assert: never above the limit; at most the tokens one replica may still hold below it.
+    let allowed = first.iter().chain(&second).filter(|d| d.allowed).count();
+    assert!(allowed <= 50, "admitted {allowed} > limit 50");
+    assert!(allowed >= 50 - 10, "admitted only {allowed}");
+    let local = one.stats().lease_decisions + two.stats().lease_decisions;
+    assert!(local > 0, "no request was answered from a lease");
+    let from_leases = first.iter().chain(&second).filter(|d| d.source == DecisionSource::Lease);
+    assert_eq!(from_leases.count() as u64, local);
+    assert!(calls < allowed as u64, "{calls} EVALSHA for {allowed} admitted requests");
+    let denied = first.iter().chain(&second).filter(|d| !d.allowed);
+    assert!(denied.clone().all(|d| d.remaining == 0 && d.retry_after.is_some()));
+    assert_eq!(denied.count(), 200 - allowed);
+}
+
+#[tokio::test]
+async fn a_leased_policy_reports_remaining_like_exact_mode_and_blocks_without_round_trips() {
+    // Arrange: one replica, 5 per hour, leases of 2; a private server to count EVALSHA.
+    let server = RedisServer::start().expect("private redis");
+    let (clients, limiter) = limiter_on(&server, "lease-one", &leased(5, 2)).await;
+    avoid_window_end(3_600_000, 30_000).await;
+
+    // Act
+    let mut passed = Vec::new();
+    for _ in 0..5 {
+        passed.push(limiter.check("leased", "org:bolt").await.unwrap());
+    }
+    let denied = limiter.check("leased", "org:bolt").await.unwrap();
+    let calls_before = evalsha_calls(&clients).await;
+    let mut blocked = Vec::new();
+    for _ in 0..20 {
+        blocked.push(limiter.check("leased", "org:bolt").await.unwrap());
+    }
+    let calls_after = evalsha_calls(&clients).await;
+
+    // Assert: remaining counts down as in exact mode; one token came from the lease.
+    let remaining: Vec<u32> = passed.iter().map(|d| d.remaining).collect();
+    assert_eq!(remaining, vec![4, 3, 2, 1, 0]);
+    assert!(passed.iter().all(|d| d.allowed));
+    assert_eq!(passed[1].source, DecisionSource::Lease);
+    assert!(!denied.allowed);
+    assert_eq!((denied.remaining, denied.source), (0, DecisionSource::Redis));
+    // Blocked callers: answered in process, no EVALSHA.
+    assert_eq!(calls_after, calls_before, "blocked checks sent EVALSHA");
+    assert!(blocked.iter().all(|d| !d.allowed && d.source == DecisionSource::BlockedCache));
+    assert_eq!(limiter.stats().lease_decisions, 1);
+}
+
+#[tokio::test]
+async fn an_expired_lease_gives_its_unspent_tokens_back_with_the_next_grant() {
+    // Arrange: 10 per hour, one lease may take all of them, and lives 50 ms.
+    let mut settings = leased(10, 10);
+    settings.expected_replicas = 1;
+    settings.lease_max_age_ms = 50;
+    let (clients, limiter) = limiter_on(RedisServer::shared(), "lease-back", &settings).await;
+    avoid_window_end(3_600_000, 30_000).await;
+    let first = limiter.check("leased", "org:cove").await.unwrap();
+
+    // Act: the lease expires with 9 tokens unspent; the next request takes a new one.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = limiter.check("leased", "org:cove").await.unwrap();
+
+    // Assert: the 9 went back (else nothing would be left), and Redis counts what was taken.
+    assert_eq!((first.allowed, first.remaining), (true, 9));
+    assert_eq!((second.allowed, second.remaining, second.source), (true, 8, DecisionSource::Redis));
+    let window = unix_ms() / 3_600_000;
+    let key = clients.keys().rate_limit_window("leased", "org:cove", window);
+    let counted: u64 = clients.primary().get(&key).await.unwrap();
+    assert_eq!(counted, 10, "1 spent + 9 regranted");
 }

@@ -1,6 +1,7 @@
 //! The usage recorder and its middleware against a real Redis: requests of an organisation
-//! become `api_request` entries on the usage stream in batches, and a recorder that cannot reach
-//! Redis drops (and counts) events beyond its bound instead of growing.
+//! become `api_request` entries on the usage stream in batches (or, aggregated, one counted entry
+//! per organisation), and a recorder that cannot reach Redis drops (and counts) events beyond its
+//! bound instead of growing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use actix_web::{App, HttpResponse, test, web};
 use platform_redis::fred::prelude::*;
 use platform_redis::messages::UsageEvent;
-use platform_redis::usage::{TrackUsage, UsageRecorder, UsageRecorderSettings};
+use platform_redis::usage::{TrackUsage, UsageOrg, UsageRecorder, UsageRecorderSettings};
 use platform_redis::{RedisClients, RedisSettings, StreamName};
 use platform_testing::{RedisServer, free_port, unique_prefix};
 use tokio_util::sync::CancellationToken;
@@ -96,4 +97,54 @@ async fn a_recorder_without_redis_drops_events_beyond_its_bound_instead_of_growi
     // Assert: at most the queue plus one batch in hand were taken.
     assert!(accepted <= 4 + 2, "accepted {accepted}");
     assert_eq!(recorder.dropped() as usize, 50 - accepted);
+}
+
+#[actix_web::test]
+async fn aggregated_requests_named_by_the_handler_become_one_counted_event_per_organisation() {
+    // Arrange: the handler names the organisation (as after a cache lookup); "nobody" is unnamed.
+    let url = RedisServer::shared().url();
+    let clients =
+        RedisClients::connect(&RedisSettings::for_url(&url, &unique_prefix("usage-counted")))
+            .await
+            .unwrap();
+    let cancel = CancellationToken::new();
+    let settings =
+        UsageRecorderSettings { linger: Duration::from_secs(3600), ..Default::default() };
+    let (recorder, task) = UsageRecorder::start(&clients, settings, cancel.clone());
+    let app = test::init_service(
+        App::new().service(
+            web::resource("/pages/{name}")
+                .wrap(TrackUsage::from_response(recorder.clone()).aggregated())
+                .route(web::get().to(|path: web::Path<String>| async move {
+                    let mut response = HttpResponse::Ok().finish();
+                    if path.as_str() != "nobody" {
+                        response.extensions_mut().insert(UsageOrg(format!("org-{path}")));
+                    }
+                    response
+                })),
+        ),
+    )
+    .await;
+
+    // Act: 5 + 2 + 1 requests; the long linger means only the final drain sends them.
+    for name in ["a", "a", "b", "a", "nobody", "a", "b", "a"] {
+        let request = test::TestRequest::get().uri(&format!("/pages/{name}")).to_request();
+        assert!(test::call_service(&app, request).await.status().is_success());
+    }
+    cancel.cancel();
+    task.await.unwrap();
+
+    // Assert: one event per organisation carrying its count, each with an idempotency key.
+    let key = clients.keys().stream(StreamName::UsageEvents);
+    let entries: Vec<(String, HashMap<String, String>)> =
+        clients.primary().xrange(key, "-", "+", None).await.unwrap();
+    let mut counts: Vec<(String, i64)> = entries
+        .iter()
+        .map(|(_, f)| serde_json::from_str::<UsageEvent>(&f["data"]).unwrap())
+        .inspect(|e| assert!(e.metric == "api_request" && e.idempotency_key.is_some()))
+        .map(|e| (e.org_id, e.value))
+        .collect();
+    counts.sort();
+    assert_eq!(counts, vec![("org-a".to_owned(), 5), ("org-b".to_owned(), 2)]);
+    assert_eq!(recorder.dropped(), 0);
 }

@@ -2,6 +2,7 @@
 //! the views the API returns. Parsing happens here, at the edge; nothing below sees raw input.
 
 use chrono::{DateTime, Utc};
+use platform_redis::cache::JsonBytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -296,11 +297,13 @@ impl From<&CampaignRow> for AdminCampaign {
 
 /// What the public list caches per organisation slug: `None` org means the slug is unknown
 /// (cached too, so random slugs do not reach Postgres; creating the organisation invalidates it).
+/// `campaigns` is the response body (a JSON array of [`CampaignView`]) serialised once, so a
+/// cache hit sends bytes without serialising them again.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivePage {
     pub org_id: Option<Uuid>,
-    pub campaigns: Vec<CampaignView>,
+    pub campaigns: JsonBytes,
 }
 
 /// `GET /api/campaigns/{id}/stats`.

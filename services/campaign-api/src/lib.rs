@@ -4,8 +4,9 @@
 //! returns; tests call [`build`] with port 0 and real Redis and Postgres.
 //!
 //! Layout: `routes` (HTTP) → `pages` (cached reads, invalidation) / `live` (SSE, lifecycle) →
-//! `storage` (Postgres); `donations` consumes the Stripe event stream; `usage` buffers
-//! `api_request` usage events; `domain` holds the validated types and views.
+//! `storage` (Postgres); `donations` consumes the Stripe event stream; `api_request` usage is
+//! counted by the shared `platform_redis::usage` recorder; `domain` holds the validated types
+//! and views.
 
 pub mod domain;
 pub mod donations;
@@ -14,7 +15,6 @@ pub mod live;
 pub mod pages;
 pub mod routes;
 pub mod storage;
-pub mod usage;
 
 use std::time::Duration;
 
@@ -23,7 +23,8 @@ use anyhow::Context as _;
 use platform_redis::cache::{Cache, CacheSettings};
 use platform_redis::keys::StreamName;
 use platform_redis::pubsub::PubSub;
-use platform_redis::streams::{ConsumerSettings, StartFrom, StreamConsumer, StreamProducer};
+use platform_redis::streams::{ConsumerSettings, StartFrom, StreamConsumer};
+use platform_redis::usage::{UsageRecorder, UsageRecorderSettings};
 use platform_service::health::fallback_status;
 use platform_service::settings::{
     CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
@@ -35,7 +36,6 @@ use serde::Deserialize;
 use crate::donations::DonationHandler;
 use crate::pages::Pages;
 use crate::routes::{ServiceMetrics, State};
-use crate::usage::{UsageBuffer, UsageSettings};
 
 /// The service name in logs, traces and metrics.
 pub const SERVICE: &str = "campaign-api";
@@ -86,6 +86,24 @@ impl Default for CampaignCacheSettings {
             l1_ttl_max_ms: u64::try_from(shared.l1_ttl_max.as_millis()).unwrap_or(30_000),
             early_refresh_beta: shared.early_refresh_beta,
         }
+    }
+}
+
+/// `[usage]`: `api_request` counting (the shared [`UsageRecorder`]'s tallies).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageSettings {
+    /// How often counted requests are appended to the usage stream.
+    pub flush_interval_ms: u64,
+    /// Most organisations counted between two successful flushes.
+    pub max_orgs: usize,
+    /// Approximate cap (`MAXLEN ~`) of the usage stream.
+    pub stream_max_len: usize,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        Self { flush_interval_ms: 1_000, max_orgs: 10_000, stream_max_len: 1_000_000 }
     }
 }
 
@@ -239,14 +257,13 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let cache_redis = redis.clone();
     context.fallbacks.push(fallback_status("cache", move || !cache_redis.is_connected()));
 
-    let usage = UsageBuffer::new(settings.usage.max_orgs);
-    let producer =
-        StreamProducer::new(&redis, StreamName::UsageEvents, settings.usage.stream_max_len);
-    usage.spawn_flusher(
-        producer,
-        Duration::from_millis(settings.usage.flush_interval_ms),
-        stop.clone(),
-    );
+    let usage_settings = UsageRecorderSettings {
+        linger: Duration::from_millis(settings.usage.flush_interval_ms),
+        max_tallies: settings.usage.max_orgs,
+        stream_max_len: settings.usage.stream_max_len,
+        ..UsageRecorderSettings::default()
+    };
+    let (usage, _) = UsageRecorder::start(&redis, usage_settings, stop.clone());
 
     if settings.stripe_events.enabled {
         let config = &settings.stripe_events;
@@ -289,7 +306,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         redis,
         pages,
         pubsub,
-        usage,
         metrics,
         keep_alive: Duration::from_secs(settings.live.keep_alive_secs),
         stop,
@@ -298,6 +314,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let policy = settings.public.rate_limit_policy.clone();
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
     Ok(Application::build(&settings.common.http, admin_token, context, move |cfg| {
-        routes::configure(cfg, state.clone(), &limiter, &policy);
+        routes::configure(cfg, state.clone(), &limiter, &policy, &usage);
     })?)
 }

@@ -17,8 +17,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use actix_web::http::header::HeaderValue;
 use chrono::Utc;
-use platform_redis::cache::{Cache, Cached};
+use platform_redis::cache::{Cache, Cached, JsonBytes};
 use prometheus_client::metrics::counter::Counter;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -42,6 +43,8 @@ pub struct Pages {
     cache: Cache,
     db: PgPool,
     ttl: Duration,
+    /// `Cache-Control` of cached reads, built once.
+    cache_control: HeaderValue,
     pending: Arc<Mutex<BTreeSet<String>>>,
     /// Page computations that went to Postgres (misses that coalesced share one).
     computes: Counter,
@@ -54,7 +57,16 @@ pub fn org_group(slug: &str) -> String {
 
 impl Pages {
     pub fn new(cache: Cache, db: PgPool, ttl: Duration) -> Self {
-        Self { cache, db, ttl, pending: Arc::default(), computes: Counter::default() }
+        let cache_control = HeaderValue::try_from(format!("public, max-age={}", ttl.as_secs()))
+            .unwrap_or_else(|_| HeaderValue::from_static("public"));
+        Self {
+            cache,
+            db,
+            ttl,
+            cache_control,
+            pending: Arc::default(),
+            computes: Counter::default(),
+        }
     }
 
     pub fn cache(&self) -> &Cache {
@@ -70,6 +82,11 @@ impl Pages {
         self.ttl
     }
 
+    /// `Cache-Control: public, max-age=<ttl>` for cached reads.
+    pub fn cache_control(&self) -> HeaderValue {
+        self.cache_control.clone()
+    }
+
     /// The active campaigns of `slug` (`org_id: None` when no such organisation).
     pub async fn active(&self, slug: &Slug) -> Result<Cached<ActivePage>, ApiError> {
         let db = self.db.clone();
@@ -79,11 +96,11 @@ impl Pages {
             .get_or_compute(&org_group(slug.as_str()), "active", self.ttl, move || async move {
                 computes.inc();
                 let Some(org_id) = storage::organisation_id(&db, &owned).await? else {
-                    return Ok(ActivePage { org_id: None, campaigns: Vec::new() });
+                    return Ok(ActivePage { org_id: None, campaigns: body(&[])? });
                 };
                 let rows = storage::active_campaigns(&db, org_id, Utc::now()).await?;
-                let campaigns = rows.iter().map(CampaignView::from).collect();
-                Ok::<_, ApiError>(ActivePage { org_id: Some(org_id), campaigns })
+                let campaigns: Vec<CampaignView> = rows.iter().map(CampaignView::from).collect();
+                Ok::<_, ApiError>(ActivePage { org_id: Some(org_id), campaigns: body(&campaigns)? })
             })
             .await
     }
@@ -164,6 +181,11 @@ impl Pages {
             }
         })
     }
+}
+
+/// The list as the JSON body the public route sends.
+fn body(campaigns: &[CampaignView]) -> Result<JsonBytes, ApiError> {
+    JsonBytes::to_json(campaigns).map_err(|error| ApiError::Internal(error.into()))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -4,12 +4,14 @@
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
 use platform_redis::RedisClients;
 use platform_redis::cache::CacheStatus;
 use platform_redis::pubsub::PubSub;
 use platform_redis::ratelimit::{RateLimit, RateLimiter};
+use platform_redis::usage::{TrackUsage, UsageOrg, UsageRecorder};
 use platform_service::RequireAdmin;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,9 +29,9 @@ use crate::error::ApiError;
 use crate::live;
 use crate::pages::Pages;
 use crate::storage;
-use crate::usage::UsageBuffer;
 
 const CAMPAIGN_PAGE: &str = include_str!("../static/campaigns.html");
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Labels of `campaign_cache_reads`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,27 +64,32 @@ pub struct State {
     pub redis: RedisClients,
     pub pages: Pages,
     pub pubsub: PubSub,
-    pub usage: UsageBuffer,
     pub metrics: ServiceMetrics,
     pub keep_alive: Duration,
     pub stop: CancellationToken,
 }
 
-/// Registers the routes; `policy` is the rate-limit policy of the public routes.
+/// Registers the routes; `policy` is the rate-limit policy of the public routes; `usage` counts
+/// their `api_request`s.
 pub fn configure(
     cfg: &mut web::ServiceConfig,
     state: web::Data<State>,
     limiter: &RateLimiter,
     policy: &str,
+    usage: &UsageRecorder,
 ) {
     // Per organisation: the slug from the path is the identifier (the middleware wraps the
     // resource, so the path is matched when it reads it).
     let per_org = RateLimit::new(limiter.clone(), policy)
         .with_key(|req| req.match_info().get("orgSlug").map(|slug| format!("org:{slug}")));
+    // Counted in memory, billed to the organisation id the handler found in the cached page
+    // (unknown slugs and denied requests carry none, so they are not metered).
+    let metered = TrackUsage::from_response(usage.clone()).aggregated();
     cfg.app_data(state)
         .service(
             web::resource("/api/public/campaigns/{orgSlug}/active")
                 .wrap(per_org)
+                .wrap(metered)
                 .route(web::get().to(active_campaigns)),
         )
         .service(
@@ -103,11 +110,11 @@ pub fn configure(
         .route("/api/admin/campaigns/{id}", web::delete().to(delete_campaign));
 }
 
-fn cached_response(status: CacheStatus, ttl: Duration) -> actix_web::HttpResponseBuilder {
+fn cached_response(status: CacheStatus, pages: &Pages) -> actix_web::HttpResponseBuilder {
     let mut response = HttpResponse::Ok();
     response
-        .insert_header(("X-Cache", status.as_header()))
-        .insert_header(("Cache-Control", format!("public, max-age={}", ttl.as_secs())));
+        .insert_header((X_CACHE, HeaderValue::from_static(status.as_header())))
+        .insert_header((CACHE_CONTROL, pages.cache_control()));
     response
 }
 
@@ -124,8 +131,11 @@ async fn active_campaigns(
     let cached = state.pages.active(&slug).await?;
     state.metrics.cache_read("active", cached.status);
     let org_id = cached.value.org_id.ok_or(ApiError::OrganisationNotFound)?;
-    state.usage.record_api_request(org_id);
-    Ok(cached_response(cached.status, state.pages.ttl()).json(&cached.value.campaigns))
+    let mut response = cached_response(cached.status, &state.pages)
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .body(cached.value.campaigns.bytes());
+    response.extensions_mut().insert(UsageOrg(org_id.to_string()));
+    Ok(response)
 }
 
 #[tracing::instrument(name = "campaign_stats", skip(state))]
@@ -136,7 +146,7 @@ async fn campaign_stats(
     let id = campaign_id(&path)?;
     let cached = state.pages.stats(id).await?;
     state.metrics.cache_read("stats", cached.status);
-    Ok(cached_response(cached.status, state.pages.ttl()).json(&cached.value))
+    Ok(cached_response(cached.status, &state.pages).json(&cached.value))
 }
 
 #[tracing::instrument(name = "campaign_events", skip(state))]

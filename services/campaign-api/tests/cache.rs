@@ -1,14 +1,15 @@
 //! The public active-campaigns route: two-tier caching, invalidation across instances, errors,
-//! per-organisation rate limits, and reads while Redis is down.
+//! per-organisation rate limits, reads while Redis is down, and cached reads while Postgres is down.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::{Backends, TestApp, eventually};
 use platform_redis::fred::prelude::*;
-use platform_testing::RedisServer;
+use platform_testing::{PostgresServer, RedisServer};
 use reqwest::Method;
 use serde_json::{Value, json};
+use sqlx::Connection;
 
 async fn read(app: &TestApp, slug: &str) -> (u16, String, Value) {
     let response = app.get(&format!("/api/public/campaigns/{slug}/active")).await;
@@ -289,5 +290,84 @@ async fn reads_are_served_from_postgres_while_redis_is_down_and_caching_resumes_
     })
     .await;
     assert!(healthy, "health still reports fallback");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cached_pages_are_served_while_postgres_is_down_and_writes_answer_503_until_it_returns() {
+    // Arrange: a private Postgres this test may stop, and a warm cache.
+    let postgres = PostgresServer::start().unwrap();
+    let database = postgres.create_database().await.unwrap();
+    let backends = Backends {
+        redis_url: RedisServer::shared().url(),
+        prefix: platform_testing::unique_prefix("campaign-pg-down"),
+        database_url: database.url,
+    };
+    let app = TestApp::spawn(&backends, &[("APP__DATABASE__ACQUIRE_TIMEOUT_MS", "500")]).await;
+    app.create_org("nadia").await;
+    let campaign = app.create_campaign("nadia", "Library", 5_000).await;
+    assert_eq!(read(&app, "nadia").await.1, "MISS");
+    assert_eq!(read(&app, "nadia").await.1, "HIT");
+    let patch = |goal: i64| json!({ "goalCents": goal });
+
+    // The harness runs Postgres with synchronous_commit=off, so an immediate stop may lose the
+    // last few hundred ms of commits; a checkpoint makes the arranged rows survive the outage.
+    let mut admin = sqlx::PgConnection::connect(&backends.database_url).await.unwrap();
+    sqlx::query("CHECKPOINT").execute(&mut admin).await.unwrap();
+    drop(admin);
+
+    // Act: Postgres goes away.
+    postgres.stop();
+    let (status, cache, body) = read(&app, "nadia").await;
+    let create = app
+        .admin(
+            Method::POST,
+            "/api/admin/organisations/nadia/campaigns",
+            Some(json!({
+                "name": "Roof",
+                "goalCents": 1_000,
+                "startsAt": "2020-01-01T00:00:00Z",
+                "endsAt": "2100-01-01T00:00:00Z",
+            })),
+        )
+        .await;
+    let create_status = create.status().as_u16();
+    let create_body: Value = create.json().await.unwrap();
+    let update = app
+        .admin(Method::PATCH, &format!("/api/admin/campaigns/{campaign}"), Some(patch(6_000)))
+        .await;
+    let update_status = update.status().as_u16();
+    let update_body: Value = update.json().await.unwrap();
+
+    // Assert: the cached page is still served; writes fail fast with an opaque 503 JSON error.
+    assert_eq!(status, 200, "{body}");
+    assert!(cache == "HIT" || cache == "STALE", "X-Cache {cache}");
+    assert_eq!(body[0]["name"], "Library");
+    for (status, body) in [(create_status, &create_body), (update_status, &update_body)] {
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["code"], "unavailable", "{body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+
+    // Act: Postgres comes back (same port, data kept).
+    postgres.restart().unwrap();
+    let mut updated = None;
+    for _ in 0..100 {
+        let response = app
+            .admin(Method::PATCH, &format!("/api/admin/campaigns/{campaign}"), Some(patch(7_000)))
+            .await;
+        if response.status() == 200 {
+            updated = Some(response.json::<Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Assert: writes work again without a restart, and the page shows them.
+    let updated = updated.expect("writes never succeeded after Postgres returned");
+    assert_eq!(updated["goalCents"], 7_000);
+    let (status, cache, body) = read(&app, "nadia").await;
+    assert_eq!((status, cache.as_str()), (200, "MISS"), "{body}");
+    assert_eq!(body[0]["goalCents"], 7_000);
     app.stop().await;
 }

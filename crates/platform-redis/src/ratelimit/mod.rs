@@ -22,7 +22,31 @@
 //! for one more request to pass, assuming no other request arrives meanwhile. The window index and
 //! elapsed time come from this process's wall clock, so replicas should run NTP.
 //!
+//! # Leases (per policy, `lease > 0`)
+//! Exact mode (`lease = 0`, the default) costs one `EVALSHA` per allowed request. A policy with
+//! `lease = N` lets each replica take up to `N` tokens per identifier in one `EVALSHA` (a second
+//! script, same keys and arithmetic) and spend them in memory: the grant is
+//! `min(N, max(1, room / rate_limit.expected_replicas))`, where `room` is what the exact script
+//! would still allow one by one right now, and it is added to the current window's count at once.
+//! A lease is spent only in the fixed window it was counted in and for at most
+//! `rate_limit.lease_max_age_ms`; after that its unspent tokens are given back (subtracted from
+//! the count they were added to) by the same `EVALSHA` that takes the next lease.
+//!
+//! Exactness: every admitted request was counted in Redis, in its own fixed window, before it was
+//! admitted, and Redis never grants beyond `room`; so no fixed window ever admits more than
+//! `limit` across all replicas, and over any interval of length `W` the bound of exact mode holds
+//! (no over-admission is added). What leases cost is the other direction: tokens held unspent by
+//! one replica are counted, so another replica can be denied while up to
+//! `lease × (replicas − 1)` tokens sit elsewhere (until they are spent, given back at that
+//! replica's next refill, or the window passes). `X-RateLimit-Remaining` on a leased decision is
+//! Redis' remaining count at the last grant plus this replica's unspent tokens, i.e. the shared
+//! estimate minus what this replica spent since; other replicas' spending shows at the next
+//! grant (at most `lease_max_age_ms` later). Denials come from Redis (a grant of 0) and then from
+//! the blocked cache, as in exact mode; the fallback is the same in both modes (a live lease is
+//! still spent while Redis is down: its tokens are counted there).
+//!
 //! # Redis calls saved and avoided
+//! - Leases: one `EVALSHA` per lease instead of per request (above).
 //! - Blocked cache: once an identifier is denied, later checks for it answer from memory until
 //!   its reset instant, with no Redis command. Other replicas' requests can only delay the real
 //!   reset, never advance it, so the cache never blocks longer than Redis would.
@@ -52,7 +76,7 @@ use crate::keys::Keys;
 
 pub use middleware::{RateLimit, RateLimitMiddleware};
 
-use window::{BlockedCache, LocalWindows, Outcome, SLIDING_WINDOW_LUA};
+use window::{BlockedCache, LEASE_LUA, Leases, LocalWindows, Outcome, SLIDING_WINDOW_LUA};
 
 /// Largest accepted `limit`; with [`MAX_WINDOW_SECS`] it keeps the script's arithmetic exact.
 pub const MAX_LIMIT: u32 = 1_000_000;
@@ -67,12 +91,21 @@ pub struct PolicySettings {
     pub limit: u32,
     /// Window length in seconds (1 to [`MAX_WINDOW_SECS`]).
     pub window_secs: u64,
+    /// Tokens a replica takes per Redis round trip and spends locally (0 = exact mode: one
+    /// round trip per request). See the module doc for the bound.
+    #[serde(default)]
+    pub lease: u32,
 }
 
 impl PolicySettings {
-    /// `limit` requests per `window_secs`.
+    /// `limit` requests per `window_secs`, exact (no lease).
     pub const fn new(limit: u32, window_secs: u64) -> Self {
-        Self { limit, window_secs }
+        Self { limit, window_secs, lease: 0 }
+    }
+
+    /// The same policy spending leases of up to `lease` tokens (0 = exact).
+    pub const fn with_lease(self, lease: u32) -> Self {
+        Self { lease, ..self }
     }
 
     /// The window as a duration.
@@ -134,6 +167,12 @@ pub struct RateLimitSettings {
     /// than the peer address. Only safe behind a proxy that sets that header itself.
     #[serde(default)]
     pub trust_x_forwarded_for: bool,
+    /// Longest time a lease is spent before its unspent tokens go back (policies with `lease`).
+    #[serde(default = "default_lease_max_age_ms")]
+    pub lease_max_age_ms: u64,
+    /// Replicas expected to share the limits: a lease takes at most `room / expected_replicas`.
+    #[serde(default = "default_expected_replicas")]
+    pub expected_replicas: u32,
 }
 
 fn default_enabled() -> bool {
@@ -148,6 +187,12 @@ fn default_probe_interval_ms() -> u64 {
 fn default_blocked_cache_capacity() -> usize {
     10_000
 }
+fn default_lease_max_age_ms() -> u64 {
+    1_000
+}
+fn default_expected_replicas() -> u32 {
+    2
+}
 
 impl Default for RateLimitSettings {
     fn default() -> Self {
@@ -157,6 +202,8 @@ impl Default for RateLimitSettings {
             fallback: FallbackSettings::default(),
             blocked_cache_capacity: default_blocked_cache_capacity(),
             trust_x_forwarded_for: false,
+            lease_max_age_ms: default_lease_max_age_ms(),
+            expected_replicas: default_expected_replicas(),
         }
     }
 }
@@ -193,6 +240,18 @@ impl RateLimitSettings {
                     policy.window_secs
                 )));
             }
+            if policy.lease > policy.limit {
+                return Err(RedisError::Config(format!(
+                    "rate_limit.policies.{name}.lease must be at most its limit {} (got {})",
+                    policy.limit, policy.lease
+                )));
+            }
+        }
+        if self.lease_max_age_ms == 0 {
+            return Err(RedisError::Config("rate_limit.lease_max_age_ms must be > 0".into()));
+        }
+        if self.expected_replicas == 0 {
+            return Err(RedisError::Config("rate_limit.expected_replicas must be > 0".into()));
         }
         if self.fallback.max_identifiers == 0 {
             return Err(RedisError::Config(
@@ -219,6 +278,8 @@ pub enum DecisionSource {
     Redis,
     /// The in-process cache of identifiers already denied; no Redis command was sent.
     BlockedCache,
+    /// A token of a lease this replica holds; no Redis command was sent.
+    Lease,
     /// The in-process limiter, because Redis is unreachable.
     Fallback,
     /// Rate limiting is switched off (`rate_limit.enabled = false`).
@@ -265,8 +326,10 @@ impl LimiterMode {
 /// Counters since start, for metrics and the health route.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RateLimitStats {
-    /// Decisions made by the Lua script (one `EVALSHA` each).
+    /// Decisions made by a Lua script (one `EVALSHA` each; a lease grant counts once).
     pub redis_decisions: u64,
+    /// Requests allowed from a lease held in process, without Redis.
+    pub lease_decisions: u64,
     /// Denials answered from the in-process blocked cache, without Redis.
     pub blocked_cache_hits: u64,
     /// Decisions made in process because Redis was unreachable.
@@ -282,12 +345,14 @@ struct Policy {
     settings: PolicySettings,
     window_ms: u64,
     blocked: Mutex<BlockedCache>,
+    leases: Mutex<Leases>,
     local: Mutex<LocalWindows>,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     redis_decisions: AtomicU64,
+    lease_decisions: AtomicU64,
     blocked_cache_hits: AtomicU64,
     fallback_decisions: AtomicU64,
     denied: AtomicU64,
@@ -297,6 +362,9 @@ struct Inner {
     pool: Pool,
     keys: Keys,
     script: Script,
+    lease_script: Script,
+    lease_max_age: Duration,
+    expected_replicas: u32,
     enabled: bool,
     trust_x_forwarded_for: bool,
     policies: HashMap<String, Arc<Policy>>,
@@ -338,6 +406,7 @@ impl RateLimiter {
                     settings: policy,
                     window_ms: policy.window_secs.saturating_mul(1_000),
                     blocked: Mutex::new(BlockedCache::new(settings.blocked_cache_capacity)),
+                    leases: Mutex::new(Leases::new(settings.blocked_cache_capacity)),
                     local: Mutex::new(LocalWindows::new(settings.fallback.max_identifiers)),
                 };
                 (name, Arc::new(state))
@@ -348,6 +417,9 @@ impl RateLimiter {
                 pool: clients.rate_limit().clone(),
                 keys: clients.keys().clone(),
                 script: Script::from_lua(SLIDING_WINDOW_LUA),
+                lease_script: Script::from_lua(LEASE_LUA),
+                lease_max_age: Duration::from_millis(settings.lease_max_age_ms),
+                expected_replicas: settings.expected_replicas,
                 enabled: settings.enabled,
                 trust_x_forwarded_for: settings.trust_x_forwarded_for,
                 policies,
@@ -384,6 +456,7 @@ impl RateLimiter {
         let c = &self.inner.counters;
         RateLimitStats {
             redis_decisions: c.redis_decisions.load(Ordering::Relaxed),
+            lease_decisions: c.lease_decisions.load(Ordering::Relaxed),
             blocked_cache_hits: c.blocked_cache_hits.load(Ordering::Relaxed),
             fallback_decisions: c.fallback_decisions.load(Ordering::Relaxed),
             denied: c.denied.load(Ordering::Relaxed),
@@ -433,6 +506,25 @@ impl RateLimiter {
         }
 
         let now_ms = unix_ms();
+        let mut give_back = None;
+        if policy.settings.lease > 0 {
+            let window_index = now_ms / policy.window_ms;
+            let mut leases = lock(&policy.leases);
+            if let Some(spent) = leases.spend(identifier, window_index, now) {
+                drop(leases);
+                self.inner.counters.lease_decisions.fetch_add(1, Ordering::Relaxed);
+                return Decision {
+                    allowed: true,
+                    limit,
+                    remaining: spent.remaining,
+                    reset_after: spent.reset_at.saturating_duration_since(now),
+                    retry_after: None,
+                    source: DecisionSource::Lease,
+                };
+            }
+            give_back = leases.take_back(identifier);
+        }
+
         let client = self.inner.pool.next_connected();
         if !client.is_connected() {
             self.enter_fallback(&"the rate-limit connection is down");
@@ -440,6 +532,9 @@ impl RateLimiter {
         }
         if self.inner.in_fallback.load(Ordering::Relaxed) && !self.claim_probe() {
             return self.fallback_decision(policy, identifier, now_ms, now);
+        }
+        if policy.settings.lease > 0 {
+            return self.leased_decision(client, policy, identifier, now_ms, now, give_back).await;
         }
         match self.eval(client, policy, identifier, now_ms).await {
             Ok(outcome) => {
@@ -488,6 +583,115 @@ impl RateLimiter {
                 reset_ms: u64::try_from(*reset).unwrap_or(0),
             }),
             other => Err(RedisError::Unexpected(format!("rate-limit script returned {other:?}"))),
+        }
+    }
+
+    /// Takes a lease from Redis (giving back `give_back`, the unspent tokens of this replica's
+    /// previous lease) and answers the caller with its first token.
+    async fn leased_decision(
+        &self,
+        client: &Client,
+        policy: &Policy,
+        identifier: &str,
+        now_ms: u64,
+        now: Instant,
+        give_back: Option<(u64, u32)>,
+    ) -> Decision {
+        let window_index = now_ms / policy.window_ms;
+        // When the lease table is full, one token at a time: exact, and nothing to remember.
+        let wanted =
+            if lock(&policy.leases).has_room(identifier, now) { policy.settings.lease } else { 1 };
+        match self.take_lease(client, policy, identifier, now_ms, wanted, give_back).await {
+            Ok((granted, outcome)) => {
+                self.leave_fallback();
+                if granted == 0 {
+                    return self.finish(policy, identifier, outcome, DecisionSource::Redis, now);
+                }
+                self.inner.counters.redis_decisions.fetch_add(1, Ordering::Relaxed);
+                let reset_after = Duration::from_millis(outcome.reset_ms);
+                let remaining = if wanted > 1 {
+                    lock(&policy.leases).grant(
+                        identifier,
+                        window_index,
+                        granted,
+                        outcome.remaining,
+                        now + self.inner.lease_max_age,
+                        now + reset_after,
+                    )
+                } else {
+                    outcome.remaining
+                };
+                Decision {
+                    allowed: true,
+                    limit: policy.settings.limit,
+                    remaining,
+                    reset_after,
+                    retry_after: None,
+                    source: DecisionSource::Redis,
+                }
+            }
+            Err(error) if error.is_unavailable() => {
+                self.enter_fallback(&error);
+                self.fallback_decision(policy, identifier, now_ms, now)
+            }
+            Err(error) => {
+                tracing::error!(%error, policy = %policy.name, "rate-limit lease script failed; deciding in process");
+                self.fallback_decision(policy, identifier, now_ms, now)
+            }
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(policy = %policy.name, identifier = %identifier))]
+    async fn take_lease(
+        &self,
+        client: &Client,
+        policy: &Policy,
+        identifier: &str,
+        now_ms: u64,
+        wanted: u32,
+        give_back: Option<(u64, u32)>,
+    ) -> Result<(u32, Outcome)> {
+        let window_index = now_ms / policy.window_ms;
+        let keys = vec![
+            self.inner.keys.rate_limit_window(&policy.name, identifier, window_index),
+            self.inner.keys.rate_limit_window(
+                &policy.name,
+                identifier,
+                window_index.saturating_sub(1),
+            ),
+        ];
+        // Tokens go back to the window they were counted in, if it is still one of the two.
+        let (back, slot) = match give_back {
+            Some((index, tokens)) if index == window_index => (tokens, 1),
+            Some((index, tokens)) if index + 1 == window_index => (tokens, 2),
+            _ => (0, 0),
+        };
+        let args = vec![
+            i64::from(policy.settings.limit),
+            to_i64(policy.window_ms),
+            to_i64(now_ms % policy.window_ms),
+            i64::from(wanted.max(1)),
+            i64::from(self.inner.expected_replicas),
+            i64::from(back),
+            slot,
+        ];
+        let reply: Vec<i64> =
+            self.inner.lease_script.evalsha_with_reload(client, keys, args).await?;
+        match reply.as_slice() {
+            [granted, _limit, remaining, reset] => {
+                let granted = u32::try_from(*granted).unwrap_or(0);
+                Ok((
+                    granted,
+                    Outcome {
+                        allowed: granted > 0,
+                        remaining: u32::try_from(*remaining).unwrap_or(0),
+                        reset_ms: u64::try_from(*reset).unwrap_or(0),
+                    },
+                ))
+            }
+            other => {
+                Err(RedisError::Unexpected(format!("rate-limit lease script returned {other:?}")))
+            }
         }
     }
 

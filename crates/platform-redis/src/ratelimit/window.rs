@@ -1,5 +1,6 @@
 //! The sliding-window arithmetic, once in Lua (for Redis) and once in Rust (for the in-process
-//! fallback), plus the two bounded in-process maps: blocked identifiers and fallback windows.
+//! fallback), its leasing variant, plus the bounded in-process maps: blocked identifiers, leases
+//! and fallback windows.
 //!
 //! Both implementations work on integers scaled by the window length `W` (ms), so they agree to
 //! the millisecond and Lua's doubles stay exact (settings validation keeps `limit * W < 2^53`).
@@ -45,6 +46,50 @@ else
   reset = window - math.floor((limit - 1 - current) * window / previous) - elapsed
 end
 return {allowed, limit, remaining, reset}
+"#;
+
+/// The leasing variant of [`SLIDING_WINDOW_LUA`] (same keys, same arithmetic). `ARGV` = limit,
+/// window ms, ms elapsed, tokens wanted, expected replicas, tokens given back, and which key they
+/// go back to (1 = current window, 2 = previous, 0 = none). First gives back the unspent tokens
+/// of this replica's expired lease; then, with `room` = how many single requests would pass one
+/// after another right now (the exact script's `remaining` before a request), grants
+/// `min(wanted, max(1, room / replicas))` (0 when `room` is 0) by adding them to the current
+/// count. Returns `{granted, limit, remaining after the grant, reset_ms}`, `reset_ms` as the exact
+/// script computes it for the new count.
+pub(crate) const LEASE_LUA: &str = r#"
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local elapsed = tonumber(ARGV[3])
+local wanted = tonumber(ARGV[4])
+local replicas = tonumber(ARGV[5])
+local back = tonumber(ARGV[6])
+local slot = tonumber(ARGV[7])
+if back > 0 and (slot == 1 or slot == 2) then
+  local held = tonumber(redis.call('GET', KEYS[slot]) or '0')
+  local returned = math.min(back, held)
+  if returned > 0 then redis.call('DECRBY', KEYS[slot], returned) end
+end
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+local prev_weighted = previous * (window - elapsed)
+local room = math.floor(((limit - current) * window - prev_weighted) / window)
+if room < 0 then room = 0 end
+local granted = 0
+if room > 0 then
+  granted = math.min(wanted, math.max(1, math.floor(room / replicas)))
+  current = redis.call('INCRBY', KEYS[1], granted)
+  redis.call('PEXPIRE', KEYS[1], 2 * window)
+end
+local remaining = room - granted
+local reset
+if remaining > 0 then
+  reset = window - elapsed
+elseif current >= limit then
+  reset = (window - elapsed) + window - math.floor((limit - 1) * window / current)
+else
+  reset = window - math.floor((limit - 1 - current) * window / previous) - elapsed
+end
+return {granted, limit, remaining, reset}
 "#;
 
 /// One decision of the algorithm, before it is dressed as a [`super::Decision`].
@@ -130,6 +175,107 @@ impl BlockedCache {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.until.len()
+    }
+}
+
+/// Tokens of one identifier this replica took from Redis and spends locally.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    /// The fixed window the tokens were counted in; they are never spent in another.
+    window_index: u64,
+    /// Tokens not yet spent.
+    tokens: u32,
+    /// What Redis said remained for everyone right after the grant.
+    shared_remaining: u32,
+    /// When the lease stops being spent (its unspent tokens are then given back).
+    expires: Instant,
+    /// The reset instant Redis' answer implied.
+    reset_at: Instant,
+}
+
+/// A lease answer: the remaining estimate and the reset instant for the headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spent {
+    pub remaining: u32,
+    pub reset_at: Instant,
+}
+
+/// Leases held by this replica, per identifier. Bounded: when full (after dropping dead leases)
+/// no new lease is remembered, and callers ask Redis for one token at a time (exact mode).
+#[derive(Debug)]
+pub(crate) struct Leases {
+    held: HashMap<String, Lease>,
+    capacity: usize,
+}
+
+impl Leases {
+    pub fn new(capacity: usize) -> Self {
+        Self { held: HashMap::new(), capacity }
+    }
+
+    /// Spends one token of a live lease of `identifier` in `window_index`, if there is one.
+    pub fn spend(&mut self, identifier: &str, window_index: u64, now: Instant) -> Option<Spent> {
+        let lease = self.held.get_mut(identifier)?;
+        if lease.window_index != window_index || lease.expires <= now || lease.tokens == 0 {
+            return None;
+        }
+        lease.tokens -= 1;
+        Some(Spent {
+            remaining: lease.shared_remaining.saturating_add(lease.tokens),
+            reset_at: lease.reset_at,
+        })
+    }
+
+    /// Removes the dead lease of `identifier` (expired, of another window or empty) and returns
+    /// its unspent tokens with their window, to be given back to Redis with the next grant.
+    pub fn take_back(&mut self, identifier: &str) -> Option<(u64, u32)> {
+        let lease = self.held.remove(identifier)?;
+        (lease.tokens > 0).then_some((lease.window_index, lease.tokens))
+    }
+
+    /// Whether a new identifier's lease could be remembered now.
+    pub fn has_room(&mut self, identifier: &str, now: Instant) -> bool {
+        if self.held.len() < self.capacity || self.held.contains_key(identifier) {
+            return true;
+        }
+        self.held.retain(|_, lease| lease.expires > now && lease.tokens > 0);
+        self.held.len() < self.capacity
+    }
+
+    /// Records `granted` tokens (one already spent by the caller) and returns the caller's
+    /// remaining estimate. A concurrent grant for the same window adds to the held tokens.
+    pub fn grant(
+        &mut self,
+        identifier: &str,
+        window_index: u64,
+        granted: u32,
+        shared_remaining: u32,
+        expires: Instant,
+        reset_at: Instant,
+    ) -> u32 {
+        let spare = granted.saturating_sub(1);
+        let lease = self.held.entry(identifier.to_owned()).or_insert(Lease {
+            window_index,
+            tokens: 0,
+            shared_remaining,
+            expires,
+            reset_at,
+        });
+        if lease.window_index != window_index {
+            // A lease of an older window still here (a concurrent refill): its tokens are dead.
+            lease.tokens = 0;
+            lease.window_index = window_index;
+        }
+        lease.tokens = lease.tokens.saturating_add(spare);
+        lease.shared_remaining = shared_remaining;
+        lease.expires = expires;
+        lease.reset_at = reset_at;
+        shared_remaining.saturating_add(lease.tokens)
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.held.len()
     }
 }
 
@@ -250,6 +396,23 @@ mod tests {
         windows.decide("b", 3, 1_000, 12_100);
         windows.decide("c", 3, 1_000, 12_100);
         assert_eq!(windows.len(), 2);
+    }
+
+    #[test]
+    fn a_lease_is_spent_in_its_window_only_and_gives_back_what_is_left() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let mut leases = Leases::new(1);
+        // 5 granted, one taken by the caller; Redis had 20 left for everyone after the grant.
+        assert_eq!(leases.grant("a", 7, 5, 20, later, later), 24);
+        assert_eq!(leases.spend("a", 7, now).map(|s| s.remaining), Some(23));
+        // Another window, or past expiry: not spent.
+        assert_eq!(leases.spend("a", 8, now), None);
+        assert_eq!(leases.spend("a", 7, later), None);
+        assert!(!leases.has_room("b", now));
+        assert_eq!(leases.take_back("a"), Some((7, 3)));
+        assert_eq!(leases.len(), 0);
+        assert!(leases.has_room("b", now));
     }
 
     #[test]
