@@ -13,21 +13,21 @@
 //! | [`Keys::rate_limit_window`] | string | request count of one fixed window (two are read for the sliding estimate) |
 //! | [`Keys::lock`] | string | random owner token of the lock holder, with `PX` |
 //! | [`Keys::lock_fence`] | string | monotonically increasing fencing number for that lock |
-//! | [`Keys::stream`] | stream | entries of one [`StreamName`] |
-//! | [`Keys::dead_letter_stream`] | stream | entries a consumer group gave up on, with the reason |
+//! | [`Keys::stream`] | stream | entries of one [`StreamName`] (stream slot) |
+//! | [`Keys::dead_letter_stream`] | stream | entries a consumer group gave up on, with the reason (stream slot) |
 //! | [`Keys::invalidation_channel`] | pub/sub | [`crate::messages::Invalidation`] for every replica's in-process cache |
 //! | [`Keys::campaign_updates_channel`] | pub/sub | [`crate::messages::CampaignUpdate`] of one campaign |
-//! | [`Keys::webhook_dedup`] | string | dedup marker of one Stripe event id: `processing:<token>` (`PX` short) then `done:<stream entry id>` (`PX` past Stripe's 3-day retry window); see [`crate::idempotency`] |
-//! | [`Keys::effects_marker`] | string | `1` with `PX`: the once-only effects of one id in one scope were applied ([`crate::once`]) |
+//! | [`Keys::webhook_dedup`] | string | dedup marker of one Stripe event id: `processing:<token>` (`PX` short) then `done:<stream entry id>` (`PX` past Stripe's 3-day retry window); see [`crate::idempotency`] (stream slot) |
+//! | [`Keys::effects_marker`] | string | `1` with `PX`: the once-only effects of one id in one scope were applied ([`crate::once`]) (stream slot) |
 //! | [`Keys::customer_count`] | hash | the fresh unique-customer count and its metadata (count, totalInvoices, lastUpdated, fence…), with `PX` = the refresh TTL |
 //! | [`Keys::customer_count_last_good`] | hash | the same fields, kept longer (retention), so a failed refresh can keep serving the last count as stale |
 //! | [`Keys::customer_count_status`] | hash | outcome of the latest refresh attempt (lastAttemptAt, lastSuccessAt, lastError, consecutiveFailures) |
 //! | [`Keys::customer_ids_live`] | set | customer ids seen by the optional real-time mode (`SADD`/`SCARD`), reconciled by each full walk |
-//! | [`Keys::usage_counters`] | hash | usage-meter: one organisation's counters of one month (metric → value; gauges also `<metric>:at`) |
-//! | [`Keys::usage_events`] | list | usage-meter: newest detail events (JSON with metadata) of one organisation, capped |
-//! | [`Keys::usage_idempotency`] | string | usage-meter: marks a producer's idempotency key as counted, with `EX` = its window |
-//! | [`Keys::usage_top`] | sorted set | usage-meter: organisations scored by one metric's value in one month |
-//! | [`Keys::usage_dirty`] | hash | usage-meter: `<org>\|<month>` → change generation, not yet copied to Postgres |
+//! | [`Keys::usage_counters`] | hash | usage-meter: one organisation's counters of one month (metric → value; gauges also `<metric>:at`) (stream slot) |
+//! | [`Keys::usage_events`] | list | usage-meter: newest detail events (JSON with metadata) of one organisation, capped (stream slot) |
+//! | [`Keys::usage_idempotency`] | string | usage-meter: marks a producer's idempotency key as counted, with `EX` = its window (stream slot) |
+//! | [`Keys::usage_top`] | sorted set | usage-meter: organisations scored by one metric's value in one month (stream slot) |
+//! | [`Keys::usage_dirty`] | hash | usage-meter: `<org>\|<month>` → change generation, not yet copied to Postgres (stream slot) |
 //! | [`Keys::stripe_customer_of_user`] | string | checkout-api: the Stripe customer id of one user (no TTL; Stripe is the source, this only saves the lookup) |
 //! | [`Keys::stripe_state`] | string | checkout-api: JSON of one Stripe customer's synced subscription and payment state, written only under the [`stripe_sync_lock`] fence |
 //!
@@ -37,10 +37,30 @@
 //! A Stripe state record carries the hash tag of its customer's [`stripe_sync_lock`], so the fenced
 //! write can compare the lock's fence and write the record in one slot.
 //!
-//! The usage keys of one organisation share the hash tag `{<org>}`. The recording script also
-//! touches the (global) top-consumer sets and dirty hash and runs inside the stream consumer's
-//! `MULTI` with the `XACK`, so like [`crate::streams`] it assumes centralized mode (or a single
-//! shard): in cluster mode these keys are in different slots.
+//! # Redis Cluster: the stream slot
+//!
+//! Everything that commits together with a stream operation carries the one hash tag
+//! [`STREAMS_HASH_TAG`] (`{streams}`), so it all lives in one slot, on one shard:
+//! - both streams and their dead-letter streams (a handler's effects may append to the other
+//!   stream: campaign-api's donation effects append a usage event inside the Stripe consumer's
+//!   `MULTI`; dead-lettering is an `XADD` in the same `MULTI` as the `XACK`);
+//! - the webhook dedup markers (marked `done` in the script that appends to the Stripe stream);
+//! - the once-only effect markers ([`crate::once`], queued with the `XACK`);
+//! - every usage-meter key: its recording script is queued with the usage stream's `XACK` and
+//!   touches the counters of all organisations in a batch, the top sets and the dirty hash.
+//!
+//! Why one slot rather than one per stream or per organisation: the exactly-once guarantee needs
+//! a consumer's effects to commit in the `MULTI` that acks the entry, and Redis runs a `MULTI` in
+//! one slot. Splitting usage data by organisation would need one stream per slot (partitioned
+//! producers and consumers); that is more machinery than the current load calls for. The limit:
+//! stream traffic and usage data are served by one shard (as in centralized mode), while cache,
+//! rate-limit, lock, session, customer-count and Stripe-state keys spread over the cluster. A
+//! handler must queue effects only on keys of the stream slot; anything else (a cache
+//! invalidation) it does outside the transaction, idempotently.
+//!
+//! Moving these keys into the tag changed their names but not the `v1` segment: the product is
+//! not released, so there is no old data to migrate. After an upgrade from a pre-tag build,
+//! unconsumed entries of the old stream keys would be left behind (drain first).
 
 use std::fmt;
 
@@ -70,6 +90,10 @@ impl fmt::Display for StreamName {
         f.write_str(self.as_str())
     }
 }
+
+/// Hash tag of the stream slot: the streams and every key written together with a stream
+/// operation (see the module doc).
+pub const STREAMS_HASH_TAG: &str = "streams";
 
 /// Name of the lock taken by a customer-count refresh; the customer-count keys share its hash tag.
 pub const CUSTOMER_COUNT_LOCK: &str = "customer-count";
@@ -130,14 +154,15 @@ impl Keys {
         format!("{}:lock:{{{name}}}:fence", self.root)
     }
 
-    /// A stream's key.
+    /// A stream's key, in the stream slot.
     pub fn stream(&self, stream: StreamName) -> String {
-        format!("{}:stream:{stream}", self.root)
+        format!("{}:stream:{{{STREAMS_HASH_TAG}}}:{stream}", self.root)
     }
 
-    /// The dead-letter stream of `group` on `stream`.
+    /// The dead-letter stream of `group` on `stream`, in the stream slot (it is appended to in the
+    /// `MULTI` that acks the entry).
     pub fn dead_letter_stream(&self, stream: StreamName, group: &str) -> String {
-        format!("{}:stream:{stream}:dead:{group}", self.root)
+        format!("{}:stream:{{{STREAMS_HASH_TAG}}}:{stream}:dead:{group}", self.root)
     }
 
     /// Channel on which cache invalidations are broadcast to every replica.
@@ -150,11 +175,10 @@ impl Keys {
         format!("{}:chan:campaign:{campaign_id}", self.root)
     }
 
-    /// Dedup marker of one Stripe webhook event id (webhook-ingest). No hash tag: the script that
-    /// sets it to `done` also appends to the stream, which has none either (centralized Redis, as
-    /// [`crate::streams`] assumes).
+    /// Dedup marker of one Stripe webhook event id (webhook-ingest), in the stream slot: the
+    /// script that sets it to `done` also appends to the Stripe stream.
     pub fn webhook_dedup(&self, event_id: &str) -> String {
-        format!("{}:webhook:dedup:{event_id}", self.root)
+        format!("{}:webhook:{{{STREAMS_HASH_TAG}}}:dedup:{event_id}", self.root)
     }
 
     /// The fresh unique-customer count (hash, expires with the refresh TTL).
@@ -178,37 +202,39 @@ impl Keys {
     }
 
     /// Marker that the once-only effects ([`crate::once::OnceEffects`]) of `id` in `scope` (e.g.
-    /// `donation`, a payment intent id) were applied.
+    /// `donation`, a payment intent id) were applied. In the stream slot: the effects append to a
+    /// stream and are queued with a consumer's `XACK`.
     pub fn effects_marker(&self, scope: &str, id: &str) -> String {
-        format!("{}:once:{{{scope}:{id}}}", self.root)
+        format!("{}:once:{{{STREAMS_HASH_TAG}}}:{scope}:{id}", self.root)
     }
 
     /// usage-meter: counters of organisation `org` for `month` (`YYYY-MM`), a hash of metric →
-    /// value (gauges also keep `<metric>:at`, the event time of the value). Tagged by the org.
+    /// value (gauges also keep `<metric>:at`, the event time of the value). Like every usage key
+    /// in the stream slot: the recording script runs in the usage consumer's `MULTI`.
     pub fn usage_counters(&self, org: &str, month: &str) -> String {
-        format!("{}:usage:{{{org}}}:{month}", self.root)
+        format!("{}:usage:{{{STREAMS_HASH_TAG}}}:org:{org}:{month}", self.root)
     }
 
     /// usage-meter: capped list of the organisation's newest detail events (JSON).
     pub fn usage_events(&self, org: &str) -> String {
-        format!("{}:usage:{{{org}}}:events", self.root)
+        format!("{}:usage:{{{STREAMS_HASH_TAG}}}:org:{org}:events", self.root)
     }
 
     /// usage-meter: marker that the producer idempotency key `key` of `org` was counted; it
-    /// expires after the idempotency window. Scoped per organisation (same tag as its counters).
+    /// expires after the idempotency window. Scoped per organisation.
     pub fn usage_idempotency(&self, org: &str, key: &str) -> String {
-        format!("{}:usage:{{{org}}}:idem:{key}", self.root)
+        format!("{}:usage:{{{STREAMS_HASH_TAG}}}:org:{org}:idem:{key}", self.root)
     }
 
     /// usage-meter: sorted set of organisations scored by `metric` in `month` (top consumers).
     pub fn usage_top(&self, metric: &str, month: &str) -> String {
-        format!("{}:usage:top:{metric}:{month}", self.root)
+        format!("{}:usage:{{{STREAMS_HASH_TAG}}}:top:{metric}:{month}", self.root)
     }
 
     /// usage-meter: hash of `<org>|<month>` → change generation, for counters changed since their
     /// last copy to Postgres.
     pub fn usage_dirty(&self) -> String {
-        format!("{}:usage:dirty", self.root)
+        format!("{}:usage:{{{STREAMS_HASH_TAG}}}:dirty", self.root)
     }
 
     /// checkout-api: the Stripe customer id of user `user_id`.
@@ -235,14 +261,15 @@ mod tests {
         assert_eq!(keys.rate_limit_window("api", "1.2.3.4", 7), "app:v1:rl:{api:1.2.3.4}:7");
         assert_eq!(keys.lock("refresh"), "app:v1:lock:{refresh}");
         assert_eq!(keys.lock_fence("refresh"), "app:v1:lock:{refresh}:fence");
-        assert_eq!(keys.stream(StreamName::StripeEvents), "app:v1:stream:stripe-events");
+        assert_eq!(keys.stream(StreamName::StripeEvents), "app:v1:stream:{streams}:stripe-events");
         assert_eq!(
             keys.dead_letter_stream(StreamName::UsageEvents, "meter"),
-            "app:v1:stream:usage-events:dead:meter"
+            "app:v1:stream:{streams}:usage-events:dead:meter"
         );
         assert_eq!(keys.invalidation_channel(), "app:v1:chan:invalidate");
         assert_eq!(keys.campaign_updates_channel("9"), "app:v1:chan:campaign:9");
-        assert_eq!(keys.webhook_dedup("evt_1"), "app:v1:webhook:dedup:evt_1");
+        assert_eq!(keys.webhook_dedup("evt_1"), "app:v1:webhook:{streams}:dedup:evt_1");
+        assert_eq!(keys.effects_marker("donation", "pi_1"), "app:v1:once:{streams}:donation:pi_1");
         assert_eq!(keys.customer_count(), "app:v1:simpro:{customer-count}:count");
         assert_eq!(
             keys.customer_count_last_good(),
@@ -251,11 +278,14 @@ mod tests {
         assert_eq!(keys.customer_count_status(), "app:v1:simpro:{customer-count}:status");
         assert_eq!(keys.customer_ids_live(), "app:v1:simpro:{customer-count}:ids");
         assert_eq!(keys.lock(CUSTOMER_COUNT_LOCK), "app:v1:lock:{customer-count}");
-        assert_eq!(keys.usage_counters("o1", "2026-11"), "app:v1:usage:{o1}:2026-11");
-        assert_eq!(keys.usage_events("o1"), "app:v1:usage:{o1}:events");
-        assert_eq!(keys.usage_idempotency("o1", "k"), "app:v1:usage:{o1}:idem:k");
-        assert_eq!(keys.usage_top("sms_sent", "2026-11"), "app:v1:usage:top:sms_sent:2026-11");
-        assert_eq!(keys.usage_dirty(), "app:v1:usage:dirty");
+        assert_eq!(keys.usage_counters("o1", "2026-11"), "app:v1:usage:{streams}:org:o1:2026-11");
+        assert_eq!(keys.usage_events("o1"), "app:v1:usage:{streams}:org:o1:events");
+        assert_eq!(keys.usage_idempotency("o1", "k"), "app:v1:usage:{streams}:org:o1:idem:k");
+        assert_eq!(
+            keys.usage_top("sms_sent", "2026-11"),
+            "app:v1:usage:{streams}:top:sms_sent:2026-11"
+        );
+        assert_eq!(keys.usage_dirty(), "app:v1:usage:{streams}:dirty");
         assert_eq!(keys.stripe_customer_of_user("u1"), "app:v1:stripe:user:u1:customer");
         assert_eq!(keys.stripe_state("cus_1"), "app:v1:stripe:{stripe-sync:cus_1}:state");
         assert_eq!(
@@ -263,5 +293,37 @@ mod tests {
             "app:v1:lock:{stripe-sync:cus_1}:fence"
         );
         assert_eq!(keys.lock(&stripe_customer_lock("u1")), "app:v1:lock:{stripe-customer:u1}");
+    }
+
+    #[test]
+    fn keys_written_together_share_one_hash_slot() {
+        let keys = Keys::new("app");
+        let slot = |key: String| fred::util::redis_keyslot(key.as_bytes());
+        let stream_slot = slot(keys.stream(StreamName::StripeEvents));
+        for key in [
+            keys.stream(StreamName::UsageEvents),
+            keys.dead_letter_stream(StreamName::StripeEvents, "campaign-api"),
+            keys.dead_letter_stream(StreamName::UsageEvents, "usage-meter"),
+            keys.webhook_dedup("evt_1"),
+            keys.effects_marker("donation", "pi_1"),
+            keys.usage_counters("o1", "2026-11"),
+            keys.usage_events("o2"),
+            keys.usage_idempotency("o3", "k"),
+            keys.usage_top("sms_sent", "2026-11"),
+            keys.usage_dirty(),
+        ] {
+            assert_eq!(slot(key.clone()), stream_slot, "{key} is not in the stream slot");
+        }
+        let pairs = [
+            (keys.cache_entry("org:1", "active"), keys.cache_group_members("org:1")),
+            (keys.rate_limit_window("api", "ip", 7), keys.rate_limit_window("api", "ip", 6)),
+            (keys.lock("job"), keys.lock_fence("job")),
+            (keys.customer_count(), keys.lock_fence(CUSTOMER_COUNT_LOCK)),
+            (keys.customer_count_last_good(), keys.customer_count_status()),
+            (keys.stripe_state("cus_1"), keys.lock_fence(&stripe_sync_lock("cus_1"))),
+        ];
+        for (a, b) in pairs {
+            assert_eq!(slot(a.clone()), slot(b.clone()), "{a} and {b} are in different slots");
+        }
     }
 }

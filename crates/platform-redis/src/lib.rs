@@ -11,6 +11,7 @@ pub mod error;
 pub mod idempotency;
 pub mod keys;
 pub mod lock;
+pub mod lua;
 pub mod messages;
 pub mod once;
 pub mod pubsub;

@@ -10,8 +10,9 @@
 //! cannot both win the `NX`. The marker lives `ttl`; keep it longer than any redelivery window.
 //!
 //! [`OnceEffects::queue`] queues the script on a [`Transaction`] (the handler's, so the effects
-//! commit with the `XACK`); [`OnceEffects::apply`] runs it directly. Centralized mode only, like
-//! the stream consumer (the marker and the streams are not in one slot).
+//! commit with the `XACK`); [`OnceEffects::apply`] runs it directly. In Redis Cluster the marker
+//! and the streams appended to must share a slot: [`Keys::effects_marker`] and the stream keys
+//! are all in the stream slot (see [`crate::keys`]). Publishes are not keys and work from any slot.
 //!
 //! [`Keys::effects_marker`]: crate::keys::Keys::effects_marker
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use fred::clients::Transaction;
 use fred::interfaces::ClientLike;
-use fred::types::{ClusterHash, CustomCommand, Value};
+use fred::types::Value;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -90,13 +91,13 @@ impl OnceEffects {
 
     /// Queues the script on `tx` (it runs at `EXEC`, with whatever else the transaction holds).
     pub async fn queue(&self, tx: &Transaction) -> Result<()> {
-        let () = tx.custom(eval(), self.arguments()).await?;
+        let () = tx.custom(crate::lua::eval(&self.marker), self.arguments()).await?;
         Ok(())
     }
 
     /// Runs the script now; true when the effects were applied, false when the marker was set.
     pub async fn apply<C: ClientLike>(&self, client: &C) -> Result<bool> {
-        let applied: i64 = client.custom(eval(), self.arguments()).await?;
+        let applied: i64 = client.custom(crate::lua::eval(&self.marker), self.arguments()).await?;
         Ok(applied == 1)
     }
 
@@ -124,8 +125,4 @@ impl OnceEffects {
         }
         args
     }
-}
-
-fn eval() -> CustomCommand {
-    CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false)
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::Message;
+use fred::types::{ClusterHash, CustomCommand, Message};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, broadcast};
@@ -228,8 +228,12 @@ impl Inner {
         if changed {
             // fred resolves (UN)SUBSCRIBE once written, not once Redis ran it. Redis answers one
             // connection's commands in order, so the PING reply means the change has taken
-            // effect: a message published after this returns is delivered.
-            let _: Value = self.client.ping(None).await?;
+            // effect: a message published after this returns is delivered. In a cluster fred sends
+            // (UN)SUBSCRIBE to the node owning the slot of the client id, so the PING goes there
+            // too (a plain PING may go to any node, which proves nothing).
+            let slot = fred::util::redis_keyslot(self.client.id().as_bytes());
+            let ping = CustomCommand::new_static("PING", ClusterHash::Custom(slot), false);
+            let _: Value = self.client.custom(ping, Vec::<Value>::new()).await?;
         }
         Ok(())
     }

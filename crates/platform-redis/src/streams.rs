@@ -43,10 +43,14 @@
 //! (e.g. an insert keyed on the entry's id or the event's own id with `ON CONFLICT DO NOTHING`).
 //!
 //! # Redis Cluster
-//! Centralized mode is assumed. A `MULTI` must stay in one slot, and the stream keys carry no
-//! hash tag, so the effect keys of a handler would generally live elsewhere; in cluster mode fred
-//! refuses such a transaction and the batch is retried until dead-lettered. Deploy the streams and
-//! their consumers' effect keys on a centralized (or single-shard) primary.
+//! A `MULTI` (and a script) must stay in one hash slot. Every stream key carries the hash tag of
+//! the stream slot ([`crate::keys::STREAMS_HASH_TAG`]), as do the dead-letter streams, the webhook
+//! dedup markers, the once-only effect markers and the usage-meter keys, so the `XACK`, the
+//! dead-letter `XADD`s, [`StreamProducer::append_claimed`] and the effects the services queue all
+//! commit in that one slot. A handler must queue effects only on such keys (built by
+//! [`crate::keys::Keys`] in the stream slot); an effect elsewhere makes Redis refuse the `EXEC`
+//! (`CROSSSLOT`), so the batch is retried and finally dead-lettered. `tests/cluster.rs` runs these
+//! paths against a real three-master cluster.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -62,7 +66,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::client::{RedisClients, RedisMode};
+use crate::client::RedisClients;
 use crate::error::{RedisError, Result};
 use crate::keys::StreamName;
 use crate::messages::MESSAGE_VERSION;
@@ -170,7 +174,8 @@ impl StreamProducer {
     /// `done:<entry id>` for `done_ttl`. A crash can therefore never leave an entry without its
     /// done marker (or the reverse), and a caller whose claim expired cannot append a second copy.
     /// The entry has the same fields as [`StreamProducer::append`] (`v`, `traceparent`, `data`).
-    /// Centralized Redis only: the marker and the stream share no hash slot.
+    /// In Redis Cluster the marker must be in the stream slot, as
+    /// [`crate::keys::Keys::webhook_dedup`] is.
     pub async fn append_claimed<T: Serialize>(
         &self,
         body: &T,
@@ -522,12 +527,6 @@ impl StreamConsumer {
     /// retried with backoff; only unusable settings end it with an error.
     pub async fn run<H: StreamHandler>(&self, handler: &H) -> Result<()> {
         self.settings.validate()?;
-        if self.clients.settings().mode == RedisMode::Cluster {
-            tracing::warn!(
-                stream = %self.settings.stream,
-                "stream consumer transactions assume centralized mode; in cluster mode cross-slot batches fail"
-            );
-        }
         // Blocking reads get their own connection so they never hold up a shared pool connection.
         let reader = self.clients.dedicated()?;
         let _connection = reader.connect();

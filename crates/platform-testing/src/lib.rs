@@ -4,7 +4,8 @@
 //! and one Postgres cluster ([`PostgresServer::shared`]); each test isolates itself with its own key
 //! prefix ([`unique_prefix`]) and its own database ([`PostgresServer::create_database`]). A test that
 //! needs to stop or restart a server (fallback behaviour) starts a private one with
-//! [`RedisServer::start`] and owns it.
+//! [`RedisServer::start`] and owns it. Tests of Redis Cluster safety share one real three-master
+//! cluster per binary ([`RedisCluster::shared`], a `redis-cluster://` URL).
 //!
 //! Processes are started synchronously so they can live in a `OnceLock`. Statics are never
 //! dropped, so every server also gets a watchdog shell process that kills it and removes its
@@ -24,6 +25,7 @@ pub mod otlp;
 mod postgres;
 mod process;
 mod redis;
+mod redis_cluster;
 
 pub use fake_simpro::{FakeSimpro, FakeSimproConfig, Fault};
 pub use fake_stripe::{FakeStripe, FakeStripeConfig, StripeFault, SubscriptionState};
@@ -31,6 +33,7 @@ pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::{PostgresServer, TestDatabase};
 pub use process::free_port;
 pub use redis::RedisServer;
+pub use redis_cluster::RedisCluster;
 
 /// A key prefix no other test uses, readable in `redis-cli MONITOR` output: `t-<test>-<random>`.
 pub fn unique_prefix(test: &str) -> String {

@@ -1,4 +1,5 @@
-//! Donations from the Stripe event stream: recorded once, live updates over SSE, usage events.
+//! Donations from the Stripe event stream: recorded once, live updates over SSE, usage events;
+//! once against a real Redis Cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -8,7 +9,7 @@ use common::{
 };
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
-use platform_testing::RedisServer;
+use platform_testing::{RedisCluster, RedisServer};
 use serde_json::Value;
 
 fn count(text: &str, needle: &str) -> usize {
@@ -66,6 +67,50 @@ async fn a_payment_intent_put_on_the_stream_twice_is_one_donation_one_update_one
     assert_eq!(dup["orgId"], org.as_str());
     assert_eq!(dup["value"], 2_000);
     assert_eq!(dup["metadata"]["campaignId"], campaign.as_str());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn in_redis_cluster_mode_a_donation_from_the_stream_is_recorded_once_with_its_effects() {
+    // Arrange: the consumer's once-only effects (marker, usage append) commit with its XACK, so
+    // they must share the Stripe stream's slot.
+    let backends = Backends::new(RedisCluster::shared().url(), "campaign-cluster").await;
+    let app = TestApp::spawn(&backends, &[("APP__REDIS__MODE", "cluster")]).await;
+    let redis = backends.redis().await;
+    let org = app.create_org("ada").await;
+    let campaign = app.create_campaign("ada", "Well", 100_000).await;
+    let mut sse = app.get(&format!("/api/campaigns/{campaign}/events")).await;
+    assert_eq!(sse.status(), 200);
+
+    // Act: one payment intent twice, then a marker donation.
+    put_on_stripe_stream(
+        &redis,
+        &[
+            donation_event("evt_1", "pi_once", &org, &campaign, 1_500),
+            donation_event("evt_2", "pi_once", &org, &campaign, 1_500),
+            donation_event("evt_3", "pi_marker", &org, &campaign, 500),
+        ],
+    )
+    .await;
+    let text = read_sse(&mut sse, 200, |text| text.contains("\"amountCents\":500")).await;
+
+    // Assert
+    assert_eq!(count(&text, "event: new_donation"), 2, "{text}");
+    assert_eq!(count(&text, "\"amountCents\":1500"), 1, "{text}");
+    let stats: Value =
+        app.get(&format!("/api/campaigns/{campaign}/stats")).await.json().await.unwrap();
+    assert_eq!(
+        (stats["raisedCents"].as_i64(), stats["donationCount"].as_i64()),
+        (Some(2_000), Some(2))
+    );
+    let list: Value = app.get("/api/public/campaigns/ada/active").await.json().await.unwrap();
+    assert_eq!(list[0]["raisedCents"], 2_000);
+    let donations = usage_events(&redis)
+        .await
+        .into_iter()
+        .filter(|e| e["metric"] == "donation_processed")
+        .count();
+    assert_eq!(donations, 2);
     app.stop().await;
 }
 

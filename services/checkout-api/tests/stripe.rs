@@ -1,5 +1,5 @@
 //! The Stripe flow end to end: real checkout-api, real Redis and Postgres, the real async-stripe
-//! client against the local fake Stripe.
+//! client against the local fake Stripe; the sync once against a real Redis Cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,7 +11,7 @@ use common::{
     Backends, TestApp, eventually, put_on_stripe_stream, subscription_checkout, subscription_event,
 };
 use platform_testing::fake_stripe::route;
-use platform_testing::{StripeFault, SubscriptionState};
+use platform_testing::{RedisCluster, StripeFault, SubscriptionState};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -179,6 +179,43 @@ async fn a_later_subscription_updated_event_on_the_stream_resyncs_the_state() {
     let body: Value = app.get(&path).await.json().await.unwrap();
     assert!(resynced, "{body}");
     assert_eq!(body["subscriptionId"], created_subscription(&backends, session_id));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn in_redis_cluster_mode_the_success_page_and_a_stream_event_write_the_synced_state() {
+    // Arrange: the fenced write compares the sync lock's fence and writes the state record in one
+    // script, so both keys must share a slot.
+    let backends = Backends::with_redis("stripe-cluster", RedisCluster::shared().url()).await;
+    let app = TestApp::spawn(&backends, &[("APP__REDIS__MODE", "cluster")]).await;
+    let redis = backends.redis().await;
+    let (status, created) = app.checkout(&subscription_checkout("user-k", "price_pro")).await;
+    assert_eq!(status, 200, "{created}");
+    let session_id = created["sessionId"].as_str().unwrap();
+    let customer_id = created["customerId"].as_str().unwrap().to_owned();
+    assert!(backends.stripe.complete_checkout_session(session_id));
+
+    // Act: the eager sync of the success page, then a change in Stripe announced on the stream.
+    let success = app.get(&format!("/store/checkout/success?session_id={session_id}")).await;
+    let success_status = success.status().as_u16();
+    let details: Value = success.json().await.unwrap();
+    let mut state = SubscriptionState::active("price_pro");
+    state.status = "past_due".to_owned();
+    backends.stripe.set_subscription(&customer_id, &state);
+    let event =
+        subscription_event("evt_k_1", "customer.subscription.updated", &customer_id, 1_700_000_000);
+    put_on_stripe_stream(&redis, &[event]).await;
+    let path = format!("/api/stripe/customers/{customer_id}/state");
+    let resynced = eventually(200, || async {
+        let body: Value = app.get(&path).await.json().await.unwrap_or(Value::Null);
+        body["status"] == "past_due"
+    })
+    .await;
+
+    // Assert
+    assert_eq!(success_status, 200, "{details}");
+    assert_eq!(details["subscription"]["status"], "active");
+    assert!(resynced, "the stream consumer's sync wrote Stripe's new state");
     app.stop().await;
 }
 

@@ -1,4 +1,5 @@
-//! The refresh end to end: the real app on port 0, real Redis, the fake simPRO from platform-testing.
+//! The refresh end to end: the real app on port 0, real Redis, the fake simPRO from platform-testing;
+//! once against a real Redis Cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -11,7 +12,9 @@ use platform_redis::lock::Lock;
 use platform_redis::{RedisClients, RedisSettings};
 use platform_service::Shutdown;
 use platform_service::settings::ServiceSettings;
-use platform_testing::{FakeSimpro, FakeSimproConfig, Fault, RedisServer, unique_prefix};
+use platform_testing::{
+    FakeSimpro, FakeSimproConfig, Fault, RedisCluster, RedisServer, unique_prefix,
+};
 use serde_json::Value;
 
 const ADMIN: &str = "dev-admin-token";
@@ -269,6 +272,33 @@ async fn a_replica_killed_mid_walk_leaves_a_lock_that_expires_and_the_next_run_c
     assert_eq!(completed["count"], 700);
     assert!(!late_written, "the fenced write refuses the overtaken holder");
     assert_eq!(read["count"], 700);
+}
+
+#[tokio::test]
+async fn in_redis_cluster_mode_a_refresh_is_stored_under_the_lock_fence_and_served() {
+    // Arrange: the fenced write reads the lock's fence and writes the count keys in one script.
+    let fake = FakeSimpro::start(FakeSimproConfig::generated(500, 123)).unwrap();
+    let cluster = RedisCluster::shared();
+    let app = TestApp::spawn(
+        &cluster.url(),
+        &unique_prefix("ccr-cluster"),
+        &fake,
+        &[("APP__REDIS__MODE", "cluster")],
+    )
+    .await;
+
+    // Act
+    let (status, refreshed) = app.refresh().await;
+    let (_, read) = app.get("/api/simpro/customers").await;
+
+    // Assert
+    assert_eq!(status, 200, "{refreshed}");
+    assert_eq!(
+        (refreshed["count"].as_u64(), refreshed["storage"].as_str()),
+        (Some(123), Some("redis"))
+    );
+    assert_eq!((read["count"].as_u64(), read["source"].as_str()), (Some(123), Some("redis")));
+    assert_eq!(read["stale"], false);
 }
 
 #[tokio::test]

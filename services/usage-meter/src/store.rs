@@ -10,7 +10,6 @@ use std::sync::LazyLock;
 use platform_redis::fred::clients::Transaction;
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::scripts::Script;
-use platform_redis::fred::types::{ClusterHash, CustomCommand};
 use platform_redis::{Keys, RedisClients, RedisError};
 
 use crate::domain::{DONATION_VOLUME, Metric, Month, OrgId, USAGE_FIELDS, ValidEvent};
@@ -230,13 +229,14 @@ pub async fn queue_record(
         return Ok(());
     }
     let (k, a) = record_call(keys, retention, events);
-    // fred's Transaction has no Lua interface; EVAL as a custom command queues the same way.
+    // fred's Transaction has no Lua interface; EVAL as a custom command queues the same way,
+    // pinned to the slot of the keys (the first is the dirty hash; all share the stream slot).
+    let command = platform_redis::lua::eval(&keys.usage_dirty());
     let mut args = Vec::with_capacity(2 + k.len() + a.len());
     args.push(RECORD_LUA.to_owned());
     args.push(k.len().to_string());
     args.extend(k);
     args.extend(a);
-    let command = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
     let () = tx.custom(command, args).await?;
     Ok(())
 }

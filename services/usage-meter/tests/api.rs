@@ -1,13 +1,17 @@
 //! The HTTP surface against the real service: event intake semantics, bills (the seed example
 //! to the cent, and reproduced from Postgres once Redis lost the month), quota checks, top
-//! consumers, and 400s for bad input.
+//! consumers, and 400s for bad input; the stream and HTTP intake against a real Redis Cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use chrono::{Duration, Utc};
 use common::{TestApp, event};
+use platform_redis::StreamName;
 use platform_redis::fred::prelude::*;
+use platform_redis::messages::UsageEvent;
+use platform_redis::streams::StreamProducer;
+use platform_testing::RedisCluster;
 use serde_json::json;
 
 #[tokio::test]
@@ -285,4 +289,68 @@ async fn stopping_the_service_copies_the_counters_to_postgres() {
     let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
     let stored = usage_meter::db::usage(&pool, "f1", &month).await.unwrap();
     assert_eq!(stored.get("sms_sent"), Some(&42));
+}
+
+#[tokio::test]
+async fn in_redis_cluster_mode_stream_and_http_events_are_counted_exactly_once() {
+    // Arrange: a batch spans several organisations; the recording script and the XACK commit in
+    // the stream slot.
+    let cluster = RedisCluster::shared();
+    let app = TestApp::spawn(
+        "usage-cluster",
+        &[("APP__REDIS__URL", &cluster.url()), ("APP__REDIS__MODE", "cluster")],
+    )
+    .await;
+    let usage = |org: &str, key: &str| UsageEvent {
+        org_id: org.to_owned(),
+        metric: "sms_sent".to_owned(),
+        value: 2,
+        occurred_at: None,
+        idempotency_key: Some(key.to_owned()),
+        metadata: None,
+    };
+    let producer = StreamProducer::new(&app.redis, StreamName::UsageEvents, 10_000);
+    let database_url = app.database_url.clone();
+    let month = Utc::now().format("%Y-%m").to_string();
+
+    // Act: k1 twice on the stream and, once those are counted, once more over HTTP.
+    producer
+        .append_all(&[usage("c1", "k1"), usage("c2", "k2"), usage("c1", "k1"), usage("c3", "k3")])
+        .await
+        .unwrap();
+    let mut counted = false;
+    for _ in 0..400 {
+        let (_, c3) = app.get("/api/usage/c3").await;
+        if c3["usage"]["sms_sent"] == 2 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, http) = app
+        .post(
+            "/internal/usage/events",
+            json!({ "events": [
+                { "orgId": "c1", "metric": "sms_sent", "value": 2, "idempotencyKey": "k1" },
+                event("c2", "email_sent", 5),
+            ]}),
+        )
+        .await;
+    let (_, c1) = app.get("/api/usage/c1").await;
+    let (_, c2) = app.get("/api/usage/c2").await;
+    let (_, top) = app.get("/api/usage/top?metric=sms_sent&limit=3").await;
+    app.stop().await;
+
+    // Assert
+    assert!(counted, "the stream's events were consumed");
+    assert_eq!((http["counted"].as_i64(), http["duplicates"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(c1["usage"]["sms_sent"], 2, "{c1}");
+    assert_eq!(
+        (c2["usage"]["sms_sent"].as_i64(), c2["usage"]["email_sent"].as_i64()),
+        (Some(2), Some(5))
+    );
+    assert_eq!(top["top"].as_array().map(Vec::len), Some(3), "{top}");
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let stored = usage_meter::db::usage(&pool, "c2", &month).await.unwrap();
+    assert_eq!(stored.get("email_sent"), Some(&5), "the flush to Postgres ran in cluster mode");
 }

@@ -1,5 +1,6 @@
 //! The webhook endpoint end to end against real Redis and Postgres: acceptance, dedup, crash
-//! windows, dependency failures, admin routes, rate limit and metrics.
+//! windows, dependency failures, admin routes, rate limit and metrics; once against a real Redis
+//! Cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -9,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use platform_redis::fred::prelude::*;
 use platform_redis::{RedisClients, RedisSettings, StreamName};
 use platform_service::settings::ServiceSettings;
-use platform_testing::{PostgresServer, RedisServer, unique_prefix};
+use platform_testing::{PostgresServer, RedisCluster, RedisServer, unique_prefix};
 use serde_json::Value;
 use sqlx::PgPool;
 use webhook_ingest::signature::sign_header;
@@ -213,6 +214,29 @@ async fn each_fixture_event_resigned_with_its_own_id_is_accepted_and_streamed_on
     let customers: Vec<Value> =
         app.stream_messages().await.into_iter().map(|m| m["customerId"].clone()).collect();
     assert!(customers.iter().any(|c| c.as_str().is_some_and(|c| c.starts_with("cus_"))));
+}
+
+#[tokio::test]
+async fn in_redis_cluster_mode_a_delivery_is_streamed_once_and_its_duplicate_acknowledged() {
+    // Arrange: the dedup marker and the stream must share a slot for the append script.
+    let cluster = RedisCluster::shared();
+    let app = TestApp::start(&cluster.url(), &[("APP__REDIS__MODE", "cluster")]).await;
+    let id = unique_event_id();
+    let body = event_with_id("payment_intent.succeeded", &id);
+
+    // Act
+    let first = app.deliver(&body).await;
+    let again = app.deliver(&body).await;
+
+    // Assert
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert_eq!(first.1["status"], "streamed");
+    assert_eq!((again.0, &again.1["duplicate"]), (200, &Value::Bool(true)));
+    let stream = app.stream().await;
+    assert_eq!(stream.len(), 1);
+    let (status, stream_id) = app.ledger_status(&id).await.unwrap();
+    assert_eq!(status, "streamed");
+    assert_eq!(stream_id.as_deref(), Some(stream[0].0.as_str()));
 }
 
 #[tokio::test]

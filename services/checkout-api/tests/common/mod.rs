@@ -28,10 +28,15 @@ pub struct Backends {
 
 impl Backends {
     pub async fn new(test: &str) -> Backends {
+        Self::with_redis(test, RedisServer::shared().url()).await
+    }
+
+    /// Like [`Backends::new`] with Redis at `redis_url` (e.g. a `redis-cluster://` one).
+    pub async fn with_redis(test: &str, redis_url: String) -> Backends {
         let database = PostgresServer::shared().create_database().await.unwrap();
         Backends {
             stripe: FakeStripe::start(FakeStripeConfig::default()).unwrap(),
-            redis_url: RedisServer::shared().url(),
+            redis_url,
             prefix: unique_prefix(test),
             database_url: database.url,
         }

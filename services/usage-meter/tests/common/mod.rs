@@ -37,15 +37,15 @@ impl TestApp {
         for (k, v) in extra {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }
+        // The test's own clients go where the service goes (`extra` may point it at a cluster).
+        let redis_url = vars["APP__REDIS__URL"].clone();
         let settings = Settings::from_overrides(vars).unwrap();
         let app = build(settings).await.unwrap();
         let base = format!("http://127.0.0.1:{}", app.port());
         let shutdown = app.context().shutdown.clone();
         let server = tokio::spawn(app.run_until_stopped());
         let redis =
-            RedisClients::connect(&RedisSettings::for_url(&RedisServer::shared().url(), &prefix))
-                .await
-                .unwrap();
+            RedisClients::connect(&RedisSettings::for_url(&redis_url, &prefix)).await.unwrap();
         Self {
             base,
             prefix,
