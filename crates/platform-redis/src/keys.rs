@@ -28,6 +28,10 @@
 //! | [`Keys::usage_idempotency`] | string | usage-meter: marks a producer's idempotency key as counted, with `EX` = its window |
 //! | [`Keys::usage_top`] | sorted set | usage-meter: organisations scored by one metric's value in one month |
 //! | [`Keys::usage_dirty`] | hash | usage-meter: `<org>\|<month>` → change generation, not yet copied to Postgres |
+//! | [`Keys::checkout_session`] | string | checkout-api: JSON record of one checkout session, with `PX` = the sliding TTL (30 min default) |
+//! | [`Keys::checkout_index`] | sorted set | checkout-api: session id → expiry (ms since epoch), for listing and cleanup |
+//! | [`Keys::checkout_stats`] | hash | checkout-api: counters totalCreated, totalCompleted, totalFailed and create/update latency sums (no TTL) |
+//! | [`Keys::user_session`] | string | checkout-api: JSON of one user or guest session (kind, userId, timestamps; nothing sensitive), with `EX` = 24 h default |
 //!
 //! The four customer-count keys carry the hash tag of the [`CUSTOMER_COUNT_LOCK`] lock, so the
 //! fenced write script can read the lock's fence and write the count in one slot.
@@ -193,6 +197,28 @@ impl Keys {
     pub fn usage_dirty(&self) -> String {
         format!("{}:usage:dirty", self.root)
     }
+
+    /// checkout-api: one checkout session. The checkout keys share the tag `{checkout}` because
+    /// one script reads or writes a session together with the index and the statistics; in cluster
+    /// mode they all live on one shard.
+    pub fn checkout_session(&self, id: &str) -> String {
+        format!("{}:checkout:{{checkout}}:session:{id}", self.root)
+    }
+
+    /// checkout-api: sorted set of session ids scored by expiry in ms (same slot as the sessions).
+    pub fn checkout_index(&self) -> String {
+        format!("{}:checkout:{{checkout}}:index", self.root)
+    }
+
+    /// checkout-api: hash of checkout counters (same slot as the sessions).
+    pub fn checkout_stats(&self) -> String {
+        format!("{}:checkout:{{checkout}}:stats", self.root)
+    }
+
+    /// checkout-api: one user or guest session, by its random session id (the cookie value).
+    pub fn user_session(&self, id: &str) -> String {
+        format!("{}:user-session:{id}", self.root)
+    }
 }
 
 #[cfg(test)]
@@ -228,5 +254,9 @@ mod tests {
         assert_eq!(keys.usage_idempotency("o1", "k"), "app:v1:usage:{o1}:idem:k");
         assert_eq!(keys.usage_top("sms_sent", "2026-11"), "app:v1:usage:top:sms_sent:2026-11");
         assert_eq!(keys.usage_dirty(), "app:v1:usage:dirty");
+        assert_eq!(keys.checkout_session("s1"), "app:v1:checkout:{checkout}:session:s1");
+        assert_eq!(keys.checkout_index(), "app:v1:checkout:{checkout}:index");
+        assert_eq!(keys.checkout_stats(), "app:v1:checkout:{checkout}:stats");
+        assert_eq!(keys.user_session("abc"), "app:v1:user-session:abc");
     }
 }

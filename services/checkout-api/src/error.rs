@@ -1,0 +1,144 @@
+//! The one error type of checkout-api (`CheckoutError`) and its mapping onto the `{error, code}`
+//! JSON contract.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use platform_redis::RedisError;
+use platform_service::{error_response, server_error};
+
+/// Everything a request can fail with. 4xx explain themselves; 5xx are logged and opaque.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    /// A field of the request is unusable; `code` says which rule failed.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("Unknown coupon code")]
+    UnknownCoupon,
+    #[error("Coupon is not active")]
+    CouponInactive,
+    #[error("Coupon has expired")]
+    CouponExpired,
+    #[error("Order subtotal is below the coupon's minimum of {min_order_cents} cents")]
+    CouponMinimumNotMet { min_order_cents: i64 },
+    #[error("No delivery to {distance_km} km: the farthest delivery band ends at {max_km} km")]
+    DeliveryOutOfRange { distance_km: f64, max_km: f64 },
+    #[error("Invalid checkout session id: expected a UUID")]
+    InvalidSessionId,
+    #[error("Checkout session not found or expired")]
+    SessionNotFound,
+    #[error("Checkout session is {status}; only open sessions can be {action}")]
+    InvalidTransition { status: &'static str, action: &'static str },
+    #[error("Checkout session was changed concurrently; retry the request")]
+    Conflict,
+    #[error("Coupon not found")]
+    CouponNotFound,
+    #[error("A coupon with this code already exists")]
+    CouponExists,
+    #[error("Unknown action `{0}`: expected cleanup_expired, get_stats or get_all_sessions")]
+    UnknownAction(String),
+    #[error("No session: the session cookie is missing, invalid or expired")]
+    NoSession,
+    /// Neither Redis nor Postgres could serve the request: 503 so callers retry.
+    #[error("storage unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// Any other failure: 500.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl CheckoutError {
+    /// A 400 with `code` and a sentence naming the field.
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        CheckoutError::Invalid { code, message: message.into() }
+    }
+
+    /// The `code` of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CheckoutError::Invalid { code, .. } => code,
+            CheckoutError::UnknownCoupon => "unknown_coupon",
+            CheckoutError::CouponInactive => "coupon_inactive",
+            CheckoutError::CouponExpired => "coupon_expired",
+            CheckoutError::CouponMinimumNotMet { .. } => "coupon_minimum_not_met",
+            CheckoutError::DeliveryOutOfRange { .. } => "delivery_out_of_range",
+            CheckoutError::InvalidSessionId => "invalid_session_id",
+            CheckoutError::SessionNotFound => "session_not_found",
+            CheckoutError::InvalidTransition { .. } => "invalid_transition",
+            CheckoutError::Conflict => "conflict",
+            CheckoutError::CouponNotFound => "coupon_not_found",
+            CheckoutError::CouponExists => "coupon_exists",
+            CheckoutError::UnknownAction(_) => "unknown_action",
+            CheckoutError::NoSession => "no_session",
+            CheckoutError::Unavailable(_) => "unavailable",
+            CheckoutError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl From<sqlx::Error> for CheckoutError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_db_unavailable(&error) {
+            CheckoutError::Unavailable(error.into())
+        } else {
+            CheckoutError::Internal(error.into())
+        }
+    }
+}
+
+impl From<RedisError> for CheckoutError {
+    fn from(error: RedisError) -> Self {
+        if error.is_unavailable() {
+            CheckoutError::Unavailable(error.into())
+        } else {
+            CheckoutError::Internal(error.into())
+        }
+    }
+}
+
+impl From<serde_json::Error> for CheckoutError {
+    fn from(error: serde_json::Error) -> Self {
+        CheckoutError::Internal(error.into())
+    }
+}
+
+/// Whether a database error means "Postgres is not reachable" rather than "this query is wrong".
+pub fn is_db_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+    )
+}
+
+impl ResponseError for CheckoutError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            CheckoutError::Invalid { .. }
+            | CheckoutError::UnknownCoupon
+            | CheckoutError::CouponInactive
+            | CheckoutError::CouponExpired
+            | CheckoutError::CouponMinimumNotMet { .. }
+            | CheckoutError::DeliveryOutOfRange { .. }
+            | CheckoutError::InvalidSessionId
+            | CheckoutError::UnknownAction(_) => StatusCode::BAD_REQUEST,
+            CheckoutError::NoSession => StatusCode::UNAUTHORIZED,
+            CheckoutError::SessionNotFound | CheckoutError::CouponNotFound => StatusCode::NOT_FOUND,
+            CheckoutError::InvalidTransition { .. }
+            | CheckoutError::Conflict
+            | CheckoutError::CouponExists => StatusCode::CONFLICT,
+            CheckoutError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CheckoutError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            server_error(status, self)
+        } else {
+            error_response(status, self.code(), self.to_string())
+        }
+    }
+}
