@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chrono::{DateTime, Utc};
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::scripts::Script;
+use platform_redis::fred::types::sorted_sets::{ZRange, ZRangeBound, ZRangeKind};
 use platform_redis::{Keys, RedisError};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -481,8 +482,8 @@ impl SessionStore {
             let ids: Vec<String> = client
                 .zrangebyscore(
                     &index,
-                    "-inf",
-                    now.to_string(),
+                    f64::NEG_INFINITY,
+                    now as f64,
                     false,
                     Some((offset, CLEANUP_BATCH)),
                 )
@@ -548,7 +549,13 @@ impl SessionStore {
     ) -> Result<(Vec<ListedSession>, usize), RedisError> {
         let index = self.keys.checkout_index();
         let entries: Vec<(String, f64)> = client
-            .zrangebyscore(&index, format!("({}", now_ms()), "+inf", true, Some((offset, limit)))
+            .zrangebyscore(
+                &index,
+                ZRange { kind: ZRangeKind::Exclusive, range: ZRangeBound::Score(now_ms() as f64) },
+                f64::INFINITY,
+                true,
+                Some((offset, limit)),
+            )
             .await?;
         if entries.is_empty() {
             return Ok((Vec::new(), 0));
