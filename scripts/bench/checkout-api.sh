@@ -85,7 +85,8 @@ def pct(p):
     m = re.search(p + r"%\s+([\d.]+)(us|ms|s)", text)
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"{rps:.0f} {pct(\"50\"):.2f} {pct(\"99\"):.2f} {errors.group(1) if errors else 0}")'
+p50, p99 = pct("50"), pct("99")
+print(f"{rps:.0f} {p50:.2f} {p99:.2f} {errors.group(1) if errors else 0}")'
 }
 
 log "warm-up"
@@ -100,7 +101,11 @@ RATIO="$(python3 -c "print(f'{$R_RPS / $H_RPS:.2f}')")"
 CREATE_RATIO="$(python3 -c "print(f'{$C_RPS / $H_RPS:.2f}')")"
 STATS="$(curl -fs -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     -d '{"action":"get_stats"}' "$BASE/api/redis/cleanup" \
-    | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print(f"{s[\"totalCreated\"]} created, mean create handling {s[\"averageCreateMs\"]:.3f} ms before the store call")')"
+    | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["stats"]
+created, mean = s["totalCreated"], s["averageCreateMs"]
+print(f"{created} created, mean create handling {mean:.3f} ms before the store call")')"
 
 cat <<REPORT
 
