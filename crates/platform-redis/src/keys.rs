@@ -30,6 +30,10 @@
 //! | [`Keys::usage_dirty`] | hash | usage-meter: `<org>\|<month>` → change generation, not yet copied to Postgres (stream slot) |
 //! | [`Keys::stripe_customer_of_user`] | string | checkout-api: the Stripe customer id of one user (no TTL; Stripe is the source, this only saves the lookup) |
 //! | [`Keys::stripe_state`] | string | checkout-api: JSON of one Stripe customer's synced subscription and payment state, written only under the [`stripe_sync_lock`] fence |
+//! | [`Keys::checkout_session`] | string | checkout-api: JSON record of one checkout session, with `PX` = the sliding TTL (30 min default) |
+//! | [`Keys::checkout_index`] | sorted set | checkout-api: session id → expiry (ms since epoch), for listing and cleanup |
+//! | [`Keys::checkout_stats`] | hash | checkout-api: counters totalCreated, totalCompleted, totalFailed and create/update latency sums (no TTL) |
+//! | [`Keys::user_session`] | string | checkout-api: JSON of one user or guest session (kind, userId, timestamps; nothing sensitive), with `EX` = 24 h default |
 //!
 //! The four customer-count keys carry the hash tag of the [`CUSTOMER_COUNT_LOCK`] lock, so the
 //! fenced write script can read the lock's fence and write the count in one slot.
@@ -247,6 +251,28 @@ impl Keys {
     pub fn stripe_state(&self, customer_id: &str) -> String {
         format!("{}:stripe:{{{}}}:state", self.root, stripe_sync_lock(customer_id))
     }
+
+    /// checkout-api: one checkout session. The checkout keys share the tag `{checkout}` because
+    /// one script reads or writes a session together with the index and the statistics; in cluster
+    /// mode they all live on one shard.
+    pub fn checkout_session(&self, id: &str) -> String {
+        format!("{}:checkout:{{checkout}}:session:{id}", self.root)
+    }
+
+    /// checkout-api: sorted set of session ids scored by expiry in ms (same slot as the sessions).
+    pub fn checkout_index(&self) -> String {
+        format!("{}:checkout:{{checkout}}:index", self.root)
+    }
+
+    /// checkout-api: hash of checkout counters (same slot as the sessions).
+    pub fn checkout_stats(&self) -> String {
+        format!("{}:checkout:{{checkout}}:stats", self.root)
+    }
+
+    /// checkout-api: one user or guest session, by its random session id (the cookie value).
+    pub fn user_session(&self, id: &str) -> String {
+        format!("{}:user-session:{id}", self.root)
+    }
 }
 
 #[cfg(test)]
@@ -293,6 +319,10 @@ mod tests {
             "app:v1:lock:{stripe-sync:cus_1}:fence"
         );
         assert_eq!(keys.lock(&stripe_customer_lock("u1")), "app:v1:lock:{stripe-customer:u1}");
+        assert_eq!(keys.checkout_session("s1"), "app:v1:checkout:{checkout}:session:s1");
+        assert_eq!(keys.checkout_index(), "app:v1:checkout:{checkout}:index");
+        assert_eq!(keys.checkout_stats(), "app:v1:checkout:{checkout}:stats");
+        assert_eq!(keys.user_session("abc"), "app:v1:user-session:abc");
     }
 
     #[test]
@@ -321,6 +351,8 @@ mod tests {
             (keys.customer_count(), keys.lock_fence(CUSTOMER_COUNT_LOCK)),
             (keys.customer_count_last_good(), keys.customer_count_status()),
             (keys.stripe_state("cus_1"), keys.lock_fence(&stripe_sync_lock("cus_1"))),
+            (keys.checkout_session("s1"), keys.checkout_index()),
+            (keys.checkout_index(), keys.checkout_stats()),
         ];
         for (a, b) in pairs {
             assert_eq!(slot(a.clone()), slot(b.clone()), "{a} and {b} are in different slots");

@@ -1,7 +1,9 @@
-//! The one error type of checkout-api and its mapping onto the `{error, code}` JSON contract.
+//! The one error type of checkout-api (`CheckoutError`) and its mapping onto the `{error, code}`
+//! JSON contract.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use platform_redis::RedisError;
 use platform_service::error::error_chain;
 use platform_service::{error_response, server_error};
 
@@ -10,8 +12,35 @@ use crate::stripe::client::StripeCallError;
 /// Everything a request can fail with. 4xx explain themselves; 5xx are logged and opaque.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
-    #[error("Invalid `{field}`: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    /// A field of the request is unusable; `code` says which rule failed.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("Unknown coupon code")]
+    UnknownCoupon,
+    #[error("Coupon is not active")]
+    CouponInactive,
+    #[error("Coupon has expired")]
+    CouponExpired,
+    #[error("Order subtotal is below the coupon's minimum of {min_order_cents} cents")]
+    CouponMinimumNotMet { min_order_cents: i64 },
+    #[error("No delivery to {distance_km} km: the farthest delivery band ends at {max_km} km")]
+    DeliveryOutOfRange { distance_km: f64, max_km: f64 },
+    #[error("Invalid checkout session id: expected a UUID")]
+    InvalidSessionId,
+    #[error("Checkout session not found or expired")]
+    SessionNotFound,
+    #[error("Checkout session is {status}; only open sessions can be {action}")]
+    InvalidTransition { status: &'static str, action: &'static str },
+    #[error("Checkout session was changed concurrently; retry the request")]
+    Conflict,
+    #[error("Coupon not found")]
+    CouponNotFound,
+    #[error("A coupon with this code already exists")]
+    CouponExists,
+    #[error("Unknown action `{0}`: expected cleanup_expired, get_stats or get_all_sessions")]
+    UnknownAction(String),
+    #[error("No session: the session cookie is missing, invalid or expired")]
+    NoSession,
     #[error("Checkout session not found")]
     CheckoutSessionNotFound,
     #[error("Stripe Checkout session not found")]
@@ -32,22 +61,45 @@ pub enum CheckoutError {
     /// Another sync of this customer held the lock for longer than we wait: 503.
     #[error("stripe state sync busy")]
     SyncBusy,
-    /// Redis could not be reached: 503.
-    #[error("redis unavailable")]
-    RedisUnavailable(#[source] platform_redis::RedisError),
+    /// Neither Redis nor Postgres could serve the request: 503 so callers retry.
+    #[error("storage unavailable")]
+    Unavailable(#[source] anyhow::Error),
     /// Any other failure: 500.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
 
 impl CheckoutError {
-    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        CheckoutError::Invalid { field, reason: reason.into() }
+    /// A 400 with `code` and a sentence naming the field.
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        CheckoutError::Invalid { code, message: message.into() }
     }
 
-    fn code(&self) -> &'static str {
+    /// A 400 `invalid_input` naming `field` and the rule it broke.
+    pub fn invalid_field(field: &'static str, reason: impl Into<String>) -> Self {
+        CheckoutError::Invalid {
+            code: "invalid_input",
+            message: format!("Invalid `{field}`: {}", reason.into()),
+        }
+    }
+
+    /// The `code` of the JSON body.
+    pub fn code(&self) -> &'static str {
         match self {
-            CheckoutError::Invalid { .. } => "invalid_input",
+            CheckoutError::Invalid { code, .. } => code,
+            CheckoutError::UnknownCoupon => "unknown_coupon",
+            CheckoutError::CouponInactive => "coupon_inactive",
+            CheckoutError::CouponExpired => "coupon_expired",
+            CheckoutError::CouponMinimumNotMet { .. } => "coupon_minimum_not_met",
+            CheckoutError::DeliveryOutOfRange { .. } => "delivery_out_of_range",
+            CheckoutError::InvalidSessionId => "invalid_session_id",
+            CheckoutError::SessionNotFound => "session_not_found",
+            CheckoutError::InvalidTransition { .. } => "invalid_transition",
+            CheckoutError::Conflict => "conflict",
+            CheckoutError::CouponNotFound => "coupon_not_found",
+            CheckoutError::CouponExists => "coupon_exists",
+            CheckoutError::UnknownAction(_) => "unknown_action",
+            CheckoutError::NoSession => "no_session",
             CheckoutError::CheckoutSessionNotFound => "checkout_session_not_found",
             CheckoutError::StripeSessionNotFound => "stripe_session_not_found",
             CheckoutError::StripeStateNotFound => "stripe_state_not_found",
@@ -56,21 +108,35 @@ impl CheckoutError {
             CheckoutError::StripeUnavailable(_) => "stripe_unavailable",
             CheckoutError::StripeFailed(_) => "stripe_error",
             CheckoutError::SyncBusy => "stripe_sync_busy",
-            CheckoutError::RedisUnavailable(_) => "unavailable",
+            CheckoutError::Unavailable(_) => "unavailable",
             CheckoutError::Internal(_) => "internal_error",
         }
     }
 }
 
-impl From<platform_redis::RedisError> for CheckoutError {
-    fn from(error: platform_redis::RedisError) -> Self {
-        CheckoutError::RedisUnavailable(error)
+impl From<sqlx::Error> for CheckoutError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_db_unavailable(&error) {
+            CheckoutError::Unavailable(error.into())
+        } else {
+            CheckoutError::Internal(error.into())
+        }
+    }
+}
+
+impl From<RedisError> for CheckoutError {
+    fn from(error: RedisError) -> Self {
+        if error.is_unavailable() {
+            CheckoutError::Unavailable(error.into())
+        } else {
+            CheckoutError::Internal(error.into())
+        }
     }
 }
 
 impl From<platform_redis::fred::error::Error> for CheckoutError {
     fn from(error: platform_redis::fred::error::Error) -> Self {
-        CheckoutError::RedisUnavailable(error.into())
+        RedisError::from(error).into()
     }
 }
 
@@ -84,18 +150,48 @@ impl From<StripeCallError> for CheckoutError {
     }
 }
 
+impl From<serde_json::Error> for CheckoutError {
+    fn from(error: serde_json::Error) -> Self {
+        CheckoutError::Internal(error.into())
+    }
+}
+
+/// Whether a database error means "Postgres is not reachable" rather than "this query is wrong".
+pub fn is_db_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+    )
+}
+
 impl ResponseError for CheckoutError {
     fn status_code(&self) -> StatusCode {
         match self {
-            CheckoutError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            CheckoutError::CheckoutSessionNotFound
+            CheckoutError::Invalid { .. }
+            | CheckoutError::UnknownCoupon
+            | CheckoutError::CouponInactive
+            | CheckoutError::CouponExpired
+            | CheckoutError::CouponMinimumNotMet { .. }
+            | CheckoutError::DeliveryOutOfRange { .. }
+            | CheckoutError::InvalidSessionId
+            | CheckoutError::UnknownAction(_) => StatusCode::BAD_REQUEST,
+            CheckoutError::NoSession => StatusCode::UNAUTHORIZED,
+            CheckoutError::SessionNotFound
+            | CheckoutError::CouponNotFound
+            | CheckoutError::CheckoutSessionNotFound
             | CheckoutError::StripeSessionNotFound
             | CheckoutError::StripeStateNotFound
             | CheckoutError::StripeCustomerNotFound => StatusCode::NOT_FOUND,
-            CheckoutError::StripeNotConfigured
+            CheckoutError::InvalidTransition { .. }
+            | CheckoutError::Conflict
+            | CheckoutError::CouponExists => StatusCode::CONFLICT,
+            CheckoutError::Unavailable(_)
+            | CheckoutError::StripeNotConfigured
             | CheckoutError::StripeUnavailable(_)
-            | CheckoutError::SyncBusy
-            | CheckoutError::RedisUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | CheckoutError::SyncBusy => StatusCode::SERVICE_UNAVAILABLE,
             CheckoutError::StripeFailed(_) => StatusCode::BAD_GATEWAY,
             CheckoutError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -117,11 +213,11 @@ impl ResponseError for CheckoutError {
                 };
                 error_response(status, self.code(), message)
             }
-            _ if status.is_server_error()
-                && !matches!(self, CheckoutError::StripeNotConfigured) =>
-            {
-                server_error(status, self)
+            // Configuration, not a fault: say so to the caller.
+            CheckoutError::StripeNotConfigured => {
+                error_response(status, self.code(), self.to_string())
             }
+            _ if status.is_server_error() => server_error(status, self),
             _ => error_response(status, self.code(), self.to_string()),
         }
     }

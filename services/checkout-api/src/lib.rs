@@ -2,19 +2,43 @@
 //!
 //! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
 //! returns; tests call [`build`] with port 0 and real Redis and Postgres.
+//!
+//! Layout: `routes` (HTTP) → `sessions` (checkout sessions: validation, pricing, status; its
+//! `store` holds them in Redis, or Postgres while Redis is down) / `pricing` (coupons and
+//! delivery bands from Postgres through the shared cache) / `user_sessions` (cookie sessions in
+//! Redis with an in-memory fallback) / `stripe` (customers, Checkout sessions, the one sync of
+//! Stripe state into Redis and the Stripe-stream consumer); `metrics` registers the service's
+//! counters.
 
 pub mod error;
+pub mod metrics;
+pub mod pricing;
+pub mod routes;
+pub mod sessions;
 pub mod stripe;
+pub mod user_sessions;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::web;
+use anyhow::Context as _;
+use platform_redis::cache::{Cache, CacheSettings};
+use platform_redis::pubsub::PubSub;
+use platform_service::health::fallback_status;
 use platform_service::settings::{
     CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
 };
 use platform_service::{Application, connect_context};
 use secrecy::SecretString;
 use serde::Deserialize;
+
+use crate::metrics::CheckoutMetrics;
+use crate::pricing::Pricing;
+use crate::routes::{Policies, State};
+use crate::sessions::store::SessionStore;
+use crate::sessions::{Checkout, Limits};
+use crate::user_sessions::{UserSessionSettings, UserSessions};
 
 /// The service name in logs, traces and metrics.
 pub const SERVICE: &str = "checkout-api";
@@ -26,7 +50,64 @@ pub struct Settings {
     pub common: CommonSettings,
     pub database: DatabaseSettings,
     #[serde(default)]
+    pub checkout: CheckoutSettings,
+    #[serde(default)]
     pub stripe: stripe::StripeSettings,
+    #[serde(default)]
+    pub pricing: PricingSettings,
+    #[serde(default)]
+    pub user_sessions: UserSessionSettings,
+}
+
+/// `[checkout]`: checkout sessions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckoutSettings {
+    /// Sliding TTL: a session idle this long expires.
+    pub session_ttl_secs: u64,
+    /// Most items one cart may hold.
+    pub max_items: usize,
+    /// Largest accepted delivery distance (larger is a 400, not a band lookup).
+    pub max_distance_km: f64,
+    /// Rate-limit policy of every route except guest session creation.
+    pub rate_limit_policy: String,
+}
+
+impl Default for CheckoutSettings {
+    fn default() -> Self {
+        Self {
+            session_ttl_secs: 30 * 60,
+            max_items: 100,
+            max_distance_km: 1_000.0,
+            rate_limit_policy: "api".to_owned(),
+        }
+    }
+}
+
+/// `[pricing]`: the coupon and delivery caches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingSettings {
+    /// false: every lookup reads Postgres.
+    pub cache_enabled: bool,
+    pub coupon_cache_ttl_secs: u64,
+    pub delivery_cache_ttl_secs: u64,
+    /// Bound of the in-process tier; 0 disables it.
+    pub l1_max_entries: usize,
+    /// Longest life of an in-process copy.
+    pub l1_ttl_max_ms: u64,
+}
+
+impl Default for PricingSettings {
+    fn default() -> Self {
+        Self {
+            cache_enabled: true,
+            coupon_cache_ttl_secs: 600,
+            delivery_cache_ttl_secs: 300,
+            l1_max_entries: 10_000,
+            l1_ttl_max_ms: 30_000,
+        }
+    }
 }
 
 impl ServiceSettings for Settings {
@@ -36,23 +117,135 @@ impl ServiceSettings for Settings {
         self.common.validate()?;
         self.database.validate()?;
         self.stripe.validate()?;
+        let checkout = &self.checkout;
+        if checkout.session_ttl_secs == 0 {
+            return Err(SettingsError::invalid("checkout.session_ttl_secs", "must be > 0"));
+        }
+        if !(1..=10_000).contains(&checkout.max_items) {
+            return Err(SettingsError::invalid(
+                "checkout.max_items",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !checkout.max_distance_km.is_finite() || checkout.max_distance_km <= 0.0 {
+            return Err(SettingsError::invalid("checkout.max_distance_km", "must be a number > 0"));
+        }
+        if self.pricing.coupon_cache_ttl_secs == 0 {
+            return Err(SettingsError::invalid("pricing.coupon_cache_ttl_secs", "must be > 0"));
+        }
+        if self.pricing.delivery_cache_ttl_secs == 0 {
+            return Err(SettingsError::invalid("pricing.delivery_cache_ttl_secs", "must be > 0"));
+        }
+        let sessions = &self.user_sessions;
+        if sessions.ttl_secs == 0 {
+            return Err(SettingsError::invalid("user_sessions.ttl_secs", "must be > 0"));
+        }
+        if sessions.memory_max_entries == 0 {
+            return Err(SettingsError::invalid("user_sessions.memory_max_entries", "must be > 0"));
+        }
+        let cookie_ok = !sessions.cookie_name.is_empty()
+            && sessions
+                .cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !cookie_ok {
+            return Err(SettingsError::invalid(
+                "user_sessions.cookie_name",
+                "must be letters, digits, `_` or `-`",
+            ));
+        }
+        let policies = self.common.rate_limit.effective_policies();
+        for (key, policy) in [
+            ("checkout.rate_limit_policy", &checkout.rate_limit_policy),
+            ("user_sessions.guest_rate_limit_policy", &sessions.guest_rate_limit_policy),
+        ] {
+            if !policies.contains_key(policy) {
+                return Err(SettingsError::invalid(
+                    key,
+                    format!("no rate-limit policy named `{policy}`"),
+                ));
+            }
+        }
         Ok(())
     }
 }
 
-/// Connects the dependencies and binds the HTTP server (not yet serving).
+/// Runs the embedded migrations.
+pub async fn migrate(db: &sqlx::PgPool) -> anyhow::Result<()> {
+    sqlx::migrate!("./migrations").run(db).await?;
+    Ok(())
+}
+
+/// Connects the dependencies, migrates, starts the cache invalidation listener and binds the
+/// HTTP server (not yet serving).
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-    let context = connect_context(SERVICE, &settings.common, Some(&settings.database)).await?;
-    let stripe = stripe::StripeService::new(
-        &settings.stripe,
-        context.redis.clone(),
-        Arc::new(stripe::NoCarts),
-    )?;
+    let mut context = connect_context(SERVICE, &settings.common, Some(&settings.database)).await?;
+    let db = context.db.clone().context("checkout-api needs a database")?;
+    migrate(&db).await.context("running migrations")?;
+    let redis = context.redis.clone();
+    let stop = context.shutdown.token();
+
+    let metrics = CheckoutMetrics::default();
+    metrics.register(&context.metrics);
+
+    let pricing_settings = &settings.pricing;
+    let cache = Cache::new(
+        &redis,
+        CacheSettings {
+            enabled: pricing_settings.cache_enabled,
+            l1_max_entries: pricing_settings.l1_max_entries,
+            l1_ttl_max: Duration::from_millis(pricing_settings.l1_ttl_max_ms),
+            ..CacheSettings::default()
+        },
+    );
+    let pubsub = PubSub::start(&redis).await?;
+    cache.listen_for_invalidations(&pubsub).await?;
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        pubsub.stop().await;
+    });
+    let pricing = Pricing::new(
+        db.clone(),
+        cache,
+        Duration::from_secs(pricing_settings.coupon_cache_ttl_secs),
+        Duration::from_secs(pricing_settings.delivery_cache_ttl_secs),
+    );
+
+    let store = SessionStore::new(
+        redis.sessions().clone(),
+        redis.keys().clone(),
+        db.clone(),
+        Duration::from_secs(settings.checkout.session_ttl_secs),
+        metrics.clone(),
+    );
+    let limits = Limits {
+        max_items: settings.checkout.max_items,
+        max_distance_km: settings.checkout.max_distance_km,
+    };
+    let checkout = Checkout::new(store.clone(), pricing, limits, metrics.clone());
+    let stripe =
+        stripe::StripeService::new(&settings.stripe, redis.clone(), Arc::new(checkout.clone()))?;
     stripe.spawn_consumer(context.shutdown.token()).await;
     let stripe = web::Data::new(stripe);
-    let limiter = context.rate_limiter.clone();
+    let user_sessions = UserSessions::new(
+        redis.sessions().clone(),
+        redis.keys().clone(),
+        settings.user_sessions.clone(),
+        metrics,
+    );
+    context.fallbacks.push(fallback_status("checkoutSessions", move || store.in_fallback()));
+    let probe = user_sessions.clone();
+    context.fallbacks.push(fallback_status("userSessions", move || probe.in_fallback()));
+
+    let state = web::Data::new(State { checkout, user_sessions, redis, db });
+    let policies = Policies {
+        limiter: context.rate_limiter.clone(),
+        api: settings.checkout.rate_limit_policy.clone(),
+        guest: settings.user_sessions.guest_rate_limit_policy.clone(),
+    };
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
     Ok(Application::build(&settings.common.http, admin_token, context, move |cfg| {
-        stripe::routes::configure(cfg, stripe.clone(), &limiter);
+        routes::configure(cfg, state.clone(), &policies);
+        stripe::routes::configure(cfg, stripe.clone(), &policies.limiter);
     })?)
 }

@@ -83,7 +83,7 @@ async fn success_page_right_after_payment_returns_the_synced_subscription_before
     assert!(backends.stripe.complete_checkout_session(session_id));
 
     // Act
-    let response = app.get(&format!("/store/checkout/success?session_id={session_id}")).await;
+    let response = app.get_raw(&format!("/store/checkout/success?session_id={session_id}")).await;
     let status = response.status().as_u16();
     let details: Value = response.json().await.unwrap();
 
@@ -99,7 +99,7 @@ async fn success_page_right_after_payment_returns_the_synced_subscription_before
     assert_eq!(details["subscription"]["paymentMethod"]["last4"], "4242");
     assert!(details["subscription"]["currentPeriodEnd"].as_i64().unwrap() > 0);
     let stored: Value =
-        app.get("/api/stripe/users/user-s/subscription").await.json().await.unwrap();
+        app.get_raw("/api/stripe/users/user-s/subscription").await.json().await.unwrap();
     assert_eq!(stored["customerId"], customer_id);
     assert_eq!(stored["subscription"]["status"], "active");
     let html = app
@@ -128,7 +128,7 @@ async fn a_one_off_payment_records_status_none_with_the_last_payment() {
 
     // Act
     let details: Value = app
-        .get(&format!("/store/checkout/success?session_id={session_id}"))
+        .get_raw(&format!("/store/checkout/success?session_id={session_id}"))
         .await
         .json()
         .await
@@ -153,7 +153,7 @@ async fn a_later_subscription_updated_event_on_the_stream_resyncs_the_state() {
     let session_id = created["sessionId"].as_str().unwrap();
     let customer_id = created["customerId"].as_str().unwrap().to_owned();
     backends.stripe.complete_checkout_session(session_id);
-    let response = app.get(&format!("/store/checkout/success?session_id={session_id}")).await;
+    let response = app.get_raw(&format!("/store/checkout/success?session_id={session_id}")).await;
     assert_eq!(response.status(), 200);
 
     // Act: the customer cancels at period end in Stripe; the event arrives on the stream.
@@ -172,11 +172,11 @@ async fn a_later_subscription_updated_event_on_the_stream_resyncs_the_state() {
     // Assert: Stripe's state (not the payload's "incomplete") is recorded.
     let path = format!("/api/stripe/customers/{customer_id}/state");
     let resynced = eventually(200, || async {
-        let body: Value = app.get(&path).await.json().await.unwrap_or(Value::Null);
+        let body: Value = app.get_raw(&path).await.json().await.unwrap_or(Value::Null);
         body["status"] == "past_due" && body["cancelAtPeriodEnd"] == true
     })
     .await;
-    let body: Value = app.get(&path).await.json().await.unwrap();
+    let body: Value = app.get_raw(&path).await.json().await.unwrap();
     assert!(resynced, "{body}");
     assert_eq!(body["subscriptionId"], created_subscription(&backends, session_id));
     app.stop().await;
@@ -196,7 +196,7 @@ async fn in_redis_cluster_mode_the_success_page_and_a_stream_event_write_the_syn
     assert!(backends.stripe.complete_checkout_session(session_id));
 
     // Act: the eager sync of the success page, then a change in Stripe announced on the stream.
-    let success = app.get(&format!("/store/checkout/success?session_id={session_id}")).await;
+    let success = app.get_raw(&format!("/store/checkout/success?session_id={session_id}")).await;
     let success_status = success.status().as_u16();
     let details: Value = success.json().await.unwrap();
     let mut state = SubscriptionState::active("price_pro");
@@ -207,7 +207,7 @@ async fn in_redis_cluster_mode_the_success_page_and_a_stream_event_write_the_syn
     put_on_stripe_stream(&redis, &[event]).await;
     let path = format!("/api/stripe/customers/{customer_id}/state");
     let resynced = eventually(200, || async {
-        let body: Value = app.get(&path).await.json().await.unwrap_or(Value::Null);
+        let body: Value = app.get_raw(&path).await.json().await.unwrap_or(Value::Null);
         body["status"] == "past_due"
     })
     .await;
@@ -253,11 +253,11 @@ async fn events_processed_in_reverse_order_leave_stripes_current_state() {
         .await;
         assert!(synced, "event {} was not synced", event.event_id);
     }
-    let settled = eventually(100, || async { app.get(&path).await.status() == 200 }).await;
+    let settled = eventually(100, || async { app.get_raw(&path).await.status() == 200 }).await;
 
     // Assert
     assert!(settled);
-    let body: Value = app.get(&path).await.json().await.unwrap();
+    let body: Value = app.get_raw(&path).await.json().await.unwrap();
     assert_eq!(body["status"], "canceled", "{body}");
     assert!(body.get("paymentMethod").is_none(), "{body}");
     app.stop().await;
@@ -367,11 +367,11 @@ async fn success_page_without_or_with_an_unknown_session_id_answers_400_or_404()
     let app = TestApp::spawn(&backends, &[]).await;
 
     // Act
-    let missing = app.get("/store/checkout/success").await;
-    let malformed = app.get("/store/checkout/success?session_id=%3Cscript%3E").await;
-    let unknown = app.get("/store/checkout/success?session_id=cs_test_unknown").await;
-    let state = app.get("/api/stripe/customers/cus_nobody/state").await;
-    let bad_customer = app.get("/api/stripe/customers/nope/state").await;
+    let missing = app.get_raw("/store/checkout/success").await;
+    let malformed = app.get_raw("/store/checkout/success?session_id=%3Cscript%3E").await;
+    let unknown = app.get_raw("/store/checkout/success?session_id=cs_test_unknown").await;
+    let state = app.get_raw("/api/stripe/customers/cus_nobody/state").await;
+    let bad_customer = app.get_raw("/api/stripe/customers/nope/state").await;
 
     // Assert
     assert_eq!(missing.status(), 400);
@@ -421,7 +421,7 @@ async fn stripe_down_answers_503_stripe_unavailable_and_the_event_waits_for_stri
         app.checkout(&subscription_checkout("user-d2", "price_pro")).await;
     let (known_user_status, known_user) =
         app.checkout(&subscription_checkout("user-d", "price_pro")).await;
-    let success = app.get("/store/checkout/success?session_id=cs_test_whatever").await;
+    let success = app.get_raw("/store/checkout/success?session_id=cs_test_whatever").await;
     let success_status = success.status().as_u16();
     let success_body: Value = success.json().await.unwrap();
     put_on_stripe_stream(
@@ -456,7 +456,57 @@ async fn stripe_down_answers_503_stripe_unavailable_and_the_event_waits_for_stri
         assert!(!body.to_string().contains("sk_test"), "{body}");
     }
     assert!(retried, "the event was not left pending");
-    let state = app.get(&format!("/api/stripe/customers/{customer_id}/state")).await;
+    let state = app.get_raw(&format!("/api/stripe/customers/{customer_id}/state")).await;
     assert_eq!(state.status(), 404, "nothing may be written while Stripe is down");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_checkout_session_is_paid_through_stripe_for_exactly_its_total() {
+    // Arrange: one session without a coupon (itemised lines + delivery), one with a coupon (one
+    // line for the discounted total), and one already completed.
+    let backends = Backends::new("stripe-from-session").await;
+    let app = TestApp::spawn(&backends, &[]).await;
+    let items = json!([
+        {"sku": "tee", "name": "T-shirt", "unitAmountCents": 1000, "quantity": 2},
+        {"sku": "mug", "name": "Mug", "unitAmountCents": 500, "quantity": 1}
+    ]);
+    let plain = app
+        .create_session(json!({"userId": "user-cs", "items": items, "deliveryDistanceKm": 12.0}))
+        .await;
+    let discounted = app
+        .create_session(json!({"userId": "user-cs", "items": items, "couponCode": "WELCOME10"}))
+        .await;
+    let done = app.create_session(json!({"userId": "user-cs", "items": items})).await;
+    let done_id = done["id"].as_str().unwrap();
+    let completed =
+        app.post(&format!("/api/checkout/sessions/{done_id}/complete"), json!({})).await;
+    assert_eq!(completed.status, 200, "{}", completed.body);
+
+    // Act
+    let (plain_status, plain_paid) = app.checkout(&json!({"checkoutSessionId": plain["id"]})).await;
+    let (discounted_status, discounted_paid) =
+        app.checkout(&json!({"checkoutSessionId": discounted["id"]})).await;
+    let (done_status, done_answer) = app.checkout(&json!({"checkoutSessionId": done_id})).await;
+    let (unknown_status, unknown) =
+        app.checkout(&json!({"checkoutSessionId": "00000000-0000-4000-8000-000000000000"})).await;
+
+    // Assert
+    assert_eq!(plain_status, 200, "{plain_paid}");
+    assert!(plain["deliveryCents"].as_i64().unwrap() > 0, "{plain}");
+    let stripe_plain =
+        backends.stripe.checkout_session(plain_paid["sessionId"].as_str().unwrap()).unwrap();
+    assert_eq!(stripe_plain["amount_total"], plain["totalCents"]);
+    assert_eq!(stripe_plain["metadata"]["checkoutSessionId"], plain["id"]);
+    assert_eq!(discounted_status, 200, "{discounted_paid}");
+    assert!(discounted["discountCents"].as_i64().unwrap() > 0, "{discounted}");
+    let stripe_discounted =
+        backends.stripe.checkout_session(discounted_paid["sessionId"].as_str().unwrap()).unwrap();
+    assert_eq!(stripe_discounted["amount_total"], discounted["totalCents"]);
+    assert_eq!(plain_paid["customerId"], discounted_paid["customerId"], "one customer per user");
+    assert_eq!(done_status, 409, "{done_answer}");
+    assert_eq!(done_answer["code"], "invalid_transition");
+    assert_eq!(unknown_status, 404, "{unknown}");
+    assert_eq!(unknown["code"], "checkout_session_not_found");
     app.stop().await;
 }

@@ -50,7 +50,7 @@ async fn the_stripe_secret_key_never_appears_in_logs_even_when_stripe_rejects_it
 
     // Assert
     assert_eq!(ok_status, 200, "{created}");
-    assert_eq!(success.status(), 200);
+    assert_eq!(success.status, 200, "{}", success.body);
     assert_eq!(bad_status, 502, "{bad}");
     assert_eq!(bad["code"], "stripe_error");
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();

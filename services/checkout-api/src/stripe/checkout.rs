@@ -112,7 +112,7 @@ fn parse_mode(mode: Option<&str>, default: Mode) -> Result<Mode, CheckoutError> 
         None => Ok(default),
         Some("payment") => Ok(Mode::Payment),
         Some("subscription") => Ok(Mode::Subscription),
-        Some(_) => Err(CheckoutError::invalid("mode", "must be `payment` or `subscription`")),
+        Some(_) => Err(CheckoutError::invalid_field("mode", "must be `payment` or `subscription`")),
     }
 }
 
@@ -120,7 +120,7 @@ fn validate_quantity(field: &'static str, quantity: u64) -> Result<u64, Checkout
     if (1..=MAX_QUANTITY).contains(&quantity) {
         Ok(quantity)
     } else {
-        Err(CheckoutError::invalid(field, format!("must be between 1 and {MAX_QUANTITY}")))
+        Err(CheckoutError::invalid_field(field, format!("must be between 1 and {MAX_QUANTITY}")))
     }
 }
 
@@ -132,7 +132,7 @@ fn validate_price_id(price_id: &str) -> Result<(), CheckoutError> {
     if ok {
         Ok(())
     } else {
-        Err(CheckoutError::invalid("priceId", "must be a Stripe price id (price_…)"))
+        Err(CheckoutError::invalid_field("priceId", "must be a Stripe price id (price_…)"))
     }
 }
 
@@ -141,7 +141,7 @@ fn validate_email(email: &str) -> Result<(), CheckoutError> {
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty() && domain.contains('.') && !email.chars().any(char::is_whitespace)
         });
-    if ok { Ok(()) } else { Err(CheckoutError::invalid("email", "must be an email address")) }
+    if ok { Ok(()) } else { Err(CheckoutError::invalid_field("email", "must be an email address")) }
 }
 
 /// Validates a direct checkout request (the `userId` form) into a cart.
@@ -151,7 +151,10 @@ pub fn cart_from_request(
     max_line_items: usize,
 ) -> Result<Cart, CheckoutError> {
     let Some(user_id) = request.user_id.as_deref() else {
-        return Err(CheckoutError::invalid("userId", "is required (or give checkoutSessionId)"));
+        return Err(CheckoutError::invalid_field(
+            "userId",
+            "is required (or give checkoutSessionId)",
+        ));
     };
     validate_user_id(user_id)?;
     if let Some(email) = &request.email {
@@ -159,14 +162,17 @@ pub fn cart_from_request(
     }
     let (lines, default_mode) = match (&request.items, request.price_id.as_deref()) {
         (Some(_), Some(_)) => {
-            return Err(CheckoutError::invalid("items", "give either items or priceId, not both"));
+            return Err(CheckoutError::invalid_field(
+                "items",
+                "give either items or priceId, not both",
+            ));
         }
         (Some(items), None) => {
             if items.is_empty() {
-                return Err(CheckoutError::invalid("items", "must not be empty"));
+                return Err(CheckoutError::invalid_field("items", "must not be empty"));
             }
             if items.len() > max_line_items {
-                return Err(CheckoutError::invalid(
+                return Err(CheckoutError::invalid_field(
                     "items",
                     format!("at most {max_line_items} items per checkout"),
                 ));
@@ -175,10 +181,13 @@ pub fn cart_from_request(
             for item in items {
                 let name = item.name.trim();
                 if name.is_empty() || name.chars().count() > 200 {
-                    return Err(CheckoutError::invalid("items.name", "must be 1–200 characters"));
+                    return Err(CheckoutError::invalid_field(
+                        "items.name",
+                        "must be 1–200 characters",
+                    ));
                 }
                 if !(0..=MAX_UNIT_AMOUNT_CENTS).contains(&item.unit_amount_cents) {
-                    return Err(CheckoutError::invalid(
+                    return Err(CheckoutError::invalid_field(
                         "items.unitAmountCents",
                         format!("must be between 0 and {MAX_UNIT_AMOUNT_CENTS} cents"),
                     ));
@@ -193,7 +202,7 @@ pub fn cart_from_request(
         }
         (None, price) => {
             let Some(price_id) = price.or(default_price_id) else {
-                return Err(CheckoutError::invalid("items", "give items or priceId"));
+                return Err(CheckoutError::invalid_field("items", "give items or priceId"));
             };
             validate_price_id(price_id)?;
             let quantity = validate_quantity("quantity", request.quantity.unwrap_or(1))?;
@@ -220,18 +229,27 @@ impl StripeService {
             );
         };
         if request.items.is_some() || request.price_id.is_some() {
-            return Err(CheckoutError::invalid(
+            return Err(CheckoutError::invalid_field(
                 "checkoutSessionId",
                 "give either checkoutSessionId or items/priceId, not both",
             ));
         }
         if id.is_empty() || id.len() > 128 {
-            return Err(CheckoutError::invalid("checkoutSessionId", "must be 1–128 characters"));
+            return Err(CheckoutError::invalid_field(
+                "checkoutSessionId",
+                "must be 1–128 characters",
+            ));
         }
         let mut cart = self.carts.load(id).await?.ok_or(CheckoutError::CheckoutSessionNotFound)?;
         if let Some(user_id) = &request.user_id {
             validate_user_id(user_id)?;
             cart.user_id.clone_from(user_id);
+        }
+        if cart.user_id.is_empty() {
+            return Err(CheckoutError::invalid_field(
+                "userId",
+                "the checkout session has no user; give userId",
+            ));
         }
         cart.checkout_session_id = Some(id.to_owned());
         if cart.email.is_none() {

@@ -102,7 +102,7 @@ impl SyncOnEvent {
             Err(
                 error @ (CheckoutError::StripeUnavailable(_)
                 | CheckoutError::SyncBusy
-                | CheckoutError::RedisUnavailable(_)),
+                | CheckoutError::Unavailable(_)),
             ) => {
                 tracing::warn!(event_id = %message.event_id, customer_id, error = %platform_service::error::error_chain(&error), "stripe sync failed; event left pending for a retry");
                 Outcome::Retry

@@ -29,7 +29,7 @@ pub fn validate_user_id(user_id: &str) -> Result<(), CheckoutError> {
     if ok {
         Ok(())
     } else {
-        Err(CheckoutError::invalid(
+        Err(CheckoutError::invalid_field(
             "userId",
             format!("must be 1–{MAX_USER_ID_LEN} characters of letters, digits, _ - . : @"),
         ))
@@ -45,7 +45,7 @@ pub fn validate_customer_id(customer_id: &str) -> Result<(), CheckoutError> {
     if ok {
         Ok(())
     } else {
-        Err(CheckoutError::invalid("customerId", "must be a Stripe customer id (cus_…)"))
+        Err(CheckoutError::invalid_field("customerId", "must be a Stripe customer id (cus_…)"))
     }
 }
 

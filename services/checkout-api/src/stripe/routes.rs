@@ -62,7 +62,7 @@ struct SuccessQuery {
 
 fn validate_session_id(id: Option<&str>) -> Result<&str, CheckoutError> {
     let Some(id) = id.filter(|id| !id.is_empty()) else {
-        return Err(CheckoutError::invalid("session_id", "is required"));
+        return Err(CheckoutError::invalid_field("session_id", "is required"));
     };
     let ok = id.len() <= 255
         && id.starts_with("cs_")
@@ -70,7 +70,10 @@ fn validate_session_id(id: Option<&str>) -> Result<&str, CheckoutError> {
     if ok {
         Ok(id)
     } else {
-        Err(CheckoutError::invalid("session_id", "must be a Stripe Checkout session id (cs_…)"))
+        Err(CheckoutError::invalid_field(
+            "session_id",
+            "must be a Stripe Checkout session id (cs_…)",
+        ))
     }
 }
 

@@ -157,7 +157,7 @@ impl StripeService {
                 vec![guard.fence().to_string(), text],
             )
             .await
-            .map_err(|error| CheckoutError::RedisUnavailable(error.into()))?;
+            .map_err(CheckoutError::from)?;
         let fence = guard.fence();
         let _ = guard.release().await;
         if written == 1 {

@@ -15,8 +15,11 @@ use platform_redis::{RedisClients, RedisSettings, StreamName};
 use platform_service::AppContext;
 use platform_service::settings::ServiceSettings;
 use platform_testing::{FakeStripe, FakeStripeConfig, PostgresServer, RedisServer, unique_prefix};
+use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
+
+pub const TOKEN: &str = "dev-admin-token";
 
 /// A fake Stripe, the Redis prefix and database of one test.
 pub struct Backends {
@@ -63,6 +66,9 @@ impl Backends {
             ("APP__STRIPE__EVENTS__CLAIM_IDLE_MS", "500".to_owned()),
             ("APP__RATE_LIMIT__POLICIES__PAYMENT__LIMIT", "1000".to_owned()),
             ("APP__RATE_LIMIT__POLICIES__PAYMENT__WINDOW_SECS", "60".to_owned()),
+            // Tests send many requests from one IP.
+            ("APP__RATE_LIMIT__POLICIES__API__LIMIT", "100000".to_owned()),
+            ("APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS", "60".to_owned()),
         ];
         vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
@@ -86,6 +92,13 @@ pub struct TestApp {
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
+/// A response's status and JSON body (`Null` when there is none).
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
 impl TestApp {
     pub async fn spawn(backends: &Backends, extra: &[(&str, &str)]) -> TestApp {
         let mut vars = backends.vars();
@@ -97,24 +110,96 @@ impl TestApp {
         let base = format!("http://127.0.0.1:{}", app.port());
         let context = app.context();
         let server = tokio::spawn(app.run_until_stopped());
+        // Redirects are answers to assert on (the fake's pay page), not to follow.
         let http =
             reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         TestApp { base, http, context, server: Some(server) }
     }
 
-    pub async fn get(&self, path: &str) -> reqwest::Response {
+    /// Sends a request; `token` adds the admin bearer token, `cookie` a Cookie header.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        token: bool,
+        cookie: Option<&str>,
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if token {
+            request = request.bearer_auth(TOKEN);
+        }
+        if let Some(cookie) = cookie {
+            request = request.header("Cookie", cookie);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, None, false, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send(Method::POST, path, Some(body), false, None).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Reply {
+        self.send(Method::PATCH, path, Some(body), false, None).await
+    }
+
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.send(method, path, body, true, None).await
+    }
+
+    /// Creates a session from `body`; asserts 201 and returns the body.
+    pub async fn create_session(&self, body: Value) -> Value {
+        let reply = self.post("/api/checkout/sessions", body).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        reply.body
+    }
+
+    pub async fn cleanup(&self, body: Value) -> Reply {
+        self.admin(Method::POST, "/api/redis/cleanup", Some(body)).await
+    }
+
+    /// The value of one metric line starting with `prefix` (e.g. `checkout_sessions_completed_total`).
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+    }
+
+    /// A GET whose raw response the test inspects (headers, HTML, status).
+    pub async fn get_raw(&self, path: &str) -> reqwest::Response {
         self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
     }
 
-    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.http.post(format!("{}{path}", self.base)).json(body).send().await.unwrap()
-    }
-
-    /// `POST /api/stripe/checkout` for `user_id` buying one item; returns status and body.
+    /// `POST /api/stripe/checkout` with `body`; returns status and JSON body.
     pub async fn checkout(&self, body: &Value) -> (u16, Value) {
-        let response = self.post_json("/api/stripe/checkout", body).await;
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let reply = self.post("/api/stripe/checkout", body.clone()).await;
+        (reply.status, reply.body)
     }
 
     pub async fn stop(mut self) {
@@ -166,7 +251,23 @@ pub async fn put_on_stripe_stream(redis: &RedisClients, events: &[StripeEventMes
     }
 }
 
-/// Polls `check` every 50 ms, at most `tries` times; true once it held.
+/// A cart of `n` lines of 2 × 500 cents.
+pub fn cart(n: usize) -> Value {
+    let items: Vec<Value> = (0..n)
+        .map(|i| json!({"sku": format!("sku-{i}"), "name": format!("Item {i}"), "unitAmountCents": 500, "quantity": 2}))
+        .collect();
+    json!({ "items": items })
+}
+
+/// The `name=value` pair of the reply's `Set-Cookie`, and the whole header.
+pub fn set_cookie(reply: &Reply) -> (String, String) {
+    let header =
+        reply.headers.get("set-cookie").expect("a Set-Cookie header").to_str().unwrap().to_owned();
+    let pair = header.split(';').next().unwrap().trim().to_owned();
+    (pair, header)
+}
+
+/// Polls `check` every 100 ms, at most `tries` times; true once it held.
 pub async fn eventually<F, Fut>(tries: usize, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -176,7 +277,7 @@ where
         if check().await {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
 }

@@ -1,0 +1,325 @@
+//! Pricing of a cart: coupon discounts and delivery charges by distance band, read from Postgres
+//! through the shared two-tier cache (coupon lookups 10 min, delivery bands 5 min by default) and
+//! invalidated when an admin changes them.
+//!
+//! What is cached is the *definition* (a coupon by code, unknown codes included; the whole band
+//! table), not the per-cart outcome: expiry and minimum order depend on the moment and the cart,
+//! so they are checked on every use, while the Postgres read is what the cache saves. One cached
+//! band table also serves every distance, where caching per distance (the seed's
+//! `delivery:cache:{distance}`) would let arbitrary client input create entries.
+
+pub mod storage;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use platform_redis::cache::{Cache, Cached};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::error::CheckoutError;
+
+/// Cache group of coupon definitions; the key is the code.
+pub const COUPON_GROUP: &str = "checkout-coupons";
+/// Cache group of the delivery band table; one key.
+pub const DELIVERY_GROUP: &str = "checkout-delivery";
+const BANDS_KEY: &str = "bands";
+
+/// Percent or fixed amount off the subtotal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CouponKind {
+    Percent,
+    Amount,
+}
+
+impl CouponKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CouponKind::Percent => "percent",
+            CouponKind::Amount => "amount",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "percent" => Some(CouponKind::Percent),
+            "amount" => Some(CouponKind::Amount),
+            _ => None,
+        }
+    }
+}
+
+/// A coupon as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Coupon {
+    pub code: String,
+    pub kind: CouponKind,
+    /// Percent (1..=100) or cents off.
+    pub value: i64,
+    pub min_order_cents: i64,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub active: bool,
+}
+
+impl Coupon {
+    /// The discount on `subtotal_cents` at `now`, or why the coupon does not apply.
+    pub fn discount(&self, subtotal_cents: i64, now: DateTime<Utc>) -> Result<i64, CheckoutError> {
+        if !self.active {
+            return Err(CheckoutError::CouponInactive);
+        }
+        if self.expires_at.is_some_and(|at| at <= now) {
+            return Err(CheckoutError::CouponExpired);
+        }
+        if subtotal_cents < self.min_order_cents {
+            return Err(CheckoutError::CouponMinimumNotMet {
+                min_order_cents: self.min_order_cents,
+            });
+        }
+        let discount = match self.kind {
+            // Rounded down: the customer never gets more than the percentage.
+            CouponKind::Percent => {
+                i64::try_from(i128::from(subtotal_cents) * i128::from(self.value) / 100)
+                    .unwrap_or(subtotal_cents)
+            }
+            CouponKind::Amount => self.value,
+        };
+        Ok(discount.clamp(0, subtotal_cents))
+    }
+}
+
+/// Normalises a coupon code (trimmed, upper case) and checks its shape.
+pub fn normalise_code(raw: &str) -> Result<String, CheckoutError> {
+    let code = raw.trim().to_ascii_uppercase();
+    let valid = !code.is_empty()
+        && code.len() <= 32
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(code)
+    } else {
+        Err(CheckoutError::invalid(
+            "invalid_coupon_code",
+            "couponCode must be 1 to 32 letters, digits, `_` or `-`",
+        ))
+    }
+}
+
+/// One delivery band: distances up to `up_to_km` (inclusive) cost `charge_cents`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliveryBand {
+    pub up_to_km: f64,
+    pub charge_cents: i64,
+}
+
+/// The delivery charge of `distance_km` under `bands` (sorted by `up_to_km`).
+pub fn delivery_charge(bands: &[DeliveryBand], distance_km: f64) -> Result<i64, CheckoutError> {
+    bands.iter().find(|band| distance_km <= band.up_to_km).map(|band| band.charge_cents).ok_or(
+        CheckoutError::DeliveryOutOfRange {
+            distance_km,
+            max_km: bands.last().map_or(0.0, |band| band.up_to_km),
+        },
+    )
+}
+
+/// Checks a band table an admin submits: 1..=100 bands, finite positive distances without
+/// duplicates, charges ≥ 0. Returns it sorted.
+pub fn validate_bands(mut bands: Vec<DeliveryBand>) -> Result<Vec<DeliveryBand>, CheckoutError> {
+    if bands.is_empty() || bands.len() > 100 {
+        return Err(CheckoutError::invalid("invalid_bands", "bands must hold 1 to 100 entries"));
+    }
+    for band in &bands {
+        if !band.up_to_km.is_finite() || band.up_to_km <= 0.0 {
+            return Err(CheckoutError::invalid(
+                "invalid_bands",
+                "upToKm must be a finite number above 0",
+            ));
+        }
+        if band.charge_cents < 0 {
+            return Err(CheckoutError::invalid("invalid_bands", "chargeCents must be >= 0"));
+        }
+    }
+    bands.sort_by(|a, b| a.up_to_km.total_cmp(&b.up_to_km));
+    if bands.windows(2).any(|pair| pair[0].up_to_km == pair[1].up_to_km) {
+        return Err(CheckoutError::invalid("invalid_bands", "upToKm values must be distinct"));
+    }
+    Ok(bands)
+}
+
+/// Cached pricing lookups. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pricing {
+    db: PgPool,
+    cache: Cache,
+    coupon_ttl: Duration,
+    delivery_ttl: Duration,
+}
+
+impl Pricing {
+    pub fn new(db: PgPool, cache: Cache, coupon_ttl: Duration, delivery_ttl: Duration) -> Self {
+        Self { db, cache, coupon_ttl, delivery_ttl }
+    }
+
+    /// The coupon named `code` (already normalised), `None` when there is none; cached.
+    #[tracing::instrument(name = "pricing.coupon", skip(self))]
+    pub async fn coupon(&self, code: &str) -> Result<Cached<Option<Coupon>>, CheckoutError> {
+        let db = self.db.clone();
+        let owned = code.to_owned();
+        self.cache
+            .get_or_compute(COUPON_GROUP, code, self.coupon_ttl, move || async move {
+                storage::coupon(&db, &owned).await.map_err(CheckoutError::from)
+            })
+            .await
+    }
+
+    /// The delivery bands, sorted; cached.
+    #[tracing::instrument(name = "pricing.bands", skip(self))]
+    pub async fn bands(&self) -> Result<Cached<Vec<DeliveryBand>>, CheckoutError> {
+        let db = self.db.clone();
+        self.cache
+            .get_or_compute(DELIVERY_GROUP, BANDS_KEY, self.delivery_ttl, move || async move {
+                storage::bands(&db).await.map_err(CheckoutError::from)
+            })
+            .await
+    }
+
+    /// The discount of coupon `code` on `subtotal_cents` now.
+    pub async fn discount(&self, code: &str, subtotal_cents: i64) -> Result<i64, CheckoutError> {
+        let coupon = self.coupon(code).await?.value.ok_or(CheckoutError::UnknownCoupon)?;
+        coupon.discount(subtotal_cents, Utc::now())
+    }
+
+    /// The delivery charge of `distance_km`.
+    pub async fn delivery(&self, distance_km: f64) -> Result<i64, CheckoutError> {
+        delivery_charge(&self.bands().await?.value, distance_km)
+    }
+
+    /// Drops the cached definition of one coupon on every replica. A Redis failure is logged:
+    /// this replica's copy is gone anyway and the TTL bounds what another could still serve.
+    pub async fn invalidate_coupon(&self, code: &str) {
+        if let Err(error) = self.cache.invalidate(COUPON_GROUP, code).await {
+            tracing::warn!(%error, code, "coupon cache invalidation did not reach redis");
+        }
+    }
+
+    /// Drops the cached band table on every replica (same failure handling).
+    pub async fn invalidate_delivery(&self) {
+        if let Err(error) = self.cache.invalidate_group(DELIVERY_GROUP).await {
+            tracing::warn!(%error, "delivery cache invalidation did not reach redis");
+        }
+    }
+
+    pub fn db(&self) -> &PgPool {
+        &self.db
+    }
+}
+
+/// A coupon row before its `kind` text is checked.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct CouponRow {
+    code: String,
+    kind: String,
+    value: i64,
+    min_order_cents: i64,
+    expires_at: Option<DateTime<Utc>>,
+    active: bool,
+}
+
+impl TryFrom<CouponRow> for Coupon {
+    type Error = sqlx::Error;
+
+    fn try_from(row: CouponRow) -> Result<Self, Self::Error> {
+        let kind = CouponKind::parse(&row.kind).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown coupon kind {}", row.kind).into())
+        })?;
+        Ok(Coupon {
+            code: row.code,
+            kind,
+            value: row.value,
+            min_order_cents: row.min_order_cents,
+            expires_at: row.expires_at,
+            active: row.active,
+        })
+    }
+}
+
+/// The body of the admin coupon routes (`code` comes from the path on PUT).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CouponRequest {
+    #[serde(default)]
+    pub code: Option<String>,
+    pub kind: CouponKind,
+    pub value: i64,
+    #[serde(default)]
+    pub min_order_cents: i64,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl CouponRequest {
+    /// The validated coupon named `code`.
+    pub fn into_coupon(self, code: &str) -> Result<Coupon, CheckoutError> {
+        let code = normalise_code(code)?;
+        match self.kind {
+            CouponKind::Percent if !(1..=100).contains(&self.value) => {
+                return Err(CheckoutError::invalid(
+                    "invalid_coupon",
+                    "value of a percent coupon must be between 1 and 100",
+                ));
+            }
+            CouponKind::Amount if self.value <= 0 => {
+                return Err(CheckoutError::invalid(
+                    "invalid_coupon",
+                    "value of an amount coupon must be > 0 cents",
+                ));
+            }
+            _ => {}
+        }
+        if self.min_order_cents < 0 {
+            return Err(CheckoutError::invalid("invalid_coupon", "minOrderCents must be >= 0"));
+        }
+        Ok(Coupon {
+            code,
+            kind: self.kind,
+            value: self.value,
+            min_order_cents: self.min_order_cents,
+            expires_at: self.expires_at,
+            active: self.active,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coupon(kind: CouponKind, value: i64) -> Coupon {
+        Coupon { code: "C".into(), kind, value, min_order_cents: 0, expires_at: None, active: true }
+    }
+
+    #[test]
+    fn percent_discount_rounds_down_and_amount_never_exceeds_the_subtotal() {
+        let now = Utc::now();
+        assert_eq!(coupon(CouponKind::Percent, 10).discount(999, now).ok(), Some(99));
+        assert_eq!(coupon(CouponKind::Amount, 500).discount(300, now).ok(), Some(300));
+    }
+
+    #[test]
+    fn distance_is_charged_by_the_first_band_that_reaches_it() {
+        let bands = [
+            DeliveryBand { up_to_km: 5.0, charge_cents: 0 },
+            DeliveryBand { up_to_km: 10.0, charge_cents: 299 },
+        ];
+        assert_eq!(delivery_charge(&bands, 5.0).ok(), Some(0));
+        assert_eq!(delivery_charge(&bands, 5.1).ok(), Some(299));
+        assert!(delivery_charge(&bands, 10.5).is_err());
+    }
+}

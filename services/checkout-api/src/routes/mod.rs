@@ -1,0 +1,58 @@
+//! HTTP routes of checkout-api (except Stripe's): checkout sessions and pricing lookups
+//! ([`checkout`]), admin pricing writes ([`admin`]), the seed 002 health and management routes
+//! ([`redis_admin`]) and user/guest sessions ([`user_sessions`]). Handlers parse input, call the
+//! domain modules and shape responses.
+//!
+//! Every route is wrapped in a rate-limit policy (`api`, guest creation `guest_checkout`).
+//! Resources are registered one by one, never as a shared `/api/...` scope, so other modules can
+//! add routes next to them.
+
+pub mod admin;
+pub mod checkout;
+pub mod redis_admin;
+pub mod user_sessions;
+
+use actix_web::web;
+use platform_redis::RedisClients;
+use platform_redis::ratelimit::{RateLimit, RateLimiter};
+use sqlx::PgPool;
+
+use crate::sessions::Checkout;
+use crate::user_sessions::UserSessions;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub checkout: Checkout,
+    pub user_sessions: UserSessions,
+    pub redis: RedisClients,
+    pub db: PgPool,
+}
+
+/// The rate-limit policies the routes use.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    pub limiter: RateLimiter,
+    /// General API routes (`checkout.rate_limit_policy`, default `api`).
+    pub api: String,
+    /// Guest session creation (`user_sessions.guest_rate_limit_policy`).
+    pub guest: String,
+}
+
+impl Policies {
+    fn api(&self) -> RateLimit {
+        RateLimit::new(self.limiter.clone(), self.api.clone())
+    }
+    fn guest(&self) -> RateLimit {
+        RateLimit::new(self.limiter.clone(), self.guest.clone())
+    }
+}
+
+/// Registers the state and every route group of this module.
+pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<State>, policies: &Policies) {
+    cfg.app_data(state);
+    checkout::configure(cfg, policies);
+    admin::configure(cfg, policies);
+    redis_admin::configure(cfg, policies);
+    user_sessions::configure(cfg, policies);
+}

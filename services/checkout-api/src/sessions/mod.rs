@@ -1,0 +1,520 @@
+//! Checkout sessions: the validated cart, its prices, the status machine (open → completed |
+//! failed; expired = the sliding TTL ran out) and the operations the routes call. Storage (Redis
+//! first, Postgres when Redis is unreachable) is in [`store`].
+//!
+//! Updates are optimistic: read (which also extends the TTL), apply, reprice, then write only if
+//! the stored version is still the one read; a lost race retries a few times and then answers
+//! 409 `conflict`, so concurrent writers never lose each other's changes silently.
+
+pub mod store;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use uuid::Uuid;
+
+use crate::error::CheckoutError;
+use crate::metrics::CheckoutMetrics;
+use crate::pricing::{Pricing, normalise_code};
+use crate::stripe::checkout::{Cart as StripeCart, CartLine, CartSource, Mode};
+use store::{Replaced, SessionStore, StatField, Tier};
+
+/// How often an update retries after losing a race before answering 409.
+const MAX_UPDATE_ATTEMPTS: usize = 8;
+/// Longest sku, name and userId (bytes).
+const MAX_TEXT: usize = 200;
+/// Largest unit price and quantity; with the item bound they keep sums far from overflow.
+const MAX_UNIT_AMOUNT_CENTS: i64 = 100_000_000;
+const MAX_QUANTITY: i64 = 10_000;
+
+/// Bounds from `[checkout]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_items: usize,
+    pub max_distance_km: f64,
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Open,
+    Completed,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// One line of the cart, as sent and as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CartItem {
+    pub sku: String,
+    pub name: String,
+    pub unit_amount_cents: i64,
+    pub quantity: i64,
+}
+
+/// `POST /api/checkout/sessions`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateSessionRequest {
+    #[serde(default)]
+    pub user_id: Option<String>,
+    pub items: Vec<CartItem>,
+    #[serde(default)]
+    pub coupon_code: Option<String>,
+    #[serde(default)]
+    pub delivery_distance_km: Option<f64>,
+}
+
+/// `PATCH /api/checkout/sessions/{id}`: absent fields stay; `null` removes the coupon or the
+/// distance.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateSessionRequest {
+    #[serde(default)]
+    pub items: Option<Vec<CartItem>>,
+    #[serde(default, deserialize_with = "present")]
+    pub coupon_code: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub delivery_distance_km: Option<Option<f64>>,
+}
+
+/// `Some(value)` for a present field, `null` included (as `Some(None)`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// What is stored in Redis (JSON) and in Postgres (`record`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRecord {
+    pub id: Uuid,
+    /// Bumped by every write; updates compare it.
+    pub version: u64,
+    pub status: Status,
+    pub user_id: Option<String>,
+    pub items: Vec<CartItem>,
+    pub coupon_code: Option<String>,
+    pub delivery_distance_km: Option<f64>,
+    pub subtotal_cents: i64,
+    pub discount_cents: i64,
+    pub delivery_cents: i64,
+    pub total_cents: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The response body: the record, when it expires if left idle, and which tier holds it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView {
+    #[serde(flatten)]
+    pub record: SessionRecord,
+    pub expires_at: DateTime<Utc>,
+    pub store: Tier,
+}
+
+/// A validated cart.
+#[derive(Debug, Clone)]
+struct Cart {
+    user_id: Option<String>,
+    items: Vec<CartItem>,
+    coupon_code: Option<String>,
+    delivery_distance_km: Option<f64>,
+}
+
+impl Cart {
+    fn validate(self, limits: &Limits) -> Result<Cart, CheckoutError> {
+        if let Some(user_id) = &self.user_id {
+            check_text("userId", user_id)?;
+        }
+        if self.items.is_empty() {
+            return Err(CheckoutError::invalid("empty_cart", "items must hold at least one item"));
+        }
+        if self.items.len() > limits.max_items {
+            return Err(CheckoutError::invalid(
+                "too_many_items",
+                format!("items may hold at most {} entries", limits.max_items),
+            ));
+        }
+        for (index, item) in self.items.iter().enumerate() {
+            check_text("sku", &item.sku)
+                .and_then(|()| check_text("name", &item.name))
+                .map_err(|e| at_item(index, e))?;
+            if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+                return Err(CheckoutError::invalid(
+                    "invalid_quantity",
+                    format!("items[{index}].quantity must be between 1 and {MAX_QUANTITY}"),
+                ));
+            }
+            if !(0..=MAX_UNIT_AMOUNT_CENTS).contains(&item.unit_amount_cents) {
+                return Err(CheckoutError::invalid(
+                    "invalid_amount",
+                    format!(
+                        "items[{index}].unitAmountCents must be between 0 and {MAX_UNIT_AMOUNT_CENTS}"
+                    ),
+                ));
+            }
+        }
+        let coupon_code = self.coupon_code.as_deref().map(normalise_code).transpose()?;
+        if let Some(distance) = self.delivery_distance_km {
+            check_distance(distance, limits)?;
+        }
+        Ok(Cart { coupon_code, ..self })
+    }
+
+    fn subtotal_cents(&self) -> i64 {
+        // Bounded by MAX_ITEMS × MAX_QUANTITY × MAX_UNIT_AMOUNT_CENTS, far below i64::MAX for
+        // any sane `max_items`; saturate rather than wrap if someone configures an absurd one.
+        self.items
+            .iter()
+            .fold(0i64, |sum, item| sum.saturating_add(item.unit_amount_cents * item.quantity))
+    }
+}
+
+/// Distances must be finite, ≥ 0 and within `checkout.max_distance_km`.
+pub fn check_distance(distance_km: f64, limits: &Limits) -> Result<(), CheckoutError> {
+    if !distance_km.is_finite() || distance_km < 0.0 {
+        return Err(CheckoutError::invalid(
+            "invalid_distance",
+            "deliveryDistanceKm must be a finite number >= 0",
+        ));
+    }
+    if distance_km > limits.max_distance_km {
+        return Err(CheckoutError::invalid(
+            "invalid_distance",
+            format!("deliveryDistanceKm must be at most {}", limits.max_distance_km),
+        ));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), CheckoutError> {
+    if value.trim().is_empty() {
+        return Err(CheckoutError::invalid("invalid_item", format!("{field} must not be empty")));
+    }
+    if value.len() > MAX_TEXT || value.chars().any(char::is_control) {
+        return Err(CheckoutError::invalid(
+            "invalid_item",
+            format!("{field} must be at most {MAX_TEXT} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn at_item(index: usize, error: CheckoutError) -> CheckoutError {
+    match error {
+        CheckoutError::Invalid { code, message } => {
+            CheckoutError::Invalid { code, message: format!("items[{index}].{message}") }
+        }
+        other => other,
+    }
+}
+
+/// Parses a session id from the path.
+pub fn parse_id(raw: &str) -> Result<Uuid, CheckoutError> {
+    Uuid::parse_str(raw).map_err(|_| CheckoutError::InvalidSessionId)
+}
+
+/// Subtotal, discount, delivery and total of a cart, in cents.
+#[derive(Debug, Clone, Copy)]
+struct Amounts {
+    subtotal: i64,
+    discount: i64,
+    delivery: i64,
+}
+
+/// The checkout-session operations. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub store: SessionStore,
+    pub pricing: Pricing,
+    pub limits: Limits,
+    metrics: CheckoutMetrics,
+}
+
+impl Checkout {
+    pub fn new(
+        store: SessionStore,
+        pricing: Pricing,
+        limits: Limits,
+        metrics: CheckoutMetrics,
+    ) -> Self {
+        Self { store, pricing, limits, metrics }
+    }
+
+    async fn price(&self, cart: &Cart) -> Result<Amounts, CheckoutError> {
+        let subtotal = cart.subtotal_cents();
+        let discount = match &cart.coupon_code {
+            Some(code) => self.pricing.discount(code, subtotal).await?,
+            None => 0,
+        };
+        let delivery = match cart.delivery_distance_km {
+            Some(distance) => self.pricing.delivery(distance).await?,
+            None => 0,
+        };
+        Ok(Amounts { subtotal, discount, delivery })
+    }
+
+    fn view(&self, record: SessionRecord, tier: Tier) -> SessionView {
+        let ttl = chrono::Duration::from_std(self.store.ttl()).unwrap_or(chrono::Duration::zero());
+        SessionView { record, expires_at: Utc::now() + ttl, store: tier }
+    }
+
+    /// Validates, prices and stores a new open session.
+    #[tracing::instrument(name = "checkout.create", skip_all)]
+    pub async fn create(
+        &self,
+        request: CreateSessionRequest,
+    ) -> Result<SessionView, CheckoutError> {
+        let started = Instant::now();
+        let cart = Cart {
+            user_id: request.user_id,
+            items: request.items,
+            coupon_code: request.coupon_code,
+            delivery_distance_km: request.delivery_distance_km,
+        }
+        .validate(&self.limits)?;
+        let amounts = self.price(&cart).await?;
+        let now = Utc::now();
+        let record = SessionRecord {
+            id: Uuid::new_v4(),
+            version: 1,
+            status: Status::Open,
+            user_id: cart.user_id,
+            items: cart.items,
+            coupon_code: cart.coupon_code,
+            delivery_distance_km: cart.delivery_distance_km,
+            subtotal_cents: amounts.subtotal,
+            discount_cents: amounts.discount,
+            delivery_cents: amounts.delivery,
+            total_cents: amounts.subtotal - amounts.discount + amounts.delivery,
+            created_at: now,
+            updated_at: now,
+        };
+        let tier = self.store.create(&record, micros(started.elapsed())).await?;
+        self.metrics.created(tier);
+        tracing::info!(session_id = %record.id, store = tier.as_str(), total_cents = record.total_cents, "checkout session created");
+        Ok(self.view(record, tier))
+    }
+
+    /// The session (extending its TTL), or 404 once expired.
+    #[tracing::instrument(name = "checkout.get", skip(self))]
+    pub async fn get(&self, id: Uuid) -> Result<SessionView, CheckoutError> {
+        let (record, tier) = self.store.get(id).await?.ok_or(CheckoutError::SessionNotFound)?;
+        Ok(self.view(record, tier))
+    }
+
+    /// Applies `request` to an open session and reprices it.
+    #[tracing::instrument(name = "checkout.update", skip(self, request))]
+    pub async fn update(
+        &self,
+        id: Uuid,
+        request: UpdateSessionRequest,
+    ) -> Result<SessionView, CheckoutError> {
+        if request.items.is_none()
+            && request.coupon_code.is_none()
+            && request.delivery_distance_km.is_none()
+        {
+            return Err(CheckoutError::invalid(
+                "empty_update",
+                "Nothing to update: the body names no field",
+            ));
+        }
+        self.write(id, "updated", None, |current| {
+            let cart = Cart {
+                user_id: current.user_id.clone(),
+                items: request.items.clone().unwrap_or_else(|| current.items.clone()),
+                coupon_code: request
+                    .coupon_code
+                    .clone()
+                    .unwrap_or_else(|| current.coupon_code.clone()),
+                delivery_distance_km: request
+                    .delivery_distance_km
+                    .unwrap_or(current.delivery_distance_km),
+            };
+            Ok(Change::Reprice(cart))
+        })
+        .await
+    }
+
+    /// Moves an open session to `target` (completed or failed).
+    #[tracing::instrument(name = "checkout.transition", skip(self))]
+    pub async fn transition(&self, id: Uuid, target: Status) -> Result<SessionView, CheckoutError> {
+        let (action, stat) = match target {
+            Status::Completed => ("completed", StatField::Completed),
+            Status::Failed => ("failed", StatField::Failed),
+            Status::Open => {
+                return Err(CheckoutError::invalid(
+                    "invalid_transition",
+                    "cannot reopen a session",
+                ));
+            }
+        };
+        let view = self.write(id, action, Some(stat), |_| Ok(Change::Status(target))).await?;
+        self.metrics.finished(target);
+        tracing::info!(session_id = %id, status = target.as_str(), "checkout session finished");
+        Ok(view)
+    }
+
+    /// The optimistic read-modify-write loop shared by update and the transitions.
+    async fn write<F>(
+        &self,
+        id: Uuid,
+        action: &'static str,
+        stat: Option<StatField>,
+        change: F,
+    ) -> Result<SessionView, CheckoutError>
+    where
+        F: Fn(&SessionRecord) -> Result<Change, CheckoutError>,
+    {
+        let started = Instant::now();
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let (current, tier) =
+                self.store.get(id).await?.ok_or(CheckoutError::SessionNotFound)?;
+            if current.status != Status::Open {
+                return Err(CheckoutError::InvalidTransition {
+                    status: current.status.as_str(),
+                    action,
+                });
+            }
+            let mut next = current.clone();
+            match change(&current)? {
+                Change::Status(status) => next.status = status,
+                Change::Reprice(cart) => {
+                    let cart = cart.validate(&self.limits)?;
+                    let amounts = self.price(&cart).await?;
+                    next.items = cart.items;
+                    next.coupon_code = cart.coupon_code;
+                    next.delivery_distance_km = cart.delivery_distance_km;
+                    next.subtotal_cents = amounts.subtotal;
+                    next.discount_cents = amounts.discount;
+                    next.delivery_cents = amounts.delivery;
+                    next.total_cents = amounts.subtotal - amounts.discount + amounts.delivery;
+                }
+            }
+            next.version = current.version + 1;
+            next.updated_at = Utc::now();
+            match self
+                .store
+                .replace(tier, &next, current.version, stat, micros(started.elapsed()))
+                .await?
+            {
+                Replaced::Done => return Ok(self.view(next, tier)),
+                Replaced::Gone => return Err(CheckoutError::SessionNotFound),
+                Replaced::Conflict => {
+                    tracing::debug!(session_id = %id, "lost an update race; retrying");
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        Err(CheckoutError::Conflict)
+    }
+}
+
+/// What one write does to the record it read.
+enum Change {
+    Status(Status),
+    Reprice(Cart),
+}
+
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The Stripe checkout's carts are open checkout sessions (`checkoutSessionId`). Each item is one
+/// Stripe line, plus a delivery line; when a coupon discounts the order, one line for the
+/// session's total instead, so Stripe charges exactly what the session shows.
+impl CartSource for Checkout {
+    fn load<'a>(
+        &'a self,
+        checkout_session_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<StripeCart>, CheckoutError>> + Send + 'a>> {
+        Box::pin(async move {
+            let Ok(id) = Uuid::parse_str(checkout_session_id) else { return Ok(None) };
+            let Some((record, _)) = self.store.get(id).await? else { return Ok(None) };
+            if record.status != Status::Open {
+                return Err(CheckoutError::InvalidTransition {
+                    status: record.status.as_str(),
+                    action: "paid",
+                });
+            }
+            let lines = if record.discount_cents == 0 {
+                let items = record.items.iter().map(|item| CartLine::Inline {
+                    name: item.name.clone(),
+                    unit_amount_cents: item.unit_amount_cents,
+                    quantity: u64::try_from(item.quantity).unwrap_or(1),
+                });
+                let delivery = (record.delivery_cents > 0).then(|| CartLine::Inline {
+                    name: "Delivery".to_owned(),
+                    unit_amount_cents: record.delivery_cents,
+                    quantity: 1,
+                });
+                items.chain(delivery).collect()
+            } else {
+                vec![CartLine::Inline {
+                    name: format!("Order {id}"),
+                    unit_amount_cents: record.total_cents,
+                    quantity: 1,
+                }]
+            };
+            Ok(Some(StripeCart {
+                user_id: record.user_id.unwrap_or_default(),
+                email: None,
+                lines,
+                mode: Mode::Payment,
+                checkout_session_id: Some(id.to_string()),
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(quantity: i64, unit_amount_cents: i64) -> CartItem {
+        CartItem { sku: "sku-1".into(), name: "Tea".into(), unit_amount_cents, quantity }
+    }
+
+    fn cart(items: Vec<CartItem>) -> Cart {
+        Cart { user_id: None, items, coupon_code: None, delivery_distance_km: None }
+    }
+
+    const LIMITS: Limits = Limits { max_items: 3, max_distance_km: 100.0 };
+
+    #[test]
+    fn cart_rules_reject_bad_quantities_amounts_and_sizes_with_their_codes() {
+        let code = |c: Cart| c.validate(&LIMITS).err().map(|e| e.code());
+        assert_eq!(code(cart(vec![])), Some("empty_cart"));
+        assert_eq!(code(cart(vec![item(0, 100)])), Some("invalid_quantity"));
+        assert_eq!(code(cart(vec![item(1, -1)])), Some("invalid_amount"));
+        assert_eq!(code(cart(vec![item(1, 1); 4])), Some("too_many_items"));
+        let mut negative = cart(vec![item(1, 1)]);
+        negative.delivery_distance_km = Some(-0.5);
+        assert_eq!(code(negative), Some("invalid_distance"));
+    }
+
+    #[test]
+    fn subtotal_is_the_sum_of_unit_price_times_quantity() {
+        let valid = cart(vec![item(2, 250), item(1, 99)]).validate(&LIMITS).ok();
+        assert_eq!(valid.map(|c| c.subtotal_cents()), Some(599));
+    }
+}

@@ -1,0 +1,762 @@
+//! Where checkout sessions live: Redis first, Postgres when Redis is unreachable (seed 002's
+//! storage hierarchy), with the index and statistics that listing, cleanup and health use.
+//!
+//! - **Redis tier.** [`Keys::checkout_session`] holds the JSON record with `PX` = the session
+//!   TTL; [`Keys::checkout_index`] scores each id by its expiry; [`Keys::checkout_stats`] counts
+//!   created / completed / failed and sums create / update latency. Each operation is one Lua
+//!   script (one round trip, atomic): create = `SET NX PX` + `ZADD` + counters; read = `GET` +
+//!   `PEXPIRE` + `ZADD` (the sliding TTL and the index move together); replace = compare the
+//!   stored version, then `SET PX` + `ZADD` + counters.
+//! - **Postgres tier.** When no sessions-pool connection is up, or a Redis command fails because
+//!   Redis cannot be reached, creates go to `checkout_sessions` (sliding `expires_at`) and its
+//!   counters to `checkout_stats`. Reads try Redis, then Postgres, so a session is found wherever
+//!   it was written: sessions created during an outage stay in Postgres until they expire while
+//!   new ones go to Redis again as soon as it is back (migration without downtime). Updates go to
+//!   the tier that holds the session. A session held by Redis is not reachable while Redis is
+//!   down (404 / 503): there is no copy elsewhere.
+//! - No in-memory tier: a replica-local copy would make a session appear and vanish depending on
+//!   which replica serves the request, and Postgres already covers a Redis outage.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, Utc};
+use platform_redis::fred::prelude::*;
+use platform_redis::fred::types::scripts::Script;
+use platform_redis::fred::types::sorted_sets::{ZRange, ZRangeBound, ZRangeKind};
+use platform_redis::{Keys, RedisError};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::SessionRecord;
+use crate::error::CheckoutError;
+use crate::metrics::CheckoutMetrics;
+
+/// KEYS: session, index, stats. ARGV: id, JSON, TTL ms, expiry ms, latency µs.
+static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"
+if redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX') then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], 'totalCreated', 1)
+  redis.call('HINCRBY', KEYS[3], 'createCount', 1)
+  redis.call('HINCRBY', KEYS[3], 'createMicros', ARGV[5])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// KEYS: session, index. ARGV: id, TTL ms, expiry ms. Returns the JSON or nil.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"
+local value = redis.call('GET', KEYS[1])
+if not value then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return false
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return value
+",
+    )
+});
+
+/// KEYS: session, index, stats. ARGV: id, JSON, TTL ms, expiry ms, expected version, counter
+/// field or '', latency µs. Returns 1 written, 0 version changed, -1 gone.
+static REPLACE: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"
+local current = redis.call('GET', KEYS[1])
+if not current then return -1 end
+local ok, decoded = pcall(cjson.decode, current)
+if not ok or tonumber(decoded['version']) ~= tonumber(ARGV[5]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[6], 1) end
+redis.call('HINCRBY', KEYS[3], 'updateCount', 1)
+redis.call('HINCRBY', KEYS[3], 'updateMicros', ARGV[7])
+return 1
+",
+    )
+});
+
+/// KEYS: index, then one session key per id. ARGV: now ms, then the ids. Removes index entries
+/// whose session key is gone and whose score is past (a concurrent read may have just moved it).
+static CLEANUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"
+local removed = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if score and tonumber(score) <= tonumber(ARGV[1]) then
+      removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+    end
+  end
+end
+return removed
+",
+    )
+});
+
+/// Index entries examined per cleanup script call.
+const CLEANUP_BATCH: i64 = 500;
+
+/// The tier that holds a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Redis,
+    Postgres,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Redis => "redis",
+            Tier::Postgres => "postgres",
+        }
+    }
+}
+
+/// Which counter a replace bumps besides the update counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatField {
+    Completed,
+    Failed,
+}
+
+impl StatField {
+    fn redis_field(self) -> &'static str {
+        match self {
+            StatField::Completed => "totalCompleted",
+            StatField::Failed => "totalFailed",
+        }
+    }
+}
+
+/// Outcome of a compare-and-replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    Done,
+    /// Someone else wrote since the read.
+    Conflict,
+    /// Expired or deleted since the read.
+    Gone,
+}
+
+/// Counters of both tiers, summed.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub total_created: i64,
+    pub total_completed: i64,
+    pub total_failed: i64,
+    /// completed / created, 0 when nothing was created.
+    pub conversion_rate: f64,
+    /// Mean time from receiving a create / update to its store call, ms.
+    pub average_create_ms: f64,
+    pub average_update_ms: f64,
+    /// False when Redis could not be read: the numbers are then Postgres' share only.
+    pub redis_included: bool,
+}
+
+/// Result of `cleanup_expired`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupReport {
+    /// Index entries of sessions whose Redis key had expired.
+    pub redis_index_entries_removed: u64,
+    /// Expired rows deleted from Postgres.
+    pub postgres_sessions_removed: u64,
+}
+
+/// One page of `get_all_sessions`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionPage {
+    pub sessions: Vec<ListedSession>,
+    /// Pass back as `cursor` for the next page; `null` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// A session in a listing (not extending its TTL).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedSession {
+    #[serde(flatten)]
+    pub record: SessionRecord,
+    pub expires_at: DateTime<Utc>,
+    pub store: Tier,
+}
+
+/// The two-tier session store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SessionStore {
+    redis: Pool,
+    keys: Keys,
+    db: PgPool,
+    ttl: Duration,
+    /// Last mode seen by an operation, to log each switch once.
+    on_postgres: Arc<AtomicBool>,
+    metrics: CheckoutMetrics,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl SessionStore {
+    pub fn new(
+        redis: Pool,
+        keys: Keys,
+        db: PgPool,
+        ttl: Duration,
+        metrics: CheckoutMetrics,
+    ) -> Self {
+        Self { redis, keys, db, ttl, on_postgres: Arc::new(AtomicBool::new(false)), metrics }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// True while no connection of the sessions pool is up: new sessions go to Postgres.
+    pub fn in_fallback(&self) -> bool {
+        !self.redis.next_connected().is_connected()
+    }
+
+    /// A connected Redis client, or `None` (and the switch to Postgres logged) when there is none.
+    fn redis(&self) -> Option<&Client> {
+        let client = self.redis.next_connected();
+        if client.is_connected() {
+            Some(client)
+        } else {
+            self.note_mode(true, None);
+            None
+        }
+    }
+
+    /// Logs a switch between tiers once (warn to Postgres, info back) and updates the gauge.
+    fn note_mode(&self, on_postgres: bool, cause: Option<&RedisError>) {
+        if self.on_postgres.swap(on_postgres, Ordering::Relaxed) != on_postgres {
+            self.metrics.set_store_fallback(on_postgres);
+            if on_postgres {
+                let cause = cause.map(|e| platform_service::error::error_chain(e));
+                tracing::warn!(
+                    cause,
+                    "redis unreachable; checkout sessions are stored in postgres"
+                );
+            } else {
+                tracing::info!("redis reachable again; new checkout sessions are stored in redis");
+            }
+        }
+    }
+
+    /// Sorts a Redis failure: unreachable → `None` (use Postgres), anything else → error.
+    fn redis_failed(&self, error: RedisError) -> Result<(), CheckoutError> {
+        if error.is_unavailable() {
+            self.note_mode(true, Some(&error));
+            Ok(())
+        } else {
+            Err(error.into())
+        }
+    }
+
+    /// Stores a new session; returns the tier that took it.
+    #[tracing::instrument(name = "sessions.create", skip_all, fields(session_id = %record.id))]
+    pub async fn create(
+        &self,
+        record: &SessionRecord,
+        latency_us: u64,
+    ) -> Result<Tier, CheckoutError> {
+        let json = serde_json::to_string(record)?;
+        if let Some(client) = self.redis() {
+            let id = record.id.to_string();
+            let ttl = ttl_ms(self.ttl);
+            let keys = vec![
+                self.keys.checkout_session(&id),
+                self.keys.checkout_index(),
+                self.keys.checkout_stats(),
+            ];
+            let args = vec![
+                id,
+                json.clone(),
+                ttl.to_string(),
+                now_ms().saturating_add(ttl).to_string(),
+                latency_us.to_string(),
+            ];
+            let created: Result<i64, RedisError> =
+                CREATE.evalsha_with_reload(client, keys, args).await.map_err(Into::into);
+            match created {
+                Ok(1) => {
+                    self.note_mode(false, None);
+                    return Ok(Tier::Redis);
+                }
+                Ok(_) => {
+                    return Err(CheckoutError::Internal(anyhow::anyhow!(
+                        "a new random session id already exists in redis"
+                    )));
+                }
+                Err(error) => self.redis_failed(error)?,
+            }
+        }
+        pg::create(&self.db, record, &json, self.ttl, latency_us).await?;
+        Ok(Tier::Postgres)
+    }
+
+    /// The session and its tier, extending its TTL; `None` when it does not exist or expired.
+    #[tracing::instrument(name = "sessions.get", skip(self))]
+    pub async fn get(&self, id: Uuid) -> Result<Option<(SessionRecord, Tier)>, CheckoutError> {
+        if let Some(client) = self.redis() {
+            let id_text = id.to_string();
+            let ttl = ttl_ms(self.ttl);
+            let keys = vec![self.keys.checkout_session(&id_text), self.keys.checkout_index()];
+            let args = vec![id_text, ttl.to_string(), now_ms().saturating_add(ttl).to_string()];
+            let found: Result<Option<String>, RedisError> =
+                READ.evalsha_with_reload(client, keys, args).await.map_err(Into::into);
+            match found {
+                Ok(Some(json)) => {
+                    self.note_mode(false, None);
+                    return Ok(Some((serde_json::from_str(&json)?, Tier::Redis)));
+                }
+                Ok(None) => self.note_mode(false, None),
+                Err(error) => self.redis_failed(error)?,
+            }
+        }
+        Ok(pg::touch(&self.db, id, self.ttl).await?.map(|record| (record, Tier::Postgres)))
+    }
+
+    /// Writes `record` over the stored session if its version is still `expected_version`.
+    #[tracing::instrument(name = "sessions.replace", skip(self, record), fields(session_id = %record.id))]
+    pub async fn replace(
+        &self,
+        tier: Tier,
+        record: &SessionRecord,
+        expected_version: u64,
+        stat: Option<StatField>,
+        latency_us: u64,
+    ) -> Result<Replaced, CheckoutError> {
+        let json = serde_json::to_string(record)?;
+        match tier {
+            Tier::Redis => {
+                let client = self.redis.next_connected();
+                let id = record.id.to_string();
+                let ttl = ttl_ms(self.ttl);
+                let keys = vec![
+                    self.keys.checkout_session(&id),
+                    self.keys.checkout_index(),
+                    self.keys.checkout_stats(),
+                ];
+                let args = vec![
+                    id,
+                    json,
+                    ttl.to_string(),
+                    now_ms().saturating_add(ttl).to_string(),
+                    expected_version.to_string(),
+                    stat.map_or("", StatField::redis_field).to_owned(),
+                    latency_us.to_string(),
+                ];
+                let outcome: i64 = REPLACE
+                    .evalsha_with_reload(client, keys, args)
+                    .await
+                    .map_err(|e| CheckoutError::from(RedisError::from(e)))?;
+                Ok(match outcome {
+                    1 => Replaced::Done,
+                    0 => Replaced::Conflict,
+                    _ => Replaced::Gone,
+                })
+            }
+            Tier::Postgres => {
+                pg::replace(&self.db, record, &json, expected_version, stat, self.ttl, latency_us)
+                    .await
+            }
+        }
+    }
+
+    /// Counters of both tiers. Fails only when neither can be read.
+    pub async fn stats(&self) -> Result<Stats, CheckoutError> {
+        let mut redis_counts: Option<HashMap<String, i64>> = None;
+        if let Some(client) = self.redis() {
+            match client.hgetall::<HashMap<String, i64>, _>(self.keys.checkout_stats()).await {
+                Ok(counts) => redis_counts = Some(counts),
+                Err(error) => self.redis_failed(error.into())?,
+            }
+        }
+        let pg = pg::stats(&self.db).await;
+        let (pg, redis) = match (pg, redis_counts) {
+            (Ok(pg), redis) => (pg, redis),
+            (Err(error), Some(redis)) => {
+                tracing::warn!(%error, "postgres checkout counters unreadable; stats from redis only");
+                (HashMap::new(), Some(redis))
+            }
+            (Err(error), None) => return Err(error.into()),
+        };
+        let redis_included = redis.is_some();
+        let redis = redis.unwrap_or_default();
+        let get = |name: &str| {
+            redis.get(name).copied().unwrap_or(0).saturating_add(pg.get(name).copied().unwrap_or(0))
+        };
+        let average = |sum: i64, count: i64| {
+            if count > 0 { sum as f64 / count as f64 / 1000.0 } else { 0.0 }
+        };
+        let created = get("totalCreated");
+        let completed = get("totalCompleted");
+        Ok(Stats {
+            total_created: created,
+            total_completed: completed,
+            total_failed: get("totalFailed"),
+            conversion_rate: if created > 0 { completed as f64 / created as f64 } else { 0.0 },
+            average_create_ms: average(get("createMicros"), get("createCount")),
+            average_update_ms: average(get("updateMicros"), get("updateCount")),
+            redis_included,
+        })
+    }
+
+    /// Live (not expired) sessions in both tiers; a tier that cannot be read counts 0.
+    pub async fn live_count(&self) -> u64 {
+        let mut count = 0;
+        if let Some(client) = self.redis() {
+            match client
+                .zcount::<u64, _>(self.keys.checkout_index(), now_ms() as f64, f64::INFINITY)
+                .await
+            {
+                Ok(n) => count += n,
+                Err(error) => tracing::debug!(%error, "cannot count redis sessions"),
+            }
+        }
+        match pg::live_count(&self.db).await {
+            Ok(n) => count += n,
+            Err(error) => tracing::debug!(%error, "cannot count postgres sessions"),
+        }
+        count
+    }
+
+    /// Removes index entries of expired Redis sessions and expired Postgres rows.
+    #[tracing::instrument(name = "sessions.cleanup_expired", skip(self))]
+    pub async fn cleanup_expired(&self) -> Result<CleanupReport, CheckoutError> {
+        let mut report = CleanupReport::default();
+        let mut redis_ok = false;
+        if let Some(client) = self.redis() {
+            match self.cleanup_redis(client).await {
+                Ok(removed) => {
+                    report.redis_index_entries_removed = removed;
+                    redis_ok = true;
+                }
+                Err(error) => self.redis_failed(error)?,
+            }
+        }
+        match pg::delete_expired(&self.db).await {
+            Ok(removed) => report.postgres_sessions_removed = removed,
+            Err(error) if redis_ok => {
+                tracing::warn!(%error, "expired postgres sessions not removed");
+            }
+            Err(error) => return Err(error.into()),
+        }
+        tracing::info!(
+            redis_index_entries_removed = report.redis_index_entries_removed,
+            postgres_sessions_removed = report.postgres_sessions_removed,
+            "expired checkout sessions cleaned up"
+        );
+        Ok(report)
+    }
+
+    async fn cleanup_redis(&self, client: &Client) -> Result<u64, RedisError> {
+        let index = self.keys.checkout_index();
+        let now = now_ms();
+        let mut removed = 0u64;
+        let mut offset = 0i64;
+        loop {
+            let ids: Vec<String> = client
+                .zrangebyscore(
+                    &index,
+                    f64::NEG_INFINITY,
+                    now as f64,
+                    false,
+                    Some((offset, CLEANUP_BATCH)),
+                )
+                .await?;
+            if ids.is_empty() {
+                return Ok(removed);
+            }
+            let mut keys = vec![index.clone()];
+            keys.extend(ids.iter().map(|id| self.keys.checkout_session(id)));
+            let mut args = vec![now.to_string()];
+            args.extend(ids.iter().cloned());
+            let batch: u64 = CLEANUP.evalsha_with_reload(client, keys, args).await?;
+            removed += batch;
+            // Entries kept (their key still exists) stay in range; skip past them.
+            offset += i64::try_from(ids.len() as u64 - batch).unwrap_or(0);
+            if (ids.len() as i64) < CLEANUP_BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// One page of live sessions: Redis' first (by expiry), then Postgres'. `cursor` is what the
+    /// previous page returned (`r:<offset>` or `p:<offset>`). Offsets move when sessions are
+    /// read or expire meanwhile, so a page may repeat or skip one; fine for an admin listing.
+    pub async fn list(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<SessionPage, CheckoutError> {
+        let (on_redis, offset) = parse_cursor(cursor)?;
+        let limit_i = i64::try_from(limit).unwrap_or(100);
+        if !on_redis {
+            return self.list_pg(offset, limit).await;
+        }
+        let Some(client) = self.redis() else {
+            return self.list_pg(0, limit).await;
+        };
+        let (mut sessions, entries) = match self.list_redis(client, offset, limit_i).await {
+            Ok(found) => found,
+            Err(error) => {
+                self.redis_failed(error)?;
+                return self.list_pg(0, limit).await;
+            }
+        };
+        if entries == limit {
+            // (Entries whose key expired since the index read are skipped, so a page can be short.)
+            return Ok(SessionPage {
+                sessions,
+                next_cursor: Some(format!("r:{}", offset + limit_i)),
+            });
+        }
+        // Redis is exhausted: fill the page from Postgres.
+        let mut rest = self.list_pg(0, limit - sessions.len()).await?;
+        sessions.append(&mut rest.sessions);
+        Ok(SessionPage { sessions, next_cursor: rest.next_cursor })
+    }
+
+    async fn list_redis(
+        &self,
+        client: &Client,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<ListedSession>, usize), RedisError> {
+        let index = self.keys.checkout_index();
+        let entries: Vec<(String, f64)> = client
+            .zrangebyscore(
+                &index,
+                ZRange { kind: ZRangeKind::Exclusive, range: ZRangeBound::Score(now_ms() as f64) },
+                f64::INFINITY,
+                true,
+                Some((offset, limit)),
+            )
+            .await?;
+        if entries.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let keys: Vec<String> =
+            entries.iter().map(|(id, _)| self.keys.checkout_session(id)).collect();
+        let values: Vec<Option<String>> = client.mget(keys).await?;
+        let mut sessions = Vec::with_capacity(values.len());
+        for ((_, score), value) in entries.iter().zip(values) {
+            let Some(json) = value else { continue };
+            let record: SessionRecord = serde_json::from_str(&json)?;
+            let expires_at =
+                DateTime::from_timestamp_millis(*score as i64).unwrap_or_else(Utc::now);
+            sessions.push(ListedSession { record, expires_at, store: Tier::Redis });
+        }
+        Ok((sessions, entries.len()))
+    }
+
+    async fn list_pg(&self, offset: i64, limit: usize) -> Result<SessionPage, CheckoutError> {
+        let limit_i = i64::try_from(limit).unwrap_or(100);
+        let rows = pg::list(&self.db, offset, limit_i).await?;
+        let next_cursor = (rows.len() == limit).then(|| format!("p:{}", offset + limit_i));
+        let sessions = rows
+            .into_iter()
+            .map(|(record, expires_at)| ListedSession { record, expires_at, store: Tier::Postgres })
+            .collect();
+        Ok(SessionPage { sessions, next_cursor })
+    }
+}
+
+fn parse_cursor(cursor: Option<&str>) -> Result<(bool, i64), CheckoutError> {
+    let Some(cursor) = cursor.filter(|c| !c.is_empty()) else {
+        return Ok((true, 0));
+    };
+    let bad = || {
+        CheckoutError::invalid("invalid_cursor", "cursor must be a value returned as nextCursor")
+    };
+    let (tier, offset) = cursor.split_once(':').ok_or_else(bad)?;
+    let offset: i64 = offset.parse().map_err(|_| bad())?;
+    if offset < 0 {
+        return Err(bad());
+    }
+    match tier {
+        "r" => Ok((true, offset)),
+        "p" => Ok((false, offset)),
+        _ => Err(bad()),
+    }
+}
+
+/// Postgres queries of the session tier.
+mod pg {
+    use super::*;
+
+    fn secs(ttl: Duration) -> f64 {
+        ttl.as_secs_f64()
+    }
+
+    pub async fn create(
+        db: &PgPool,
+        record: &SessionRecord,
+        json: &str,
+        ttl: Duration,
+        latency_us: u64,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = db.begin().await?;
+        sqlx::query(
+            "INSERT INTO checkout_sessions (id, record, version, status, expires_at) \
+             VALUES ($1, $2::jsonb, $3, $4, now() + make_interval(secs => $5))",
+        )
+        .bind(record.id)
+        .bind(json)
+        .bind(i64::try_from(record.version).unwrap_or(i64::MAX))
+        .bind(record.status.as_str())
+        .bind(secs(ttl))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE checkout_stats SET total_created = total_created + 1, \
+               create_count = create_count + 1, create_us = create_us + $1 WHERE id = 1",
+        )
+        .bind(i64::try_from(latency_us).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    pub async fn touch(
+        db: &PgPool,
+        id: Uuid,
+        ttl: Duration,
+    ) -> Result<Option<SessionRecord>, CheckoutError> {
+        let json: Option<String> = sqlx::query_scalar(
+            "UPDATE checkout_sessions SET expires_at = now() + make_interval(secs => $2) \
+             WHERE id = $1 AND expires_at > now() RETURNING record::text",
+        )
+        .bind(id)
+        .bind(secs(ttl))
+        .fetch_optional(db)
+        .await?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+
+    pub async fn replace(
+        db: &PgPool,
+        record: &SessionRecord,
+        json: &str,
+        expected_version: u64,
+        stat: Option<StatField>,
+        ttl: Duration,
+        latency_us: u64,
+    ) -> Result<Replaced, CheckoutError> {
+        let mut tx = db.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE checkout_sessions SET record = $2::jsonb, version = $3, status = $4, \
+               expires_at = now() + make_interval(secs => $5), updated_at = now() \
+             WHERE id = $1 AND version = $6 AND expires_at > now()",
+        )
+        .bind(record.id)
+        .bind(json)
+        .bind(i64::try_from(record.version).unwrap_or(i64::MAX))
+        .bind(record.status.as_str())
+        .bind(secs(ttl))
+        .bind(i64::try_from(expected_version).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            let exists: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM checkout_sessions WHERE id = $1 AND expires_at > now()",
+            )
+            .bind(record.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return Ok(if exists.is_some() { Replaced::Conflict } else { Replaced::Gone });
+        }
+        sqlx::query(
+            "UPDATE checkout_stats SET \
+               total_completed = total_completed + CASE WHEN $1 = 'completed' THEN 1 ELSE 0 END, \
+               total_failed = total_failed + CASE WHEN $1 = 'failed' THEN 1 ELSE 0 END, \
+               update_count = update_count + 1, update_us = update_us + $2 WHERE id = 1",
+        )
+        .bind(match stat {
+            Some(StatField::Completed) => "completed",
+            Some(StatField::Failed) => "failed",
+            None => "",
+        })
+        .bind(i64::try_from(latency_us).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Replaced::Done)
+    }
+
+    /// The counters under the Redis hash's field names.
+    pub async fn stats(db: &PgPool) -> Result<HashMap<String, i64>, sqlx::Error> {
+        let row: (i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT total_created, total_completed, total_failed, create_count, create_us, \
+               update_count, update_us FROM checkout_stats WHERE id = 1",
+        )
+        .fetch_one(db)
+        .await?;
+        Ok(HashMap::from([
+            ("totalCreated".to_owned(), row.0),
+            ("totalCompleted".to_owned(), row.1),
+            ("totalFailed".to_owned(), row.2),
+            ("createCount".to_owned(), row.3),
+            ("createMicros".to_owned(), row.4),
+            ("updateCount".to_owned(), row.5),
+            ("updateMicros".to_owned(), row.6),
+        ]))
+    }
+
+    pub async fn live_count(db: &PgPool) -> Result<u64, sqlx::Error> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM checkout_sessions WHERE expires_at > now()")
+                .fetch_one(db)
+                .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    pub async fn delete_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
+        let deleted = sqlx::query("DELETE FROM checkout_sessions WHERE expires_at <= now()")
+            .execute(db)
+            .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    pub async fn list(
+        db: &PgPool,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<(SessionRecord, DateTime<Utc>)>, CheckoutError> {
+        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT record::text, expires_at FROM checkout_sessions WHERE expires_at > now() \
+             ORDER BY expires_at, id OFFSET $1 LIMIT $2",
+        )
+        .bind(offset)
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
+        rows.into_iter()
+            .map(|(json, expires_at)| Ok((serde_json::from_str(&json)?, expires_at)))
+            .collect()
+    }
+}
