@@ -30,6 +30,9 @@
 //! | [`Keys::usage_dirty`] | hash | usage-meter: `<org>\|<month>` → change generation, not yet copied to Postgres |
 //! | [`Keys::stripe_customer_of_user`] | string | checkout-api: the Stripe customer id of one user (no TTL; Stripe is the source, this only saves the lookup) |
 //! | [`Keys::stripe_state`] | string | checkout-api: JSON of one Stripe customer's synced subscription and payment state, written only under the [`stripe_sync_lock`] fence |
+//! | [`Keys::customer_ids_walk_marker`] | string | customer-count real-time mode: fence of the full walk now collecting ids into [`Keys::customer_ids_since_walk`], with `PX` past the run deadline |
+//! | [`Keys::customer_ids_since_walk`] | set | customer-count real-time mode: ids received while that walk runs, unioned into the walk's result at the swap so they are not lost |
+//! | [`Keys::customer_ids_staging`] | set | customer-count real-time mode: the exact ids one walk (by fence) found, renamed over [`Keys::customer_ids_live`] by the fenced write, with `PX` |
 //!
 //! The four customer-count keys carry the hash tag of the [`CUSTOMER_COUNT_LOCK`] lock, so the
 //! fenced write script can read the lock's fence and write the count in one slot.
@@ -221,6 +224,24 @@ impl Keys {
     pub fn stripe_state(&self, customer_id: &str) -> String {
         format!("{}:stripe:{{{}}}:state", self.root, stripe_sync_lock(customer_id))
     }
+
+    /// customer-count real-time mode: the fence of the full walk currently collecting the ids
+    /// received meanwhile (string, expires). Same hash tag as the count and the lock.
+    pub fn customer_ids_walk_marker(&self) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:ids:walk", self.root)
+    }
+
+    /// customer-count real-time mode: ids received while the marked walk runs (set), so the
+    /// walk's swap of the live set keeps them.
+    pub fn customer_ids_since_walk(&self) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:ids:since-walk", self.root)
+    }
+
+    /// customer-count real-time mode: the ids found by the walk holding lock fence `fence` (set),
+    /// one per walk so an overtaken walk never writes into a newer one's set.
+    pub fn customer_ids_staging(&self, fence: u64) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:ids:staging:{fence}", self.root)
+    }
 }
 
 #[cfg(test)]
@@ -263,5 +284,13 @@ mod tests {
             "app:v1:lock:{stripe-sync:cus_1}:fence"
         );
         assert_eq!(keys.lock(&stripe_customer_lock("u1")), "app:v1:lock:{stripe-customer:u1}");
+    }
+
+    #[test]
+    fn customer_id_set_keys_share_the_customer_count_hash_tag() {
+        let keys = Keys::new("app");
+        assert_eq!(keys.customer_ids_walk_marker(), "app:v1:simpro:{customer-count}:ids:walk");
+        assert_eq!(keys.customer_ids_since_walk(), "app:v1:simpro:{customer-count}:ids:since-walk");
+        assert_eq!(keys.customer_ids_staging(7), "app:v1:simpro:{customer-count}:ids:staging:7");
     }
 }

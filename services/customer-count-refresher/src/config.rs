@@ -1,4 +1,4 @@
-//! The service's own settings sections: `[simpro]` (the upstream and the walk) and `[refresh]` (storage, lock, schedule).
+//! The service's own settings sections: `[simpro]` (the upstream and the walk), `[refresh]` (storage, lock, schedule) and `[realtime]` (the live id set).
 
 use std::time::Duration;
 
@@ -129,10 +129,40 @@ impl RefreshSettings {
     }
 }
 
+/// The optional real-time mode: customer ids of new invoices `SADD`ed to a live set, `SCARD` for
+/// the count, the set replaced by each full walk's exact ids.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RealtimeSettings {
+    /// Off by default: the intake route answers 404 and reads report the walked count.
+    pub enabled: bool,
+    /// Most invoices one intake request may carry (one Redis script call per request).
+    pub max_batch: usize,
+    /// Ids per `SADD` when a walk writes its exact set to Redis before the swap.
+    pub stage_chunk: usize,
+}
+
+impl RealtimeSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        // The intake script passes the ids as one argument list (Lua's unpack limit is ~8000).
+        if !(1..=5000).contains(&self.max_batch) {
+            return Err(SettingsError::invalid("realtime.max_batch", "must be between 1 and 5000"));
+        }
+        if !(1..=100_000).contains(&self.stage_chunk) {
+            return Err(SettingsError::invalid(
+                "realtime.stage_chunk",
+                "must be between 1 and 100000",
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub(crate) fn validate(
     simpro: &SimproSettings,
     refresh: &RefreshSettings,
+    realtime: &RealtimeSettings,
 ) -> Result<(), SettingsError> {
     simpro.validate()?;
-    refresh.validate()
+    refresh.validate()?;
+    realtime.validate()
 }

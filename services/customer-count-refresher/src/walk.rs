@@ -31,6 +31,8 @@ pub struct WalkResult {
     pub retries: u64,
     /// `Result-Total` of page 1, when sent (may differ from `total_invoices` if data changed).
     pub result_total: Option<u64>,
+    /// The distinct ids themselves (the real-time mode stages them in Redis).
+    pub customer_ids: HashSet<u64>,
 }
 
 /// Why a walk did not produce a count.
@@ -147,5 +149,6 @@ async fn walk_inner(
         pages: counted,
         retries: retries.load(Ordering::Relaxed),
         result_total,
+        customer_ids: tally.customers,
     })
 }
