@@ -19,6 +19,9 @@ pub struct SimproSettings {
     pub token: SecretString,
     /// Invoices per page; simPRO caps it at 250.
     pub page_size: u64,
+    /// simPRO's `columns` list parameter: only these invoice fields are sent (`ID,Customer`: the
+    /// count needs no more). Empty = the parameter is not sent (every field comes back).
+    pub columns: String,
     /// Pages in flight at once.
     pub concurrency: usize,
     /// One request (connect + headers + body) may take this long, then it is retried.
@@ -52,6 +55,18 @@ impl SimproSettings {
         }
         if self.token.expose_secret().is_empty() {
             return Err(SettingsError::invalid("simpro.token", "must not be empty"));
+        }
+        if !self.columns.chars().all(|c| c.is_ascii_alphanumeric() || c == ',') {
+            return Err(SettingsError::invalid(
+                "simpro.columns",
+                "must be a comma-separated list of field names, e.g. ID,Customer",
+            ));
+        }
+        if !self.columns.is_empty() && !self.columns.split(',').any(|c| c == "Customer") {
+            return Err(SettingsError::invalid(
+                "simpro.columns",
+                "must include Customer (the count reads Customer.ID)",
+            ));
         }
         if !(1..=250).contains(&self.page_size) {
             return Err(SettingsError::invalid("simpro.page_size", "must be between 1 and 250"));
