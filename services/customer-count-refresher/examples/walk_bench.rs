@@ -45,6 +45,17 @@ fn settings(base_url: &str, token: &str, concurrency: usize, columns: &str) -> S
     }
 }
 
+/// Mean wall time of a `latency_ms` sleep on this machine now: the floor any walk against a fake
+/// that sleeps per page can reach (a loaded VM wakes sleepers late).
+async fn measured_sleep_ms(latency_ms: f64, samples: u32) -> f64 {
+    let wanted = Duration::from_secs_f64(latency_ms / 1000.0);
+    let started = Instant::now();
+    for _ in 0..samples {
+        tokio::time::sleep(wanted).await;
+    }
+    started.elapsed().as_secs_f64() * 1000.0 / f64::from(samples)
+}
+
 async fn timed_walk(settings: &SimproSettings) -> anyhow::Result<(WalkResult, Duration)> {
     let client = SimproClient::new(settings)?;
     let started = Instant::now();
@@ -74,6 +85,8 @@ fn main() -> anyhow::Result<()> {
         runtime.block_on(timed_walk(&settings(base_url, token, concurrency, columns)))?;
     let peak_kib = vm_hwm_kib();
     let ideal = result.pages as f64 * latency_ms / 1000.0 / concurrency as f64;
+    let slept_ms = runtime.block_on(measured_sleep_ms(latency_ms, 100));
+    let floor = result.pages as f64 * slept_ms / 1000.0 / concurrency as f64;
     writeln!(out, "pages={}", result.pages)?;
     writeln!(out, "invoices={}", result.total_invoices)?;
     writeln!(out, "unique_customers={}", result.unique_customers)?;
@@ -84,6 +97,9 @@ fn main() -> anyhow::Result<()> {
     writeln!(out, "concurrent_wall_s={:.3}", wall.as_secs_f64())?;
     writeln!(out, "ideal_s={ideal:.3}")?;
     writeln!(out, "ratio_to_ideal={:.3}", wall.as_secs_f64() / ideal)?;
+    writeln!(out, "measured_sleep_ms={slept_ms:.2}")?;
+    writeln!(out, "machine_floor_s={floor:.3}")?;
+    writeln!(out, "ratio_to_machine_floor={:.3}", wall.as_secs_f64() / floor)?;
     writeln!(out, "rss_before_walk_mib={:.1}", baseline_kib as f64 / 1024.0)?;
     writeln!(out, "peak_rss_concurrent_mib={:.1}", peak_kib as f64 / 1024.0)?;
     out.flush()?;

@@ -26,6 +26,8 @@ use platform_redis::fred::types::scripts::Script;
 use platform_redis::{RedisClients, RedisError};
 use serde::Deserialize;
 
+use crate::walk::IdSet;
+
 /// One invoice as simPRO lists it (`GET …/invoices/` rows, or what a webhook forwarder fetched);
 /// only the ids are read, every other field is ignored.
 #[derive(Debug, Clone, Deserialize)]
@@ -151,7 +153,7 @@ pub async fn begin_walk(
 pub async fn stage(
     clients: &RedisClients,
     fence: u64,
-    ids: &HashSet<u64>,
+    ids: &IdSet,
     chunk: usize,
     ttl: Duration,
 ) -> Result<(), RedisError> {
