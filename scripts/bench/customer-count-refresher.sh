@@ -7,6 +7,7 @@
 # The fake runs as its own process (fake-simpro, crates/platform-testing) so the walker's RSS is
 # measured alone (VmHWM of the walk_bench process). Knobs (environment):
 #   INVOICES=1000000 CUSTOMERS=250000 LATENCY_MS=20 CONCURRENCY=16 SEQUENTIAL=yes
+#   COLUMNS=ID,Customer (simPRO's columns parameter, as the service sends it; "-" = all fields)
 #   CARGO_TARGET_DIR (default: <repo>/target)
 set -euo pipefail
 
@@ -17,6 +18,7 @@ CUSTOMERS="${CUSTOMERS:-250000}"
 LATENCY_MS="${LATENCY_MS:-20}"
 CONCURRENCY="${CONCURRENCY:-16}"
 SEQUENTIAL="${SEQUENTIAL:-yes}"
+COLUMNS="${COLUMNS:-ID,Customer}"
 TOKEN="bench-simpro-token"
 TARGET="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 
@@ -33,6 +35,8 @@ for _ in $(seq 1 50); do
     sleep 0.1
 done
 
-echo "== customer-count-refresher walk: $INVOICES invoices, $CUSTOMERS customers, ${LATENCY_MS} ms/page, concurrency $CONCURRENCY"
-"$TARGET/release/examples/walk_bench" "http://127.0.0.1:$PORT" "$TOKEN" "$CONCURRENCY" "$LATENCY_MS" "$SEQUENTIAL" \
+echo "== customer-count-refresher walk: $INVOICES invoices, $CUSTOMERS customers, ${LATENCY_MS} ms/page, concurrency $CONCURRENCY, columns $COLUMNS"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+"$TARGET/release/examples/walk_bench" "http://127.0.0.1:$PORT" "$TOKEN" "$CONCURRENCY" "$LATENCY_MS" "$SEQUENTIAL" "$COLUMNS" \
     | tee "${BENCH_OUT:-/dev/null}"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -34,8 +34,12 @@
 //! | [`Keys::checkout_index`] | sorted set | checkout-api: session id → expiry (ms since epoch), for listing and cleanup |
 //! | [`Keys::checkout_stats`] | hash | checkout-api: counters totalCreated, totalCompleted, totalFailed and create/update latency sums (no TTL) |
 //! | [`Keys::user_session`] | string | checkout-api: JSON of one user or guest session (kind, userId, timestamps; nothing sensitive), with `EX` = 24 h default |
+//! | [`Keys::customer_ids_walk_marker`] | string | customer-count real-time mode: fence of the full walk now collecting ids into [`Keys::customer_ids_since_walk`], with `PX` past the run deadline |
+//! | [`Keys::customer_ids_since_walk`] | set | customer-count real-time mode: ids received while that walk runs, unioned into the walk's result at the swap so they are not lost |
+//! | [`Keys::customer_ids_staging`] | set | customer-count real-time mode: the exact ids one walk (by fence) found, renamed over [`Keys::customer_ids_live`] by the fenced write, with `PX` |
 //!
-//! The four customer-count keys carry the hash tag of the [`CUSTOMER_COUNT_LOCK`] lock, so the
+//! The customer-count keys (count, last good, status, live ids, walk marker, since-walk and
+//! staging sets) carry the hash tag of the [`CUSTOMER_COUNT_LOCK`] lock, so the
 //! fenced write script can read the lock's fence and write the count in one slot.
 //!
 //! A Stripe state record carries the hash tag of its customer's [`stripe_sync_lock`], so the fenced
@@ -273,6 +277,24 @@ impl Keys {
     pub fn user_session(&self, id: &str) -> String {
         format!("{}:user-session:{id}", self.root)
     }
+
+    /// customer-count real-time mode: the fence of the full walk currently collecting the ids
+    /// received meanwhile (string, expires). Same hash tag as the count and the lock.
+    pub fn customer_ids_walk_marker(&self) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:ids:walk", self.root)
+    }
+
+    /// customer-count real-time mode: ids received while the marked walk runs (set), so the
+    /// walk's swap of the live set keeps them.
+    pub fn customer_ids_since_walk(&self) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:ids:since-walk", self.root)
+    }
+
+    /// customer-count real-time mode: the ids found by the walk holding lock fence `fence` (set),
+    /// one per walk so an overtaken walk never writes into a newer one's set.
+    pub fn customer_ids_staging(&self, fence: u64) -> String {
+        format!("{}:simpro:{{{CUSTOMER_COUNT_LOCK}}}:ids:staging:{fence}", self.root)
+    }
 }
 
 #[cfg(test)]
@@ -357,5 +379,13 @@ mod tests {
         for (a, b) in pairs {
             assert_eq!(slot(a.clone()), slot(b.clone()), "{a} and {b} are in different slots");
         }
+    }
+
+    #[test]
+    fn customer_id_set_keys_share_the_customer_count_hash_tag() {
+        let keys = Keys::new("app");
+        assert_eq!(keys.customer_ids_walk_marker(), "app:v1:simpro:{customer-count}:ids:walk");
+        assert_eq!(keys.customer_ids_since_walk(), "app:v1:simpro:{customer-count}:ids:since-walk");
+        assert_eq!(keys.customer_ids_staging(7), "app:v1:simpro:{customer-count}:ids:staging:7");
     }
 }

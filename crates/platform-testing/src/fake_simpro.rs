@@ -5,6 +5,13 @@
 //! clients read. Invoices are either generated (N invoices over M customers, deterministic, so a
 //! test knows the exact answer) or given page by page (the assembled fixture scenario).
 //!
+//! The `columns` query parameter of simPRO's list routes ("specify which columns to be displayed")
+//! is honoured for generated invoices: `columns=ID,Customer` sends only those top-level fields.
+//!
+//! Latency is measured from the request's arrival: the page is generated while the fake waits, so
+//! a response leaves `latency` after the request came in (or later, if generating took longer),
+//! not `latency` plus the fake's own CPU time.
+//!
 //! Faults are queued per page and consumed one per request: a status (5xx), a 429 with
 //! `Retry-After`, an extra delay (to trip client timeouts), or a connection dropped in the middle of
 //! the body. Every request is counted per page, and so is every complete 200 answer, so a test can
@@ -270,6 +277,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 
 /// What one request asked for.
 struct Request {
+    /// When the request line was read: latency counts from here.
+    arrived: tokio::time::Instant,
     path: String,
     query: HashMap<String, String>,
     authorization: Option<String>,
@@ -281,6 +290,7 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     if reader.read_line(&mut line).await.ok()? == 0 {
         return None;
     }
+    let arrived = tokio::time::Instant::now();
     let mut parts = line.split_whitespace();
     let _method = parts.next()?;
     let target = parts.next()?.to_owned();
@@ -309,7 +319,7 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         .filter_map(|pair| pair.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    Some(Request { path: path.to_owned(), query, authorization, close })
+    Some(Request { arrived, path: path.to_owned(), query, authorization, close })
 }
 
 async fn serve_connection(stream: TcpStream, state: Arc<State>) {
@@ -354,23 +364,28 @@ async fn respond(reader: &mut BufReader<TcpStream>, state: &State, request: &Req
         .unwrap_or_else(|p| p.into_inner())
         .get_mut(&page)
         .and_then(VecDeque::pop_front);
-    if !config.latency.is_zero() {
-        tokio::time::sleep(config.latency).await;
-    }
+    let respond_at = request.arrived + config.latency;
     match fault {
         Some(Fault::Status(status)) => {
+            tokio::time::sleep_until(respond_at).await;
             let body = r#"{"errors":[{"message":"Injected upstream failure"}]}"#;
             return write_json(stream, status, &[], body).await;
         }
         Some(Fault::TooManyRequests { retry_after_secs }) => {
+            tokio::time::sleep_until(respond_at).await;
             let retry_after = retry_after_secs.to_string();
             let body = r#"{"errors":[{"message":"Too many requests"}]}"#;
             return write_json(stream, 429, &[("Retry-After", &retry_after)], body).await;
         }
-        Some(Fault::Delay(extra)) => tokio::time::sleep(extra).await,
-        Some(Fault::DropConnection) | None => {}
+        Some(Fault::Delay(_) | Fault::DropConnection) | None => {}
     }
-    let (body, total, pages) = page_body(config, page, page_size);
+    let columns = request.query.get("columns").map(|c| Columns::parse(c)).unwrap_or_default();
+    let (body, total, pages) = page_body(config, page, page_size, columns);
+    let extra = match fault {
+        Some(Fault::Delay(extra)) => extra,
+        _ => Duration::ZERO,
+    };
+    tokio::time::sleep_until(respond_at + extra).await;
     let (total, pages) = (total.to_string(), pages.to_string());
     let headers = [("Result-Total", total.as_str()), ("Result-Pages", pages.as_str())];
     if fault == Some(Fault::DropConnection) {
@@ -395,8 +410,44 @@ async fn respond(reader: &mut BufReader<TcpStream>, state: &State, request: &Req
     ok
 }
 
+/// Top-level invoice fields to send (`columns=`); all by default.
+#[derive(Debug, Clone, Copy)]
+struct Columns(u8);
+
+impl Columns {
+    const NAMES: [&'static str; 7] =
+        ["ID", "Type", "Customer", "Jobs", "RecurringInvoice", "Total", "IsPaid"];
+
+    /// `ID,Customer` (comma-separated, URL-encoded commas accepted); unknown names are ignored.
+    fn parse(list: &str) -> Self {
+        let list = list.replace("%2C", ",").replace("%2c", ",");
+        let mut bits = 0u8;
+        for name in list.split(',').map(str::trim) {
+            if let Some(i) = Self::NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)) {
+                bits |= 1 << i;
+            }
+        }
+        if bits == 0 { Self::default() } else { Self(bits) }
+    }
+
+    fn has(self, name: &str) -> bool {
+        Self::NAMES.iter().position(|n| *n == name).is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Self(u8::MAX)
+    }
+}
+
 /// The body of `page`, with `Result-Total` and `Result-Pages`.
-fn page_body(config: &FakeSimproConfig, page: u64, page_size: u64) -> (String, u64, u64) {
+fn page_body(
+    config: &FakeSimproConfig,
+    page: u64,
+    page_size: u64,
+    columns: Columns,
+) -> (String, u64, u64) {
     match &config.invoices {
         Invoices::Pages { bodies, total } => {
             let index = usize::try_from(page - 1).unwrap_or(usize::MAX);
@@ -413,7 +464,7 @@ fn page_body(config: &FakeSimproConfig, page: u64, page_size: u64) -> (String, u
                 if index > start {
                     body.push(',');
                 }
-                write_invoice(&mut body, index, *customers);
+                write_invoice(&mut body, index, *customers, columns);
             }
             body.push(']');
             (body, *invoices, pages)
@@ -431,44 +482,85 @@ pub fn customer_of(index: u64, customers: u64) -> u64 {
     1 + (index.wrapping_mul(stride)) % customers
 }
 
-fn write_invoice(out: &mut String, index: u64, customers: u64) {
+fn write_invoice(out: &mut String, index: u64, customers: u64, columns: Columns) {
     let customer = customer_of(index, customers);
     let id = 100_000 + index;
     let cents = 10_000 + (index * 37) % 90_000;
     let (ex, tax) = (cents as f64 / 100.0, cents as f64 / 1000.0);
     let inc = ex + tax;
-    // Odd customers are companies, even ones individuals, as in the fixtures.
-    let names = if customer % 2 == 1 {
-        format!(r#""CompanyName":"Customer {customer} Pty Ltd","GivenName":"","FamilyName":"""#)
-    } else {
-        format!(r#""CompanyName":"","GivenName":"Given{customer}","FamilyName":"Family{customer}""#)
+    let recurring = index % 10 == 9;
+    let paid = index.is_multiple_of(3);
+    out.push('{');
+    let mut first = true;
+    let mut field = |out: &mut String, name: &str| {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        let _ = write!(out, r#""{name}":"#);
     };
-    let (kind, jobs, recurring) = if index % 10 == 9 {
-        (
-            "TaxInvoice",
-            String::from("[]"),
-            format!(
-                r#"{{"ID":{},"Description":"Monthly service","Total":{{"ExTax":{ex:.2},"Tax":{tax:.2},"IncTax":{inc:.2}}}}}"#,
-                7000 + index % 100
-            ),
-        )
-    } else {
-        (
-            if index % 7 == 3 { "Deposit" } else { "TaxInvoice" },
-            format!(
+    if columns.has("ID") {
+        field(out, "ID");
+        let _ = write!(out, "{id}");
+    }
+    if columns.has("Type") {
+        field(out, "Type");
+        let kind = if !recurring && index % 7 == 3 { "Deposit" } else { "TaxInvoice" };
+        let _ = write!(out, r#""{kind}""#);
+    }
+    if columns.has("Customer") {
+        field(out, "Customer");
+        // Odd customers are companies, even ones individuals, as in the fixtures.
+        let _ = if customer % 2 == 1 {
+            write!(
+                out,
+                r#"{{"ID":{customer},"CompanyName":"Customer {customer} Pty Ltd","GivenName":"","FamilyName":""}}"#
+            )
+        } else {
+            write!(
+                out,
+                r#"{{"ID":{customer},"CompanyName":"","GivenName":"Given{customer}","FamilyName":"Family{customer}"}}"#
+            )
+        };
+    }
+    if columns.has("Jobs") {
+        field(out, "Jobs");
+        let _ = if recurring {
+            write!(out, "[]")
+        } else {
+            write!(
+                out,
                 r#"[{{"ID":{},"Description":"Job {index}","Total":{{"ExTax":{ex:.2},"Tax":{tax:.2},"IncTax":{inc:.2}}}}}]"#,
                 5000 + index
-            ),
-            String::from("null"),
-        )
-    };
-    let paid = index.is_multiple_of(3);
-    let _ = write!(
-        out,
-        r#"{{"ID":{id},"Type":"{kind}","Customer":{{"ID":{customer},{names}}},"Jobs":{jobs},"RecurringInvoice":{recurring},"Total":{{"ExTax":{ex:.2},"IncTax":{inc:.2},"Tax":{tax:.2},"ReverseChargeTax":0.0,"AmountApplied":{applied:.2},"BalanceDue":{due:.2}}},"IsPaid":{paid}}}"#,
-        applied = if paid { inc } else { 0.0 },
-        due = if paid { 0.0 } else { inc },
-    );
+            )
+        };
+    }
+    if columns.has("RecurringInvoice") {
+        field(out, "RecurringInvoice");
+        let _ = if recurring {
+            write!(
+                out,
+                r#"{{"ID":{},"Description":"Monthly service","Total":{{"ExTax":{ex:.2},"Tax":{tax:.2},"IncTax":{inc:.2}}}}}"#,
+                7000 + index % 100
+            )
+        } else {
+            write!(out, "null")
+        };
+    }
+    if columns.has("Total") {
+        field(out, "Total");
+        let _ = write!(
+            out,
+            r#"{{"ExTax":{ex:.2},"IncTax":{inc:.2},"Tax":{tax:.2},"ReverseChargeTax":0.0,"AmountApplied":{applied:.2},"BalanceDue":{due:.2}}}"#,
+            applied = if paid { inc } else { 0.0 },
+            due = if paid { 0.0 } else { inc },
+        );
+    }
+    if columns.has("IsPaid") {
+        field(out, "IsPaid");
+        let _ = write!(out, "{paid}");
+    }
+    out.push('}');
 }
 
 fn reason(status: u16) -> &'static str {
@@ -511,7 +603,22 @@ async fn write_json(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn columns_limit_the_fields_of_generated_invoices() {
+        let config = FakeSimproConfig::generated(3, 2);
+        let (all, _, _) = page_body(&config, 1, 250, Columns::default());
+        let (narrow, total, pages) = page_body(&config, 1, 250, Columns::parse("ID,Customer"));
+        let narrow: serde_json::Value = serde_json::from_str(&narrow).unwrap();
+        let all: serde_json::Value = serde_json::from_str(&all).unwrap();
+        assert_eq!((total, pages), (3, 1));
+        assert_eq!(narrow[0].as_object().unwrap().len(), 2);
+        assert_eq!(narrow[0]["Customer"], all[0]["Customer"]);
+        assert_eq!(narrow[1]["ID"], all[1]["ID"]);
+        assert_eq!(all[0].as_object().unwrap().len(), 7);
+    }
 
     #[test]
     fn the_stride_walk_visits_every_customer_in_the_first_m_invoices() {

@@ -1,4 +1,4 @@
-//! The service's own settings sections: `[simpro]` (the upstream and the walk) and `[refresh]` (storage, lock, schedule).
+//! The service's own settings sections: `[simpro]` (the upstream and the walk), `[refresh]` (storage, lock, schedule) and `[realtime]` (the live id set).
 
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ pub struct SimproSettings {
     pub token: SecretString,
     /// Invoices per page; simPRO caps it at 250.
     pub page_size: u64,
+    /// simPRO's `columns` list parameter: only these invoice fields are sent (`ID,Customer`: the
+    /// count needs no more). Empty = the parameter is not sent (every field comes back).
+    pub columns: String,
     /// Pages in flight at once.
     pub concurrency: usize,
     /// One request (connect + headers + body) may take this long, then it is retried.
@@ -52,6 +55,18 @@ impl SimproSettings {
         }
         if self.token.expose_secret().is_empty() {
             return Err(SettingsError::invalid("simpro.token", "must not be empty"));
+        }
+        if !self.columns.chars().all(|c| c.is_ascii_alphanumeric() || c == ',') {
+            return Err(SettingsError::invalid(
+                "simpro.columns",
+                "must be a comma-separated list of field names, e.g. ID,Customer",
+            ));
+        }
+        if !self.columns.is_empty() && !self.columns.split(',').any(|c| c == "Customer") {
+            return Err(SettingsError::invalid(
+                "simpro.columns",
+                "must include Customer (the count reads Customer.ID)",
+            ));
         }
         if !(1..=250).contains(&self.page_size) {
             return Err(SettingsError::invalid("simpro.page_size", "must be between 1 and 250"));
@@ -129,10 +144,40 @@ impl RefreshSettings {
     }
 }
 
+/// The optional real-time mode: customer ids of new invoices `SADD`ed to a live set, `SCARD` for
+/// the count, the set replaced by each full walk's exact ids.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RealtimeSettings {
+    /// Off by default: the intake route answers 404 and reads report the walked count.
+    pub enabled: bool,
+    /// Most invoices one intake request may carry (one Redis script call per request).
+    pub max_batch: usize,
+    /// Ids per `SADD` when a walk writes its exact set to Redis before the swap.
+    pub stage_chunk: usize,
+}
+
+impl RealtimeSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        // The intake script passes the ids as one argument list (Lua's unpack limit is ~8000).
+        if !(1..=5000).contains(&self.max_batch) {
+            return Err(SettingsError::invalid("realtime.max_batch", "must be between 1 and 5000"));
+        }
+        if !(1..=100_000).contains(&self.stage_chunk) {
+            return Err(SettingsError::invalid(
+                "realtime.stage_chunk",
+                "must be between 1 and 100000",
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub(crate) fn validate(
     simpro: &SimproSettings,
     refresh: &RefreshSettings,
+    realtime: &RealtimeSettings,
 ) -> Result<(), SettingsError> {
     simpro.validate()?;
-    refresh.validate()
+    refresh.validate()?;
+    realtime.validate()
 }

@@ -86,3 +86,40 @@ impl ResponseError for RefreshError {
         }
     }
 }
+
+/// Why a real-time intake stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("the real-time mode is disabled")]
+    Disabled,
+    #[error("{got} invoices in one request; at most {max} are accepted")]
+    TooManyInvoices { got: usize, max: usize },
+    /// Nothing is acknowledged that was not stored: the caller retries (the intake is idempotent).
+    #[error("redis failed")]
+    Storage(#[from] RedisError),
+}
+
+impl ResponseError for IntakeError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            IntakeError::Disabled => StatusCode::NOT_FOUND,
+            IntakeError::TooManyInvoices { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            IntakeError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        match self {
+            IntakeError::Disabled => error_response(
+                status,
+                "realtime_disabled",
+                "The real-time customer count is disabled (realtime.enabled = false)",
+            ),
+            IntakeError::TooManyInvoices { .. } => {
+                error_response(status, "too_many_invoices", format!("{self}; split the batch"))
+            }
+            IntakeError::Storage(_) => server_error(status, self),
+        }
+    }
+}

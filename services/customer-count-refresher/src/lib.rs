@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod realtime;
 pub mod refresh;
 pub mod routes;
 pub mod schedule;
@@ -26,7 +27,7 @@ use platform_service::{Application, connect_context};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-pub use config::{RefreshSettings, SimproSettings};
+pub use config::{RealtimeSettings, RefreshSettings, SimproSettings};
 pub use error::RefreshError;
 pub use refresh::{RefreshReport, Refresher, Source};
 
@@ -40,6 +41,7 @@ pub struct Settings {
     pub common: CommonSettings,
     pub simpro: SimproSettings,
     pub refresh: RefreshSettings,
+    pub realtime: RealtimeSettings,
 }
 
 impl ServiceSettings for Settings {
@@ -47,7 +49,7 @@ impl ServiceSettings for Settings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         self.common.validate()?;
-        config::validate(&self.simpro, &self.refresh)
+        config::validate(&self.simpro, &self.refresh, &self.realtime)
     }
 }
 
@@ -58,6 +60,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         context.redis.clone(),
         settings.simpro.clone(),
         settings.refresh.clone(),
+        settings.realtime.clone(),
         &context.metrics,
     )?);
     let redis = context.redis.clone();
@@ -102,8 +105,13 @@ impl RefreshOnceOutcome {
 pub async fn refresh_once(settings: Settings) -> anyhow::Result<RefreshOnceOutcome> {
     platform_service::telemetry::install_crypto_provider();
     let redis = RedisClients::connect(&settings.common.redis).await?;
-    let refresher =
-        Refresher::new(redis.clone(), settings.simpro, settings.refresh, &Metrics::new(SERVICE))?;
+    let refresher = Refresher::new(
+        redis.clone(),
+        settings.simpro,
+        settings.refresh,
+        settings.realtime,
+        &Metrics::new(SERVICE),
+    )?;
     let outcome = match refresher.refresh().await {
         Ok(report) => RefreshOnceOutcome::Refreshed(report),
         Err(RefreshError::InProgress) => RefreshOnceOutcome::Skipped,

@@ -20,6 +20,12 @@ pub struct RefreshMetrics {
     pub pages_fetched: Counter,
     pub upstream_retries: Counter,
     pub unique_customers: Gauge,
+    /// Real-time mode: invoices received by the intake.
+    pub intake_invoices: Counter,
+    /// Real-time mode: ids the intake added to the live set (not seen before).
+    pub intake_new_ids: Counter,
+    /// Real-time mode: the live set's size after the latest intake or reconciling walk.
+    pub live_customers: Gauge,
 }
 
 impl RefreshMetrics {
@@ -35,6 +41,9 @@ impl RefreshMetrics {
             pages_fetched: Counter::default(),
             upstream_retries: Counter::default(),
             unique_customers: Gauge::default(),
+            intake_invoices: Counter::default(),
+            intake_new_ids: Counter::default(),
+            live_customers: Gauge::default(),
         };
         metrics.register(
             "customer_count_last_refresh_success",
@@ -80,6 +89,21 @@ impl RefreshMetrics {
             "customer_count_unique_customers",
             "The latest count of distinct customers",
             this.unique_customers.clone(),
+        );
+        metrics.register(
+            "customer_count_intake_invoices",
+            "Invoices received by the real-time intake on this replica",
+            this.intake_invoices.clone(),
+        );
+        metrics.register(
+            "customer_count_intake_new_ids",
+            "Customer ids the real-time intake added to the live set (not seen before)",
+            this.intake_new_ids.clone(),
+        );
+        metrics.register(
+            "customer_count_live_customers",
+            "Size of the real-time live id set after the latest intake or reconciling walk here",
+            this.live_customers.clone(),
         );
         this
     }

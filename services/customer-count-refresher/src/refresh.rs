@@ -21,13 +21,14 @@ use platform_redis::lock::{Lock, LockGuard};
 use platform_service::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RefreshSettings, SimproSettings};
-use crate::error::RefreshError;
+use crate::config::{RealtimeSettings, RefreshSettings, SimproSettings};
+use crate::error::{IntakeError, RefreshError};
 use crate::metrics::RefreshMetrics;
+use crate::realtime::{self, IntakeBody, IntakeOutcome};
 use crate::schedule::{CronSchedule, jitter};
 use crate::simpro::SimproClient;
-use crate::storage::{self, CountRecord, RefreshStatus};
-use crate::walk::walk_all;
+use crate::storage::{self, CountRecord, LiveIds, Reconciled, RefreshStatus, WriteOutcome};
+use crate::walk::{WalkResult, walk_all};
 
 /// Where a count was stored or read from (the seed's `storage` / `source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -45,6 +46,9 @@ pub struct RefreshReport {
     pub storage: Source,
     pub retries: u64,
     pub result_total: Option<u64>,
+    /// Real-time mode: `SCARD` of the live set after this walk replaced it.
+    pub live_count: Option<u64>,
+    pub reconciled: Option<Reconciled>,
 }
 
 /// What reads see now.
@@ -58,6 +62,8 @@ pub struct Snapshot {
     pub ttl: Duration,
     pub status: RefreshStatus,
     pub is_refreshing: bool,
+    /// Real-time mode: the live set's `SCARD`, once a walk has reconciled it (Redis reads only).
+    pub live_count: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +79,7 @@ pub struct Refresher {
     client: SimproClient,
     simpro: SimproSettings,
     settings: RefreshSettings,
+    realtime: RealtimeSettings,
     schedule: CronSchedule,
     memory: Mutex<MemoryCopy>,
     running: AtomicBool,
@@ -96,6 +103,7 @@ impl Refresher {
         redis: RedisClients,
         simpro: SimproSettings,
         settings: RefreshSettings,
+        realtime: RealtimeSettings,
         metrics: &Metrics,
     ) -> Result<Self, RefreshError> {
         // reqwest is built without a crypto provider of its own (docs/dependencies.md).
@@ -107,6 +115,7 @@ impl Refresher {
             client,
             simpro,
             settings,
+            realtime,
             schedule,
             memory: Mutex::new(MemoryCopy::default()),
             running: AtomicBool::new(false),
@@ -116,6 +125,10 @@ impl Refresher {
 
     pub fn settings(&self) -> &RefreshSettings {
         &self.settings
+    }
+
+    pub fn realtime(&self) -> &RealtimeSettings {
+        &self.realtime
     }
 
     /// The next scheduled refresh (cron tick after now), or when the current count expires if
@@ -176,6 +189,9 @@ impl Refresher {
                 self.metrics.pages_fetched.inc_by(report.record.pages);
                 self.metrics.upstream_retries.inc_by(report.retries);
                 self.metrics.unique_customers.set(report.record.count as i64);
+                if let Some(live) = report.live_count {
+                    self.metrics.live_customers.set(i64::try_from(live).unwrap_or(i64::MAX));
+                }
                 tracing::info!(
                     count = report.record.count,
                     invoices = report.record.total_invoices,
@@ -183,6 +199,8 @@ impl Refresher {
                     retries = report.retries,
                     duration_ms = report.record.duration_ms,
                     storage = ?report.storage,
+                    live = ?report.live_count,
+                    reconciled = ?report.reconciled,
                     "customer count refreshed"
                 );
             }
@@ -197,45 +215,105 @@ impl Refresher {
         started: Instant,
         lock_ttl: Duration,
     ) -> Result<RefreshReport, RefreshError> {
-        let walk = walk_all(&self.client, self.simpro.concurrency, self.simpro.run_deadline());
-        let result = match guard {
-            Some(guard) => {
-                let renewal = guard.spawn_renewal(lock_ttl / 3, lock_ttl);
-                tokio::select! {
+        let fence = guard.map_or(0, LockGuard::fence);
+        // Renewed until the result is stored (staging the ids of a big walk takes a while too).
+        let renewal = guard.map(|guard| guard.spawn_renewal(lock_ttl / 3, lock_ttl));
+        let live = match guard {
+            Some(_) if self.realtime.enabled => self.begin_live(fence, lock_ttl).await,
+            _ => LiveIds::Off,
+        };
+        let outcome = async {
+            let walk = walk_all(&self.client, self.simpro.concurrency, self.simpro.run_deadline());
+            let result = match &renewal {
+                Some(renewal) => tokio::select! {
                     result = walk => result?,
                     () = renewal.lost() => return Err(RefreshError::LockLost),
-                }
+                },
+                None => walk.await?,
+            };
+            self.store(guard, started, result, live).await
+        }
+        .await;
+        if live == LiveIds::Swap && outcome.as_ref().is_err() {
+            realtime::abandon_walk(&self.redis, fence).await;
+        }
+        outcome
+    }
+
+    /// Real-time mode: marks the walk's start so ids received from now on survive its swap.
+    async fn begin_live(&self, fence: u64, lock_ttl: Duration) -> LiveIds {
+        let marker_ttl = self.simpro.run_deadline() + lock_ttl + Duration::from_secs(60);
+        match realtime::begin_walk(&self.redis, fence, marker_ttl).await {
+            Ok(()) => LiveIds::Swap,
+            Err(error) => {
+                tracing::warn!(%error, "could not mark the walk for the live id set; this walk will not reconcile it");
+                LiveIds::Keep
             }
-            None => walk.await?,
-        };
+        }
+    }
+
+    async fn store(
+        &self,
+        guard: Option<&LockGuard>,
+        started: Instant,
+        result: WalkResult,
+        mut live: LiveIds,
+    ) -> Result<RefreshReport, RefreshError> {
+        let fence = guard.map_or(0, LockGuard::fence);
+        if live == LiveIds::Swap {
+            let ttl = self.simpro.run_deadline() + self.settings.lock_ttl();
+            if let Err(error) = realtime::stage(
+                &self.redis,
+                fence,
+                &result.customer_ids,
+                self.realtime.stage_chunk,
+                ttl,
+            )
+            .await
+            {
+                tracing::warn!(%error, "could not stage the walked ids; the live id set is not reconciled this time");
+                realtime::abandon_walk(&self.redis, fence).await;
+                live = LiveIds::Keep;
+            }
+        }
         let record = CountRecord {
             count: result.unique_customers,
             total_invoices: result.total_invoices,
             last_updated_ms: now_ms(),
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             pages: result.pages,
-            fence: guard.map_or(0, LockGuard::fence),
+            fence,
         };
-        let storage = match guard {
-            None => Source::Memory,
+        drop(result.customer_ids);
+        let (storage, live_count, reconciled) = match guard {
+            None => (Source::Memory, None, None),
             Some(_) => {
-                match storage::write_fenced(
+                match storage::write_fenced_with(
                     &self.redis,
                     &record,
                     self.settings.ttl(),
                     self.settings.retention(),
+                    live,
                 )
                 .await
                 {
-                    Ok(true) => Source::Redis,
-                    Ok(false) => return Err(RefreshError::Superseded),
+                    Ok(WriteOutcome::Written { live_count, reconciled }) => {
+                        (Source::Redis, live_count, reconciled)
+                    }
+                    Ok(WriteOutcome::Refused) => return Err(RefreshError::Superseded),
                     Err(error) => {
                         tracing::warn!(%error, "could not store the count in redis; keeping it in memory");
-                        Source::Memory
+                        (Source::Memory, None, None)
                     }
                 }
             }
         };
+        if reconciled == Some(Reconciled::Merged) {
+            tracing::warn!(
+                fence,
+                "the walk outlived its real-time marker; its ids were added to the live set, none removed"
+            );
+        }
         let mut memory = self.memory();
         memory.record = Some(record.clone());
         memory.status = RefreshStatus {
@@ -250,7 +328,38 @@ impl Refresher {
             storage,
             retries: result.retries,
             result_total: result.result_total,
+            live_count,
+            reconciled,
         })
+    }
+
+    /// Real-time intake: adds the customer ids of `body`'s invoices to the live set.
+    #[tracing::instrument(name = "customers.intake_ids", skip_all, fields(invoices = body.invoices.len()))]
+    pub async fn intake(&self, body: &IntakeBody) -> Result<IntakeOutcome, IntakeError> {
+        if !self.realtime.enabled {
+            return Err(IntakeError::Disabled);
+        }
+        if body.invoices.len() > self.realtime.max_batch {
+            return Err(IntakeError::TooManyInvoices {
+                got: body.invoices.len(),
+                max: self.realtime.max_batch,
+            });
+        }
+        let ids = body.customer_ids();
+        let outcome = realtime::intake(&self.redis, &ids).await?;
+        self.metrics.intake_invoices.inc_by(body.invoices.len() as u64);
+        self.metrics.intake_new_ids.inc_by(outcome.added);
+        if outcome.seeded {
+            self.metrics.live_customers.set(i64::try_from(outcome.live_count).unwrap_or(i64::MAX));
+        }
+        tracing::debug!(
+            invoices = body.invoices.len(),
+            ids = ids.len(),
+            added = outcome.added,
+            live = outcome.live_count,
+            "invoice customers recorded"
+        );
+        Ok(outcome)
     }
 
     async fn record_failure(&self, error: &RefreshError) {
@@ -307,6 +416,7 @@ impl Refresher {
                         stale,
                         status: stored.status,
                         is_refreshing: locally_running || stored.locked,
+                        live_count: None,
                     };
                 }
                 let stale =
@@ -318,6 +428,7 @@ impl Refresher {
                     ttl,
                     status: stored.status,
                     is_refreshing: locally_running || stored.locked,
+                    live_count: if self.realtime.enabled { stored.live_count } else { None },
                 }
             }
             Err(error) => {
@@ -335,6 +446,7 @@ impl Refresher {
                     ttl,
                     status: memory.status.clone(),
                     is_refreshing: locally_running,
+                    live_count: None,
                 }
             }
         }

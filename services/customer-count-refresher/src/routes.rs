@@ -1,4 +1,4 @@
-//! HTTP routes (the seed's four endpoints): parse, call the refresher, shape the seed's JSON.
+//! HTTP routes (the seed's four endpoints and the real-time intake): parse, call the refresher, shape the seed's JSON.
 
 use std::sync::Arc;
 
@@ -7,8 +7,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use platform_service::RequireAdmin;
 use serde_json::json;
 
-use crate::error::RefreshError;
-use crate::refresh::{Refresher, Source};
+use crate::error::{IntakeError, RefreshError};
+use crate::realtime::IntakeBody;
+use crate::refresh::{Refresher, Snapshot, Source};
 
 /// Registers the routes; `refresher` is shared by every worker.
 pub fn configure(refresher: Arc<Refresher>) -> impl Fn(&mut web::ServiceConfig) + Clone + Send {
@@ -18,7 +19,8 @@ pub fn configure(refresher: Arc<Refresher>) -> impl Fn(&mut web::ServiceConfig) 
             .route("/api/simpro/customers", web::get().to(customers))
             .route("/api/simpro/customers/refresh", web::post().to(refresh))
             .route("/api/simpro/customers/refresh", web::get().to(refresh_status))
-            .route("/api/init", web::get().to(init));
+            .route("/api/init", web::get().to(init))
+            .route("/internal/simpro/invoices", web::post().to(intake));
     }
 }
 
@@ -43,7 +45,9 @@ async fn customers(refresher: web::Data<Refresher>) -> HttpResponse {
     let record = snapshot.record.as_ref();
     let age = record.map(|r| (Utc::now().timestamp_millis() - r.last_updated_ms).max(0) / 1000);
     HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(json!({
-        "count": record.map(|r| r.count),
+        "count": snapshot.live_count.or(record.map(|r| r.count)),
+        "countBasis": count_basis(&snapshot),
+        "walkedCount": record.map(|r| r.count),
         "cached": record.is_some(),
         "cacheAge": age,
         "source": snapshot.source,
@@ -74,6 +78,38 @@ async fn refresh(
         "pages": record.pages,
         "retries": report.retries,
         "lastUpdated": iso(Some(record.last_updated_ms)),
+        "liveCount": report.live_count,
+        "reconciled": report.reconciled,
+    })))
+}
+
+/// `live` when `count` is the real-time set's size, `walk` when it is the last full walk's,
+/// `null` when there is no count.
+fn count_basis(snapshot: &Snapshot) -> Option<&'static str> {
+    match (snapshot.live_count, &snapshot.record) {
+        (Some(_), _) => Some("live"),
+        (None, Some(_)) => Some("walk"),
+        (None, None) => None,
+    }
+}
+
+/// `POST /internal/simpro/invoices` (admin/service token): the real-time intake. Takes simPRO
+/// invoice rows (`{"invoices": [{"ID": 1, "Customer": {"ID": 7}}, …]}`, other fields ignored), as
+/// a webhook forwarder or poller sends them, and adds their customer ids to the live set. 200 only
+/// once Redis stored them; the call is idempotent, so a caller retries on 503.
+#[tracing::instrument(name = "customers.intake", skip_all)]
+async fn intake(
+    _admin: RequireAdmin,
+    refresher: web::Data<Refresher>,
+    body: web::Json<IntakeBody>,
+) -> Result<HttpResponse, IntakeError> {
+    let outcome = refresher.intake(&body).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "accepted": body.invoices.len(),
+        "customerIds": body.customer_ids().len(),
+        "added": outcome.added,
+        "liveCount": outcome.live_count,
+        "live": outcome.seeded,
     })))
 }
 
@@ -91,6 +127,8 @@ async fn refresh_status(_admin: RequireAdmin, refresher: web::Data<Refresher>) -
     HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(json!({
         "count": record.map(|r| r.count),
         "totalInvoices": record.map(|r| r.total_invoices),
+        "liveCount": snapshot.live_count,
+        "realtime": refresher.realtime().enabled,
         "lastUpdated": iso(record.map(|r| r.last_updated_ms)),
         "ttl": snapshot.ttl.as_secs(),
         "nextRefresh": iso_time(refresher.next_refresh(record)),

@@ -91,6 +91,8 @@ struct CustomerRef {
 pub struct SimproClient {
     http: reqwest::Client,
     invoices_url: String,
+    /// `&columns=…`, or empty.
+    columns: String,
     token: SecretString,
     page_size: u64,
     max_attempts: u32,
@@ -116,6 +118,11 @@ impl SimproClient {
                 settings.base_url.trim_end_matches('/'),
                 settings.company_id
             ),
+            columns: if settings.columns.is_empty() {
+                String::new()
+            } else {
+                format!("&columns={}", settings.columns)
+            },
             token: settings.token.clone(),
             page_size: settings.page_size,
             max_attempts: settings.max_attempts,
@@ -134,7 +141,10 @@ impl SimproClient {
     pub async fn fetch_page(&self, page: u64) -> Result<PageData, FetchError> {
         let response = self
             .http
-            .get(format!("{}?page={page}&pageSize={}", self.invoices_url, self.page_size))
+            .get(format!(
+                "{}?page={page}&pageSize={}{}",
+                self.invoices_url, self.page_size, self.columns
+            ))
             .header(AUTHORIZATION, format!("Bearer {}", self.token.expose_secret()))
             .header(ACCEPT, "application/json")
             .send()

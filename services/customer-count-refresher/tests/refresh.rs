@@ -2,95 +2,18 @@
 //! once against a real Redis Cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+mod common;
+
 use std::time::Duration;
 
+use common::{TestApp, redis_for};
 use customer_count_refresher::storage::{self, CountRecord};
-use customer_count_refresher::{Settings, build};
 use platform_redis::keys::CUSTOMER_COUNT_LOCK;
 use platform_redis::lock::Lock;
-use platform_redis::{RedisClients, RedisSettings};
-use platform_service::Shutdown;
-use platform_service::settings::ServiceSettings;
 use platform_testing::{
     FakeSimpro, FakeSimproConfig, Fault, RedisCluster, RedisServer, unique_prefix,
 };
 use serde_json::Value;
-
-const ADMIN: &str = "dev-admin-token";
-
-struct TestApp {
-    base: String,
-    shutdown: Shutdown,
-    http: reqwest::Client,
-}
-
-impl TestApp {
-    async fn spawn(
-        redis_url: &str,
-        prefix: &str,
-        fake: &FakeSimpro,
-        extra: &[(&str, &str)],
-    ) -> Self {
-        let mut vars = HashMap::from([
-            ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
-            ("APP__HTTP__WORKERS".to_owned(), "2".to_owned()),
-            ("APP__REDIS__URL".to_owned(), redis_url.to_owned()),
-            ("APP__REDIS__KEY_PREFIX".to_owned(), prefix.to_owned()),
-            ("APP__REDIS__COMMAND_TIMEOUT_MS".to_owned(), "300".to_owned()),
-            ("APP__REDIS__RECONNECT_MAX_DELAY_MS".to_owned(), "200".to_owned()),
-            ("APP__RATE_LIMIT__ENABLED".to_owned(), "false".to_owned()),
-            ("APP__SIMPRO__BASE_URL".to_owned(), fake.base_url()),
-            ("APP__SIMPRO__TOKEN".to_owned(), fake.token().unwrap().to_owned()),
-            ("APP__SIMPRO__COMPANY_ID".to_owned(), fake.company_id().to_string()),
-            ("APP__SIMPRO__BACKOFF_BASE_MS".to_owned(), "10".to_owned()),
-            ("APP__SIMPRO__BACKOFF_MAX_MS".to_owned(), "100".to_owned()),
-            ("APP__SIMPRO__REQUEST_TIMEOUT_MS".to_owned(), "5000".to_owned()),
-            ("APP__REFRESH__SCHEDULE_ENABLED".to_owned(), "false".to_owned()),
-            ("APP__REFRESH__REFRESH_WHEN_EMPTY".to_owned(), "false".to_owned()),
-        ]);
-        for (key, value) in extra {
-            vars.insert((*key).to_owned(), (*value).to_owned());
-        }
-        let settings = Settings::from_overrides(vars).unwrap();
-        let app = build(settings).await.unwrap();
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let shutdown = app.context().shutdown.clone();
-        tokio::spawn(app.run_until_stopped());
-        Self { base, shutdown, http: reqwest::Client::new() }
-    }
-
-    async fn refresh(&self) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}/api/simpro/customers/refresh", self.base))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let response =
-            self.http.get(format!("{}{path}", self.base)).bearer_auth(ADMIN).send().await.unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
-    }
-
-    async fn metrics(&self) -> String {
-        self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap()
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-    }
-}
-
-async fn redis_for(url: &str, prefix: &str) -> RedisClients {
-    RedisClients::connect(&RedisSettings::for_url(url, prefix)).await.unwrap()
-}
 
 fn fixture_scenario() -> (Vec<String>, u64, Value) {
     let text = std::fs::read_to_string(concat!(
