@@ -115,7 +115,7 @@ BENCH_DELIVERIES="$WORK/deliveries" BENCH_THREADS="$THREADS" \
 streamed="$(( $(metric webhook_streamed_total) - streamed_before ))"
 duplicates="$(metric webhook_duplicates_total)"
 rejected="$(metric webhook_rejected_total)"
-stream_len="$(redis-cli -p "$REDIS_PORT" XLEN platform:v1:stream:stripe-events 2>/dev/null || echo '?')"
+stream_len="$(redis-cli -p "$REDIS_PORT" XLEN 'platform:v1:stream:{streams}:stripe-events' 2>/dev/null || echo '?')"
 ledger_streamed="$("$PG_BIN/psql" -X -tA -h 127.0.0.1 -p "$PG_PORT" -U postgres -d webhooks \
     -c "SELECT count(*) FROM webhook_events WHERE status = 'streamed'")"
 

@@ -11,6 +11,7 @@
 //! counters.
 
 pub mod error;
+pub mod fallback;
 pub mod metrics;
 pub mod pricing;
 pub mod routes;

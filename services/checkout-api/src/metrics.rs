@@ -67,11 +67,13 @@ impl CheckoutMetrics {
         };
     }
 
-    pub fn set_store_fallback(&self, on: bool) {
-        self.store_fallback.set(i64::from(on));
+    /// The checkout-session store's fallback gauge (shared: clones set the same value).
+    pub fn store_fallback(&self) -> Gauge {
+        self.store_fallback.clone()
     }
 
-    pub fn set_user_session_fallback(&self, on: bool) {
-        self.user_session_fallback.set(i64::from(on));
+    /// The user-session store's fallback gauge.
+    pub fn user_session_fallback(&self) -> Gauge {
+        self.user_session_fallback.clone()
     }
 }

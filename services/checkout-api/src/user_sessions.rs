@@ -15,7 +15,6 @@
 //! they expire.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix_web::HttpRequest;
@@ -27,6 +26,7 @@ use platform_redis::{Keys, RedisError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CheckoutError;
+use crate::fallback::TierSwitch;
 use crate::metrics::CheckoutMetrics;
 
 /// `[user_sessions]`.
@@ -107,8 +107,7 @@ pub struct UserSessions {
     keys: Keys,
     settings: UserSessionSettings,
     memory: Arc<Mutex<Memory>>,
-    on_memory: Arc<AtomicBool>,
-    metrics: CheckoutMetrics,
+    tier: TierSwitch,
 }
 
 impl UserSessions {
@@ -123,8 +122,7 @@ impl UserSessions {
             keys,
             settings,
             memory: Arc::new(Mutex::new(Memory::default())),
-            on_memory: Arc::new(AtomicBool::new(false)),
-            metrics,
+            tier: TierSwitch::new("user sessions", "memory", metrics.user_session_fallback()),
         }
     }
 
@@ -146,40 +144,6 @@ impl UserSessions {
         self.memory.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn redis(&self) -> Option<&Client> {
-        let client = self.redis.next_connected();
-        if client.is_connected() {
-            Some(client)
-        } else {
-            self.note_mode(true, None);
-            None
-        }
-    }
-
-    fn note_mode(&self, on_memory: bool, cause: Option<&RedisError>) {
-        if self.on_memory.swap(on_memory, Ordering::Relaxed) != on_memory {
-            self.metrics.set_user_session_fallback(on_memory);
-            if on_memory {
-                let cause = cause.map(|e| platform_service::error::error_chain(e));
-                tracing::warn!(
-                    cause,
-                    "redis unreachable; user sessions are kept in process memory"
-                );
-            } else {
-                tracing::info!("redis reachable again; user sessions are stored in redis");
-            }
-        }
-    }
-
-    fn redis_failed(&self, error: RedisError) -> Result<(), CheckoutError> {
-        if error.is_unavailable() {
-            self.note_mode(true, Some(&error));
-            Ok(())
-        } else {
-            Err(error.into())
-        }
-    }
-
     /// Creates a session; returns its id (the cookie value), the record and where it is held.
     #[tracing::instrument(name = "user_sessions.create", skip(self, user_id))]
     pub async fn create(
@@ -198,7 +162,7 @@ impl UserSessions {
                     i64::try_from(self.settings.ttl_secs).unwrap_or(i64::MAX / 1000),
                 ),
         };
-        if let Some(client) = self.redis() {
+        if let Some(client) = self.tier.client(&self.redis) {
             let json = serde_json::to_string(&session)?;
             let ttl = i64::try_from(self.settings.ttl_secs).unwrap_or(i64::MAX);
             let stored: Result<(), RedisError> = client
@@ -213,10 +177,10 @@ impl UserSessions {
                 .map_err(Into::into);
             match stored {
                 Ok(()) => {
-                    self.note_mode(false, None);
+                    self.tier.note(false, None);
                     return Ok((id, UserSessionView { session, store: Held::Redis }));
                 }
-                Err(error) => self.redis_failed(error)?,
+                Err(error) => self.tier.failed(error)?,
             }
         }
         self.remember(&id, &session);
@@ -247,17 +211,17 @@ impl UserSessions {
         if !valid_id(id) {
             return Ok(None);
         }
-        if let Some(client) = self.redis() {
+        if let Some(client) = self.tier.client(&self.redis) {
             let found: Result<Option<String>, RedisError> =
                 client.get(self.keys.user_session(id)).await.map_err(Into::into);
             match found {
                 Ok(Some(json)) => {
-                    self.note_mode(false, None);
+                    self.tier.note(false, None);
                     let session: UserSession = serde_json::from_str(&json)?;
                     return Ok(Some(UserSessionView { session, store: Held::Redis }));
                 }
-                Ok(None) => self.note_mode(false, None),
-                Err(error) => self.redis_failed(error)?,
+                Ok(None) => self.tier.note(false, None),
+                Err(error) => self.tier.failed(error)?,
             }
         }
         let now = Utc::now();
@@ -277,11 +241,11 @@ impl UserSessions {
             return Ok(());
         }
         self.lock().sessions.remove(id);
-        if let Some(client) = self.redis() {
+        if let Some(client) = self.tier.client(&self.redis) {
             let deleted: Result<i64, RedisError> =
                 client.del(self.keys.user_session(id)).await.map_err(Into::into);
             if let Err(error) = deleted {
-                self.redis_failed(error)?;
+                self.tier.failed(error)?;
             }
         }
         Ok(())

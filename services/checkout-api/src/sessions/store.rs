@@ -18,8 +18,7 @@
 //!   which replica serves the request, and Postgres already covers a Redis outage.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
@@ -33,6 +32,7 @@ use uuid::Uuid;
 
 use super::SessionRecord;
 use crate::error::CheckoutError;
+use crate::fallback::TierSwitch;
 use crate::metrics::CheckoutMetrics;
 
 /// KEYS: session, index, stats. ARGV: id, JSON, TTL ms, expiry ms, latency µs.
@@ -203,9 +203,7 @@ pub struct SessionStore {
     keys: Keys,
     db: PgPool,
     ttl: Duration,
-    /// Last mode seen by an operation, to log each switch once.
-    on_postgres: Arc<AtomicBool>,
-    metrics: CheckoutMetrics,
+    tier: TierSwitch,
 }
 
 fn now_ms() -> u64 {
@@ -226,7 +224,8 @@ impl SessionStore {
         ttl: Duration,
         metrics: CheckoutMetrics,
     ) -> Self {
-        Self { redis, keys, db, ttl, on_postgres: Arc::new(AtomicBool::new(false)), metrics }
+        let tier = TierSwitch::new("checkout sessions", "postgres", metrics.store_fallback());
+        Self { redis, keys, db, ttl, tier }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -238,43 +237,6 @@ impl SessionStore {
         !self.redis.next_connected().is_connected()
     }
 
-    /// A connected Redis client, or `None` (and the switch to Postgres logged) when there is none.
-    fn redis(&self) -> Option<&Client> {
-        let client = self.redis.next_connected();
-        if client.is_connected() {
-            Some(client)
-        } else {
-            self.note_mode(true, None);
-            None
-        }
-    }
-
-    /// Logs a switch between tiers once (warn to Postgres, info back) and updates the gauge.
-    fn note_mode(&self, on_postgres: bool, cause: Option<&RedisError>) {
-        if self.on_postgres.swap(on_postgres, Ordering::Relaxed) != on_postgres {
-            self.metrics.set_store_fallback(on_postgres);
-            if on_postgres {
-                let cause = cause.map(|e| platform_service::error::error_chain(e));
-                tracing::warn!(
-                    cause,
-                    "redis unreachable; checkout sessions are stored in postgres"
-                );
-            } else {
-                tracing::info!("redis reachable again; new checkout sessions are stored in redis");
-            }
-        }
-    }
-
-    /// Sorts a Redis failure: unreachable → `None` (use Postgres), anything else → error.
-    fn redis_failed(&self, error: RedisError) -> Result<(), CheckoutError> {
-        if error.is_unavailable() {
-            self.note_mode(true, Some(&error));
-            Ok(())
-        } else {
-            Err(error.into())
-        }
-    }
-
     /// Stores a new session; returns the tier that took it.
     #[tracing::instrument(name = "sessions.create", skip_all, fields(session_id = %record.id))]
     pub async fn create(
@@ -283,7 +245,7 @@ impl SessionStore {
         latency_us: u64,
     ) -> Result<Tier, CheckoutError> {
         let json = serde_json::to_string(record)?;
-        if let Some(client) = self.redis() {
+        if let Some(client) = self.tier.client(&self.redis) {
             let id = record.id.to_string();
             let ttl = ttl_ms(self.ttl);
             let keys = vec![
@@ -302,7 +264,7 @@ impl SessionStore {
                 CREATE.evalsha_with_reload(client, keys, args).await.map_err(Into::into);
             match created {
                 Ok(1) => {
-                    self.note_mode(false, None);
+                    self.tier.note(false, None);
                     return Ok(Tier::Redis);
                 }
                 Ok(_) => {
@@ -310,7 +272,7 @@ impl SessionStore {
                         "a new random session id already exists in redis"
                     )));
                 }
-                Err(error) => self.redis_failed(error)?,
+                Err(error) => self.tier.failed(error)?,
             }
         }
         pg::create(&self.db, record, &json, self.ttl, latency_us).await?;
@@ -320,7 +282,7 @@ impl SessionStore {
     /// The session and its tier, extending its TTL; `None` when it does not exist or expired.
     #[tracing::instrument(name = "sessions.get", skip(self))]
     pub async fn get(&self, id: Uuid) -> Result<Option<(SessionRecord, Tier)>, CheckoutError> {
-        if let Some(client) = self.redis() {
+        if let Some(client) = self.tier.client(&self.redis) {
             let id_text = id.to_string();
             let ttl = ttl_ms(self.ttl);
             let keys = vec![self.keys.checkout_session(&id_text), self.keys.checkout_index()];
@@ -329,11 +291,11 @@ impl SessionStore {
                 READ.evalsha_with_reload(client, keys, args).await.map_err(Into::into);
             match found {
                 Ok(Some(json)) => {
-                    self.note_mode(false, None);
+                    self.tier.note(false, None);
                     return Ok(Some((serde_json::from_str(&json)?, Tier::Redis)));
                 }
-                Ok(None) => self.note_mode(false, None),
-                Err(error) => self.redis_failed(error)?,
+                Ok(None) => self.tier.note(false, None),
+                Err(error) => self.tier.failed(error)?,
             }
         }
         Ok(pg::touch(&self.db, id, self.ttl).await?.map(|record| (record, Tier::Postgres)))
@@ -389,10 +351,10 @@ impl SessionStore {
     /// Counters of both tiers. Fails only when neither can be read.
     pub async fn stats(&self) -> Result<Stats, CheckoutError> {
         let mut redis_counts: Option<HashMap<String, i64>> = None;
-        if let Some(client) = self.redis() {
+        if let Some(client) = self.tier.client(&self.redis) {
             match client.hgetall::<HashMap<String, i64>, _>(self.keys.checkout_stats()).await {
                 Ok(counts) => redis_counts = Some(counts),
-                Err(error) => self.redis_failed(error.into())?,
+                Err(error) => self.tier.failed(error.into())?,
             }
         }
         let pg = pg::stats(&self.db).await;
@@ -428,7 +390,7 @@ impl SessionStore {
     /// Live (not expired) sessions in both tiers; a tier that cannot be read counts 0.
     pub async fn live_count(&self) -> u64 {
         let mut count = 0;
-        if let Some(client) = self.redis() {
+        if let Some(client) = self.tier.client(&self.redis) {
             match client
                 .zcount::<u64, _>(self.keys.checkout_index(), now_ms() as f64, f64::INFINITY)
                 .await
@@ -449,13 +411,13 @@ impl SessionStore {
     pub async fn cleanup_expired(&self) -> Result<CleanupReport, CheckoutError> {
         let mut report = CleanupReport::default();
         let mut redis_ok = false;
-        if let Some(client) = self.redis() {
+        if let Some(client) = self.tier.client(&self.redis) {
             match self.cleanup_redis(client).await {
                 Ok(removed) => {
                     report.redis_index_entries_removed = removed;
                     redis_ok = true;
                 }
-                Err(error) => self.redis_failed(error)?,
+                Err(error) => self.tier.failed(error)?,
             }
         }
         match pg::delete_expired(&self.db).await {
@@ -518,13 +480,13 @@ impl SessionStore {
         if !on_redis {
             return self.list_pg(offset, limit).await;
         }
-        let Some(client) = self.redis() else {
+        let Some(client) = self.tier.client(&self.redis) else {
             return self.list_pg(0, limit).await;
         };
         let (mut sessions, entries) = match self.list_redis(client, offset, limit_i).await {
             Ok(found) => found,
             Err(error) => {
-                self.redis_failed(error)?;
+                self.tier.failed(error)?;
                 return self.list_pg(0, limit).await;
             }
         };
