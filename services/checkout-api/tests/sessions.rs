@@ -303,3 +303,38 @@ async fn stats_cleanup_and_listing_actions_report_honestly() {
     short.stop().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn in_redis_cluster_mode_sessions_are_created_read_completed_counted_and_cleaned_up() {
+    // Arrange: the session scripts touch a session, the index and the statistics together, so
+    // the three keys must share a slot (`{checkout}`); user sessions are single-key.
+    let cluster = platform_testing::RedisCluster::shared().url();
+    let backends = Backends::with_redis("ck-cluster", cluster).await;
+    let app = TestApp::spawn(&backends, &[("APP__REDIS__MODE", "cluster")]).await;
+
+    // Act
+    let created = app.create_session(cart(2)).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let read = app.get(&format!("/api/checkout/sessions/{id}")).await;
+    let updated = app.patch(&format!("/api/checkout/sessions/{id}"), cart(3)).await;
+    let completed = app.post(&format!("/api/checkout/sessions/{id}/complete"), json!({})).await;
+    let stats = app.cleanup(json!({"action": "get_stats"})).await;
+    let cleaned = app.cleanup(json!({"action": "cleanup_expired"})).await;
+    let guest = app.send(Method::POST, "/api/sessions/guest", None, false, None).await;
+    let (pair, _) = common::set_cookie(&guest);
+    let current = app.send(Method::GET, "/api/sessions/current", None, false, Some(&pair)).await;
+
+    // Assert
+    assert_eq!(created["store"], "redis", "{created}");
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.body["store"], "redis");
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    assert_eq!(updated.body["subtotalCents"], 3_000);
+    assert_eq!(completed.body["status"], "completed", "{}", completed.body);
+    assert_eq!(stats.body["stats"]["totalCreated"], 1, "{}", stats.body);
+    assert_eq!(stats.body["stats"]["totalCompleted"], 1);
+    assert_eq!(cleaned.status, 200, "{}", cleaned.body);
+    assert_eq!(guest.status, 201, "{}", guest.body);
+    assert_eq!(current.status, 200, "{}", current.body);
+    app.stop().await;
+}
