@@ -357,6 +357,13 @@ impl Cache {
         &self.inner.settings
     }
 
+    /// The value of `key` in `group` if this replica's L1 holds it: no I/O, no compute, no
+    /// counters (for side uses such as metering a request that never reached its handler).
+    pub fn peek<T: Clone + 'static>(&self, group: &str, key: &str) -> Option<T> {
+        let entry_key = self.inner.keys.cache_entry(group, key);
+        self.inner.l1_get::<T>(&entry_key).map(|(value, _)| value)
+    }
+
     /// Returns the value of `key` in invalidation `group`, from L1, Redis, or `compute` (stored
     /// for `ttl`). See the module doc for coalescing, early refresh and Redis failures. Only
     /// `compute`'s error is ever returned.

@@ -16,7 +16,8 @@
 //! count, `occurredAt` = its first count) every `linger`. A tally in a failed batch is retried
 //! unchanged (same idempotency key) while new counts accumulate in fresh tallies, bounded by
 //! [`UsageRecorderSettings::max_tallies`] (counts of further organisations are dropped and counted).
-//! [`TrackUsage::aggregated`] makes the middleware count rather than record, and
+//! [`TrackUsage::aggregated`] makes the middleware count rather than record; requests the rate
+//! limiter refused are counted as `rate_limited` (rate-limit hits per organisation), and
 //! [`TrackUsage::from_response`] lets the handler name the organisation through a [`UsageOrg`]
 //! response extension when only it knows it (e.g. after a cache lookup).
 
@@ -29,8 +30,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use actix_web::Error;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::{Error, HttpRequest};
 use futures::future::{LocalBoxFuture, Ready, ready};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::RedisClients;
 use crate::keys::StreamName;
 use crate::messages::UsageEvent;
+use crate::ratelimit::Denied;
 use crate::streams::StreamProducer;
 
 /// How a [`UsageRecorder`] buffers and sends.
@@ -269,6 +271,7 @@ async fn send_loop(
 }
 
 type OrgFn = Arc<dyn Fn(&ServiceRequest) -> Option<String> + Send + Sync>;
+type RequestOrgFn = Arc<dyn Fn(&HttpRequest) -> Option<String> + Send + Sync>;
 
 /// The organisation a request is billed to, named by the handler: insert it into the response's
 /// extensions (`response.extensions_mut().insert(UsageOrg(id))`) for [`TrackUsage`] to find.
@@ -280,11 +283,14 @@ pub struct UsageOrg(pub String);
 /// route pattern, method and status as metadata. When `org` finds none, a [`UsageOrg`] in the
 /// response's extensions names it; requests with neither pass untouched.
 /// [`TrackUsage::aggregated`] counts instead (no metadata, one event per organisation per send).
+/// Requests the rate limiter refused are counted as `rate_limited`, never as `api_request`
+/// (wrap `TrackUsage` outside the [`crate::ratelimit::RateLimit`] so it sees them).
 #[derive(Clone)]
 pub struct TrackUsage {
     recorder: UsageRecorder,
     org: OrgFn,
     aggregated: bool,
+    denied_org: Option<RequestOrgFn>,
 }
 
 impl fmt::Debug for TrackUsage {
@@ -298,7 +304,7 @@ impl TrackUsage {
     where
         F: Fn(&ServiceRequest) -> Option<String> + Send + Sync + 'static,
     {
-        Self { recorder, org: Arc::new(org), aggregated: false }
+        Self { recorder, org: Arc::new(org), aggregated: false, denied_org: None }
     }
 
     /// The organisation comes only from the handler's [`UsageOrg`] response extension.
@@ -310,6 +316,16 @@ impl TrackUsage {
     /// event each: for hot routes.
     pub fn aggregated(mut self) -> Self {
         self.aggregated = true;
+        self
+    }
+
+    /// Names the organisation of a request the rate limiter refused when neither `org` nor the
+    /// handler (which never ran) did, e.g. from a cache of path slug → organisation id.
+    pub fn org_when_denied<F>(mut self, org: F) -> Self
+    where
+        F: Fn(&HttpRequest) -> Option<String> + Send + Sync + 'static,
+    {
+        self.denied_org = Some(Arc::new(org));
         self
     }
 }
@@ -357,9 +373,13 @@ where
         let service = Rc::clone(&self.service);
         let org = (self.config.org)(&req);
         let recorder = self.config.recorder.clone();
+        let denied_org = self.config.denied_org.clone();
         if self.config.aggregated {
             return Box::pin(async move {
                 let response = service.call(req).await?;
+                if count_denied(&recorder, &response, org.as_deref(), denied_org.as_ref()) {
+                    return Ok(response);
+                }
                 if let Some(org_id) = org {
                     recorder.count(&org_id, "api_request", 1);
                 } else if let Some(UsageOrg(org_id)) = response.response().extensions().get() {
@@ -372,6 +392,9 @@ where
         let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
         Box::pin(async move {
             let response = service.call(req).await?;
+            if count_denied(&recorder, &response, org.as_deref(), denied_org.as_ref()) {
+                return Ok(response);
+            }
             let org = org.or_else(|| {
                 response.response().extensions().get::<UsageOrg>().map(|org| org.0.clone())
             });
@@ -392,6 +415,25 @@ where
             Ok(response)
         })
     }
+}
+
+/// A request the rate limiter refused ([`Denied`]) is not usage: it is tallied as `rate_limited`
+/// for its organisation (the seed's "rate limit hits per church"), always aggregated so a flood
+/// of refusals cannot flood the stream. True when the response was such a refusal.
+fn count_denied<B>(
+    recorder: &UsageRecorder,
+    response: &ServiceResponse<B>,
+    org: Option<&str>,
+    denied_org: Option<&RequestOrgFn>,
+) -> bool {
+    if response.response().extensions().get::<Denied>().is_none() {
+        return false;
+    }
+    let org = org.map(str::to_owned).or_else(|| denied_org.and_then(|f| f(response.request())));
+    if let Some(org_id) = org {
+        recorder.count(&org_id, "rate_limited", 1);
+    }
+    true
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

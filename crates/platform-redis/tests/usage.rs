@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix_web::{App, HttpResponse, test, web};
 use platform_redis::fred::prelude::*;
 use platform_redis::messages::UsageEvent;
+use platform_redis::ratelimit::{PolicySettings, RateLimit, RateLimitSettings, RateLimiter};
 use platform_redis::usage::{TrackUsage, UsageOrg, UsageRecorder, UsageRecorderSettings};
 use platform_redis::{RedisClients, RedisSettings, StreamName};
 use platform_testing::{RedisServer, free_port, unique_prefix};
@@ -147,4 +148,67 @@ async fn aggregated_requests_named_by_the_handler_become_one_counted_event_per_o
     counts.sort();
     assert_eq!(counts, vec![("org-a".to_owned(), 5), ("org-b".to_owned(), 2)]);
     assert_eq!(recorder.dropped(), 0);
+}
+
+#[tokio::test]
+async fn requests_the_rate_limiter_refuses_count_as_rate_limited_for_their_organisation() {
+    // Arrange: 2 requests per hour per organisation; the handler names the organisation, and for
+    // refused requests (the handler never runs) `org_when_denied` does, from the path.
+    let url = RedisServer::shared().url();
+    let clients =
+        RedisClients::connect(&RedisSettings::for_url(&url, &unique_prefix("usage-denied")))
+            .await
+            .unwrap();
+    let limits = RateLimitSettings {
+        policies: HashMap::from([("tight".to_owned(), PolicySettings::new(2, 3_600))]),
+        ..RateLimitSettings::default()
+    };
+    let limiter = RateLimiter::new(&clients, &limits).unwrap();
+    let cancel = CancellationToken::new();
+    let settings =
+        UsageRecorderSettings { linger: Duration::from_secs(3600), ..Default::default() };
+    let (recorder, task) = UsageRecorder::start(&clients, settings, cancel.clone());
+    let per_org = RateLimit::new(limiter, "tight")
+        .with_key(|req| req.match_info().get("org").map(|org| format!("org:{org}")));
+    let metered = TrackUsage::from_response(recorder.clone())
+        .aggregated()
+        .org_when_denied(|req| req.match_info().get("org").map(|org| format!("org-{org}")));
+    let app = test::init_service(App::new().service(
+        web::resource("/orgs/{org}").wrap(per_org).wrap(metered).route(web::get().to(
+            |path: web::Path<String>| async move {
+                let mut response = HttpResponse::Ok().finish();
+                response.extensions_mut().insert(UsageOrg(format!("org-{path}")));
+                response
+            },
+        )),
+    ))
+    .await;
+
+    // Act: 5 requests of one organisation; the long linger means only the final drain sends.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let request = test::TestRequest::get().uri("/orgs/a").to_request();
+        statuses.push(test::call_service(&app, request).await.status().as_u16());
+    }
+    cancel.cancel();
+    task.await.unwrap();
+
+    // Assert: 2 served and billed as api_request, 3 refused and counted as rate_limited.
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    let key = clients.keys().stream(StreamName::UsageEvents);
+    let entries: Vec<(String, HashMap<String, String>)> =
+        clients.primary().xrange(key, "-", "+", None).await.unwrap();
+    let mut counts: Vec<(String, String, i64)> = entries
+        .iter()
+        .map(|(_, f)| serde_json::from_str::<UsageEvent>(&f["data"]).unwrap())
+        .map(|e| (e.org_id, e.metric, e.value))
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![
+            ("org-a".to_owned(), "api_request".to_owned(), 2),
+            ("org-a".to_owned(), "rate_limited".to_owned(), 3),
+        ]
+    );
 }

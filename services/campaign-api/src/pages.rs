@@ -105,6 +105,13 @@ impl Pages {
             .await
     }
 
+    /// The organisation id behind `slug` if this replica's L1 holds its active page: no I/O,
+    /// for metering requests the rate limiter refused before the handler could look it up (an
+    /// organisation hot enough to be limited is in L1).
+    pub fn cached_org_id(&self, slug: &str) -> Option<Uuid> {
+        self.cache.peek::<ActivePage>(&org_group(slug), "active")?.org_id
+    }
+
     /// The stats of a campaign; [`ApiError::CampaignNotFound`] for unknown or deleted ones.
     pub async fn stats(&self, id: Uuid) -> Result<Cached<CampaignStats>, ApiError> {
         let db = self.db.clone();

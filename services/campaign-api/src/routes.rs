@@ -83,8 +83,14 @@ pub fn configure(
     let per_org = RateLimit::new(limiter.clone(), policy)
         .with_key(|req| req.match_info().get("orgSlug").map(|slug| format!("org:{slug}")));
     // Counted in memory, billed to the organisation id the handler found in the cached page
-    // (unknown slugs and denied requests carry none, so they are not metered).
-    let metered = TrackUsage::from_response(usage.clone()).aggregated();
+    // (unknown slugs carry none, so they are not metered). Refused requests never reach the
+    // handler: they count as `rate_limited` for the organisation this replica has cached.
+    let pages = state.pages.clone();
+    let metered =
+        TrackUsage::from_response(usage.clone()).aggregated().org_when_denied(move |req| {
+            let slug = req.match_info().get("orgSlug")?;
+            pages.cached_org_id(slug).map(|id| id.to_string())
+        });
     cfg.app_data(state)
         .service(
             web::resource("/api/public/campaigns/{orgSlug}/active")

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Backends, TestApp, eventually};
+use common::{Backends, TestApp, eventually, usage_events};
 use platform_redis::fred::prelude::*;
 use platform_testing::{PostgresServer, RedisServer};
 use reqwest::Method;
@@ -235,6 +235,51 @@ async fn the_101st_request_in_a_minute_for_one_org_is_429_and_other_orgs_are_una
     assert_eq!(body["code"], "rate_limited");
     assert_eq!(other.status(), 200);
     assert_eq!(other.headers()["x-ratelimit-remaining"], "99");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn refused_requests_count_as_rate_limited_usage_of_their_organisation_not_as_api_requests() {
+    // Arrange: 3 requests per minute per organisation.
+    let backends = Backends::new(RedisServer::shared().url(), "campaign-rl-usage").await;
+    let app = TestApp::spawn(
+        &backends,
+        &[
+            ("APP__RATE_LIMIT__POLICIES__API__LIMIT", "3"),
+            ("APP__RATE_LIMIT__POLICIES__API__LEASE", "0"),
+        ],
+    )
+    .await;
+    let redis = backends.redis().await;
+    let org = app.create_org("thrifty").await;
+
+    // Act: 3 served, 2 refused.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(app.get("/api/public/campaigns/thrifty/active").await.status().as_u16());
+    }
+    let total = |metric: &'static str, events: &[Value]| -> i64 {
+        events
+            .iter()
+            .filter(|e| e["orgId"] == org.as_str() && e["metric"] == metric)
+            .map(|e| e["value"].as_i64().unwrap())
+            .sum()
+    };
+    let counted = eventually(100, || async {
+        let events = usage_events(&redis).await;
+        total("api_request", &events) == 3 && total("rate_limited", &events) == 2
+    })
+    .await;
+
+    // Assert
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let events = usage_events(&redis).await;
+    assert!(
+        counted,
+        "api_request {} rate_limited {}",
+        total("api_request", &events),
+        total("rate_limited", &events)
+    );
     app.stop().await;
 }
 

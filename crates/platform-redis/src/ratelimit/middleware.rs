@@ -15,6 +15,11 @@ use super::{Decision, Policy, RateLimiter, describe_window};
 
 type KeyFn = Arc<dyn Fn(&ServiceRequest) -> Option<String> + Send + Sync>;
 
+/// Marks a response this middleware refused (in its extensions), so outer middleware such as
+/// [`crate::usage::TrackUsage`] can tell a rate-limit refusal from any other 429.
+#[derive(Debug, Clone, Copy)]
+pub struct Denied;
+
 const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
@@ -30,7 +35,7 @@ const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 /// Every response gets `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
 /// (whole seconds, rounded up). A denied request is answered `429` with `Retry-After` (seconds,
 /// rounded up) and `{"error": "Too many requests: limit of N per <window> exceeded", "code":
-/// "rate_limited"}` without reaching the service. Errors returned by inner services pass through
+/// "rate_limited"}` without reaching the service, marked [`Denied`] in its extensions. Errors returned by inner services pass through
 /// untouched. With `rate_limit.enabled = false` requests pass through without headers. An unknown
 /// policy makes the app fail to start (the transform's init error), after logging its name.
 #[derive(Clone)]
@@ -180,9 +185,10 @@ where
             } else {
                 let retry_after = decision.retry_after.unwrap_or(decision.reset_after);
                 let body = serde_json::json!({ "error": config.message, "code": "rate_limited" });
-                let denied = HttpResponse::TooManyRequests()
+                let mut denied = HttpResponse::TooManyRequests()
                     .insert_header((RETRY_AFTER, HeaderValue::from(ceil_secs(retry_after))))
                     .json(body);
+                denied.extensions_mut().insert(Denied);
                 req.into_response(denied).map_into_right_body()
             };
             set_headers(response.headers_mut(), &decision);

@@ -74,7 +74,7 @@ use crate::client::RedisClients;
 use crate::error::{RedisError, Result};
 use crate::keys::Keys;
 
-pub use middleware::{RateLimit, RateLimitMiddleware};
+pub use middleware::{Denied, RateLimit, RateLimitMiddleware};
 
 use window::{BlockedCache, LEASE_LUA, Leases, LocalWindows, Outcome, SLIDING_WINDOW_LUA};
 
