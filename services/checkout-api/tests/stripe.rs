@@ -510,3 +510,39 @@ async fn a_stored_checkout_session_is_paid_through_stripe_for_exactly_its_total(
     assert_eq!(unknown["code"], "checkout_session_not_found");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_paid_stripe_checkout_completes_its_checkout_session_once() {
+    // Arrange
+    let backends = Backends::new("stripe-session-paid").await;
+    let app = TestApp::spawn(&backends, &[]).await;
+    let session = app
+        .create_session(json!({"userId": "user-paid", "items": [
+            {"sku": "tee", "name": "T-shirt", "unitAmountCents": 1000, "quantity": 1}
+        ]}))
+        .await;
+    let id = session["id"].as_str().unwrap();
+    let (status, paid) = app.checkout(&json!({"checkoutSessionId": id})).await;
+    assert_eq!(status, 200, "{paid}");
+    let stripe_session = paid["sessionId"].as_str().unwrap();
+    let success = format!("/store/checkout/success?session_id={stripe_session}");
+    let before_payment = app.get(&success).await;
+    let status_before =
+        app.get(&format!("/api/checkout/sessions/{id}")).await.body["status"].clone();
+    assert!(backends.stripe.complete_checkout_session(stripe_session));
+
+    // Act: the success page twice (a reload).
+    let first = app.get(&success).await;
+    let reload = app.get(&success).await;
+    let stats = app.cleanup(json!({"action": "get_stats"})).await;
+
+    // Assert
+    assert_eq!(before_payment.status, 200, "{}", before_payment.body);
+    assert_eq!(status_before, "open", "not paid yet, not completed");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["checkoutSessionId"], id);
+    assert_eq!(reload.status, 200, "{}", reload.body);
+    assert_eq!(app.get(&format!("/api/checkout/sessions/{id}")).await.body["status"], "completed");
+    assert_eq!(stats.body["stats"]["totalCompleted"], 1, "{}", stats.body);
+    app.stop().await;
+}

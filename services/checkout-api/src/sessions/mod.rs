@@ -441,7 +441,8 @@ fn micros(elapsed: Duration) -> u64 {
 
 /// The Stripe checkout's carts are open checkout sessions (`checkoutSessionId`). Each item is one
 /// Stripe line, plus a delivery line; when a coupon discounts the order, one line for the
-/// session's total instead, so Stripe charges exactly what the session shows.
+/// session's total instead, so Stripe charges exactly what the session shows. A paid Stripe
+/// Checkout completes the session.
 impl CartSource for Checkout {
     fn load<'a>(
         &'a self,
@@ -482,6 +483,26 @@ impl CartSource for Checkout {
                 mode: Mode::Payment,
                 checkout_session_id: Some(id.to_string()),
             }))
+        })
+    }
+
+    fn paid<'a>(
+        &'a self,
+        checkout_session_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>> {
+        Box::pin(async move {
+            let Ok(id) = Uuid::parse_str(checkout_session_id) else { return Ok(()) };
+            match self.transition(id, Status::Completed).await {
+                Ok(_) => {
+                    tracing::info!(session_id = %id, "checkout session completed by its stripe payment");
+                    Ok(())
+                }
+                // Already completed by an earlier success page, or expired: nothing to do.
+                Err(CheckoutError::InvalidTransition { .. } | CheckoutError::SessionNotFound) => {
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            }
         })
     }
 }

@@ -76,13 +76,20 @@ pub struct Cart {
     pub checkout_session_id: Option<String>,
 }
 
-/// Resolves a `checkoutSessionId` to its cart. The checkout-session store implements it; `None`
-/// when no such session exists (or it expired).
+/// The checkout sessions behind Stripe Checkout: the checkout-session store implements it.
 pub trait CartSource: fmt::Debug + Send + Sync {
+    /// The cart of `checkout_session_id`; `None` when no such session exists (or it expired).
     fn load<'a>(
         &'a self,
         checkout_session_id: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Option<Cart>, CheckoutError>> + Send + 'a>>;
+
+    /// Marks `checkout_session_id` completed because Stripe says its payment went through. Safe
+    /// to repeat: a session already completed (or gone) is left as it is.
+    fn paid<'a>(
+        &'a self,
+        checkout_session_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>>;
 }
 
 /// A [`CartSource`] that knows no checkout session (until the session store is wired in).
@@ -95,6 +102,13 @@ impl CartSource for NoCarts {
         _checkout_session_id: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Option<Cart>, CheckoutError>> + Send + 'a>> {
         Box::pin(async { Ok(None) })
+    }
+
+    fn paid<'a>(
+        &'a self,
+        _checkout_session_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>> {
+        Box::pin(async { Ok(()) })
     }
 }
 

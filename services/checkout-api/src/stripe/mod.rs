@@ -58,6 +58,11 @@ impl StripeService {
         })
     }
 
+    /// The checkout sessions Stripe Checkout sessions are created from.
+    pub fn carts(&self) -> &dyn CartSource {
+        self.carts.as_ref()
+    }
+
     fn api(&self) -> Result<&StripeApi, CheckoutError> {
         self.api.as_ref().ok_or(CheckoutError::StripeNotConfigured)
     }

@@ -109,6 +109,16 @@ async fn checkout_success(
             if error.is_not_found() { CheckoutError::StripeSessionNotFound } else { error.into() }
         })?;
     let customer_id = session.customer.as_ref().map(|c| c.id().as_str().to_owned());
+    // The checkout session this payment was for (set when it was created from one) is completed
+    // once Stripe says paid; a failure here must not hide the purchase from the buyer.
+    let checkout_session_id =
+        session.metadata.as_ref().and_then(|m| m.get("checkoutSessionId")).cloned();
+    if let Some(id) = &checkout_session_id
+        && session.payment_status.as_str() == "paid"
+        && let Err(error) = stripe.carts().paid(id).await
+    {
+        tracing::warn!(checkout_session_id = %id, error = %platform_service::error::error_chain(&error), "checkout session not marked completed; the buyer's next success page retries");
+    }
     // Eager sync: the buyer sees the new state now, not when the webhook arrives.
     let state = match &customer_id {
         Some(id) => stripe.sync_stripe_data_to_redis(id).await?.state().cloned(),
@@ -123,6 +133,7 @@ async fn checkout_success(
         "currency": session.currency.as_ref().map(ToString::to_string),
         "customerId": customer_id,
         "userId": session.client_reference_id,
+        "checkoutSessionId": checkout_session_id,
         "subscription": state,
     });
     if prefers_html(&request) {
