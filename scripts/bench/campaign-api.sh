@@ -10,6 +10,8 @@
 #   LEASE (unset: the service's configured lease of the api policy, 10; 0 = exact mode).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+# shellcheck source=backends.sh
+source "$(dirname "${BASH_SOURCE[0]}")/backends.sh"
 
 DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-64}"
@@ -26,36 +28,11 @@ TOKEN="bench-admin-token"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 
 command -v wrk >/dev/null || die "wrk is not installed (apt-get install wrk)"
-PG_BIN="$(pg_bin_dir)" || die "Postgres binaries not found: run \`make deps\`"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 log "building campaign-api (release)"
 (cd "$REPO_ROOT" && cargo build --release -p campaign-api --quiet)
 
-WORK="$(mktemp -d /var/tmp/campaign-bench.XXXXXX)"
-chmod 755 "$WORK"
-REDIS_P="$(free_port)"
-PG_P="$(free_port)"
-APP_P="$(free_port)"
-APP_PID=""
-cleanup() {
-    [[ -n "$APP_PID" ]] && kill "$APP_PID" 2>/dev/null && wait "$APP_PID" 2>/dev/null || true
-    as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
-    [[ -f "$WORK/redis.pid" ]] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-log "private redis-server on $REDIS_P, postgres on $PG_P"
-redis-server --port "$REDIS_P" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-    --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log" --dir "$WORK"
-mkdir -p "$WORK/pg"
-if is_root; then chown postgres: "$WORK/pg"; fi
-as_pg_user "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust -E UTF8 --no-sync >/dev/null
-as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
-    -o "-p $PG_P -k $WORK/pg -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
-"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_P" -U postgres -c 'CREATE DATABASE campaign' >/dev/null
+bench_backends campaign campaign
 
 log "starting campaign-api on $APP_P"
 APP__HTTP__PORT="$APP_P" APP__REDIS__URL="redis://127.0.0.1:$REDIS_P" \
@@ -63,6 +40,7 @@ APP__HTTP__PORT="$APP_P" APP__REDIS__URL="redis://127.0.0.1:$REDIS_P" \
     APP__AUTH__ADMIN_TOKEN="$TOKEN" APP__DEMO__SEED=true APP__TELEMETRY__FILTER=warn \
     APP__RATE_LIMIT__ENABLED="$RL_ENABLED" APP__RATE_LIMIT__POLICIES__API__LIMIT=1000000 APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS=60 \
     env "${LEASE_ENV[@]}" "$TARGET_DIR/release/campaign-api" >"$WORK/app.log" 2>&1 &
+# shellcheck disable=SC2034 # read by bench_cleanup (backends.sh)
 APP_PID=$!
 BASE="http://127.0.0.1:$APP_P"
 for _ in $(seq 100); do
