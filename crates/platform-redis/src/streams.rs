@@ -61,8 +61,8 @@ use std::time::{Duration, Instant};
 
 use fred::clients::Transaction;
 use fred::prelude::*;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -257,6 +257,58 @@ pub struct ConsumerSettings {
     pub start_from: StartFrom,
     /// Approximate cap of the dead-letter stream.
     pub dead_letter_max_len: usize,
+}
+
+/// A service's config section for one consumer group (e.g. `[stripe_events]`), in the units a
+/// config file uses; [`GroupSettings::consumer`] turns it into [`ConsumerSettings`]. Missing
+/// fields take the [`ConsumerSettings::new`] defaults except the group, which has none: the
+/// service's default file names it, and [`ConsumerSettings::validate`] rejects an empty one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupSettings {
+    /// false: this service does not consume the stream.
+    pub enabled: bool,
+    /// This service's consumer group.
+    pub group: String,
+    /// Entries per read, and so per handler call.
+    pub batch_size: usize,
+    /// How long one read blocks.
+    pub block_ms: u64,
+    /// Pending entries idle this long are reclaimed (also the retry delay of an entry left
+    /// pending on a transient failure).
+    pub claim_idle_ms: u64,
+    /// Deliveries before an entry goes to the dead-letter stream.
+    pub max_deliveries: u64,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        let defaults = ConsumerSettings::new(StreamName::StripeEvents, "");
+        Self {
+            enabled: true,
+            group: defaults.group,
+            batch_size: defaults.batch_size,
+            block_ms: millis(defaults.block),
+            claim_idle_ms: millis(defaults.claim_idle),
+            max_deliveries: defaults.max_deliveries,
+        }
+    }
+}
+
+impl GroupSettings {
+    /// The consumer settings of this group on `stream` (other fields: [`ConsumerSettings::new`]).
+    pub fn consumer(&self, stream: StreamName) -> ConsumerSettings {
+        let mut settings = ConsumerSettings::new(stream, self.group.clone());
+        settings.batch_size = self.batch_size;
+        settings.block = Duration::from_millis(self.block_ms);
+        settings.claim_idle = Duration::from_millis(self.claim_idle_ms);
+        settings.max_deliveries = self.max_deliveries;
+        settings
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl ConsumerSettings {

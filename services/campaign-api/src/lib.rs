@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use platform_redis::cache::{Cache, CacheSettings};
 use platform_redis::keys::StreamName;
 use platform_redis::pubsub::PubSub;
-use platform_redis::streams::{ConsumerSettings, StartFrom, StreamConsumer};
+use platform_redis::streams::{GroupSettings, StartFrom, StreamConsumer};
 use platform_redis::usage::{UsageRecorder, UsageRecorderSettings};
 use platform_service::health::fallback_status;
 use platform_service::settings::{
@@ -55,7 +55,7 @@ pub struct Settings {
     #[serde(default)]
     pub live: LiveSettings,
     #[serde(default)]
-    pub stripe_events: StripeEventsSettings,
+    pub stripe_events: GroupSettings,
     #[serde(default)]
     pub demo: DemoSettings,
 }
@@ -137,33 +137,6 @@ impl Default for LiveSettings {
     }
 }
 
-/// `[stripe_events]`: the consumer of the Stripe event stream.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StripeEventsSettings {
-    pub enabled: bool,
-    /// This service's consumer group.
-    pub group: String,
-    pub batch_size: usize,
-    pub block_ms: u64,
-    /// Pending entries idle this long are reclaimed (also the retry delay after Postgres errors).
-    pub claim_idle_ms: u64,
-    pub max_deliveries: u64,
-}
-
-impl Default for StripeEventsSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            group: "campaign-api".to_owned(),
-            batch_size: 50,
-            block_ms: 2_000,
-            claim_idle_ms: 30_000,
-            max_deliveries: 10,
-        }
-    }
-}
-
 /// `[demo]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -189,6 +162,12 @@ impl ServiceSettings for Settings {
         }
         if self.usage.flush_interval_ms == 0 {
             return Err(SettingsError::invalid("usage.flush_interval_ms", "must be > 0"));
+        }
+        if self.stripe_events.enabled {
+            self.stripe_events
+                .consumer(StreamName::StripeEvents)
+                .validate()
+                .map_err(|e| SettingsError::invalid("stripe_events", e.to_string()))?;
         }
         if !self.common.rate_limit.effective_policies().contains_key(&self.public.rate_limit_policy)
         {
@@ -266,13 +245,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let (usage, _) = UsageRecorder::start(&redis, usage_settings, stop.clone());
 
     if settings.stripe_events.enabled {
-        let config = &settings.stripe_events;
-        let mut consumer_settings =
-            ConsumerSettings::new(StreamName::StripeEvents, config.group.clone());
-        consumer_settings.batch_size = config.batch_size;
-        consumer_settings.block = Duration::from_millis(config.block_ms);
-        consumer_settings.claim_idle = Duration::from_millis(config.claim_idle_ms);
-        consumer_settings.max_deliveries = config.max_deliveries;
+        let mut consumer_settings = settings.stripe_events.consumer(StreamName::StripeEvents);
         consumer_settings.start_from = StartFrom::Beginning;
         let consumer = StreamConsumer::new(&redis, consumer_settings, stop.clone());
         // Before serving, so events appended from now on are read by this group.

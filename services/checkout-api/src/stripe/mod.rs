@@ -19,11 +19,10 @@ pub mod settings;
 pub mod sync;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use platform_redis::RedisClients;
 use platform_redis::keys::StreamName;
-use platform_redis::streams::{ConsumerSettings, StartFrom, StreamConsumer};
+use platform_redis::streams::{StartFrom, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
 pub use checkout::{CartSource, NoCarts};
@@ -87,12 +86,7 @@ impl StripeService {
             );
             return;
         }
-        let mut consumer_settings =
-            ConsumerSettings::new(StreamName::StripeEvents, events.group.clone());
-        consumer_settings.batch_size = events.batch_size;
-        consumer_settings.block = Duration::from_millis(events.block_ms);
-        consumer_settings.claim_idle = Duration::from_millis(events.claim_idle_ms);
-        consumer_settings.max_deliveries = events.max_deliveries;
+        let mut consumer_settings = events.consumer(StreamName::StripeEvents);
         // Events stored before the first start still describe customers worth syncing.
         consumer_settings.start_from = StartFrom::Beginning;
         let consumer = StreamConsumer::new(&self.redis, consumer_settings, stop);

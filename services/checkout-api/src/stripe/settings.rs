@@ -3,6 +3,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use platform_redis::streams::GroupSettings;
 use platform_service::settings::SettingsError;
 
 /// The placeholder Stripe replaces with the Checkout session id in a success URL.
@@ -45,7 +46,7 @@ pub struct StripeSettings {
     /// Most line items accepted in one checkout.
     pub max_line_items: usize,
     /// The consumer of the Stripe event stream.
-    pub events: StripeEventsSettings,
+    pub events: GroupSettings,
 }
 
 impl Default for StripeSettings {
@@ -68,36 +69,7 @@ impl Default for StripeSettings {
             sync_lock_wait_ms: 15_000,
             recent_payments: 5,
             max_line_items: 100,
-            events: StripeEventsSettings::default(),
-        }
-    }
-}
-
-/// `[stripe.events]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StripeEventsSettings {
-    /// Consume the Stripe event stream (only when a secret key is set).
-    pub enabled: bool,
-    /// This service's consumer group.
-    pub group: String,
-    pub batch_size: usize,
-    pub block_ms: u64,
-    /// Pending entries idle this long are reclaimed: also the retry delay while Stripe is down.
-    pub claim_idle_ms: u64,
-    /// Deliveries before an entry goes to the dead-letter stream.
-    pub max_deliveries: u64,
-}
-
-impl Default for StripeEventsSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            group: "checkout-api".to_owned(),
-            batch_size: 50,
-            block_ms: 2_000,
-            claim_idle_ms: 60_000,
-            max_deliveries: 10,
+            events: GroupSettings::default(),
         }
     }
 }
