@@ -55,6 +55,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::client::RedisClients;
 use crate::error::Result;
@@ -367,34 +368,11 @@ impl Cache {
     /// Returns the value of `key` in invalidation `group`, from L1, Redis, or `compute` (stored
     /// for `ttl`). See the module doc for coalescing, early refresh and Redis failures. Only
     /// `compute`'s error is ever returned.
-    #[tracing::instrument(
-        name = "cache.get_or_compute",
-        skip(self, ttl, compute),
-        fields(status = tracing::field::Empty, tier = tracing::field::Empty)
-    )]
+    ///
+    /// An L1 hit is answered before the miss path's future exists: that future (Redis, flights,
+    /// `compute`) is several kilobytes, and building and moving it on every hot read cost more
+    /// than the hit itself. The miss path is boxed and traced (`cache.get_or_compute` span).
     pub async fn get_or_compute<T, E, F, Fut>(
-        &self,
-        group: &str,
-        key: &str,
-        ttl: Duration,
-        compute: F,
-    ) -> Result<Cached<T>, E>
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        let result = self.lookup(group, key, ttl, compute).await;
-        if let Ok(cached) = &result {
-            let span = tracing::Span::current();
-            span.record("status", cached.status.as_header());
-            span.record("tier", cached.tier.as_str());
-        }
-        result
-    }
-
-    async fn lookup<T, E, F, Fut>(
         &self,
         group: &str,
         key: &str,
@@ -417,7 +395,37 @@ impl Cache {
         if let Some((value, meta)) = inner.l1_get::<T>(&entry_key) {
             return Ok(self.serve(value, meta, Tier::L1, group, &entry_key, ttl, compute));
         }
+        let span = tracing::info_span!(
+            "cache.get_or_compute",
+            group,
+            key,
+            status = tracing::field::Empty,
+            tier = tracing::field::Empty
+        );
+        let result =
+            Box::pin(self.lookup(group, entry_key, ttl, compute)).instrument(span.clone()).await;
+        if let Ok(cached) = &result {
+            span.record("status", cached.status.as_header());
+            span.record("tier", cached.tier.as_str());
+        }
+        result
+    }
 
+    /// The miss path: join or lead the flight for `entry_key`, then Redis, then `compute`.
+    async fn lookup<T, E, F, Fut>(
+        &self,
+        group: &str,
+        entry_key: String,
+        ttl: Duration,
+        compute: F,
+    ) -> Result<Cached<T>, E>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let inner = &self.inner;
         let flight = match inner.join_or_lead(&entry_key) {
             Err(mut waiting) => {
                 let outcome = match waiting.wait_for(Option::is_some).await {

@@ -6,6 +6,10 @@ use customer_count_refresher::{SERVICE, Settings, build, refresh_once};
 use platform_service::init_telemetry;
 use platform_service::settings::ServiceSettings;
 
+// mimalloc instead of glibc malloc: fewer cycles per request under load (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let settings = Settings::load()?;

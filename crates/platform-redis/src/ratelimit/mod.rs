@@ -480,51 +480,69 @@ impl RateLimiter {
     }
 
     async fn check_policy(&self, policy: &Policy, identifier: &str) -> Decision {
+        let now = Instant::now();
+        match self.local_decision(policy, identifier, now) {
+            Some(decision) => decision,
+            // Boxed: the Redis path's future is large, and building it for every request that a
+            // lease or the blocked cache answers cost more than the decision itself.
+            None => Box::pin(self.remote_decision(policy, identifier, now)).await,
+        }
+    }
+
+    /// A decision that needs no Redis: the limiter is off, the identifier is in the blocked
+    /// cache, or this replica's lease has a token left.
+    fn local_decision(&self, policy: &Policy, identifier: &str, now: Instant) -> Option<Decision> {
         let limit = policy.settings.limit;
         if !self.inner.enabled {
-            return Decision {
+            return Some(Decision {
                 allowed: true,
                 limit,
                 remaining: limit,
                 reset_after: Duration::ZERO,
                 retry_after: None,
                 source: DecisionSource::Disabled,
-            };
+            });
         }
-        let now = Instant::now();
         if let Some(until) = lock(&policy.blocked).blocked_until(identifier, now) {
             self.count(&self.inner.counters.blocked_cache_hits, false);
             let wait = until - now;
-            return Decision {
+            return Some(Decision {
                 allowed: false,
                 limit,
                 remaining: 0,
                 reset_after: wait,
                 retry_after: Some(wait),
                 source: DecisionSource::BlockedCache,
-            };
+            });
         }
-
-        let now_ms = unix_ms();
-        let mut give_back = None;
         if policy.settings.lease > 0 {
-            let window_index = now_ms / policy.window_ms;
-            let mut leases = lock(&policy.leases);
-            if let Some(spent) = leases.spend(identifier, window_index, now) {
-                drop(leases);
-                self.inner.counters.lease_decisions.fetch_add(1, Ordering::Relaxed);
-                return Decision {
-                    allowed: true,
-                    limit,
-                    remaining: spent.remaining,
-                    reset_after: spent.reset_at.saturating_duration_since(now),
-                    retry_after: None,
-                    source: DecisionSource::Lease,
-                };
-            }
-            give_back = leases.take_back(identifier);
+            let window_index = unix_ms() / policy.window_ms;
+            let spent = lock(&policy.leases).spend(identifier, window_index, now)?;
+            self.inner.counters.lease_decisions.fetch_add(1, Ordering::Relaxed);
+            return Some(Decision {
+                allowed: true,
+                limit,
+                remaining: spent.remaining,
+                reset_after: spent.reset_at.saturating_duration_since(now),
+                retry_after: None,
+                source: DecisionSource::Lease,
+            });
         }
+        None
+    }
 
+    /// The decision [`Self::local_decision`] could not make: a Redis script (a lease or one
+    /// request), or the in-process fallback while Redis is unreachable.
+    async fn remote_decision(&self, policy: &Policy, identifier: &str, now: Instant) -> Decision {
+        let now_ms = unix_ms();
+        // The lease ran out or belongs to a past window: its unspent tokens go back with the
+        // next grant. (A lease another request took since the check above is given back too,
+        // which only costs a refill.)
+        let give_back = if policy.settings.lease > 0 {
+            lock(&policy.leases).take_back(identifier)
+        } else {
+            None
+        };
         let client = self.inner.pool.next_connected();
         if !client.is_connected() {
             self.enter_fallback(&"the rate-limit connection is down");
