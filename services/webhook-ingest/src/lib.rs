@@ -125,6 +125,14 @@ impl ServiceSettings for Settings {
         self.common.validate()?;
         self.database.validate()?;
         self.webhook.validate()?;
+        // Both batchers (checks, inserts) may hold a connection per committer at once; the rest
+        // of the pool serves the cold paths (duplicates, ignored types, admin routes).
+        if 2 * self.webhook.ledger_batch_committers >= self.database.max_connections as usize {
+            return Err(SettingsError::invalid(
+                "webhook.ledger_batch_committers",
+                "2 x ledger_batch_committers must stay below database.max_connections",
+            ));
+        }
         Ok(())
     }
 }
