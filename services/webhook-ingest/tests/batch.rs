@@ -24,7 +24,7 @@ fn limits(max_rows: usize, linger_ms: u64) -> BatchLimits {
 }
 
 fn rows_histogram() -> Histogram {
-    Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0].into_iter())
+    Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0])
 }
 
 fn row(id: &str, stream_id: &str) -> StreamedRow {
