@@ -147,8 +147,17 @@ impl<Op: BatchOp> Committer<Op> {
                 self.carried.push_back(job);
             }
         }
-        // One committer gathers at a time, so batches do not split the queue between them.
-        let mut queue = self.queue.lock().await;
+        // One committer gathers at a time, so batches do not split the queue between them. With
+        // carried requests in hand, do not wait for the queue: the other committer may be
+        // holding it while it waits for traffic that never comes.
+        let mut queue = if batch.is_empty() {
+            self.queue.lock().await
+        } else {
+            match self.queue.try_lock() {
+                Ok(queue) => queue,
+                Err(_) => return Some(batch),
+            }
+        };
         if batch.is_empty() {
             let job = queue.recv().await?;
             keys.insert(Op::key(&job.req).to_owned());

@@ -138,3 +138,27 @@ async fn a_touch_batch_counts_a_delivery_for_known_ids_and_reports_new_ids_as_ab
             .unwrap();
     assert_eq!(deliveries, 2);
 }
+
+#[tokio::test]
+async fn a_repeated_event_id_is_answered_even_while_the_other_committer_waits_for_traffic() {
+    // Arrange: two committers; when the first carries the repeat over, the second is already
+    // holding the queue, waiting for a request that never comes.
+    let db = ledger_db().await;
+    let limits = BatchLimits { max_rows: 4, linger: Duration::ZERO, committers: 2 };
+    let inserts = Batcher::<StreamedInsertBatch>::spawn(db.clone(), limits, rows_histogram());
+
+    // Act (bounded, so a stalled repeat fails the test instead of hanging it)
+    let both = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(
+            inserts.submit(row("evt_repeat", "1-1")),
+            inserts.submit(row("evt_repeat", "1-2")),
+        )
+    })
+    .await;
+
+    // Assert
+    let (first, second) = both.expect("both deliveries of the id were answered");
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(u8::from(first.inserted) + u8::from(second.inserted), 1, "inserted once");
+    assert_eq!(first.stream_id, second.stream_id);
+}
