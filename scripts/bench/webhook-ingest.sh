@@ -9,6 +9,8 @@
 #   DELIVERIES=200000                         pre-signed unique deliveries (more than the run sends)
 #   SKIP_BUILD=1                              use the release binaries already built
 #   PG_SYNC_COMMIT=on                         off = ablation: Postgres commits without waiting for fsync
+#   RATE_LIMIT_LEASE=0                        tokens per limiter round trip (0 = one EVALSHA per request)
+#   LEDGER_BATCH_MAX_ROWS, LEDGER_BATCH_LINGER_MS, LEDGER_BATCH_COMMITTERS   group commit (default: config)
 #   CARGO_TARGET_DIR                          where cargo builds (default: <repo>/target)
 # Prints wrk's output for both endpoints and a summary; exits non-zero when a run failed.
 set -euo pipefail
@@ -23,6 +25,7 @@ DELIVERIES="${DELIVERIES:-200000}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 SECRET="whsec_bench"
 PG_SYNC_COMMIT="${PG_SYNC_COMMIT:-on}"
+RATE_LIMIT_LEASE="${RATE_LIMIT_LEASE:-0}"
 
 command -v wrk >/dev/null 2>&1 || { log "installing wrk"; apt-get install -y wrk >/dev/null; }
 PG_BIN="$(pg_bin_dir)" || die "Postgres binaries not found: run \`make deps\`"
@@ -76,7 +79,12 @@ log "pre-signing $DELIVERIES unique deliveries"
 "$SIGNER" "$WORK/deliveries" "$DELIVERIES" "$SECRET" "$(date +%s)"
 
 log "starting webhook-ingest on 127.0.0.1:$HTTP_PORT"
-# The webhook policy stays on the path (one Redis round trip per request) with a limit the run
+batch_env=()
+[[ -n "${LEDGER_BATCH_MAX_ROWS:-}" ]] && batch_env+=("APP__WEBHOOK__LEDGER_BATCH_MAX_ROWS=$LEDGER_BATCH_MAX_ROWS")
+[[ -n "${LEDGER_BATCH_LINGER_MS:-}" ]] && batch_env+=("APP__WEBHOOK__LEDGER_BATCH_LINGER_MS=$LEDGER_BATCH_LINGER_MS")
+[[ -n "${LEDGER_BATCH_COMMITTERS:-}" ]] && batch_env+=("APP__WEBHOOK__LEDGER_BATCH_COMMITTERS=$LEDGER_BATCH_COMMITTERS")
+# The webhook policy stays on the path (one Redis round trip per request, or per lease with
+# RATE_LIMIT_LEASE) with a limit the run
 # cannot reach; the signature tolerance covers the run (deliveries are signed once, up front).
 APP__HTTP__PORT="$HTTP_PORT" \
     APP__REDIS__URL="redis://127.0.0.1:$REDIS_PORT" \
@@ -88,14 +96,26 @@ APP__HTTP__PORT="$HTTP_PORT" \
     APP__WEBHOOK__STREAM_MAX_LEN=1000000 \
     APP__RATE_LIMIT__POLICIES__WEBHOOK__LIMIT=1000000 \
     APP__RATE_LIMIT__POLICIES__WEBHOOK__WINDOW_SECS=1 \
+    APP__RATE_LIMIT__POLICIES__WEBHOOK__LEASE="$RATE_LIMIT_LEASE" \
     APP__TELEMETRY__FILTER=warn \
-    "$BIN" >"$WORK/service.log" 2>&1 &
+    env "${batch_env[@]}" "$BIN" >"$WORK/service.log" 2>&1 &
 SERVICE_PID=$!
 for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null 2>&1 && break
     sleep 0.1
 done
 curl -fsS "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null || die "service not ready: $(tail -5 "$WORK/service.log")"
+
+# CPU ticks (utime + stime, USER_HZ) of the service, redis-server, this run's Postgres (postmaster
+# and its children) and the whole machine, so the summary can say where each webhook's CPU goes.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+cpu_snapshot() {
+    local pg=0 pid
+    local postmaster
+    postmaster="$(head -1 "$WORK/pg/postmaster.pid")"
+    for pid in "$postmaster" $(pgrep -P "$postmaster" 2>/dev/null || true); do pg=$((pg + $(cpu_ticks "$pid"))); done
+    echo "$(cpu_ticks "$SERVICE_PID") $(cpu_ticks "$(cat "$WORK/redis.pid")") $pg $(awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8, $5+$6}' /proc/stat)"
+}
 
 metric() { curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk -v m="$1" '$1 ~ "^"m"(\\{|$)" {s+=$2} END {print s+0}'; }
 
@@ -107,11 +127,13 @@ log "/healthz: wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
 wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$HTTP_PORT/healthz" | tee "$WORK/healthz.txt"
 
 streamed_before="$(metric webhook_streamed_total)"
+cpu_before="$(cpu_snapshot)"
 log "POST /api/webhooks/stripe: wrk -t$THREADS -c$CONNECTIONS -d$DURATION (unique signed deliveries)"
 BENCH_DELIVERIES="$WORK/deliveries" BENCH_THREADS="$THREADS" \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
     -s "$REPO_ROOT/scripts/bench/webhook-ingest.lua" \
     "http://127.0.0.1:$HTTP_PORT/api/webhooks/stripe" | tee "$WORK/webhook.txt"
+cpu_after="$(cpu_snapshot)"
 streamed="$(( $(metric webhook_streamed_total) - streamed_before ))"
 duplicates="$(metric webhook_duplicates_total)"
 rejected="$(metric webhook_rejected_total)"
@@ -133,4 +155,10 @@ printf '%-28s %12s %10s %10s\n' "GET /healthz" "$health_rps" "$(pct "$WORK/healt
 printf '%-28s %12s %10s %10s\n' "POST /api/webhooks/stripe" "$hook_rps" "$(pct "$WORK/webhook.txt" 50%)" "$(pct "$WORK/webhook.txt" 99%)"
 echo "verified+streamed webhooks/s: $(awk -v n="$streamed" -v s="$secs" 'BEGIN {printf "%.0f", n / s}') ($streamed streamed in $DURATION; duplicates $duplicates, rejected $rejected, non-2xx $(non2xx "$WORK/webhook.txt"))"
 echo "stream length $stream_len, ledger rows streamed $ledger_streamed"
+batch_rows() { echo "$(metric "webhook_ledger_$1_batch_rows_sum") $(metric "webhook_ledger_$1_batch_rows_count")" | awk '{printf "%.1f", $2 ? $1 / $2 : 0}'; }
+echo "ledger rows per statement: checks $(batch_rows touch), inserts (one commit each) $(batch_rows insert)"
+echo "$cpu_before $cpu_after" | awk -v n="$streamed" -v cores="$(nproc)" -v hz="$(getconf CLK_TCK)" '{
+    us = 1e6 / hz / (n ? n : 1)
+    printf "CPU per webhook: service %.0f us, redis %.0f us, postgres %.0f us; machine busy %.0f%% of %d cores\n",
+        ($6 - $1) * us, ($7 - $2) * us, ($8 - $3) * us, 100 * (1 - ($10 - $5) / ($9 - $4)), cores }'
 echo "ratio webhook/healthz: $(awk -v a="$hook_rps" -v b="$health_rps" 'BEGIN {printf "%.3f", a / b}') (target >= 0.3)"

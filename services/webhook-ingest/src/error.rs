@@ -10,6 +10,7 @@ use actix_web::{HttpResponse, ResponseError};
 use platform_redis::RedisError;
 use platform_service::{error_response, server_error};
 
+use crate::batch::SubmitError;
 use crate::event::EventError;
 use crate::signature::SignatureError;
 
@@ -33,6 +34,8 @@ pub enum WebhookError {
     Redis(#[from] RedisError),
     #[error("the ledger database is unavailable")]
     Database(#[from] sqlx::Error),
+    #[error("the ledger database is unavailable")]
+    LedgerBatch(#[from] SubmitError),
     #[error("the ledger is not configured")]
     NoDatabase,
 }
@@ -48,7 +51,9 @@ impl WebhookError {
             Self::InProgress => "delivery_in_progress",
             Self::NotFound(_) => "event_not_found",
             Self::InvalidQuery(_) => "invalid_query",
-            Self::Redis(_) | Self::Database(_) | Self::NoDatabase => "unavailable",
+            Self::Redis(_) | Self::Database(_) | Self::LedgerBatch(_) | Self::NoDatabase => {
+                "unavailable"
+            }
         }
     }
 }
@@ -62,7 +67,7 @@ impl ResponseError for WebhookError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InProgress => StatusCode::CONFLICT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Redis(_) | Self::Database(_) | Self::NoDatabase => {
+            Self::Redis(_) | Self::Database(_) | Self::LedgerBatch(_) | Self::NoDatabase => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }

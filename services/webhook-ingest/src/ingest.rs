@@ -21,6 +21,12 @@
 //! 4. **Ledger insert** of the row already `streamed` with its entry id: the only commit (and
 //!    fsync) of a new delivery. Then 200.
 //!
+//! The ledger check of step 2 and the insert of step 4 go through group commit
+//! ([`crate::batch`]): concurrent deliveries' statements run as one statement each (one commit
+//! for all inserts of a batch), and each delivery waits for the batch carrying its row. Nothing
+//! above changes: a delivery still answers only after its own row committed, and a failed batch
+//! is a failed step for every delivery in it (503, claim released).
+//!
 //! Crashes (process, Redis or Postgres failure) between steps, and what the retry does — Stripe
 //! retries every non-2xx for 3 days, and nothing was answered 2xx before step 4 finished:
 //! - after 1 or 2: the claim expires after `claim_ttl` (or is released on a handled error); the
@@ -44,9 +50,10 @@ use platform_redis::streams::{ClaimedAppend, StreamProducer};
 use platform_redis::{RedisClients, StreamName};
 use sqlx::PgPool;
 
+use crate::batch::{BatchLimits, Batcher};
 use crate::error::WebhookError;
 use crate::event::StripeEvent;
-use crate::ledger::{self, Status};
+use crate::ledger::{self, Status, StreamedInsertBatch, StreamedRow, TouchBatch};
 use crate::metrics::WebhookMetrics;
 
 /// Which event types go on the stream.
@@ -82,6 +89,8 @@ pub struct IngestConfig {
     pub done_ttl: Duration,
     pub in_flight_wait: Duration,
     pub stream_max_len: usize,
+    /// Group commit of the two hot-path ledger statements ([`crate::batch`]).
+    pub ledger_batch: BatchLimits,
 }
 
 /// How a delivery ended.
@@ -101,11 +110,14 @@ pub struct Ingest {
     redis: RedisClients,
     db: PgPool,
     producer: StreamProducer,
+    touches: Batcher<TouchBatch>,
+    inserts: Batcher<StreamedInsertBatch>,
     config: IngestConfig,
     metrics: WebhookMetrics,
 }
 
 impl Ingest {
+    /// Also starts the ledger batchers' committer tasks on the current Tokio runtime.
     pub fn new(
         redis: RedisClients,
         db: PgPool,
@@ -113,7 +125,11 @@ impl Ingest {
         metrics: WebhookMetrics,
     ) -> Self {
         let producer = StreamProducer::new(&redis, StreamName::StripeEvents, config.stream_max_len);
-        Self { redis, db, producer, config, metrics }
+        let touches =
+            Batcher::spawn(db.clone(), config.ledger_batch, metrics.touch_batch_rows.clone());
+        let inserts =
+            Batcher::spawn(db.clone(), config.ledger_batch, metrics.insert_batch_rows.clone());
+        Self { redis, db, producer, touches, inserts, config, metrics }
     }
 
     /// Hands `event` off exactly once (module doc).
@@ -159,7 +175,7 @@ impl Ingest {
         token: &str,
     ) -> Result<Accepted, WebhookError> {
         let allowed = self.config.allow.allows(&event.event_type);
-        match ledger::touch(&self.db, &event.id).await? {
+        match self.touches.submit(event.id.clone()).await? {
             Some(existing) => match existing.status {
                 Status::Streamed => {
                     self.mark_done(key, existing.stream_id.as_deref().unwrap_or_default()).await?;
@@ -190,8 +206,10 @@ impl Ingest {
         match self.producer.append_claimed(&message, key, token, self.config.done_ttl).await? {
             ClaimedAppend::Appended(stream_id) => {
                 // If this fails the answer is 503 and the retry records the row from the done
-                // marker (module doc, step 3).
-                ledger::record(&self.db, event, Status::Streamed, Some(&stream_id), false).await?;
+                // marker (module doc, step 3). Answered only once the batch carrying the row
+                // committed.
+                let row = StreamedRow { event: event.clone(), stream_id: stream_id.clone() };
+                self.inserts.submit(row).await?;
                 tracing::info!(event_id = %event.id, event_type = %event.event_type, %stream_id, "event appended to the stripe stream");
                 Ok(Accepted::Streamed { stream_id })
             }

@@ -6,10 +6,13 @@
 //! (stored, not yet known to be on the stream: written only by earlier versions, which inserted
 //! before appending, and still honoured).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 
+use crate::batch::BatchOp;
 use crate::event::StripeEvent;
 
 /// Where an event stands in the ledger.
@@ -68,24 +71,10 @@ impl TryFrom<RecordedRow> for Recorded {
     }
 }
 
-/// Counts one more delivery of an event id already in the ledger and returns its row; `None` (and
-/// no write, so no commit to wait for) when the id is new.
-#[tracing::instrument(name = "ledger.touch", skip(db))]
-pub async fn touch(db: &PgPool, event_id: &str) -> Result<Option<Recorded>, sqlx::Error> {
-    let row: Option<RecordedRow> = sqlx::query_as(
-        "UPDATE webhook_events SET deliveries = deliveries + 1 WHERE event_id = $1
-         RETURNING false AS inserted, status, stream_id",
-    )
-    .bind(event_id)
-    .fetch_optional(db)
-    .await?;
-    row.map(Recorded::try_from).transpose()
-}
-
 /// Inserts the event with `status` (and `stream_id` when streamed) unless its id is already
 /// there. An existing row still `received` takes the new status and stream id (the repair after a
 /// crash); rows in any other state keep theirs. `count_delivery` adds this delivery to an existing
-/// row (false when [`touch`] already counted it). Returns the row's state.
+/// row (false when [`TouchBatch`] already counted it). Returns the row's state.
 #[tracing::instrument(name = "ledger.record", skip_all, fields(event_id = %event.id, status = status.as_str()))]
 pub async fn record(
     db: &PgPool,
@@ -124,6 +113,115 @@ pub async fn record(
     .fetch_one(db)
     .await?;
     Recorded::try_from(row)
+}
+
+/// The ledger check before an append, for a batch of event ids in one statement (see
+/// [`crate::batch`]): counts one more delivery of each id already in the ledger and returns its
+/// row; `None` for a new id (no row matched: nothing written, so no commit to wait for).
+#[derive(Debug)]
+pub struct TouchBatch;
+
+impl BatchOp for TouchBatch {
+    type Req = String;
+    type Resp = Option<Recorded>;
+    const NAME: &'static str = "ledger.touch";
+
+    fn key(req: &String) -> &str {
+        req
+    }
+
+    async fn run(db: &PgPool, reqs: &[String]) -> Result<Vec<Option<Recorded>>, sqlx::Error> {
+        let rows: Vec<KeyedRow> = sqlx::query_as(
+            "UPDATE webhook_events SET deliveries = deliveries + 1 WHERE event_id = ANY($1)
+             RETURNING event_id, false AS inserted, status, stream_id",
+        )
+        .bind(reqs)
+        .fetch_all(db)
+        .await?;
+        let mut found = by_event_id(rows)?;
+        Ok(reqs.iter().map(|id| found.remove(id.as_str())).collect())
+    }
+}
+
+/// A new event's row, inserted `streamed` as `stream_id` right after its append.
+#[derive(Debug, Clone)]
+pub struct StreamedRow {
+    pub event: StripeEvent,
+    pub stream_id: String,
+}
+
+/// [`record`]`(event, Streamed, Some(stream_id), false)` for a batch of rows in one statement
+/// and one commit (see [`crate::batch`]). Same conflict rule: an existing `received` row takes
+/// the status and stream id, any other keeps its own.
+#[derive(Debug)]
+pub struct StreamedInsertBatch;
+
+impl BatchOp for StreamedInsertBatch {
+    type Req = StreamedRow;
+    type Resp = Recorded;
+    const NAME: &'static str = "ledger.record_streamed";
+
+    fn key(req: &StreamedRow) -> &str {
+        &req.event.id
+    }
+
+    async fn run(db: &PgPool, reqs: &[StreamedRow]) -> Result<Vec<Recorded>, sqlx::Error> {
+        let column = |f: fn(&StreamedRow) -> Option<&str>| -> Vec<Option<&str>> {
+            reqs.iter().map(f).collect()
+        };
+        let rows: Vec<KeyedRow> = sqlx::query_as(
+            "INSERT INTO webhook_events
+                 (event_id, event_type, created, livemode, api_version, object_id, customer_id,
+                  status, stream_id, streamed_at, raw)
+             SELECT e.event_id, e.event_type, e.created, e.livemode, e.api_version, e.object_id,
+                    e.customer_id, 'streamed', e.stream_id, now(), e.raw
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bool[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::text[])
+                  AS e(event_id, event_type, created, livemode, api_version, object_id,
+                       customer_id, stream_id, raw)
+             ON CONFLICT (event_id) DO UPDATE SET
+                 status = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.status
+                               ELSE webhook_events.status END,
+                 stream_id = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.stream_id
+                                  ELSE webhook_events.stream_id END,
+                 streamed_at = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.streamed_at
+                                    ELSE webhook_events.streamed_at END
+             RETURNING event_id, (xmax = 0) AS inserted, status, stream_id",
+        )
+        .bind(column(|r| Some(r.event.id.as_str())))
+        .bind(column(|r| Some(r.event.event_type.as_str())))
+        .bind(reqs.iter().map(|r| r.event.created).collect::<Vec<i64>>())
+        .bind(reqs.iter().map(|r| r.event.livemode).collect::<Vec<bool>>())
+        .bind(column(|r| r.event.api_version.as_deref()))
+        .bind(column(|r| r.event.object_id.as_deref()))
+        .bind(column(|r| r.event.customer_id.as_deref()))
+        .bind(column(|r| Some(r.stream_id.as_str())))
+        .bind(column(|r| Some(r.event.raw.as_str())))
+        .fetch_all(db)
+        .await?;
+        let mut found = by_event_id(rows)?;
+        reqs.iter()
+            .map(|r| {
+                found.remove(r.event.id.as_str()).ok_or_else(|| {
+                    sqlx::Error::Protocol(format!(
+                        "batched insert returned no row for {}",
+                        r.event.id
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+#[derive(FromRow)]
+struct KeyedRow {
+    event_id: String,
+    #[sqlx(flatten)]
+    row: RecordedRow,
+}
+
+fn by_event_id(rows: Vec<KeyedRow>) -> Result<HashMap<String, Recorded>, sqlx::Error> {
+    rows.into_iter().map(|r| Ok((r.event_id, Recorded::try_from(r.row)?))).collect()
 }
 
 /// Records an admin re-publish of the event as `stream_id`.

@@ -7,6 +7,7 @@
 //! [`ingest`] (the exactly-once hand-off; its module doc explains the write order) → [`ledger`]
 //! (Postgres) and `platform_redis` (dedup marker, stream).
 
+pub mod batch;
 pub mod error;
 pub mod event;
 pub mod ingest;
@@ -26,6 +27,7 @@ use platform_service::{Application, connect_context};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
+use crate::batch::BatchLimits;
 use crate::ingest::{AllowList, Ingest, IngestConfig};
 use crate::metrics::WebhookMetrics;
 use crate::routes::{RouteLimit, WebhookState};
@@ -59,6 +61,9 @@ pub struct WebhookSettings {
     pub in_flight_wait_ms: u64,
     pub rate_limit: bool,
     pub rate_limit_policy: String,
+    pub ledger_batch_max_rows: usize,
+    pub ledger_batch_linger_ms: u64,
+    pub ledger_batch_committers: usize,
 }
 
 fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SecretString>, D::Error> {
@@ -88,6 +93,24 @@ impl WebhookSettings {
                 "must be longer than Stripe's 3-day retry window (259200 s)",
             ));
         }
+        if !(1..=1000).contains(&self.ledger_batch_max_rows) {
+            return Err(SettingsError::invalid(
+                "webhook.ledger_batch_max_rows",
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.ledger_batch_linger_ms > 1000 {
+            return Err(SettingsError::invalid(
+                "webhook.ledger_batch_linger_ms",
+                "must be at most 1000 (every delivery may wait this long twice)",
+            ));
+        }
+        if !(1..=16).contains(&self.ledger_batch_committers) {
+            return Err(SettingsError::invalid(
+                "webhook.ledger_batch_committers",
+                "must be between 1 and 16",
+            ));
+        }
         if self.rate_limit_policy.is_empty() {
             return Err(SettingsError::invalid("webhook.rate_limit_policy", "must not be empty"));
         }
@@ -102,6 +125,14 @@ impl ServiceSettings for Settings {
         self.common.validate()?;
         self.database.validate()?;
         self.webhook.validate()?;
+        // Both batchers (checks, inserts) may hold a connection per committer at once; the rest
+        // of the pool serves the cold paths (duplicates, ignored types, admin routes).
+        if 2 * self.webhook.ledger_batch_committers >= self.database.max_connections as usize {
+            return Err(SettingsError::invalid(
+                "webhook.ledger_batch_committers",
+                "2 x ledger_batch_committers must stay below database.max_connections",
+            ));
+        }
         Ok(())
     }
 }
@@ -120,6 +151,11 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         done_ttl: Duration::from_secs(webhook.done_ttl_secs),
         in_flight_wait: Duration::from_millis(webhook.in_flight_wait_ms),
         stream_max_len: webhook.stream_max_len,
+        ledger_batch: BatchLimits {
+            max_rows: webhook.ledger_batch_max_rows,
+            linger: Duration::from_millis(webhook.ledger_batch_linger_ms),
+            committers: webhook.ledger_batch_committers,
+        },
     };
     let ingest = Ingest::new(context.redis.clone(), db.clone(), config, metrics.clone());
     let state = web::Data::new(WebhookState {

@@ -22,6 +22,9 @@ pub struct WebhookMetrics {
     pub ignored: Counter,
     pub replayed: Counter,
     pub latency: Histogram,
+    /// Rows per batched ledger check / insert (group commit).
+    pub touch_batch_rows: Histogram,
+    pub insert_batch_rows: Histogram,
 }
 
 impl WebhookMetrics {
@@ -36,6 +39,9 @@ impl WebhookMetrics {
             replayed: Counter::default(),
             // 100 µs .. ~3.3 s
             latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            // 1 .. 512 rows
+            touch_batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            insert_batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
         };
         metrics.register("webhook_received", "Webhook deliveries received", this.received.clone());
         metrics.register(
@@ -72,6 +78,16 @@ impl WebhookMetrics {
             "webhook_ingest_duration_seconds",
             "Time from body read to answer of a delivery",
             this.latency.clone(),
+        );
+        metrics.register(
+            "webhook_ledger_touch_batch_rows",
+            "Ledger checks run together in one statement (group commit)",
+            this.touch_batch_rows.clone(),
+        );
+        metrics.register(
+            "webhook_ledger_insert_batch_rows",
+            "Ledger inserts committed together in one statement and commit (group commit)",
+            this.insert_batch_rows.clone(),
         );
         this
     }

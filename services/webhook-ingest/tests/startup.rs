@@ -36,3 +36,24 @@ async fn service_starts_and_reports_ready_with_its_dependencies() {
     shutdown.trigger();
     server.await.unwrap().unwrap();
 }
+
+#[test]
+fn group_commit_settings_out_of_range_are_refused_naming_the_key() {
+    // Arrange
+    let with = |key: &str, value: &str| {
+        Settings::from_overrides(HashMap::from([(key.to_owned(), value.to_owned())]))
+    };
+
+    // Act
+    let rows = with("APP__WEBHOOK__LEDGER_BATCH_MAX_ROWS", "0");
+    let committers = with("APP__WEBHOOK__LEDGER_BATCH_COMMITTERS", "5");
+    let linger = with("APP__WEBHOOK__LEDGER_BATCH_LINGER_MS", "5000");
+    let defaults = Settings::from_overrides(HashMap::new());
+
+    // Assert
+    assert!(rows.unwrap_err().to_string().contains("webhook.ledger_batch_max_rows"));
+    let committers = committers.unwrap_err().to_string();
+    assert!(committers.contains("webhook.ledger_batch_committers"), "{committers}");
+    assert!(linger.unwrap_err().to_string().contains("webhook.ledger_batch_linger_ms"));
+    assert!(defaults.is_ok());
+}

@@ -267,6 +267,98 @@ async fn twenty_concurrent_deliveries_of_one_event_append_exactly_one_stream_ent
 }
 
 #[tokio::test]
+async fn many_concurrent_distinct_deliveries_are_each_streamed_and_in_the_ledger_exactly_once() {
+    // Arrange: small batches that linger, so deliveries share statements and commits.
+    let app = TestApp::shared(&[
+        ("APP__WEBHOOK__LEDGER_BATCH_MAX_ROWS", "8"),
+        ("APP__WEBHOOK__LEDGER_BATCH_LINGER_MS", "5"),
+    ])
+    .await;
+    let ids: Vec<String> = (0..60).map(|_| unique_event_id()).collect();
+    let bodies: Vec<String> =
+        ids.iter().map(|id| event_with_id("payment_intent.succeeded", id)).collect();
+
+    // Act
+    let answers = futures::future::join_all(bodies.iter().map(|body| app.deliver(body))).await;
+
+    // Assert: every delivery learned its own entry, and stream and ledger agree on each.
+    let stream: HashMap<String, String> = app
+        .stream()
+        .await
+        .into_iter()
+        .map(|(entry, fields)| {
+            let data: Value = serde_json::from_str(&fields["data"]).unwrap();
+            (data["eventId"].as_str().unwrap().to_owned(), entry)
+        })
+        .collect();
+    assert_eq!(stream.len(), 60, "one entry per event");
+    for (id, (status, answer)) in ids.iter().zip(&answers) {
+        assert_eq!(*status, 200, "{answer}");
+        assert_eq!(answer["duplicate"], false);
+        assert_eq!(answer["eventId"], id.as_str());
+        assert_eq!(answer["streamId"], stream[id].as_str());
+        assert_eq!(
+            app.ledger_status(id).await,
+            Some(("streamed".to_owned(), Some(stream[id].clone())))
+        );
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE deliveries = 1")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 60);
+}
+
+#[tokio::test]
+async fn a_failed_ledger_batch_answers_503_to_all_its_deliveries_and_their_retries_append_nothing_new()
+ {
+    // Arrange: inserts fail (as if Postgres failed after the appends); one committer, batches
+    // of up to 10 that wait for company.
+    let app = TestApp::shared(&[
+        ("APP__WEBHOOK__LEDGER_BATCH_MAX_ROWS", "10"),
+        ("APP__WEBHOOK__LEDGER_BATCH_LINGER_MS", "50"),
+        ("APP__WEBHOOK__LEDGER_BATCH_COMMITTERS", "1"),
+    ])
+    .await;
+    for statement in [
+        "CREATE FUNCTION reject_insert() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'ledger unavailable'; END $$",
+        "CREATE TRIGGER reject_insert BEFORE INSERT ON webhook_events
+             FOR EACH ROW EXECUTE FUNCTION reject_insert()",
+    ] {
+        sqlx::query(statement).execute(&app.db).await.unwrap();
+    }
+    let ids: Vec<String> = (0..10).map(|_| unique_event_id()).collect();
+    let bodies: Vec<String> = ids.iter().map(|id| event_with_id("invoice.paid", id)).collect();
+
+    // Act
+    let failed = futures::future::join_all(bodies.iter().map(|body| app.deliver(body))).await;
+    let ledger_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_events").fetch_one(&app.db).await.unwrap();
+    sqlx::query("DROP TRIGGER reject_insert ON webhook_events").execute(&app.db).await.unwrap();
+    let retried = futures::future::join_all(bodies.iter().map(|body| app.deliver(body))).await;
+
+    // Assert: nobody was acknowledged before a committed row; the retries repair the ledger
+    // from the done markers without appending again.
+    for (status, answer) in &failed {
+        assert_eq!(*status, 503, "{answer}");
+        assert_eq!(answer["code"], "unavailable");
+    }
+    assert_eq!(ledger_rows, 0);
+    for (status, answer) in &retried {
+        assert_eq!(*status, 200, "{answer}");
+        assert_eq!(answer["duplicate"], true);
+    }
+    assert_eq!(app.stream().await.len(), 10, "each appended exactly once");
+    let streamed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE status = 'streamed'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(streamed, 10);
+}
+
+#[tokio::test]
 async fn every_bad_delivery_gets_a_400_naming_the_failed_check_and_stores_nothing() {
     // Arrange
     let app = TestApp::shared(&[("APP__HTTP__BODY_LIMIT_BYTES", "65536")]).await;
