@@ -656,7 +656,8 @@ impl SessionStore {
             return Ok((Vec::new(), 0));
         }
         let keys: Vec<String> = ids.iter().map(|id| self.keys.checkout_session(id)).collect();
-        let found: Vec<Value> = LIST.evalsha_with_reload(client, keys, Vec::<String>::new()).await?;
+        let found: Vec<Value> =
+            LIST.evalsha_with_reload(client, keys, Vec::<String>::new()).await?;
         let now = Utc::now();
         let mut sessions = Vec::with_capacity(ids.len());
         for pair in found.chunks(2) {
