@@ -20,6 +20,7 @@ BIN="$TARGET_DIR/release/checkout-api"
 [[ -x "$BIN" ]] || die "no release binary: run scripts/bench/checkout-api.sh first"
 
 bench_backends checkout checkout
+# shellcheck disable=SC2153 # REDIS_P, PG_P, APP_P: set by bench_backends
 APP__HTTP__PORT="$APP_P" APP__REDIS__URL="redis://127.0.0.1:$REDIS_P" \
     APP__DATABASE__URL="postgres://postgres@127.0.0.1:$PG_P/checkout" \
     APP__AUTH__ADMIN_TOKEN="bench-admin-token" APP__TELEMETRY__FILTER=warn \
@@ -57,7 +58,7 @@ phase() {
     /usr/bin/time -f '%U %S' -o "$WORK/wrk.time" \
         wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$url" >"$WORK/wrk.out"
     a1="$(ticks "$APP_PID")"; r1="$(ticks "$REDIS_PID")"
-    [[ -n "$perf_pid" ]] && wait "$perf_pid" || true
+    if [[ -n "$perf_pid" ]]; then wait "$perf_pid" || true; fi
     python3 - "$name" "$HZ" "$a0" "$a1" "$r0" "$r1" "$WORK/wrk.out" "$WORK/wrk.time" <<'PY'
 import re, sys
 name, hz, a0, a1, r0, r1, out, tm = sys.argv[1:]
