@@ -31,7 +31,7 @@
 //! | [`Keys::stripe_customer_of_user`] | string | checkout-api: the Stripe customer id of one user (no TTL; Stripe is the source, this only saves the lookup) |
 //! | [`Keys::stripe_state`] | string | checkout-api: JSON of one Stripe customer's synced subscription and payment state, written only under the [`stripe_sync_lock`] fence |
 //! | [`Keys::checkout_session`] | string | checkout-api: JSON record of one checkout session, with `PX` = the sliding TTL (30 min default) |
-//! | [`Keys::checkout_index`] | sorted set | checkout-api: session id → expiry (ms since epoch), for listing and cleanup |
+//! | [`Keys::checkout_index`] | sorted set | checkout-api: session id → expiry (ms since epoch; may lag the key's real expiry by up to a tenth of the TTL: reads skip the `ZADD` that long), for listing and cleanup |
 //! | [`Keys::checkout_stats`] | hash | checkout-api: counters totalCreated, totalCompleted, totalFailed and create/update latency sums (no TTL) |
 //! | [`Keys::user_session`] | string | checkout-api: JSON of one user or guest session (kind, userId, timestamps; nothing sensitive), with `EX` = 24 h default |
 //! | [`Keys::customer_ids_walk_marker`] | string | customer-count real-time mode: fence of the full walk now collecting ids into [`Keys::customer_ids_since_walk`], with `PX` past the run deadline |

@@ -338,3 +338,123 @@ async fn in_redis_cluster_mode_sessions_are_created_read_completed_counted_and_c
     assert_eq!(current.status, 200, "{}", current.body);
     app.stop().await;
 }
+
+/// The session's index score and its key's remaining TTL, read without touching the session.
+async fn index_score_and_pttl(app: &TestApp, id: &str) -> (f64, i64) {
+    use platform_redis::fred::prelude::*;
+    let redis = app.context.redis.clone();
+    let keys = redis.keys().clone();
+    let score: f64 = redis.primary().zscore(keys.checkout_index(), id).await.unwrap();
+    let pttl: i64 = redis.primary().pttl(keys.checkout_session(id)).await.unwrap();
+    (score, pttl)
+}
+
+#[tokio::test]
+async fn a_read_soon_after_the_index_moved_extends_the_ttl_without_rewriting_the_index() {
+    // Arrange: a 30 min TTL, so the index score may lag up to 3 min; creating set it.
+    let app = app("ck-read-fresh", &[]).await;
+    let created = app.create_session(cart(2)).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (score_before, pttl_before) = index_score_and_pttl(&app, &id).await;
+
+    // Act
+    let read = app.get(&format!("/api/checkout/sessions/{id}")).await;
+
+    // Assert: the key's TTL restarted, the index was left alone, and the passed-through body is
+    // the same view a decoded record gives (only the read-time expiry moved).
+    let (score_after, pttl_after) = index_score_and_pttl(&app, &id).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.headers["content-type"], "application/json");
+    assert!(
+        pttl_after > pttl_before,
+        "the read did not extend the TTL: {pttl_before} → {pttl_after}"
+    );
+    assert_eq!(score_after, score_before, "the read rewrote the index score");
+    let mut read_body = read.body.clone();
+    let mut created_body = created.clone();
+    assert!(read_body.as_object_mut().unwrap().remove("expiresAt").unwrap().is_string());
+    created_body.as_object_mut().unwrap().remove("expiresAt");
+    assert_eq!(read_body, created_body);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_after_a_tenth_of_the_ttl_moves_the_index_score() {
+    // Arrange: a 4 s TTL: the index is refreshed by reads more than 0.4 s after it last moved.
+    let app = app("ck-read-stale", &[("APP__CHECKOUT__SESSION_TTL_SECS", "4")]).await;
+    let created = app.create_session(cart(1)).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (score_at_create, _) = index_score_and_pttl(&app, &id).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // Act
+    let read = app.get(&format!("/api/checkout/sessions/{id}")).await;
+
+    // Assert
+    let (score_after, pttl_after) = index_score_and_pttl(&app, &id).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert!(score_after > score_at_create, "the index score did not move");
+    assert!(pttl_after > 3_000, "the read did not restart the 4 s TTL (PTTL {pttl_after} ms)");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_whose_index_score_lags_is_listed_counted_kept_by_cleanup_and_readable() {
+    // Arrange: two live sessions; one's index score is put 1 s in the past, as a score lags
+    // after reads that skipped the ZADD (up to a tenth of the TTL).
+    let app = app("ck-lagging-index", &[]).await;
+    let lagging = app.create_session(cart(1)).await["id"].as_str().unwrap().to_owned();
+    let fresh = app.create_session(cart(2)).await["id"].as_str().unwrap().to_owned();
+    {
+        use platform_redis::fred::prelude::*;
+        let redis = app.context.redis.clone();
+        let past = chrono::Utc::now().timestamp_millis() - 1_000;
+        let () = redis
+            .primary()
+            .zadd(
+                redis.keys().checkout_index(),
+                None,
+                None,
+                false,
+                false,
+                (past as f64, lagging.as_str()),
+            )
+            .await
+            .unwrap();
+    }
+
+    // Act
+    let listed = app.cleanup(json!({"action": "get_all_sessions"})).await;
+    let health = app.get("/api/redis/health").await;
+    let cleaned = app.cleanup(json!({"action": "cleanup_expired"})).await;
+    let listed_after_cleanup = app.cleanup(json!({"action": "get_all_sessions"})).await;
+    let read = app.get(&format!("/api/checkout/sessions/{lagging}")).await;
+
+    // Assert
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let mut ids: Vec<&str> = listed.body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let mut expected = vec![lagging.as_str(), fresh.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    let lagging_entry = listed.body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == lagging.as_str())
+        .unwrap();
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        lagging_entry["expiresAt"].as_str().unwrap().parse().unwrap();
+    assert!(expires_at > chrono::Utc::now(), "listed expiry {expires_at} is the lagging score");
+    assert_eq!(health.body["sessions"]["count"], 2, "{}", health.body);
+    assert_eq!(cleaned.body["result"]["redisIndexEntriesRemoved"], 0, "{}", cleaned.body);
+    assert_eq!(listed_after_cleanup.body["count"], 2, "{}", listed_after_cleanup.body);
+    assert_eq!(read.status, 200, "{}", read.body);
+    app.stop().await;
+}

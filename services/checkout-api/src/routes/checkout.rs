@@ -1,6 +1,7 @@
 //! `/api/checkout/...`: checkout sessions (create, read, update, complete, fail) and the
 //! coupon / delivery lookups a cart page makes before creating one.
 
+use actix_web::http::header::ContentType;
 use actix_web::{HttpResponse, web};
 use platform_redis::cache::CacheStatus;
 use serde::Deserialize;
@@ -61,7 +62,8 @@ async fn get_session(
     path: web::Path<String>,
 ) -> Result<HttpResponse, CheckoutError> {
     let id = parse_id(&path)?;
-    Ok(HttpResponse::Ok().json(state.checkout.get(id).await?))
+    let body = state.checkout.get_json(id).await?;
+    Ok(HttpResponse::Ok().content_type(ContentType::json()).body(body))
 }
 
 async fn update_session(

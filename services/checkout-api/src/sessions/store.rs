@@ -3,10 +3,14 @@
 //!
 //! - **Redis tier.** [`Keys::checkout_session`] holds the JSON record with `PX` = the session
 //!   TTL; [`Keys::checkout_index`] scores each id by its expiry; [`Keys::checkout_stats`] counts
-//!   created / completed / failed and sums create / update latency. Each operation is one Lua
-//!   script (one round trip, atomic): create = `SET NX PX` + `ZADD` + counters; read = `GET` +
-//!   `PEXPIRE` + `ZADD` (the sliding TTL and the index move together); replace = compare the
-//!   stored version, then `SET PX` + `ZADD` + counters.
+//!   created / completed / failed and sums create / update latency. Each operation is one round
+//!   trip: create = `SET NX PX` + `ZADD` + counters (Lua, atomic); replace = compare the stored
+//!   version, then `SET PX` + `ZADD` + counters (Lua); read = `GETEX PX` (the sliding TTL), or,
+//!   when this replica has not moved the session's index score for a tenth of the TTL, `GET` +
+//!   `PEXPIRE` + `ZADD` (Lua). Reads are the hot path and the index `ZADD` was most of a read's
+//!   Redis time, so an index score may lag the key's real expiry by up to that tenth
+//!   ([`IndexFreshness`]); listing and counting look that far into the past and ask the keys
+//!   themselves (existence, `PTTL`), and cleanup only removes entries whose key is gone.
 //! - **Postgres tier.** When no sessions-pool connection is up, or a Redis command fails because
 //!   Redis cannot be reached, creates go to `checkout_sessions` (sliding `expires_at`) and its
 //!   counters to `checkout_stats`. Reads try Redis, then Postgres, so a session is found wherever
@@ -18,13 +22,14 @@
 //!   which replica serves the request, and Postgres already covers a Redis outage.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::scripts::Script;
 use platform_redis::fred::types::sorted_sets::{ZRange, ZRangeBound, ZRangeKind};
+use platform_redis::fred::types::{ClusterHash, CustomCommand};
 use platform_redis::{Keys, RedisError};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -86,6 +91,20 @@ return 1
     )
 });
 
+/// KEYS: session keys. Returns, per key, its JSON (nil when gone) and its `PTTL`.
+static LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"
+local out = {}
+for i = 1, #KEYS do
+  out[#out + 1] = redis.call('GET', KEYS[i])
+  out[#out + 1] = redis.call('PTTL', KEYS[i])
+end
+return out
+",
+    )
+});
+
 /// KEYS: index, then one session key per id. ARGV: now ms, then the ids. Removes index entries
 /// whose session key is gone and whose score is past (a concurrent read may have just moved it).
 static CLEANUP: LazyLock<Script> = LazyLock::new(|| {
@@ -105,8 +124,54 @@ return removed
     )
 });
 
-/// Index entries examined per cleanup script call.
+/// Index entries examined per cleanup script call (and keys per `EXISTS` when counting).
 const CLEANUP_BATCH: i64 = 500;
+
+/// An index score may lag its session's real expiry by at most TTL / this (3 min of 30).
+const INDEX_SLACK_DIVISOR: u32 = 10;
+
+/// Sessions whose index refresh a replica remembers before it forgets the stale ones (and, if
+/// still full, all: forgetting only costs one extra `ZADD` per session).
+const MAX_TRACKED_SESSIONS: usize = 100_000;
+
+/// When this replica last moved each session's index score, so a read within the slack sends
+/// only `GETEX` (no Lua, no `ZADD`). Every replica refreshes a score it has not moved for a slack,
+/// so whichever replica reads, a score lags the last read by at most one slack. Shared by clones.
+#[derive(Debug)]
+struct IndexFreshness {
+    slack: Duration,
+    refreshed: Mutex<HashMap<Uuid, Instant>>,
+}
+
+impl IndexFreshness {
+    fn new(ttl: Duration) -> Self {
+        Self { slack: ttl / INDEX_SLACK_DIVISOR, refreshed: Mutex::new(HashMap::new()) }
+    }
+
+    fn is_fresh(&self, id: Uuid) -> bool {
+        let refreshed = self.refreshed.lock().unwrap_or_else(PoisonError::into_inner);
+        refreshed.get(&id).is_some_and(|at| at.elapsed() < self.slack)
+    }
+
+    fn moved(&self, id: Uuid, at: Instant) {
+        let mut refreshed = self.refreshed.lock().unwrap_or_else(PoisonError::into_inner);
+        if refreshed.len() >= MAX_TRACKED_SESSIONS {
+            refreshed.retain(|_, moved| moved.elapsed() < self.slack);
+            if refreshed.len() >= MAX_TRACKED_SESSIONS {
+                refreshed.clear();
+            }
+        }
+        refreshed.insert(id, at);
+    }
+
+    fn forget(&self, id: Uuid) {
+        self.refreshed.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    }
+
+    fn slack_ms(&self) -> u64 {
+        ttl_ms(self.slack)
+    }
+}
 
 /// The tier that holds a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -204,6 +269,7 @@ pub struct SessionStore {
     db: PgPool,
     ttl: Duration,
     tier: TierSwitch,
+    index: Arc<IndexFreshness>,
 }
 
 fn now_ms() -> u64 {
@@ -225,7 +291,7 @@ impl SessionStore {
         metrics: CheckoutMetrics,
     ) -> Self {
         let tier = TierSwitch::new("checkout sessions", "postgres", metrics.store_fallback());
-        Self { redis, keys, db, ttl, tier }
+        Self { redis, keys, db, ttl, tier, index: Arc::new(IndexFreshness::new(ttl)) }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -246,6 +312,7 @@ impl SessionStore {
     ) -> Result<Tier, CheckoutError> {
         let json = serde_json::to_string(record)?;
         if let Some(client) = self.tier.client(&self.redis) {
+            let moved = Instant::now();
             let id = record.id.to_string();
             let ttl = ttl_ms(self.ttl);
             let keys = vec![
@@ -265,6 +332,7 @@ impl SessionStore {
             match created {
                 Ok(1) => {
                     self.tier.note(false, None);
+                    self.index.moved(record.id, moved);
                     return Ok(Tier::Redis);
                 }
                 Ok(_) => {
@@ -280,25 +348,65 @@ impl SessionStore {
     }
 
     /// The session and its tier, extending its TTL; `None` when it does not exist or expired.
-    #[tracing::instrument(name = "sessions.get", skip(self))]
     pub async fn get(&self, id: Uuid) -> Result<Option<(SessionRecord, Tier)>, CheckoutError> {
+        match self.get_json(id).await? {
+            Some((json, tier)) => Ok(Some((serde_json::from_str(&json)?, tier))),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored JSON of the session (as [`get`](Self::get), undecoded) and its tier.
+    #[tracing::instrument(name = "sessions.get", skip(self))]
+    pub async fn get_json(&self, id: Uuid) -> Result<Option<(String, Tier)>, CheckoutError> {
         if let Some(client) = self.tier.client(&self.redis) {
-            let id_text = id.to_string();
-            let ttl = ttl_ms(self.ttl);
-            let keys = vec![self.keys.checkout_session(&id_text), self.keys.checkout_index()];
-            let args = vec![id_text, ttl.to_string(), now_ms().saturating_add(ttl).to_string()];
-            let found: Result<Option<String>, RedisError> =
-                READ.evalsha_with_reload(client, keys, args).await.map_err(Into::into);
+            let found = if self.index.is_fresh(id) {
+                self.touch_key(client, id).await
+            } else {
+                self.touch_key_and_index(client, id).await
+            };
             match found {
                 Ok(Some(json)) => {
                     self.tier.note(false, None);
-                    return Ok(Some((serde_json::from_str(&json)?, Tier::Redis)));
+                    return Ok(Some((json, Tier::Redis)));
                 }
-                Ok(None) => self.tier.note(false, None),
+                Ok(None) => {
+                    self.tier.note(false, None);
+                    self.index.forget(id);
+                }
                 Err(error) => self.tier.failed(error)?,
             }
         }
-        Ok(pg::touch(&self.db, id, self.ttl).await?.map(|record| (record, Tier::Postgres)))
+        Ok(pg::touch(&self.db, id, self.ttl).await?.map(|json| (json, Tier::Postgres)))
+    }
+
+    /// `GETEX PX`: the sliding TTL alone (the index score is recent enough).
+    async fn touch_key(&self, client: &Client, id: Uuid) -> Result<Option<String>, RedisError> {
+        // fred 10.1 has no GETEX; a custom command hashes by its first argument, the key.
+        let getex = CustomCommand::new_static("GETEX", ClusterHash::FirstKey, false);
+        let args = vec![
+            self.keys.checkout_session(&id.to_string()),
+            "PX".to_owned(),
+            ttl_ms(self.ttl).to_string(),
+        ];
+        Ok(client.custom(getex, args).await?)
+    }
+
+    /// The read script: `GET` + `PEXPIRE` + `ZADD` (or `ZREM` when gone); notes the index move.
+    async fn touch_key_and_index(
+        &self,
+        client: &Client,
+        id: Uuid,
+    ) -> Result<Option<String>, RedisError> {
+        let moved = Instant::now();
+        let id_text = id.to_string();
+        let ttl = ttl_ms(self.ttl);
+        let keys = vec![self.keys.checkout_session(&id_text), self.keys.checkout_index()];
+        let args = vec![id_text, ttl.to_string(), now_ms().saturating_add(ttl).to_string()];
+        let found: Option<String> = READ.evalsha_with_reload(client, keys, args).await?;
+        if found.is_some() {
+            self.index.moved(id, moved);
+        }
+        Ok(found)
     }
 
     /// Writes `record` over the stored session if its version is still `expected_version`.
@@ -315,6 +423,7 @@ impl SessionStore {
         match tier {
             Tier::Redis => {
                 let client = self.redis.next_connected();
+                let moved = Instant::now();
                 let id = record.id.to_string();
                 let ttl = ttl_ms(self.ttl);
                 let keys = vec![
@@ -336,7 +445,10 @@ impl SessionStore {
                     .await
                     .map_err(|e| CheckoutError::from(RedisError::from(e)))?;
                 Ok(match outcome {
-                    1 => Replaced::Done,
+                    1 => {
+                        self.index.moved(record.id, moved);
+                        Replaced::Done
+                    }
                     0 => Replaced::Conflict,
                     _ => Replaced::Gone,
                 })
@@ -391,10 +503,7 @@ impl SessionStore {
     pub async fn live_count(&self) -> u64 {
         let mut count = 0;
         if let Some(client) = self.tier.client(&self.redis) {
-            match client
-                .zcount::<u64, _>(self.keys.checkout_index(), now_ms() as f64, f64::INFINITY)
-                .await
-            {
+            match self.live_count_redis(client).await {
                 Ok(n) => count += n,
                 Err(error) => tracing::debug!(%error, "cannot count redis sessions"),
             }
@@ -404,6 +513,28 @@ impl SessionStore {
             Err(error) => tracing::debug!(%error, "cannot count postgres sessions"),
         }
         count
+    }
+
+    /// Index entries scored in the future, plus those scored within the last slack whose key
+    /// still exists (a score lags a read that skipped the `ZADD` by at most the slack).
+    async fn live_count_redis(&self, client: &Client) -> Result<u64, RedisError> {
+        let index = self.keys.checkout_index();
+        let now = now_ms() as f64;
+        let mut count: u64 = client.zcount(&index, now, f64::INFINITY).await?;
+        let lagging: Vec<String> = client
+            .zrangebyscore(&index, self.lag_window_start(), exclusive(now), false, None)
+            .await?;
+        for ids in lagging.chunks(usize::try_from(CLEANUP_BATCH).unwrap_or(500)) {
+            let keys: Vec<String> = ids.iter().map(|id| self.keys.checkout_session(id)).collect();
+            let live: u64 = client.exists(keys).await?;
+            count += live;
+        }
+        Ok(count)
+    }
+
+    /// Oldest index score (exclusive) that may still belong to a live session.
+    fn lag_window_start(&self) -> ZRange {
+        exclusive(now_ms().saturating_sub(self.index.slack_ms()) as f64)
     }
 
     /// Removes index entries of expired Redis sessions and expired Postgres rows.
@@ -510,30 +641,36 @@ impl SessionStore {
         limit: i64,
     ) -> Result<(Vec<ListedSession>, usize), RedisError> {
         let index = self.keys.checkout_index();
-        let entries: Vec<(String, f64)> = client
+        // From one slack in the past: a live session's score may lag (see the module doc); the
+        // keys' own PTTL gives the expiry, and a gone key is skipped.
+        let ids: Vec<String> = client
             .zrangebyscore(
                 &index,
-                ZRange { kind: ZRangeKind::Exclusive, range: ZRangeBound::Score(now_ms() as f64) },
+                self.lag_window_start(),
                 f64::INFINITY,
-                true,
+                false,
                 Some((offset, limit)),
             )
             .await?;
-        if entries.is_empty() {
+        if ids.is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let keys: Vec<String> =
-            entries.iter().map(|(id, _)| self.keys.checkout_session(id)).collect();
-        let values: Vec<Option<String>> = client.mget(keys).await?;
-        let mut sessions = Vec::with_capacity(values.len());
-        for ((_, score), value) in entries.iter().zip(values) {
-            let Some(json) = value else { continue };
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.checkout_session(id)).collect();
+        let found: Vec<Value> =
+            LIST.evalsha_with_reload(client, keys, Vec::<String>::new()).await?;
+        let now = Utc::now();
+        let mut sessions = Vec::with_capacity(ids.len());
+        for pair in found.chunks(2) {
+            let [value, pttl] = pair else { continue };
+            let (Some(json), Some(pttl)) = (value.as_str(), pttl.as_i64()) else { continue };
+            if pttl < 0 {
+                continue;
+            }
             let record: SessionRecord = serde_json::from_str(&json)?;
-            let expires_at =
-                DateTime::from_timestamp_millis(*score as i64).unwrap_or_else(Utc::now);
+            let expires_at = now + chrono::Duration::milliseconds(pttl);
             sessions.push(ListedSession { record, expires_at, store: Tier::Redis });
         }
-        Ok((sessions, entries.len()))
+        Ok((sessions, ids.len()))
     }
 
     async fn list_pg(&self, offset: i64, limit: usize) -> Result<SessionPage, CheckoutError> {
@@ -546,6 +683,10 @@ impl SessionStore {
             .collect();
         Ok(SessionPage { sessions, next_cursor })
     }
+}
+
+fn exclusive(score: f64) -> ZRange {
+    ZRange { kind: ZRangeKind::Exclusive, range: ZRangeBound::Score(score) }
 }
 
 fn parse_cursor(cursor: Option<&str>) -> Result<(bool, i64), CheckoutError> {
@@ -608,16 +749,15 @@ mod pg {
         db: &PgPool,
         id: Uuid,
         ttl: Duration,
-    ) -> Result<Option<SessionRecord>, CheckoutError> {
-        let json: Option<String> = sqlx::query_scalar(
+    ) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
             "UPDATE checkout_sessions SET expires_at = now() + make_interval(secs => $2) \
              WHERE id = $1 AND expires_at > now() RETURNING record::text",
         )
         .bind(id)
         .bind(secs(ttl))
         .fetch_optional(db)
-        .await?;
-        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+        .await
     }
 
     pub async fn replace(
