@@ -18,6 +18,10 @@ use usage_meter::consumer::UsageHandler;
 use usage_meter::domain::EventRules;
 use usage_meter::store::Retention;
 
+// The service binary's allocator (src/main.rs), so the consumer runs as it does in production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const GROUP: &str = "bench";
 const METRICS: [&str; 5] =
     ["api_request", "email_sent", "sms_sent", "donation_processed", "campaign_created"];
