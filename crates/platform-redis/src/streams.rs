@@ -526,10 +526,13 @@ struct LoopState {
     group_ready: bool,
     last_claim: Option<Instant>,
     /// The next batch, read while the current one was handled (overlapping handlers only).
-    prefetched: Option<tokio::task::JoinHandle<Result<(Vec<RawEntry>, Instant)>>>,
+    prefetched: Option<tokio::task::JoinHandle<Result<ReadBatch>>>,
     /// The last batch's `EXEC`, sent and not yet answered (overlapping handlers only).
     in_flight: Option<Commit>,
 }
+
+/// Entries of one read and when the read was sent (the start of their lease).
+type ReadBatch = (Vec<RawEntry>, Instant);
 
 /// A batch's `EXEC` sent in the background, and what to count once it answers.
 struct Commit {
@@ -669,9 +672,9 @@ impl StreamConsumer {
             }
         }
         let (entries, read_started) = match state.prefetched.take() {
-            Some(read) => read.await.map_err(|e| {
-                RedisError::Unexpected(format!("read-ahead task failed: {e}"))
-            })??,
+            Some(read) => read
+                .await
+                .map_err(|e| RedisError::Unexpected(format!("read-ahead task failed: {e}")))??,
             None => {
                 // About to block: let the last commit answer first (stats, errors).
                 if let Some(commit) = state.in_flight.take() {
@@ -694,7 +697,8 @@ impl StreamConsumer {
         {
             let this = self.clone();
             let reader = reader.clone();
-            state.prefetched = Some(tokio::spawn(async move { this.read_new(&reader, None).await }));
+            state.prefetched =
+                Some(tokio::spawn(async move { this.read_new(&reader, None).await }));
         }
         if !entries.is_empty() {
             self.process(handler, entries, Delivery::New, read_started, &mut state.in_flight)
@@ -705,11 +709,7 @@ impl StreamConsumer {
 
     /// `XREADGROUP … >` on the reader's connection, blocking up to `block` (`None`: answers at
     /// once); returns the entries and when the read was sent (the start of their lease).
-    async fn read_new(
-        &self,
-        reader: &Client,
-        block: Option<Duration>,
-    ) -> Result<(Vec<RawEntry>, Instant)> {
+    async fn read_new(&self, reader: &Client, block: Option<Duration>) -> Result<ReadBatch> {
         let wait = block.unwrap_or_default();
         let options =
             Options { timeout: Some(wait + Duration::from_secs(5)), ..Options::default() };

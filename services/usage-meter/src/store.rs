@@ -351,9 +351,8 @@ fn record_call(
         ]);
     }
     let window = retention.idempotency_window_secs.max(1);
-    let mut a = Vec::with_capacity(
-        8 + slot_args.len() + members.len() * 2 + gauges.len() + details.len(),
-    );
+    let mut a =
+        Vec::with_capacity(8 + slot_args.len() + members.len() * 2 + gauges.len() + details.len());
     a.push(retention.counter_ttl_secs.to_string());
     a.push(retention.events_ttl_secs.to_string());
     a.push(retention.events_per_org.max(1).to_string());

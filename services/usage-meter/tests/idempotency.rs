@@ -109,8 +109,7 @@ async fn repeats_within_one_batch_count_once_and_the_rest_of_the_batch_counts() 
     assert_eq!(counter(&clients, "o1", "storage_used").await, 500);
     assert_eq!(counter(&clients, "o1", "donation_processed").await, 1);
     assert_eq!(counter(&clients, "o1", "donation_volume_cents").await, 2500);
-    let details =
-        store::recent_events(&clients, &OrgId::parse("o1").unwrap(), 100).await.unwrap();
+    let details = store::recent_events(&clients, &OrgId::parse("o1").unwrap(), 100).await.unwrap();
     assert_eq!(details.len(), 6, "one detail event per counted event: {details:?}");
     assert_eq!(details[0]["metric"], "donation_processed", "newest first");
 }
