@@ -42,7 +42,7 @@
 //! A handler that declares [`StreamHandler::OVERLAP_COMMITS`] (its work on a batch reads nothing
 //! the previous batch's effects write; usage-meter's recording is pure) lets the worker pipeline
 //! one batch deep: after a full batch it sends the next `XREADGROUP` at once (no `BLOCK`) in the
-//! background, and it sends a batch's `EXEC` in the background too, so Redis runs one batch's
+//! background (unless a claim pass is due, which then runs first), and it sends a batch's `EXEC` in the background too, so Redis runs one batch's
 //! `EXEC` while this process decodes and handles the next. The previous `EXEC` must have answered
 //! before the next one is sent (commits stay in batch order), before a blocking read, before a
 //! claim pass and before [`StreamConsumer::run`] returns; a failed one is counted as retries and
@@ -691,8 +691,12 @@ impl StreamConsumer {
         };
         // A full batch: more is probably waiting. Read it now, so Redis serves that read while
         // this batch is handled, and this process decodes it while this batch's EXEC runs.
+        // Not when a claim pass is due: it runs between batches, and would never get its turn
+        // while full batches keep coming.
+        let claim_due = state.last_claim.is_none_or(|at| at.elapsed() >= claim_every);
         if H::OVERLAP_COMMITS
             && entries.len() >= self.settings.batch_size
+            && !claim_due
             && !self.cancel.is_cancelled()
         {
             let this = self.clone();
