@@ -25,7 +25,7 @@
 //! | [`Keys::customer_ids_live`] | set | customer ids seen by the optional real-time mode (`SADD`/`SCARD`), reconciled by each full walk |
 //! | [`Keys::usage_counters`] | hash | usage-meter: one organisation's counters of one month (metric → value; gauges also `<metric>:at`) (stream slot) |
 //! | [`Keys::usage_events`] | list | usage-meter: newest detail events (JSON with metadata) of one organisation, capped (stream slot) |
-//! | [`Keys::usage_idempotency`] | string | usage-meter: marks a producer's idempotency key as counted, with `EX` = its window (stream slot) |
+//! | [`Keys::usage_idempotency_marks`] | set | usage-meter: `<org>\|<key>` of every producer idempotency key counted in one time bucket (unix seconds / window); read for two buckets, `EXPIRE` two windows (stream slot) |
 //! | [`Keys::usage_top`] | sorted set | usage-meter: organisations scored by one metric's value in one month (stream slot) |
 //! | [`Keys::usage_dirty`] | hash | usage-meter: `<org>\|<month>` → change generation, not yet copied to Postgres (stream slot) |
 //! | [`Keys::stripe_customer_of_user`] | string | checkout-api: the Stripe customer id of one user (no TTL; Stripe is the source, this only saves the lookup) |
@@ -228,10 +228,11 @@ impl Keys {
         format!("{}:usage:{{{STREAMS_HASH_TAG}}}:org:{org}:events", self.root)
     }
 
-    /// usage-meter: marker that the producer idempotency key `key` of `org` was counted; it
-    /// expires after the idempotency window. Scoped per organisation.
-    pub fn usage_idempotency(&self, org: &str, key: &str) -> String {
-        format!("{}:usage:{{{STREAMS_HASH_TAG}}}:org:{org}:idem:{key}", self.root)
+    /// usage-meter: set of `<org>|<key>`, the producer idempotency keys counted during time
+    /// bucket `bucket` (unix seconds / idempotency window). One set per bucket for all
+    /// organisations, so a batch checks and marks all its keys with one command per set.
+    pub fn usage_idempotency_marks(&self, bucket: u64) -> String {
+        format!("{}:usage:{{{STREAMS_HASH_TAG}}}:idem:{bucket}", self.root)
     }
 
     /// usage-meter: sorted set of organisations scored by `metric` in `month` (top consumers).
@@ -328,7 +329,7 @@ mod tests {
         assert_eq!(keys.lock(CUSTOMER_COUNT_LOCK), "app:v1:lock:{customer-count}");
         assert_eq!(keys.usage_counters("o1", "2026-11"), "app:v1:usage:{streams}:org:o1:2026-11");
         assert_eq!(keys.usage_events("o1"), "app:v1:usage:{streams}:org:o1:events");
-        assert_eq!(keys.usage_idempotency("o1", "k"), "app:v1:usage:{streams}:org:o1:idem:k");
+        assert_eq!(keys.usage_idempotency_marks(29_123), "app:v1:usage:{streams}:idem:29123");
         assert_eq!(
             keys.usage_top("sms_sent", "2026-11"),
             "app:v1:usage:{streams}:top:sms_sent:2026-11"
@@ -360,7 +361,7 @@ mod tests {
             keys.effects_marker("donation", "pi_1"),
             keys.usage_counters("o1", "2026-11"),
             keys.usage_events("o2"),
-            keys.usage_idempotency("o3", "k"),
+            keys.usage_idempotency_marks(7),
             keys.usage_top("sms_sent", "2026-11"),
             keys.usage_dirty(),
         ] {

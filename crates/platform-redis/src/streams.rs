@@ -38,6 +38,20 @@
 //! a batch twice.) Redis has no rollback: a queued command that fails at `EXEC` time (e.g.
 //! `WRONGTYPE`) does not undo the others, so queue only commands that cannot fail on well-formed data.
 //!
+//! # Overlapped commits
+//! A handler that declares [`StreamHandler::OVERLAP_COMMITS`] (its work on a batch reads nothing
+//! the previous batch's effects write; usage-meter's recording is pure) lets the worker pipeline
+//! one batch deep: after a full batch it sends the next `XREADGROUP` at once (no `BLOCK`) in the
+//! background (unless a claim pass is due, which then runs first), and it sends a batch's `EXEC` in the background too, so Redis runs one batch's
+//! `EXEC` while this process decodes and handles the next. The previous `EXEC` must have answered
+//! before the next one is sent (commits stay in batch order), before a blocking read, before a
+//! claim pass and before [`StreamConsumer::run`] returns; a failed one is counted as retries and
+//! ends that step with its error, as a failed inline `EXEC` does. Nothing else changes: the lease
+//! of a read-ahead batch runs from when its read was sent, the lease check still comes right
+//! before its `EXEC` is sent, and a consumer that dies with a batch read ahead leaves it pending
+//! for a peer to reclaim like any other. Claimed batches always commit inline. Other handlers
+//! (the default) read, handle and commit strictly one batch after the other.
+//!
 //! Handlers may do non-Redis work (Postgres) before queueing their effects. That work is outside
 //! the transaction and runs again when an entry is redelivered, so it must be idempotent itself
 //! (e.g. an insert keyed on the entry's id or the event's own id with `ON CONFLICT DO NOTHING`).
@@ -436,6 +450,12 @@ pub trait StreamHandler: Send + Sync {
     /// The message body in `data`.
     type Body: DeserializeOwned + Send + Sync;
 
+    /// true: this handler's work on a batch does not depend on the previous batch's effects
+    /// having been applied (it reads nothing those effects write), so the worker may run it
+    /// while the previous `EXEC` is still in flight, and read the next batch ahead (see the
+    /// module doc, "Overlapped commits"). Commits stay in batch order either way.
+    const OVERLAP_COMMITS: bool = false;
+
     /// Handles one batch (in stream order).
     fn handle(
         &self,
@@ -505,6 +525,20 @@ enum Delivery {
 struct LoopState {
     group_ready: bool,
     last_claim: Option<Instant>,
+    /// The next batch, read while the current one was handled (overlapping handlers only).
+    prefetched: Option<tokio::task::JoinHandle<Result<ReadBatch>>>,
+    /// The last batch's `EXEC`, sent and not yet answered (overlapping handlers only).
+    in_flight: Option<Commit>,
+}
+
+/// Entries of one read and when the read was sent (the start of their lease).
+type ReadBatch = (Vec<RawEntry>, Instant);
+
+/// A batch's `EXEC` sent in the background, and what to count once it answers.
+struct Commit {
+    exec: tokio::task::JoinHandle<std::result::Result<Value, fred::error::Error>>,
+    acked: usize,
+    dead: usize,
 }
 
 impl StreamConsumer {
@@ -573,8 +607,8 @@ impl StreamConsumer {
         }
     }
 
-    /// Reads and handles batches until the cancellation token fires: the batch in hand is
-    /// finished, then it returns. A blocking read in progress is abandoned; anything it delivered
+    /// Reads and handles batches until the cancellation token fires: the batch in hand (and one
+    /// read ahead, if any) is finished, then it returns. A blocking read in progress is abandoned; anything it delivered
     /// stays pending and is reclaimed by a peer after `claim_idle`. Redis errors are logged and
     /// retried with backoff; only unusable settings end it with an error.
     pub async fn run<H: StreamHandler>(&self, handler: &H) -> Result<()> {
@@ -582,10 +616,12 @@ impl StreamConsumer {
         // Blocking reads get their own connection so they never hold up a shared pool connection.
         let reader = self.clients.dedicated()?;
         let _connection = reader.connect();
-        let mut state = LoopState { group_ready: false, last_claim: None };
+        let mut state =
+            LoopState { group_ready: false, last_claim: None, prefetched: None, in_flight: None };
         let mut failures: u32 = 0;
         tracing::info!(stream = %self.settings.stream, group = %self.settings.group, consumer = %self.settings.consumer, "stream consumer started");
-        while !self.cancel.is_cancelled() {
+        // A batch read ahead is in hand: it is finished too before returning.
+        while !self.cancel.is_cancelled() || state.prefetched.is_some() {
             match self.step(&reader, handler, &mut state).await {
                 Ok(()) => failures = 0,
                 Err(error) => {
@@ -603,6 +639,11 @@ impl StreamConsumer {
                 }
             }
         }
+        if let Some(commit) = state.in_flight.take()
+            && let Err(error) = self.settle(commit).await
+        {
+            tracing::warn!(%error, detail = ?error, "last batch's commit failed; its entries stay pending");
+        }
         let _ = reader.quit().await;
         tracing::info!(stream = %self.settings.stream, group = %self.settings.group, consumer = %self.settings.consumer, "stream consumer stopped");
         Ok(())
@@ -619,37 +660,97 @@ impl StreamConsumer {
             state.group_ready = true;
         }
         let claim_every = self.settings.claim_idle / 2;
-        if state.last_claim.is_none_or(|at| at.elapsed() >= claim_every) {
+        let claim_due = state.last_claim.is_none_or(|at| at.elapsed() >= claim_every);
+        if claim_due && state.prefetched.is_none() && !self.cancel.is_cancelled() {
+            if let Some(commit) = state.in_flight.take() {
+                self.settle(commit).await?;
+            }
             self.claim_pending(handler).await?;
             state.last_claim = Some(Instant::now());
             if self.cancel.is_cancelled() {
                 return Ok(());
             }
         }
-        // Never block past the next claim pass.
-        let block = self.settings.block.min(claim_every).max(Duration::from_millis(1));
-        let options =
-            Options { timeout: Some(block + Duration::from_secs(5)), ..Options::default() };
-        let read_started = Instant::now();
-        let reader = reader.with_options(&options);
-        let read = reader.xreadgroup::<Value, _, _, _, _>(
-            self.settings.group.as_str(),
-            self.settings.consumer.as_str(),
-            Some(self.settings.batch_size as u64),
-            Some(block.as_millis() as u64),
-            false,
-            self.key.as_str(),
-            ">",
-        );
-        let value = tokio::select! {
-            () = self.cancel.cancelled() => return Ok(()),
-            value = read => value?,
+        let (entries, read_started) = match state.prefetched.take() {
+            Some(read) => read
+                .await
+                .map_err(|e| RedisError::Unexpected(format!("read-ahead task failed: {e}")))??,
+            None => {
+                // About to block: let the last commit answer first (stats, errors).
+                if let Some(commit) = state.in_flight.take() {
+                    self.settle(commit).await?;
+                }
+                // Never block past the next claim pass.
+                let block = self.settings.block.min(claim_every).max(Duration::from_millis(1));
+                let read = self.read_new(reader, Some(block));
+                tokio::select! {
+                    () = self.cancel.cancelled() => return Ok(()),
+                    read = read => read?,
+                }
+            }
         };
-        let entries = parse_read_response(value)?;
+        // A full batch: more is probably waiting. Read it now, so Redis serves that read while
+        // this batch is handled, and this process decodes it while this batch's EXEC runs.
+        // Not when a claim pass is due: it runs between batches, and would never get its turn
+        // while full batches keep coming.
+        let claim_due = state.last_claim.is_none_or(|at| at.elapsed() >= claim_every);
+        if H::OVERLAP_COMMITS
+            && entries.len() >= self.settings.batch_size
+            && !claim_due
+            && !self.cancel.is_cancelled()
+        {
+            let this = self.clone();
+            let reader = reader.clone();
+            state.prefetched =
+                Some(tokio::spawn(async move { this.read_new(&reader, None).await }));
+        }
         if !entries.is_empty() {
-            self.process(handler, entries, Delivery::New, read_started).await?;
+            self.process(handler, entries, Delivery::New, read_started, &mut state.in_flight)
+                .await?;
         }
         Ok(())
+    }
+
+    /// `XREADGROUP … >` on the reader's connection, blocking up to `block` (`None`: answers at
+    /// once); returns the entries and when the read was sent (the start of their lease).
+    async fn read_new(&self, reader: &Client, block: Option<Duration>) -> Result<ReadBatch> {
+        let wait = block.unwrap_or_default();
+        let options =
+            Options { timeout: Some(wait + Duration::from_secs(5)), ..Options::default() };
+        let read_started = Instant::now();
+        let value = reader
+            .with_options(&options)
+            .xreadgroup::<Value, _, _, _, _>(
+                self.settings.group.as_str(),
+                self.settings.consumer.as_str(),
+                Some(self.settings.batch_size as u64),
+                block.map(|b| b.as_millis() as u64),
+                false,
+                self.key.as_str(),
+                ">",
+            )
+            .await?;
+        Ok((parse_read_response(value)?, read_started))
+    }
+
+    /// Waits for a background `EXEC` and counts its batch.
+    async fn settle(&self, commit: Commit) -> Result<()> {
+        let answer = commit
+            .exec
+            .await
+            .map_err(|e| RedisError::Unexpected(format!("commit task failed: {e}")))
+            .and_then(|exec| exec.map_err(RedisError::from));
+        match answer {
+            Ok(_) => {
+                add(&self.counters.processed, commit.acked - commit.dead);
+                add(&self.counters.dead_lettered, commit.dead);
+                Ok(())
+            }
+            Err(error) => {
+                add(&self.counters.retries, commit.acked);
+                Err(error)
+            }
+        }
     }
 
     /// One pass of `XAUTOCLAIM` over the whole pending list, handling what it takes over.
@@ -678,7 +779,7 @@ impl StreamConsumer {
             if !entries.is_empty() {
                 add(&self.counters.reclaimed, entries.len());
                 tracing::info!(count = entries.len(), stream = %self.settings.stream, group = %self.settings.group, "reclaimed idle pending entries");
-                self.process(handler, entries, Delivery::Claimed, started).await?;
+                self.process(handler, entries, Delivery::Claimed, started, &mut None).await?;
             }
             if next == "0-0" || self.cancel.is_cancelled() {
                 return Ok(());
@@ -723,6 +824,7 @@ impl StreamConsumer {
         raw: Vec<RawEntry>,
         delivery: Delivery,
         lease_start: Instant,
+        in_flight: &mut Option<Commit>,
     ) -> Result<()> {
         let counts = match delivery {
             Delivery::Claimed => Some(self.delivery_counts(&raw).await?),
@@ -837,6 +939,13 @@ impl StreamConsumer {
         if acked.is_empty() {
             return Ok(());
         }
+        // Commits stay in batch order: the previous one answers before this one is sent.
+        if let Some(previous) = in_flight.take()
+            && let Err(error) = self.settle(previous).await
+        {
+            add(&self.counters.retries, acked.len());
+            return Err(error);
+        }
         // Past this point a peer may be allowed to claim these entries: do not commit.
         let lease = self.settings.claim_idle - self.settings.claim_idle / 5;
         if lease_start.elapsed() >= lease {
@@ -850,6 +959,12 @@ impl StreamConsumer {
         }
         let acked_count = acked.len();
         let () = tx.xack(&self.key, self.settings.group.as_str(), acked).await?;
+        if H::OVERLAP_COMMITS && delivery == Delivery::New {
+            // Answered by the next batch (or before the next blocking read or claim pass).
+            let exec = tokio::spawn(async move { tx.exec::<Value>(true).await });
+            *in_flight = Some(Commit { exec, acked: acked_count, dead });
+            return Ok(());
+        }
         if let Err(error) = tx.exec::<Value>(true).await {
             add(&self.counters.retries, acked_count);
             return Err(error.into());

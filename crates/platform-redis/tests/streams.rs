@@ -425,6 +425,108 @@ async fn a_cancelled_worker_finishes_its_current_batch_before_returning() {
     assert_eq!(pending(&clients, &consumer).await, 0);
 }
 
+/// [`CountingHandler`] declaring overlapped commits; also appends each batch's first entry id to
+/// a list in the same transaction (the order in which batches committed), and optionally
+/// cancels its consumer from inside the first batch.
+struct OverlappingHandler {
+    inner: CountingHandler,
+    order: String,
+    stop_in_first_batch: Option<CancellationToken>,
+}
+
+impl StreamHandler for OverlappingHandler {
+    type Body = Credit;
+    const OVERLAP_COMMITS: bool = true;
+
+    async fn handle(
+        &self,
+        batch: &[StreamEntry<Credit>],
+        tx: &Transaction,
+    ) -> Result<Vec<Outcome>, HandlerError> {
+        if let Some(stop) = &self.stop_in_first_batch {
+            stop.cancel();
+        }
+        let () = tx.rpush(&self.order, batch[0].id.as_str()).await?;
+        self.inner.handle(batch, tx).await
+    }
+}
+
+async fn commit_order(clients: &RedisClients) -> Vec<String> {
+    let key = format!("{}:test:order", clients.keys().root());
+    clients.primary().lrange(key, 0, -1).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlapping_worker_commits_every_batch_once_and_in_stream_order() {
+    // Arrange: 40 full batches, so the worker reads ahead and commits in the background.
+    let clients = clients("streams-overlap").await;
+    let stop = CancellationToken::new();
+    let consumer = StreamConsumer::new(&clients, settings("meter"), stop.clone());
+    consumer.ensure_group().await.unwrap();
+    let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
+    let credits: Vec<Credit> = (1..=2000).map(|amount| Credit { amount }).collect();
+    let ids = producer.append_all(&credits).await.unwrap();
+    let handler = OverlappingHandler {
+        inner: CountingHandler::new(counter_key(&clients)),
+        order: format!("{}:test:order", clients.keys().root()),
+        stop_in_first_batch: None,
+    };
+
+    // Act
+    let running = {
+        let consumer = consumer.clone();
+        tokio::spawn(async move { consumer.run(&handler).await })
+    };
+    eventually("every entry is acked", || async {
+        consumer.stats().processed == 2000 && pending(&clients, &consumer).await == 0
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+
+    // Assert
+    assert_eq!(counter(&clients).await, 2000 * 2001 / 2);
+    let expected_order: Vec<String> = ids.chunks(50).map(|batch| batch[0].clone()).collect();
+    assert_eq!(commit_order(&clients).await, expected_order);
+    assert_eq!(consumer.stats().retries, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_overlapping_worker_also_finishes_the_batch_it_read_ahead() {
+    // Arrange: three full batches; the handler cancels during the first.
+    let clients = clients("streams-overlap-stop").await;
+    let stop = CancellationToken::new();
+    let consumer = StreamConsumer::new(
+        &clients,
+        // No claim pass falls due during the test (it would run instead of the read-ahead).
+        ConsumerSettings {
+            batch_size: 10,
+            claim_idle: Duration::from_secs(60),
+            ..settings("meter")
+        },
+        stop.clone(),
+    );
+    consumer.ensure_group().await.unwrap();
+    let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
+    producer.append_all(&vec![Credit { amount: 1 }; 30]).await.unwrap();
+    let handler = OverlappingHandler {
+        inner: CountingHandler::new(counter_key(&clients)),
+        order: format!("{}:test:order", clients.keys().root()),
+        stop_in_first_batch: Some(stop.clone()),
+    };
+
+    // Act
+    tokio::time::timeout(Duration::from_secs(30), consumer.run(&handler))
+        .await
+        .expect("run returns after cancellation")
+        .unwrap();
+
+    // Assert: the batch in hand and the one read ahead committed; the third was never read.
+    assert_eq!(counter(&clients).await, 20);
+    assert_eq!(consumer.stats().processed, 20);
+    assert_eq!(pending(&clients, &consumer).await, 0);
+}
+
 #[tokio::test]
 async fn appended_entries_carry_version_and_json_data() {
     // Arrange

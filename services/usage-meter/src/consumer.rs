@@ -36,6 +36,10 @@ impl UsageHandler {
 impl StreamHandler for UsageHandler {
     type Body = UsageEvent;
 
+    // Pure: validation and argument building read nothing from Redis, and the recording script
+    // decides duplicates when it runs, so a batch may be handled while the last one commits.
+    const OVERLAP_COMMITS: bool = true;
+
     async fn handle(
         &self,
         batch: &[StreamEntry<UsageEvent>],

@@ -64,6 +64,10 @@ struct DiesMidBatch {
 impl StreamHandler for DiesMidBatch {
     type Body = UsageEvent;
 
+    // As the service's handler: the worker reads ahead and commits in the background, so the
+    // kill may leave a batch read ahead and the previous EXEC in flight.
+    const OVERLAP_COMMITS: bool = UsageHandler::OVERLAP_COMMITS;
+
     async fn handle(
         &self,
         batch: &[StreamEntry<UsageEvent>],
