@@ -56,6 +56,8 @@ fn is_reply_code(word: &str) -> bool {
     !word.is_empty() && word.chars().all(|c| c.is_ascii_uppercase())
 }
 
+pub type Result<T, E = RedisError> = std::result::Result<T, E>;
+
 #[cfg(test)]
 mod tests {
     use fred::error::{Error, ErrorKind};
@@ -101,5 +103,3 @@ mod tests {
         assert!(!RedisError::Unexpected("odd".into()).is_unavailable());
     }
 }
-
-pub type Result<T, E = RedisError> = std::result::Result<T, E>;
