@@ -387,7 +387,8 @@ impl Cache {
     {
         let inner = &self.inner;
         if !inner.settings.enabled {
-            let value = compute().await?;
+            // Boxed like the miss path: inline, `compute`'s future would size this one.
+            let value = Box::pin(compute()).await?;
             inner.counters.misses.fetch_add(1, Ordering::Relaxed);
             return Ok(Cached { value, status: CacheStatus::Miss, tier: Tier::Origin });
         }
