@@ -71,6 +71,19 @@ impl TryFrom<RecordedRow> for Recorded {
     }
 }
 
+/// The `ON CONFLICT … DO UPDATE SET` assignments both inserts share: a row still `received` takes
+/// the new status, stream id and time; a row already final (`streamed`, `ignored`) keeps its own.
+macro_rules! final_state_kept {
+    () => {
+        "status = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.status
+                       ELSE webhook_events.status END,
+         stream_id = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.stream_id
+                          ELSE webhook_events.stream_id END,
+         streamed_at = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.streamed_at
+                            ELSE webhook_events.streamed_at END"
+    };
+}
+
 /// Inserts the event with `status` (and `stream_id` when streamed) unless its id is already
 /// there. An existing row still `received` takes the new status and stream id (the repair after a
 /// crash); rows in any other state keep theirs. `count_delivery` adds this delivery to an existing
@@ -84,20 +97,18 @@ pub async fn record(
     count_delivery: bool,
 ) -> Result<Recorded, sqlx::Error> {
     // `xmax = 0` is true only for a row this statement inserted (an update sets xmax).
-    let row: RecordedRow = sqlx::query_as(
+    let row: RecordedRow = sqlx::query_as(concat!(
         "INSERT INTO webhook_events
              (event_id, event_type, created, livemode, api_version, object_id, customer_id, status,
               stream_id, streamed_at, raw)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $9::text IS NULL THEN NULL ELSE now() END, $10)
          ON CONFLICT (event_id) DO UPDATE SET
              deliveries = webhook_events.deliveries + CASE WHEN $11 THEN 1 ELSE 0 END,
-             status = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.status
-                           ELSE webhook_events.status END,
-             stream_id = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.stream_id
-                              ELSE webhook_events.stream_id END,
-             streamed_at = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.streamed_at
-                                ELSE webhook_events.streamed_at END
-         RETURNING (xmax = 0) AS inserted, status, stream_id",
+             ",
+        final_state_kept!(),
+        "
+         RETURNING (xmax = 0) AS inserted, status, stream_id"
+        ),
     )
     .bind(&event.id)
     .bind(&event.event_type)
@@ -169,7 +180,7 @@ impl BatchOp for StreamedInsertBatch {
         let column = |f: fn(&StreamedRow) -> Option<&str>| -> Vec<Option<&str>> {
             reqs.iter().map(f).collect()
         };
-        let rows: Vec<KeyedRow> = sqlx::query_as(
+        let rows: Vec<KeyedRow> = sqlx::query_as(concat!(
             "INSERT INTO webhook_events
                  (event_id, event_type, created, livemode, api_version, object_id, customer_id,
                   status, stream_id, streamed_at, raw)
@@ -180,14 +191,11 @@ impl BatchOp for StreamedInsertBatch {
                   AS e(event_id, event_type, created, livemode, api_version, object_id,
                        customer_id, stream_id, raw)
              ON CONFLICT (event_id) DO UPDATE SET
-                 status = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.status
-                               ELSE webhook_events.status END,
-                 stream_id = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.stream_id
-                                  ELSE webhook_events.stream_id END,
-                 streamed_at = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.streamed_at
-                                    ELSE webhook_events.streamed_at END
-             RETURNING event_id, (xmax = 0) AS inserted, status, stream_id",
-        )
+                 ",
+            final_state_kept!(),
+            "
+             RETURNING event_id, (xmax = 0) AS inserted, status, stream_id"
+        ))
         .bind(column(|r| Some(r.event.id.as_str())))
         .bind(column(|r| Some(r.event.event_type.as_str())))
         .bind(reqs.iter().map(|r| r.event.created).collect::<Vec<i64>>())
