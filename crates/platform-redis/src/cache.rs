@@ -57,7 +57,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::client::RedisClients;
+use crate::client::{RedisClients, Role, RolePool};
 use crate::error::Result;
 use crate::keys::Keys;
 use crate::messages::Invalidation;
@@ -270,9 +270,9 @@ type Waiting = watch::Receiver<Option<Outcome>>;
 
 struct Inner {
     /// The cache instance (seed 001 may put it apart from the primary).
-    pool: Pool,
+    pool: RolePool,
     /// Invalidations are published where [`PubSub`] subscribes: the primary.
-    primary: Pool,
+    primary: RolePool,
     keys: Keys,
     settings: CacheSettings,
     l1: Mutex<L1>,
@@ -335,8 +335,8 @@ impl Cache {
     pub fn new(clients: &RedisClients, settings: CacheSettings) -> Cache {
         Cache {
             inner: Arc::new(Inner {
-                pool: clients.cache().clone(),
-                primary: clients.primary().clone(),
+                pool: clients.role(Role::Cache).clone(),
+                primary: clients.role(Role::Primary).clone(),
                 keys: clients.keys().clone(),
                 l1: Mutex::new(L1::new(settings.l1_max_entries)),
                 settings,
@@ -524,10 +524,9 @@ impl Cache {
         let entry_key = inner.keys.cache_entry(group, key);
         inner.drop_keys(std::slice::from_ref(&entry_key));
         let keys = vec![entry_key.clone(), inner.keys.cache_group_members(group)];
-        let client = inner.pool.next_connected();
         let deleted: Result<()> = inner
             .delete_entry
-            .evalsha_with_reload::<i64, _, _>(client, keys, ())
+            .evalsha_with_reload::<i64, _, _>(inner.pool.pool().next_connected(), keys, ())
             .await
             .map(drop)
             .map_err(Into::into);
@@ -543,9 +542,11 @@ impl Cache {
         let inner = &self.inner;
         inner.drop_group(group);
         let members = inner.keys.cache_group_members(group);
-        let client = inner.pool.next_connected();
-        let deleted: Result<u64> =
-            inner.delete_group.evalsha_with_reload(client, members, ()).await.map_err(Into::into);
+        let deleted: Result<u64> = inner
+            .delete_group
+            .evalsha_with_reload(inner.pool.pool().next_connected(), members, ())
+            .await
+            .map_err(Into::into);
         let published = inner.broadcast(&Invalidation::Group { group: group.to_owned() }).await;
         let deleted = deleted?;
         published?;
@@ -660,7 +661,7 @@ impl Inner {
                     let keys = vec![entry_key.to_owned(), self.keys.cache_group_members(group)];
                     let args = vec![text, meta.ttl_ms.to_string()];
                     let written: std::result::Result<i64, _> =
-                        self.write_entry.evalsha_with_reload(client, keys, args).await;
+                        self.write_entry.evalsha_with_reload(&client, keys, args).await;
                     if let Err(error) = written {
                         self.redis_failed(&error, entry_key);
                     }
@@ -676,10 +677,11 @@ impl Inner {
 
     /// A connected client of the cache pool, or `None` (counted, warned) when Redis is down, so
     /// requests skip L2 at once instead of queueing until the command timeout.
-    fn redis(&self) -> Option<&Client> {
-        let client = self.pool.next_connected();
+    fn redis(&self) -> Option<Client> {
+        let pool = self.pool.pool();
+        let client = pool.next_connected();
         if client.is_connected() {
-            return Some(client);
+            return Some(client.clone());
         }
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = self.warn_limit.allow() {
@@ -697,7 +699,7 @@ impl Inner {
 
     async fn broadcast(&self, message: &Invalidation) -> Result<()> {
         let receivers =
-            pubsub::publish(&self.primary, &self.keys.invalidation_channel(), message).await?;
+            pubsub::publish(&self.primary.pool(), &self.keys.invalidation_channel(), message).await?;
         tracing::debug!(receivers, "invalidation published");
         Ok(())
     }

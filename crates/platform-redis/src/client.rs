@@ -6,7 +6,25 @@
 //! command after `command_timeout_ms` so that callers reach their fallback quickly instead of
 //! queueing behind a dead connection. Start-up never fails because Redis is down: the pools keep
 //! reconnecting in the background and the health route says `fallback` until they succeed.
+//!
+//! ## Worker connections
+//!
+//! A fred connection is driven by tasks on the runtime that connected it. The shared pools are
+//! connected on the service's main (multi-threaded) runtime, but actix-web runs handlers on its
+//! own worker threads, each with a single-threaded runtime: every command from a handler then
+//! crosses threads twice (handler → connection task, reply → handler), which cost a checkout
+//! session read more CPU in futex wake-ups than Redis spent answering it. So each HTTP worker
+//! calls [`RedisClients::bind_worker`] when it starts, which gives the worker thread
+//! `redis.worker_connections` connections of its own per endpoint, driven by the worker's
+//! runtime; [`RolePool::pool`] (and the role accessors) hand those out on that thread and the
+//! shared pool everywhere else (stream consumers, background tasks, tests). Binding is explicit
+//! rather than "on first use by any single-threaded runtime" because only a worker thread is
+//! known to keep one runtime for its whole life: a pool bound to a runtime that has gone would
+//! fail every command. The worker pools reconnect like the shared ones and close with the worker.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::clients::SubscriberClient;
@@ -60,6 +78,10 @@ pub struct RedisSettings {
     pub key_prefix: String,
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// Connections per endpoint of each HTTP worker thread (see the module doc); 0 = workers
+    /// use the shared pools.
+    #[serde(default = "default_worker_connections")]
+    pub worker_connections: usize,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     #[serde(default = "default_command_timeout_ms")]
@@ -87,6 +109,9 @@ fn default_prefix() -> String {
 fn default_pool_size() -> usize {
     4
 }
+fn default_worker_connections() -> usize {
+    1
+}
 fn default_connect_timeout_ms() -> u64 {
     2_000
 }
@@ -105,6 +130,7 @@ impl RedisSettings {
             mode: RedisMode::Centralized,
             key_prefix: prefix.to_owned(),
             pool_size: default_pool_size(),
+            worker_connections: default_worker_connections(),
             connect_timeout_ms: default_connect_timeout_ms(),
             command_timeout_ms: default_command_timeout_ms(),
             reconnect_max_delay_ms: 500,
@@ -118,6 +144,11 @@ impl RedisSettings {
     pub fn validate(&self) -> Result<()> {
         if self.pool_size == 0 || self.pool_size > 64 {
             return Err(RedisError::Config("redis.pool_size must be between 1 and 64".into()));
+        }
+        if self.worker_connections > 64 {
+            return Err(RedisError::Config(
+                "redis.worker_connections must be between 0 and 64".into(),
+            ));
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
             return Err(RedisError::Config(
@@ -183,13 +214,99 @@ impl RedisEndpoint {
     }
 }
 
+/// Which instance a command goes to (seed 001 may split them; unset roles use the primary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Streams, pub/sub, locks and anything without a role of its own.
+    Primary,
+    Cache,
+    RateLimit,
+    Sessions,
+}
+
+/// One endpoint's connections: the process-wide pool plus, on HTTP worker threads that called
+/// [`RedisClients::bind_worker`], the worker's own (see the module doc). Cheap to clone; components
+/// keep one and ask it for [`RolePool::pool`] per operation.
+#[derive(Clone)]
+pub struct RolePool(Arc<RolePoolInner>);
+
+impl std::fmt::Debug for RolePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RolePool")
+            .field("id", &self.0.id)
+            .field("worker_connections", &self.0.worker_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+struct RolePoolInner {
+    /// Tells this endpoint's worker pools apart from others' in [`WORKER_POOLS`].
+    id: u64,
+    shared: Pool,
+    builder: Builder,
+    worker_connections: usize,
+}
+
+thread_local! {
+    /// The pools bound to this thread by [`RedisClients::bind_worker`], by [`RolePool`] id. A
+    /// handful of entries at most (one per endpoint per app instance), so a scan beats a map.
+    static WORKER_POOLS: RefCell<Vec<(u64, Pool)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl RolePool {
+    fn new(builder: Builder, settings: &RedisSettings) -> Result<Self> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Ok(Self(Arc::new(RolePoolInner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            shared: builder.build_pool(settings.pool_size)?,
+            builder,
+            worker_connections: settings.worker_connections,
+        })))
+    }
+
+    /// The pool for the calling thread: the worker's own on a bound HTTP worker while it has a
+    /// connection up, else the shared one. A worker's pool starts connecting when the worker
+    /// starts, so its first requests (and any after its connection dropped) use the shared pool,
+    /// which `connect` waited for, rather than failing over to the callers' fallbacks.
+    pub fn pool(&self) -> Pool {
+        let id = self.0.id;
+        WORKER_POOLS
+            .with_borrow(|pools| {
+                pools
+                    .iter()
+                    .find(|(bound, pool)| *bound == id && pool.next_connected().is_connected())
+                    .map(|(_, pool)| pool.clone())
+            })
+            .unwrap_or_else(|| self.0.shared.clone())
+    }
+
+    /// The process-wide pool, whatever the thread.
+    pub fn shared(&self) -> &Pool {
+        &self.0.shared
+    }
+
+    /// Connects this thread's own pool on the current runtime, once per thread.
+    fn bind_worker(&self) -> Result<()> {
+        let inner = &self.0;
+        if inner.worker_connections == 0
+            || WORKER_POOLS.with_borrow(|pools| pools.iter().any(|(id, _)| *id == inner.id))
+        {
+            return Ok(());
+        }
+        let pool = inner.builder.build_pool(inner.worker_connections)?;
+        pool.connect_pool();
+        WORKER_POOLS.with_borrow_mut(|pools| pools.push((inner.id, pool)));
+        Ok(())
+    }
+}
+
 /// Connection pools for each role, plus the key builder. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisClients {
-    primary: Pool,
-    cache: Pool,
-    rate_limit: Pool,
-    sessions: Pool,
+    primary: RolePool,
+    cache: RolePool,
+    rate_limit: RolePool,
+    sessions: RolePool,
     subscriber_builder: Builder,
     keys: Keys,
     settings: RedisSettings,
@@ -208,10 +325,10 @@ impl RedisClients {
     pub async fn connect(settings: &RedisSettings) -> Result<Self> {
         settings.validate()?;
         let primary_builder = builder(&settings.primary, settings)?;
-        let primary = primary_builder.build_pool(settings.pool_size)?;
-        let role = |endpoint: &Option<RedisEndpoint>| -> Result<Pool> {
+        let primary = RolePool::new(primary_builder.clone(), settings)?;
+        let role = |endpoint: &Option<RedisEndpoint>| -> Result<RolePool> {
             match endpoint {
-                Some(endpoint) => Ok(builder(endpoint, settings)?.build_pool(settings.pool_size)?),
+                Some(endpoint) => RolePool::new(builder(endpoint, settings)?, settings),
                 None => Ok(primary.clone()),
             }
         };
@@ -224,11 +341,11 @@ impl RedisClients {
             keys: Keys::new(&settings.key_prefix),
             settings: settings.clone(),
         };
-        for pool in clients.distinct_pools() {
-            pool.connect_pool();
+        for role in clients.distinct_roles() {
+            role.shared().connect_pool();
         }
         let wait = Duration::from_millis(settings.connect_timeout_ms);
-        match tokio::time::timeout(wait, clients.primary.wait_for_connect()).await {
+        match tokio::time::timeout(wait, clients.primary.shared().wait_for_connect()).await {
             Ok(Ok(())) => tracing::info!(prefix = %settings.key_prefix, "connected to redis"),
             _ => tracing::warn!(
                 wait_ms = settings.connect_timeout_ms,
@@ -238,18 +355,36 @@ impl RedisClients {
         Ok(clients)
     }
 
-    /// The primary instance: streams, pub/sub, locks and anything without a role of its own.
-    pub fn primary(&self) -> &Pool {
-        &self.primary
+    /// Gives the calling thread connections of its own, driven by its runtime, for every
+    /// endpoint (see the module doc). Call it on a thread that keeps one runtime for its whole
+    /// life, from inside that runtime: `Application::build` does it in each HTTP worker.
+    pub fn bind_worker(&self) -> Result<()> {
+        self.distinct_roles().into_iter().try_for_each(RolePool::bind_worker)
     }
-    pub fn cache(&self) -> &Pool {
-        &self.cache
+
+    /// The connections of one role, for components that keep them.
+    pub fn role(&self, role: Role) -> &RolePool {
+        match role {
+            Role::Primary => &self.primary,
+            Role::Cache => &self.cache,
+            Role::RateLimit => &self.rate_limit,
+            Role::Sessions => &self.sessions,
+        }
     }
-    pub fn rate_limit(&self) -> &Pool {
-        &self.rate_limit
+
+    /// This thread's pool on the primary instance: streams, pub/sub, locks and anything without
+    /// a role of its own.
+    pub fn primary(&self) -> Pool {
+        self.primary.pool()
     }
-    pub fn sessions(&self) -> &Pool {
-        &self.sessions
+    pub fn cache(&self) -> Pool {
+        self.cache.pool()
+    }
+    pub fn rate_limit(&self) -> Pool {
+        self.rate_limit.pool()
+    }
+    pub fn sessions(&self) -> Pool {
+        self.sessions.pool()
     }
     pub fn keys(&self) -> &Keys {
         &self.keys
@@ -270,37 +405,37 @@ impl RedisClients {
         Ok(self.subscriber_builder.build()?)
     }
 
-    /// Whether every connection of the primary pool is currently up.
+    /// Whether every connection of the shared primary pool is currently up.
     pub fn is_connected(&self) -> bool {
-        self.primary.clients().iter().all(|c| c.is_connected())
+        self.primary.shared().clients().iter().all(|c| c.is_connected())
     }
 
     /// Round-trip time of a `PING` on the primary.
     pub async fn ping(&self) -> Result<Duration> {
         let started = Instant::now();
-        let _: String = self.primary.ping(None).await?;
+        let _: String = self.primary.shared().ping(None).await?;
         Ok(started.elapsed())
     }
 
-    /// Closes every pool.
+    /// Closes every shared pool (worker pools close with their workers).
     pub async fn quit(&self) {
-        for pool in self.distinct_pools() {
-            let _ = pool.quit().await;
+        for role in self.distinct_roles() {
+            let _ = role.shared().quit().await;
         }
     }
 
-    fn distinct_pools(&self) -> Vec<&Pool> {
-        let mut pools = vec![&self.primary];
-        for (pool, endpoint) in [
+    fn distinct_roles(&self) -> Vec<&RolePool> {
+        let mut roles = vec![&self.primary];
+        for (role, endpoint) in [
             (&self.cache, &self.settings.cache),
             (&self.rate_limit, &self.settings.rate_limit),
             (&self.sessions, &self.settings.sessions),
         ] {
             if endpoint.is_some() {
-                pools.push(pool);
+                roles.push(role);
             }
         }
-        pools
+        roles
     }
 }
 

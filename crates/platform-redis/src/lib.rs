@@ -20,7 +20,7 @@ pub mod streams;
 pub mod trace;
 pub mod usage;
 
-pub use client::{RedisClients, RedisEndpoint, RedisMode, RedisSettings};
+pub use client::{RedisClients, RedisEndpoint, RedisMode, RedisSettings, Role, RolePool};
 pub use error::{RedisError, Result};
 pub use keys::{Keys, StreamName};
 

@@ -397,7 +397,7 @@ async fn a_message_published_on_any_node_reaches_a_subscriber() {
 
     // Act
     // PUBLISH counts only the receiving node's subscribers; the cluster bus forwards it.
-    pubsub::publish(clients.primary(), &channel, &update).await.unwrap();
+    pubsub::publish(&clients.primary(), &channel, &update).await.unwrap();
     let received = tokio::time::timeout(PATIENCE, subscription.recv()).await.unwrap().unwrap();
 
     // Assert

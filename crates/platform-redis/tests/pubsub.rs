@@ -60,7 +60,7 @@ async fn published_messages_arrive_typed_in_an_envelope() {
     let mut subscription = pubsub.subscribe::<CampaignUpdate>(&channel).await.unwrap();
 
     // Act
-    let receivers = pubsub::publish(clients.primary(), &channel, &donation(1_500)).await.unwrap();
+    let receivers = pubsub::publish(&clients.primary(), &channel, &donation(1_500)).await.unwrap();
     let received = next(&mut subscription).await;
 
     // Assert
@@ -80,7 +80,7 @@ async fn two_local_subscribers_share_one_redis_subscription_which_ends_with_the_
     let mut second = pubsub.subscribe::<CampaignUpdate>(&channel).await.unwrap();
 
     // Act
-    let receivers = pubsub::publish(clients.primary(), &channel, &donation(2_000)).await.unwrap();
+    let receivers = pubsub::publish(&clients.primary(), &channel, &donation(2_000)).await.unwrap();
 
     // Assert: one Redis subscriber, both local subscriptions got the message
     assert_eq!(receivers, 1);
@@ -109,14 +109,14 @@ async fn undecodable_and_unknown_version_messages_are_skipped() {
     let pubsub = PubSub::start(&clients).await.unwrap();
     let channel = clients.keys().campaign_updates_channel("9");
     let mut subscription = pubsub.subscribe::<CampaignUpdate>(&channel).await.unwrap();
-    let raw = clients.primary().next();
+    let raw = clients.primary().next().clone();
 
     // Act
     let _: i64 = raw.publish(&channel, "not json").await.unwrap();
     let _: i64 =
         raw.publish(&channel, r#"{"v":99,"body":{"type":"from_the_future"}}"#).await.unwrap();
     let _: i64 = raw.publish(&channel, r#"{"v":1,"body":{"type":"unknown_kind"}}"#).await.unwrap();
-    pubsub::publish(clients.primary(), &channel, &donation(3_000)).await.unwrap();
+    pubsub::publish(&clients.primary(), &channel, &donation(3_000)).await.unwrap();
 
     // Assert: the first message that comes out is the good one
     assert_eq!(next(&mut subscription).await.body, donation(3_000));
@@ -131,7 +131,7 @@ async fn subscriptions_are_restored_after_redis_restarts() {
     let pubsub = PubSub::start(&clients).await.unwrap();
     let channel = clients.keys().campaign_updates_channel("10");
     let mut subscription = pubsub.subscribe::<CampaignUpdate>(&channel).await.unwrap();
-    pubsub::publish(clients.primary(), &channel, &donation(1)).await.unwrap();
+    pubsub::publish(&clients.primary(), &channel, &donation(1)).await.unwrap();
     assert_eq!(next(&mut subscription).await.body, donation(1));
 
     // Act: Redis dies and comes back empty (no subscriptions on the server)
@@ -143,7 +143,7 @@ async fn subscriptions_are_restored_after_redis_restarts() {
         matches!(count, Ok((_, 1)))
     })
     .await;
-    pubsub::publish(clients.primary(), &channel, &donation(2)).await.unwrap();
+    pubsub::publish(&clients.primary(), &channel, &donation(2)).await.unwrap();
 
     // Assert
     assert_eq!(next(&mut subscription).await.body, donation(2));
@@ -168,7 +168,7 @@ async fn pubsub_starts_while_redis_is_down_and_subscribes_when_it_comes_up() {
         matches!(count, Ok((_, 1)))
     })
     .await;
-    pubsub::publish(clients.primary(), &channel, &donation(5)).await.unwrap();
+    pubsub::publish(&clients.primary(), &channel, &donation(5)).await.unwrap();
 
     // Assert
     assert_eq!(next(&mut subscription).await.body, donation(5));

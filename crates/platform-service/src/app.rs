@@ -133,6 +133,10 @@ impl Application {
         let extractors = configure_extractors(http.body_limit_bytes);
         let app_context = context.clone();
         let mut server = HttpServer::new(move || {
+            // Runs once on each worker thread, inside the worker's runtime.
+            if let Err(error) = app_context.redis.bind_worker() {
+                tracing::warn!(%error, "no redis connections of its own for this worker; it uses the shared pools");
+            }
             App::new()
                 .wrap(from_fn(observe_requests))
                 .app_data(app_context.clone())

@@ -5,7 +5,9 @@
 use actix_web::{HttpResponse, web};
 use platform_redis::ratelimit::RateLimit;
 use platform_service::settings::{CommonSettings, DatabaseSettings, load_from};
-use platform_service::{Application, RequireAdmin, connect_context};
+use platform_redis::Role;
+use platform_redis::fred::prelude::*;
+use platform_service::{AppContext, Application, RequireAdmin, connect_context};
 use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 use secrecy::SecretString;
 use serde_json::Value;
@@ -84,6 +86,7 @@ async fn spawn_app_requiring(
                 "/echo",
                 web::post().to(|_: web::Json<Echo>| async { HttpResponse::Ok().finish() }),
             )
+            .route("/redis-connection", web::get().to(redis_connection))
             .service(
                 web::resource("/limited")
                     .wrap(RateLimit::new(limiter.clone(), "tight"))
@@ -95,6 +98,16 @@ async fn spawn_app_requiring(
     let shutdown = app.context().shutdown.clone();
     let server = tokio::spawn(app.run_until_stopped());
     TestApp { base, shutdown, client: reqwest::Client::new(), server }
+}
+
+/// Whether the worker serving this request sends Redis commands on a connection of its own, and
+/// whether a `PING` on it answers.
+async fn redis_connection(ctx: web::Data<AppContext>) -> HttpResponse {
+    let pool = ctx.redis.primary();
+    let client = pool.next_connected();
+    let shared = ctx.redis.role(Role::Primary).shared().clients().iter().any(|c| c.id() == client.id());
+    let pong: Result<String, _> = client.ping(None).await;
+    HttpResponse::Ok().json(serde_json::json!({ "own": !shared, "ping": pong.is_ok() }))
 }
 
 impl TestApp {
@@ -281,4 +294,24 @@ async fn a_stop_request_drains_and_ends_the_server() {
     // Assert
     assert!(matches!(finished, Ok(Ok(Ok(())))), "server did not stop cleanly: {finished:?}");
     assert!(app.shutdown.is_draining());
+}
+
+#[tokio::test]
+async fn http_workers_send_redis_commands_on_connections_of_their_own() {
+    // Arrange
+    let app = spawn_app(&RedisServer::shared().url(), false).await;
+
+    // Act: the worker's pool connects in the background; until then the shared pool serves.
+    let mut answer = Value::Null;
+    for _ in 0..100 {
+        answer = app.get("/redis-connection").await.1;
+        if answer["own"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Assert
+    assert_eq!(answer["own"], true, "{answer}");
+    assert_eq!(answer["ping"], true, "{answer}");
 }

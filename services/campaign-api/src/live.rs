@@ -101,7 +101,7 @@ pub async fn announce_ended(redis: &platform_redis::RedisClients, campaign_id: U
     let id = campaign_id.to_string();
     let channel = redis.keys().campaign_updates_channel(&id);
     let update = CampaignUpdate::CampaignEnded { campaign_id: id };
-    if let Err(error) = pubsub::publish(redis.primary(), &channel, &update).await {
+    if let Err(error) = pubsub::publish(&redis.primary(), &channel, &update).await {
         tracing::warn!(campaign_id = %campaign_id, %error, "campaign_ended not published");
     }
 }

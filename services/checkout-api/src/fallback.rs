@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use platform_redis::RedisError;
+use platform_redis::{RedisError, RolePool};
 use platform_redis::fred::prelude::*;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -28,12 +28,13 @@ impl TierSwitch {
         Self { on_fallback: Arc::new(AtomicBool::new(false)), gauge, store, fallback }
     }
 
-    /// A connected client of `pool`, or `None` (and the switch to the fallback noted) when no
-    /// connection is up.
-    pub fn client<'a>(&self, pool: &'a Pool) -> Option<&'a Client> {
+    /// A connected client of `redis` (this thread's pool), or `None` (and the switch to the
+    /// fallback noted) when no connection is up.
+    pub fn client(&self, redis: &RolePool) -> Option<Client> {
+        let pool = redis.pool();
         let client = pool.next_connected();
         if client.is_connected() {
-            Some(client)
+            Some(client.clone())
         } else {
             self.note(true, None);
             None

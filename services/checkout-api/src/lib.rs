@@ -26,6 +26,7 @@ use actix_web::web;
 use anyhow::Context as _;
 use platform_redis::cache::{Cache, CacheSettings};
 use platform_redis::pubsub::PubSub;
+use platform_redis::Role;
 use platform_service::health::fallback_status;
 use platform_service::settings::{
     CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
@@ -213,7 +214,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     );
 
     let store = SessionStore::new(
-        redis.sessions().clone(),
+        redis.role(Role::Sessions).clone(),
         redis.keys().clone(),
         db.clone(),
         Duration::from_secs(settings.checkout.session_ttl_secs),
@@ -229,7 +230,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     stripe.spawn_consumer(context.shutdown.token()).await;
     let stripe = web::Data::new(stripe);
     let user_sessions = UserSessions::new(
-        redis.sessions().clone(),
+        redis.role(Role::Sessions).clone(),
         redis.keys().clone(),
         settings.user_sessions.clone(),
         metrics,

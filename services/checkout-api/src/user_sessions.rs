@@ -22,7 +22,7 @@ use actix_web::http::header::COOKIE;
 use chrono::{DateTime, Utc};
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::Expiration;
-use platform_redis::{Keys, RedisError};
+use platform_redis::{Keys, RedisError, RolePool};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CheckoutError;
@@ -103,7 +103,7 @@ struct Memory {
 /// The user-session store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct UserSessions {
-    redis: Pool,
+    redis: RolePool,
     keys: Keys,
     settings: UserSessionSettings,
     memory: Arc<Mutex<Memory>>,
@@ -112,7 +112,7 @@ pub struct UserSessions {
 
 impl UserSessions {
     pub fn new(
-        redis: Pool,
+        redis: RolePool,
         keys: Keys,
         settings: UserSessionSettings,
         metrics: CheckoutMetrics,
@@ -132,7 +132,7 @@ impl UserSessions {
 
     /// True while no sessions-pool connection is up (new sessions go to memory).
     pub fn in_fallback(&self) -> bool {
-        !self.redis.next_connected().is_connected()
+        !self.redis.pool().next_connected().is_connected()
     }
 
     /// Sessions currently held in memory.
@@ -162,7 +162,7 @@ impl UserSessions {
                     i64::try_from(self.settings.ttl_secs).unwrap_or(i64::MAX / 1000),
                 ),
         };
-        if let Some(client) = self.tier.client(&self.redis) {
+        if let Some(client) = &self.tier.client(&self.redis) {
             let json = serde_json::to_string(&session)?;
             let ttl = i64::try_from(self.settings.ttl_secs).unwrap_or(i64::MAX);
             let stored: Result<(), RedisError> = client
@@ -211,7 +211,7 @@ impl UserSessions {
         if !valid_id(id) {
             return Ok(None);
         }
-        if let Some(client) = self.tier.client(&self.redis) {
+        if let Some(client) = &self.tier.client(&self.redis) {
             let found: Result<Option<String>, RedisError> =
                 client.get(self.keys.user_session(id)).await.map_err(Into::into);
             match found {
@@ -241,7 +241,7 @@ impl UserSessions {
             return Ok(());
         }
         self.lock().sessions.remove(id);
-        if let Some(client) = self.tier.client(&self.redis) {
+        if let Some(client) = &self.tier.client(&self.redis) {
             let deleted: Result<i64, RedisError> =
                 client.del(self.keys.user_session(id)).await.map_err(Into::into);
             if let Err(error) = deleted {

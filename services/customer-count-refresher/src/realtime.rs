@@ -158,7 +158,7 @@ pub async fn stage(
     ttl: Duration,
 ) -> Result<(), RedisError> {
     let key = clients.keys().customer_ids_staging(fence);
-    let client = clients.primary().next();
+    let client = clients.primary().next().clone();
     let pipeline = client.pipeline();
     let _: () = pipeline.del(&key).await?;
     let mut batch: Vec<String> = Vec::with_capacity(chunk.min(ids.len()));

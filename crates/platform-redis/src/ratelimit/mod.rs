@@ -66,11 +66,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fred::prelude::{Client, ClientLike, Pool};
+use fred::prelude::{Client, ClientLike};
 use fred::types::scripts::Script;
 use serde::{Deserialize, Serialize};
 
-use crate::client::RedisClients;
+use crate::client::{RedisClients, Role, RolePool};
 use crate::error::{RedisError, Result};
 use crate::keys::Keys;
 
@@ -359,7 +359,7 @@ struct Counters {
 }
 
 struct Inner {
-    pool: Pool,
+    pool: RolePool,
     keys: Keys,
     script: Script,
     lease_script: Script,
@@ -414,7 +414,7 @@ impl RateLimiter {
             .collect();
         Ok(Self {
             inner: Arc::new(Inner {
-                pool: clients.rate_limit().clone(),
+                pool: clients.role(Role::RateLimit).clone(),
                 keys: clients.keys().clone(),
                 script: Script::from_lua(SLIDING_WINDOW_LUA),
                 lease_script: Script::from_lua(LEASE_LUA),
@@ -543,7 +543,8 @@ impl RateLimiter {
         } else {
             None
         };
-        let client = self.inner.pool.next_connected();
+        let pool = self.inner.pool.pool();
+        let client = pool.next_connected();
         if !client.is_connected() {
             self.enter_fallback(&"the rate-limit connection is down");
             return self.fallback_decision(policy, identifier, now_ms, now);

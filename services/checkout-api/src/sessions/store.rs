@@ -30,7 +30,7 @@ use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::scripts::Script;
 use platform_redis::fred::types::sorted_sets::{ZRange, ZRangeBound, ZRangeKind};
 use platform_redis::fred::types::{ClusterHash, CustomCommand};
-use platform_redis::{Keys, RedisError};
+use platform_redis::{Keys, RedisError, RolePool};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -264,7 +264,7 @@ pub struct ListedSession {
 /// The two-tier session store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SessionStore {
-    redis: Pool,
+    redis: RolePool,
     keys: Keys,
     db: PgPool,
     ttl: Duration,
@@ -284,7 +284,7 @@ fn ttl_ms(ttl: Duration) -> u64 {
 
 impl SessionStore {
     pub fn new(
-        redis: Pool,
+        redis: RolePool,
         keys: Keys,
         db: PgPool,
         ttl: Duration,
@@ -300,7 +300,7 @@ impl SessionStore {
 
     /// True while no connection of the sessions pool is up: new sessions go to Postgres.
     pub fn in_fallback(&self) -> bool {
-        !self.redis.next_connected().is_connected()
+        !self.redis.pool().next_connected().is_connected()
     }
 
     /// Stores a new session; returns the tier that took it.
@@ -311,7 +311,7 @@ impl SessionStore {
         latency_us: u64,
     ) -> Result<Tier, CheckoutError> {
         let json = serde_json::to_string(record)?;
-        if let Some(client) = self.tier.client(&self.redis) {
+        if let Some(client) = &self.tier.client(&self.redis) {
             let moved = Instant::now();
             let id = record.id.to_string();
             let ttl = ttl_ms(self.ttl);
@@ -358,7 +358,7 @@ impl SessionStore {
     /// The stored JSON of the session (as [`get`](Self::get), undecoded) and its tier.
     #[tracing::instrument(name = "sessions.get", skip(self))]
     pub async fn get_json(&self, id: Uuid) -> Result<Option<(String, Tier)>, CheckoutError> {
-        if let Some(client) = self.tier.client(&self.redis) {
+        if let Some(client) = &self.tier.client(&self.redis) {
             let found = if self.index.is_fresh(id) {
                 self.touch_key(client, id).await
             } else {
@@ -422,7 +422,8 @@ impl SessionStore {
         let json = serde_json::to_string(record)?;
         match tier {
             Tier::Redis => {
-                let client = self.redis.next_connected();
+                let pool = self.redis.pool();
+                let client = pool.next_connected();
                 let moved = Instant::now();
                 let id = record.id.to_string();
                 let ttl = ttl_ms(self.ttl);
@@ -463,7 +464,7 @@ impl SessionStore {
     /// Counters of both tiers. Fails only when neither can be read.
     pub async fn stats(&self) -> Result<Stats, CheckoutError> {
         let mut redis_counts: Option<HashMap<String, i64>> = None;
-        if let Some(client) = self.tier.client(&self.redis) {
+        if let Some(client) = &self.tier.client(&self.redis) {
             match client.hgetall::<HashMap<String, i64>, _>(self.keys.checkout_stats()).await {
                 Ok(counts) => redis_counts = Some(counts),
                 Err(error) => self.tier.failed(error.into())?,
@@ -502,7 +503,7 @@ impl SessionStore {
     /// Live (not expired) sessions in both tiers; a tier that cannot be read counts 0.
     pub async fn live_count(&self) -> u64 {
         let mut count = 0;
-        if let Some(client) = self.tier.client(&self.redis) {
+        if let Some(client) = &self.tier.client(&self.redis) {
             match self.live_count_redis(client).await {
                 Ok(n) => count += n,
                 Err(error) => tracing::debug!(%error, "cannot count redis sessions"),
@@ -542,7 +543,7 @@ impl SessionStore {
     pub async fn cleanup_expired(&self) -> Result<CleanupReport, CheckoutError> {
         let mut report = CleanupReport::default();
         let mut redis_ok = false;
-        if let Some(client) = self.tier.client(&self.redis) {
+        if let Some(client) = &self.tier.client(&self.redis) {
             match self.cleanup_redis(client).await {
                 Ok(removed) => {
                     report.redis_index_entries_removed = removed;
@@ -611,7 +612,7 @@ impl SessionStore {
         if !on_redis {
             return self.list_pg(offset, limit).await;
         }
-        let Some(client) = self.tier.client(&self.redis) else {
+        let Some(client) = &self.tier.client(&self.redis) else {
             return self.list_pg(0, limit).await;
         };
         let (mut sessions, entries) = match self.list_redis(client, offset, limit_i).await {
