@@ -699,7 +699,8 @@ impl Inner {
 
     async fn broadcast(&self, message: &Invalidation) -> Result<()> {
         let receivers =
-            pubsub::publish(&self.primary.pool(), &self.keys.invalidation_channel(), message).await?;
+            pubsub::publish(&self.primary.pool(), &self.keys.invalidation_channel(), message)
+                .await?;
         tracing::debug!(receivers, "invalidation published");
         Ok(())
     }

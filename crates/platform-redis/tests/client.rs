@@ -145,6 +145,9 @@ async fn a_worker_uses_the_shared_pool_while_its_own_is_down_and_its_own_again_o
 
     // Assert
     assert!(own_when_up, "the worker never used its own pool");
-    assert!(shared.contains(&during), "a worker without its own connection did not fall back to the shared pool");
+    assert!(
+        shared.contains(&during),
+        "a worker without its own connection did not fall back to the shared pool"
+    );
     assert!(own_again, "the worker's own pool did not reconnect");
 }

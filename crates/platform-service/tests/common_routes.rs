@@ -3,10 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use actix_web::{HttpResponse, web};
-use platform_redis::ratelimit::RateLimit;
-use platform_service::settings::{CommonSettings, DatabaseSettings, load_from};
 use platform_redis::Role;
 use platform_redis::fred::prelude::*;
+use platform_redis::ratelimit::RateLimit;
+use platform_service::settings::{CommonSettings, DatabaseSettings, load_from};
 use platform_service::{AppContext, Application, RequireAdmin, connect_context};
 use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 use secrecy::SecretString;
@@ -105,7 +105,8 @@ async fn spawn_app_requiring(
 async fn redis_connection(ctx: web::Data<AppContext>) -> HttpResponse {
     let pool = ctx.redis.primary();
     let client = pool.next_connected();
-    let shared = ctx.redis.role(Role::Primary).shared().clients().iter().any(|c| c.id() == client.id());
+    let shared =
+        ctx.redis.role(Role::Primary).shared().clients().iter().any(|c| c.id() == client.id());
     let pong: Result<String, _> = client.ping(None).await;
     HttpResponse::Ok().json(serde_json::json!({ "own": !shared, "ping": pong.is_ok() }))
 }

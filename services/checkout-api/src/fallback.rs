@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use platform_redis::{RedisError, RolePool};
 use platform_redis::fred::prelude::*;
+use platform_redis::{RedisError, RolePool};
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::error::CheckoutError;

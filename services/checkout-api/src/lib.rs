@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use actix_web::web;
 use anyhow::Context as _;
+use platform_redis::Role;
 use platform_redis::cache::{Cache, CacheSettings};
 use platform_redis::pubsub::PubSub;
-use platform_redis::Role;
 use platform_service::health::fallback_status;
 use platform_service::settings::{
     CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
