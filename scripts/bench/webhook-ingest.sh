@@ -8,6 +8,7 @@
 #   DURATION=10s  CONNECTIONS=32  THREADS=2   wrk settings (same for both endpoints)
 #   DELIVERIES=200000                         pre-signed unique deliveries (more than the run sends)
 #   SKIP_BUILD=1                              use the release binaries already built
+#   SERVICE_BIN=path                          run this webhook-ingest binary instead (A/B of builds)
 #   PG_SYNC_COMMIT=on                         off = ablation: Postgres commits without waiting for fsync
 #   LEDGER_ROWS=50000                         earlier events in the ledger before the runs (then
 #                                             VACUUM ANALYZE + CHECKPOINT): the steady state of a
@@ -55,7 +56,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     log "building webhook-ingest (release) and the delivery signer"
     (cd "$REPO_ROOT" && cargo build --release -p webhook-ingest --bin webhook-ingest --example bench_deliveries)
 fi
-BIN="$TARGET_DIR/release/webhook-ingest"
+BIN="${SERVICE_BIN:-$TARGET_DIR/release/webhook-ingest}"
 SIGNER="$TARGET_DIR/release/examples/bench_deliveries"
 
 # --- Redis and Postgres ------------------------------------------------------------------------
@@ -153,7 +154,9 @@ log "warm-up (2 s of /healthz)"
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null
 
 log "/healthz: wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
+health_cpu_before="$(cpu_snapshot)"
 wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$HTTP_PORT/healthz" | tee "$WORK/healthz.txt"
+health_cpu_after="$(cpu_snapshot)"
 
 # Per-command Redis time and per-statement Postgres time and WAL, for the webhook run only.
 redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
@@ -194,6 +197,10 @@ echo "$cpu_before $cpu_after" | awk -v n="$streamed" -v cores="$(nproc)" -v hz="
     us = 1e6 / hz / (n ? n : 1)
     printf "CPU per webhook: service %.0f us, redis %.0f us, postgres %.0f us; machine busy %.0f%% of %d cores\n",
         ($6 - $1) * us, ($7 - $2) * us, ($8 - $3) * us, 100 * (1 - ($10 - $5) / ($9 - $4)), cores }'
+health_requests="$(awk '/requests in/ {print $1}' "$WORK/healthz.txt")"
+echo "$health_cpu_before $health_cpu_after" | awk -v n="$health_requests" -v hz="$(getconf CLK_TCK)" '{
+    printf "CPU per /healthz request: service %.1f us; the rest of the machine (wrk, other load) %.1f us\n",
+        ($6 - $1) * 1e6 / hz / n, (($9 - $4) - ($10 - $5) - ($6 - $1)) * 1e6 / hz / n }'
 echo "Redis per webhook (INFO commandstats: calls, usec inside Redis):"
 redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | awk -F'[:=,]' -v n="$streamed" \
     '/^cmdstat_/ && n > 0 {printf "  %-12s %5.2f calls %7.1f us (%.1f us/call)\n", substr($1, 9), $3 / n, $5 / n, $7}'
