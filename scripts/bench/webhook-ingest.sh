@@ -8,7 +8,11 @@
 #   DURATION=10s  CONNECTIONS=32  THREADS=2   wrk settings (same for both endpoints)
 #   DELIVERIES=200000                         pre-signed unique deliveries (more than the run sends)
 #   SKIP_BUILD=1                              use the release binaries already built
+#   SERVICE_BIN=path                          run this webhook-ingest binary instead (A/B of builds)
 #   PG_SYNC_COMMIT=on                         off = ablation: Postgres commits without waiting for fsync
+#   LEDGER_ROWS=50000                         earlier events in the ledger before the runs (then
+#                                             VACUUM ANALYZE + CHECKPOINT): the steady state of a
+#                                             ledger with history and statistics; 0 = start empty
 #   RATE_LIMIT_LEASE=0                        tokens per limiter round trip (0 = one EVALSHA per request)
 #   LEDGER_BATCH_MAX_ROWS, LEDGER_BATCH_LINGER_MS, LEDGER_BATCH_COMMITTERS   group commit (default: config)
 #   CARGO_TARGET_DIR                          where cargo builds (default: <repo>/target)
@@ -26,6 +30,7 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 SECRET="whsec_bench"
 PG_SYNC_COMMIT="${PG_SYNC_COMMIT:-on}"
 RATE_LIMIT_LEASE="${RATE_LIMIT_LEASE:-0}"
+LEDGER_ROWS="${LEDGER_ROWS:-50000}"
 
 command -v wrk >/dev/null 2>&1 || { log "installing wrk"; apt-get install -y wrk >/dev/null; }
 PG_BIN="$(pg_bin_dir)" || die "Postgres binaries not found: run \`make deps\`"
@@ -51,7 +56,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     log "building webhook-ingest (release) and the delivery signer"
     (cd "$REPO_ROOT" && cargo build --release -p webhook-ingest --bin webhook-ingest --example bench_deliveries)
 fi
-BIN="$TARGET_DIR/release/webhook-ingest"
+BIN="${SERVICE_BIN:-$TARGET_DIR/release/webhook-ingest}"
 SIGNER="$TARGET_DIR/release/examples/bench_deliveries"
 
 # --- Redis and Postgres ------------------------------------------------------------------------
@@ -61,6 +66,10 @@ log "starting redis-server on 127.0.0.1:$REDIS_PORT"
 for _ in $(seq 1 100); do redis_ping "$REDIS_PORT" && break; sleep 0.1; done
 redis_ping "$REDIS_PORT" || die "redis-server did not start"
 
+# pg_stat_statements (when installed) splits the Postgres time by statement in the summary.
+pg_stats_opt=""
+pg_lib="$("$PG_BIN/pg_config" --pkglibdir 2>/dev/null || echo "$(dirname "$PG_BIN")/lib")"
+[[ -f "$pg_lib/pg_stat_statements.so" ]] && pg_stats_opt="-c shared_preload_libraries=pg_stat_statements"
 log "starting Postgres on 127.0.0.1:$PG_PORT (fsync on, synchronous_commit=$PG_SYNC_COMMIT)"
 mkdir -p "$WORK/pg"
 chmod 700 "$WORK/pg"
@@ -70,9 +79,11 @@ as_pg_user "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust -E UTF8 >"$WORK/i
 touch "$WORK/pg.log"
 if is_root; then chown postgres: "$WORK/pg.log"; fi
 as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w -t 60 \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c synchronous_commit=$PG_SYNC_COMMIT" start >/dev/null ||
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c synchronous_commit=$PG_SYNC_COMMIT $pg_stats_opt" start >/dev/null ||
     die "Postgres did not start: $(tail -5 "$WORK/pg.log")"
 "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE webhooks"
+psql_hooks() { "$PG_BIN/psql" -X -q -tA -h 127.0.0.1 -p "$PG_PORT" -U postgres -d webhooks "$@"; }
+[[ -n "$pg_stats_opt" ]] && psql_hooks -c "CREATE EXTENSION pg_stat_statements" >/dev/null
 
 # --- deliveries and service --------------------------------------------------------------------
 log "pre-signing $DELIVERIES unique deliveries"
@@ -106,6 +117,25 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null || die "service not ready: $(tail -5 "$WORK/service.log")"
 
+# A fresh, empty ledger is not what a service meets after its first minute: Postgres caches a
+# prepared statement's generic plan, and one planned on an empty, never-analysed table is a
+# sequential scan (the ledger check's `event_id = ANY($1)`) that stays cached until the next
+# ANALYZE (autovacuum: at most a minute after the first 50 rows). A 10 s run on an empty table
+# measured that scan over a growing table (docs/services/webhook-ingest.md, benchmark).
+if [[ "$LEDGER_ROWS" -gt 0 ]]; then
+    log "filling the ledger with $LEDGER_ROWS earlier events (VACUUM ANALYZE, CHECKPOINT)"
+    psql_hooks -v raw="$(cat "$WORK/deliveries.template")" >/dev/null <<SQL
+INSERT INTO webhook_events
+        (event_id, event_type, created, livemode, api_version, object_id, customer_id, status, stream_id,
+         streamed_at, raw)
+        SELECT 'evt_history_' || g, 'payment_intent.succeeded', 1700000000 + g, false, '2024-06-20',
+               'pi_history_' || g, 'cus_history_' || (g % 997), 'streamed', '1700000000000-' || g, now(),
+               replace(:'raw', '__EVENT_ID__', 'evt_history_' || g)
+        FROM generate_series(1, $LEDGER_ROWS) g;
+SQL
+    psql_hooks -c "VACUUM ANALYZE webhook_events" -c "CHECKPOINT" >/dev/null
+fi
+
 # CPU ticks (utime + stime, USER_HZ) of the service, redis-server, this run's Postgres (postmaster
 # and its children) and the whole machine, so the summary can say where each webhook's CPU goes.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -124,8 +154,14 @@ log "warm-up (2 s of /healthz)"
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null
 
 log "/healthz: wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
+health_cpu_before="$(cpu_snapshot)"
 wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$HTTP_PORT/healthz" | tee "$WORK/healthz.txt"
+health_cpu_after="$(cpu_snapshot)"
 
+# Per-command Redis time and per-statement Postgres time and WAL, for the webhook run only.
+redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
+[[ -n "$pg_stats_opt" ]] && psql_hooks -c "SELECT pg_stat_statements_reset()" >/dev/null
+psql_hooks -c "SELECT pg_stat_reset_shared('wal')" >/dev/null 2>&1 || true
 streamed_before="$(metric webhook_streamed_total)"
 cpu_before="$(cpu_snapshot)"
 log "POST /api/webhooks/stripe: wrk -t$THREADS -c$CONNECTIONS -d$DURATION (unique signed deliveries)"
@@ -154,11 +190,27 @@ printf '%-28s %12s %10s %10s\n' endpoint "req/s" p50 p99
 printf '%-28s %12s %10s %10s\n' "GET /healthz" "$health_rps" "$(pct "$WORK/healthz.txt" 50%)" "$(pct "$WORK/healthz.txt" 99%)"
 printf '%-28s %12s %10s %10s\n' "POST /api/webhooks/stripe" "$hook_rps" "$(pct "$WORK/webhook.txt" 50%)" "$(pct "$WORK/webhook.txt" 99%)"
 echo "verified+streamed webhooks/s: $(awk -v n="$streamed" -v s="$secs" 'BEGIN {printf "%.0f", n / s}') ($streamed streamed in $DURATION; duplicates $duplicates, rejected $rejected, non-2xx $(non2xx "$WORK/webhook.txt"))"
-echo "stream length $stream_len, ledger rows streamed $ledger_streamed"
+echo "stream length $stream_len, ledger rows streamed $ledger_streamed (of which $LEDGER_ROWS filled in before the runs)"
 batch_rows() { echo "$(metric "webhook_ledger_$1_batch_rows_sum") $(metric "webhook_ledger_$1_batch_rows_count")" | awk '{printf "%.1f", $2 ? $1 / $2 : 0}'; }
 echo "ledger rows per statement: checks $(batch_rows touch), inserts (one commit each) $(batch_rows insert)"
 echo "$cpu_before $cpu_after" | awk -v n="$streamed" -v cores="$(nproc)" -v hz="$(getconf CLK_TCK)" '{
     us = 1e6 / hz / (n ? n : 1)
     printf "CPU per webhook: service %.0f us, redis %.0f us, postgres %.0f us; machine busy %.0f%% of %d cores\n",
         ($6 - $1) * us, ($7 - $2) * us, ($8 - $3) * us, 100 * (1 - ($10 - $5) / ($9 - $4)), cores }'
+health_requests="$(awk '/requests in/ {print $1}' "$WORK/healthz.txt")"
+echo "$health_cpu_before $health_cpu_after" | awk -v n="$health_requests" -v hz="$(getconf CLK_TCK)" '{
+    printf "CPU per /healthz request: service %.1f us; the rest of the machine (wrk, other load) %.1f us\n",
+        ($6 - $1) * 1e6 / hz / n, (($9 - $4) - ($10 - $5) - ($6 - $1)) * 1e6 / hz / n }'
+echo "Redis per webhook (INFO commandstats: calls, usec inside Redis):"
+redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | awk -F'[:=,]' -v n="$streamed" \
+    '/^cmdstat_/ && n > 0 {printf "  %-12s %5.2f calls %7.1f us (%.1f us/call)\n", substr($1, 9), $3 / n, $5 / n, $7}'
+if [[ -n "$pg_stats_opt" ]]; then
+    echo "Postgres per webhook (pg_stat_statements: calls, rows, execution ms per 1000 webhooks):"
+    psql_hooks -F ' | ' -c "SELECT round(calls::numeric / greatest($streamed, 1), 3), round(rows::numeric / greatest($streamed, 1), 2),
+        round((total_exec_time * 1000 / greatest($streamed, 1))::numeric, 1), left(regexp_replace(query, '\s+', ' ', 'g'), 60)
+        FROM pg_stat_statements WHERE calls > 10 ORDER BY total_exec_time DESC LIMIT 6" | sed 's/^/  /'
+fi
+psql_hooks -F ' ' -c "SELECT 'Postgres WAL per webhook: ' || round(wal_records::numeric / greatest($streamed, 1), 1) || ' records, '
+    || round(wal_bytes / greatest($streamed, 1)) || ' bytes, ' || round(wal_fpi::numeric / greatest($streamed, 1), 2) || ' full-page images; '
+    || wal_sync || ' flushes (' || round($streamed::numeric / greatest(wal_sync, 1), 1) || ' webhooks each)' FROM pg_stat_wal" 2>/dev/null || true
 echo "ratio webhook/healthz: $(awk -v a="$hook_rps" -v b="$health_rps" 'BEGIN {printf "%.3f", a / b}') (target >= 0.3)"

@@ -119,7 +119,7 @@ pub async fn record(
     .bind(&event.customer_id)
     .bind(status.as_str())
     .bind(stream_id)
-    .bind(&event.raw)
+    .bind(&*event.raw)
     .bind(count_delivery)
     .fetch_one(db)
     .await?;
@@ -204,7 +204,7 @@ impl BatchOp for StreamedInsertBatch {
         .bind(column(|r| r.event.object_id.as_deref()))
         .bind(column(|r| r.event.customer_id.as_deref()))
         .bind(column(|r| Some(r.stream_id.as_str())))
-        .bind(column(|r| Some(r.event.raw.as_str())))
+        .bind(column(|r| Some(&*r.event.raw)))
         .fetch_all(db)
         .await?;
         let mut found = by_event_id(rows)?;

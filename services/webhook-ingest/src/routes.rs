@@ -9,7 +9,7 @@ use futures::StreamExt;
 use platform_redis::ratelimit::{RateLimit, RateLimiter};
 use platform_service::RequireAdmin;
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::WebhookError;
@@ -68,23 +68,29 @@ async fn receive(
     state.metrics.latency.observe(started.elapsed().as_secs_f64());
     match result {
         Ok((event_id, accepted)) => {
-            let body = match &accepted {
+            let mut receipt = Receipt {
+                received: true,
+                duplicate: false,
+                event_id: &event_id,
+                status: None,
+                stream_id: None,
+            };
+            match &accepted {
                 Accepted::Duplicate => {
                     state.metrics.duplicates.inc();
-                    json!({ "received": true, "duplicate": true, "eventId": event_id })
+                    receipt.duplicate = true;
                 }
                 Accepted::Streamed { stream_id } => {
                     state.metrics.streamed.inc();
-                    json!({ "received": true, "duplicate": false, "eventId": event_id,
-                            "status": "streamed", "streamId": stream_id })
+                    receipt.status = Some("streamed");
+                    receipt.stream_id = Some(stream_id);
                 }
                 Accepted::Ignored => {
                     state.metrics.ignored.inc();
-                    json!({ "received": true, "duplicate": false, "eventId": event_id,
-                            "status": "ignored" })
+                    receipt.status = Some("ignored");
                 }
-            };
-            Ok(HttpResponse::Ok().json(body))
+            }
+            Ok(HttpResponse::Ok().json(receipt))
         }
         Err(error) => {
             state.metrics.reject(error.reason());
@@ -94,6 +100,19 @@ async fn receive(
             Err(error)
         }
     }
+}
+
+/// The 200 body of a delivery (a struct rather than `json!`: no map built per response).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Receipt<'a> {
+    received: bool,
+    duplicate: bool,
+    event_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_id: Option<&'a str>,
 }
 
 async fn verify_and_accept(
