@@ -715,59 +715,24 @@ impl StreamConsumer {
 
     /// `XREADGROUP … >` on the reader's connection, blocking up to `block` (`None`: answers at
     /// once); returns the entries and when the read was sent (the start of their lease).
-    ///
-    /// A read that answers at once asks for the batch in pipelined pieces of at most
-    /// [`READ_PIECE`] entries: fred's RESP3 decoder parses an incomplete reply again from its
-    /// start each time more of it arrives, so the work grows with the square of one reply's size
-    /// (a 1000-entry reply of ~190 KB spent a quarter of the usage consumer's CPU in it). Redis
-    /// serves the pieces one after the other, each the next entries of the stream.
     async fn read_new(&self, reader: &Client, block: Option<Duration>) -> Result<ReadBatch> {
-        let read_started = Instant::now();
-        let batch = self.settings.batch_size;
-        if block.is_some() || batch <= READ_PIECE {
-            let value = self.read_piece(reader, batch, block).await?;
-            return Ok((parse_read_response(value)?, read_started));
-        }
-        let pieces = (0..batch)
-            .step_by(READ_PIECE)
-            .map(|from| self.read_piece(reader, (batch - from).min(READ_PIECE), None));
-        let mut parsed = Vec::new();
-        for answer in futures::future::join_all(pieces).await {
-            parsed.push(parse_read_response(answer?)?);
-        }
-        // fred sends the pieces in the order they are polled; order by id anyway, so a batch is
-        // in stream order whatever the client did.
-        parsed.sort_by_key(|piece| piece.first().map(|entry| stream_id(&entry.id)));
-        let mut entries = Vec::with_capacity(batch);
-        for piece in parsed {
-            entries.extend(piece);
-        }
-        Ok((entries, read_started))
-    }
-
-    /// One `XREADGROUP … COUNT count >`.
-    async fn read_piece(
-        &self,
-        reader: &Client,
-        count: usize,
-        block: Option<Duration>,
-    ) -> Result<Value> {
         let wait = block.unwrap_or_default();
         let options =
             Options { timeout: Some(wait + Duration::from_secs(5)), ..Options::default() };
+        let read_started = Instant::now();
         let value = reader
             .with_options(&options)
             .xreadgroup::<Value, _, _, _, _>(
                 self.settings.group.as_str(),
                 self.settings.consumer.as_str(),
-                Some(count as u64),
+                Some(self.settings.batch_size as u64),
                 block.map(|b| b.as_millis() as u64),
                 false,
                 self.key.as_str(),
                 ">",
             )
             .await?;
-        Ok(value)
+        Ok((parse_read_response(value)?, read_started))
     }
 
     /// Waits for a background `EXEC` and counts its batch.
@@ -1034,15 +999,6 @@ impl StreamConsumer {
         let () = tx.xadd(&self.dead_key, false, ("MAXLEN", "~", cap), "*", fields).await?;
         Ok(())
     }
-}
-
-/// Most entries one non-blocking `XREADGROUP` asks for (see `StreamConsumer::read_new`).
-const READ_PIECE: usize = 250;
-
-/// A stream entry id `<ms>-<seq>` as numbers, for ordering; malformed parts read as 0.
-fn stream_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 /// Decodes an entry's body; the error is the dead-letter reason.
