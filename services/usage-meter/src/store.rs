@@ -6,7 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 
@@ -32,13 +34,16 @@ use crate::domain::{DONATION_VOLUME, Metric, Month, OrgId, USAGE_FIELDS, ValidEv
 ///   `HINCRBY`/`ZINCRBY` per slot. Gauges (storage_used) keep the value with the latest event
 ///   time (ties: the larger value, so the result does not depend on delivery order), per event.
 /// - **Details** go to the org's capped list with one `LPUSH` of all of them per list;
-///   `<org>|<month>` is marked dirty once per batch; each key's TTL is refreshed once per batch.
+///   each key's TTL is refreshed once per batch.
+/// - **Dirty marks**: one `HSET` sets every touched `<org>|<month>` to this call's generation,
+///   a token no other call uses ([`next_generation`]), so a flusher that copied a month sees any
+///   later change as a different value (one command per batch, not an `HINCRBY` per month).
 ///
 /// Returns the keyed indices (below) of the events that were duplicates.
 ///
 /// KEYS: `[dirty, marks of this bucket, of the previous one, of the one before (unlinked), slot
 /// keys…]` (each key once).
-/// ARGV: `[counter_ttl, events_ttl, events_cap, marks_ttl, m, k, g, d]`, then m slots `[kind
+/// ARGV: `[counter_ttl, events_ttl, events_cap, marks_ttl, m, k, g, d, generation]`, then m slots `[kind
 /// (c|g|d), field, org, dirty field, counters, top, top2 (KEYS indices), total, count, keyed,
 /// values]`, then the k members of the keyed events (1-based "keyed index" = position here,
 /// grouped by slot in slot order: each slot owns the next `keyed` of them), then g gauge events
@@ -51,7 +56,8 @@ const RECORD_LUA: &str = r"
 local counter_ttl, events_ttl = ARGV[1], ARGV[2]
 local events_cap, marks_ttl = tonumber(ARGV[3]), ARGV[4]
 local m, k, g, d = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local sl = 9
+local generation = ARGV[9]
+local sl = 10
 local mb = sl + 11 * m
 local gb = mb + k
 local db = gb + 4 * g
@@ -137,7 +143,16 @@ for j = 0, g - 1 do
     touch(b)
   end
 end
-for _, field in ipairs(dirty_order) do redis.call('HINCRBY', KEYS[1], field, 1) end
+if #dirty_order > 0 then
+  local marks = {}
+  for _, field in ipairs(dirty_order) do
+    marks[#marks + 1] = field
+    marks[#marks + 1] = generation
+  end
+  for from = 1, #marks, chunk do
+    redis.call('HSET', KEYS[1], unpack(marks, from, math.min(from + chunk - 1, #marks)))
+  end
+end
 for _, key in ipairs(ttl_order) do redis.call('EXPIRE', key, counter_ttl) end
 local lists, list_order = {}, {}
 for j = 0, d - 1 do
@@ -245,6 +260,15 @@ impl RecordCall {
             })
             .collect()
     }
+}
+
+/// A dirty-mark generation no other recording call uses: a random prefix per process and a
+/// counter within it.
+fn next_generation() -> String {
+    static PROCESS: LazyLock<u64> =
+        LazyLock::new(|| std::collections::hash_map::RandomState::new().build_hasher().finish());
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    format!("{:016x}-{}", *PROCESS, CALLS.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The idempotency time bucket of `now_secs` (unix seconds) for a window of `window_secs`.
@@ -376,6 +400,7 @@ fn record_call(
     a.push(members.len().to_string());
     a.push(gauge_count.to_string());
     a.push((details.len() / 3).to_string());
+    a.push(next_generation());
     a.extend(slot_args);
     a.extend(members);
     a.extend(gauges);
