@@ -147,3 +147,25 @@ async fn keys_counted_by_an_earlier_batch_are_taken_out_of_their_slots_total_whe
     let top = store::top(&clients, "donation_volume_cents", Month::current(), 10).await.unwrap();
     assert_eq!(top, vec![("o1".to_owned(), 2500 + 1999 + 30_000)]);
 }
+
+#[tokio::test]
+async fn a_month_changed_after_the_flusher_read_its_mark_stays_dirty() {
+    // Arrange: o1 and o2 recorded; the flusher reads the marks; then o1 changes again.
+    let clients = clients("usage-dirty-generation").await;
+    let first = [event("o1", "sms_sent", 1, Some("a")), event("o2", "sms_sent", 1, Some("b"))];
+    let first_refs: Vec<&ValidEvent> = first.iter().collect();
+    store::record_at(&clients, &retention(), &first_refs, at(10)).await.unwrap();
+    let read = store::dirty(&clients).await.unwrap();
+    let later = event("o1", "sms_sent", 1, Some("c"));
+    store::record_at(&clients, &retention(), &[&later], at(11)).await.unwrap();
+
+    // Act: the flusher clears what it read.
+    let cleared = store::clear_dirty(&clients, &read).await.unwrap();
+
+    // Assert: o2's mark is gone; o1's, changed since, is still there.
+    assert_eq!(read.len(), 2);
+    assert_eq!(cleared, 1);
+    let left: Vec<String> =
+        store::dirty(&clients).await.unwrap().into_iter().map(|m| m.org).collect();
+    assert_eq!(left, vec!["o1".to_owned()]);
+}
