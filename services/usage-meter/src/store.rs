@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -262,13 +262,14 @@ impl RecordCall {
     }
 }
 
-/// A dirty-mark generation no other recording call uses: a random prefix per process and a
-/// counter within it.
+/// A dirty-mark generation no other recording call uses (up to chance, 2^-63): a keyed hash,
+/// random per process, of a counter. A number, so that during a rolling upgrade a consumer of
+/// the previous version, which bumps marks with `HINCRBY`, still finds an integer there.
 fn next_generation() -> String {
-    static PROCESS: LazyLock<u64> =
-        LazyLock::new(|| std::collections::hash_map::RandomState::new().build_hasher().finish());
+    static KEYS: LazyLock<std::collections::hash_map::RandomState> =
+        LazyLock::new(std::collections::hash_map::RandomState::new);
     static CALLS: AtomicU64 = AtomicU64::new(0);
-    format!("{:016x}-{}", *PROCESS, CALLS.fetch_add(1, Ordering::Relaxed))
+    (KEYS.hash_one(CALLS.fetch_add(1, Ordering::Relaxed)) >> 1).to_string()
 }
 
 /// The idempotency time bucket of `now_secs` (unix seconds) for a window of `window_secs`.
