@@ -73,6 +73,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use fred::bytes_utils::Str;
 use fred::clients::Transaction;
 use fred::prelude::*;
 use serde::de::DeserializeOwned;
@@ -503,16 +504,17 @@ pub struct StreamConsumer {
     counters: Arc<Counters>,
 }
 
-/// An entry as read, before decoding.
+/// An entry as read, before decoding. The fields are the reply's own bytes (no copy), in a list:
+/// entries have two or three fields, which a linear search finds faster than a hash lookup.
 #[derive(Debug)]
 struct RawEntry {
     id: String,
-    fields: HashMap<String, String>,
+    fields: Vec<(Str, Str)>,
 }
 
 impl RawEntry {
     fn field(&self, name: &str) -> Option<&str> {
-        self.fields.get(name).map(String::as_str)
+        self.fields.iter().find(|(k, _)| &**k == name).map(|(_, v)| &**v)
     }
 }
 
@@ -1063,21 +1065,19 @@ fn parse_entries(value: Value) -> Result<Vec<RawEntry>> {
             .and_then(Value::into_string)
             .ok_or_else(|| RedisError::Unexpected("stream entry without id".into()))?;
         let fields = match parts.next() {
-            Some(Value::Map(map)) => map
-                .inner()
-                .into_iter()
-                .map(|(k, v)| (k.as_str_lossy().into_owned(), lossy(v)))
-                .collect(),
+            Some(Value::Map(map)) => {
+                map.inner().into_iter().map(|(k, v)| (lossy_key(k), lossy(v))).collect()
+            }
             Some(Value::Array(flat)) => {
-                let mut fields = HashMap::with_capacity(flat.len() / 2);
+                let mut fields = Vec::with_capacity(flat.len() / 2);
                 let mut items = flat.into_iter();
                 while let (Some(k), Some(v)) = (items.next(), items.next()) {
-                    fields.insert(lossy(k), lossy(v));
+                    fields.push((lossy(k), lossy(v)));
                 }
                 fields
             }
             // A pending entry whose data was deleted; decoding reports the missing fields.
-            _ => HashMap::new(),
+            _ => Vec::new(),
         };
         out.push(RawEntry { id, fields });
     }
@@ -1092,12 +1092,22 @@ fn array(value: Value) -> Vec<Value> {
     }
 }
 
-/// Field values as text; bytes that are not UTF-8 are replaced (decoding then rejects the entry).
-fn lossy(value: Value) -> String {
+/// Field values as text, sharing the reply's buffer; bytes that are not UTF-8 are replaced
+/// (decoding then rejects the entry).
+fn lossy(value: Value) -> Str {
     match value {
-        Value::Bytes(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        other => other.as_str_lossy().map(|s| s.into_owned()).unwrap_or_default(),
+        Value::String(text) => text,
+        Value::Bytes(bytes) => Str::from_inner(bytes.clone())
+            .unwrap_or_else(|_| Str::from(String::from_utf8_lossy(&bytes).into_owned())),
+        other => other.as_str_lossy().map(|s| Str::from(s.into_owned())).unwrap_or_default(),
     }
+}
+
+/// A field name (a map key in RESP3) as [`lossy`] reads values.
+fn lossy_key(key: Key) -> Str {
+    let bytes = key.into_bytes();
+    Str::from_inner(bytes.clone())
+        .unwrap_or_else(|_| Str::from(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// XPENDING's extended form answers a list of rows; fred may hand a single row unwrapped.
@@ -1117,7 +1127,7 @@ mod tests {
     fn raw(fields: &[(&str, &str)]) -> RawEntry {
         RawEntry {
             id: "1-0".into(),
-            fields: fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            fields: fields.iter().map(|(k, v)| (Str::from(*k), Str::from(*v))).collect(),
         }
     }
 

@@ -4,8 +4,11 @@
 //!
 //! Keys: [`platform_redis::Keys::usage_counters`] and siblings (see the key table there).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::hash::BuildHasher;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 
@@ -31,26 +34,32 @@ use crate::domain::{DONATION_VOLUME, Metric, Month, OrgId, USAGE_FIELDS, ValidEv
 ///   `HINCRBY`/`ZINCRBY` per slot. Gauges (storage_used) keep the value with the latest event
 ///   time (ties: the larger value, so the result does not depend on delivery order), per event.
 /// - **Details** go to the org's capped list with one `LPUSH` of all of them per list;
-///   `<org>|<month>` is marked dirty once per batch; each key's TTL is refreshed once per batch.
+///   each key's TTL is refreshed once per batch.
+/// - **Dirty marks**: one `HSET` sets every touched `<org>|<month>` to this call's generation,
+///   a token no other call uses ([`next_generation`]), so a flusher that copied a month sees any
+///   later change as a different value (one command per batch, not an `HINCRBY` per month).
 ///
 /// Returns the keyed indices (below) of the events that were duplicates.
 ///
 /// KEYS: `[dirty, marks of this bucket, of the previous one, of the one before (unlinked), slot
 /// keys…]` (each key once).
-/// ARGV: `[counter_ttl, events_ttl, events_cap, marks_ttl, m, k, g, d]`, then m slots `[kind
-/// (c|g|d), field, org, dirty field, counters, top, top2 (KEYS indices), total, count, keyed]`,
-/// then the k members of the keyed events (1-based "keyed index" = position here, grouped by
-/// slot in slot order: each slot owns the next `keyed` of them), then their k values, then g
-/// gauge events `[slot, value, at_ms, keyed index or 0]`, then d details `[keyed index or 0,
-/// list KEYS index, json]`.
+/// ARGV: `[counter_ttl, events_ttl, events_cap, marks_ttl, m, k, g, d, generation]`, then m slots `[kind
+/// (c|g|d), field, org, dirty field, counters, top, top2 (KEYS indices), total, count, keyed,
+/// values]`, then the k members of the keyed events (1-based "keyed index" = position here,
+/// grouped by slot in slot order: each slot owns the next `keyed` of them), then g gauge events
+/// `[slot, value, at_ms, keyed index or 0]`, then d details `[keyed index or 0, list KEYS index,
+/// json]`. A slot's `values` are its keyed events' values joined by commas (empty for gauges):
+/// one argument per slot instead of one per event, parsed only when the batch had duplicates.
+/// Every argument costs Redis a string object when the `EVAL` is queued and a Lua string when it
+/// runs, so the per-event arguments are just the members.
 const RECORD_LUA: &str = r"
 local counter_ttl, events_ttl = ARGV[1], ARGV[2]
 local events_cap, marks_ttl = tonumber(ARGV[3]), ARGV[4]
 local m, k, g, d = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local sl = 9
-local mb = sl + 10 * m
-local vb = mb + k
-local gb = vb + k
+local generation = ARGV[9]
+local sl = 10
+local mb = sl + 11 * m
+local gb = mb + k
 local db = gb + 4 * g
 -- unpack() and command arity have limits: at most this many members per call.
 local chunk = 1000
@@ -88,14 +97,15 @@ local function touch(slot_base)
 end
 local q = 0
 for s = 0, m - 1 do
-  local b = sl + s * 10
+  local b = sl + s * 11
   local kind = ARGV[b]
   local total, count, keyed = ARGV[b + 7], tonumber(ARGV[b + 8]), tonumber(ARGV[b + 9])
   if kind ~= 'g' then
     if ndup > 0 then
-      local t = tonumber(total)
-      for i = q + 1, q + keyed do
-        if dup[i] then t = t - tonumber(ARGV[vb + i - 1]); count = count - 1 end
+      local t, i = tonumber(total), q
+      for v in string.gmatch(ARGV[b + 10], '[^,]+') do
+        i = i + 1
+        if dup[i] then t = t - tonumber(v); count = count - 1 end
       end
       total = string.format('%.0f', t)
     end
@@ -120,7 +130,7 @@ for j = 0, g - 1 do
   local a = gb + j * 4
   local ki = tonumber(ARGV[a + 3])
   if ki == 0 or not dup[ki] then
-    local b = sl + (tonumber(ARGV[a]) - 1) * 10
+    local b = sl + (tonumber(ARGV[a]) - 1) * 11
     local counters, field = KEYS[tonumber(ARGV[b + 4])], ARGV[b + 1]
     local value, at = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     local at_field = field .. ':at'
@@ -133,7 +143,16 @@ for j = 0, g - 1 do
     touch(b)
   end
 end
-for _, field in ipairs(dirty_order) do redis.call('HINCRBY', KEYS[1], field, 1) end
+if #dirty_order > 0 then
+  local marks = {}
+  for _, field in ipairs(dirty_order) do
+    marks[#marks + 1] = field
+    marks[#marks + 1] = generation
+  end
+  for from = 1, #marks, chunk do
+    redis.call('HSET', KEYS[1], unpack(marks, from, math.min(from + chunk - 1, #marks)))
+  end
+end
 for _, key in ipairs(ttl_order) do redis.call('EXPIRE', key, counter_ttl) end
 local lists, list_order = {}, {}
 for j = 0, d - 1 do
@@ -187,11 +206,15 @@ pub struct Retention {
     pub idempotency_window_secs: u64,
 }
 
+/// Hash maps of one batch: foldhash, not SipHash (the keys are ours, and hashing showed in
+/// profiles of the consumer).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Interns keys so each is passed once; returns 1-based `KEYS` indices.
 #[derive(Default)]
 struct KeyList {
     keys: Vec<String>,
-    index: HashMap<String, usize>,
+    index: FastMap<String, usize>,
 }
 
 impl KeyList {
@@ -227,7 +250,7 @@ struct RecordCall {
 impl RecordCall {
     /// Per event whether it was counted, given the keyed indices the script found duplicate.
     fn counted(&self, duplicates: &[i64]) -> Vec<bool> {
-        let duplicates: std::collections::HashSet<i64> = duplicates.iter().copied().collect();
+        let duplicates: HashSet<i64> = duplicates.iter().copied().collect();
         self.fates
             .iter()
             .map(|fate| match fate {
@@ -237,6 +260,16 @@ impl RecordCall {
             })
             .collect()
     }
+}
+
+/// A dirty-mark generation no other recording call uses (up to chance, 2^-63): a keyed hash,
+/// random per process, of a counter. A number, so that during a rolling upgrade a consumer of
+/// the previous version, which bumps marks with `HINCRBY`, still finds an integer there.
+fn next_generation() -> String {
+    static KEYS: LazyLock<std::collections::hash_map::RandomState> =
+        LazyLock::new(std::collections::hash_map::RandomState::new);
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    (KEYS.hash_one(CALLS.fetch_add(1, Ordering::Relaxed)) >> 1).to_string()
 }
 
 /// The idempotency time bucket of `now_secs` (unix seconds) for a window of `window_secs`.
@@ -268,9 +301,10 @@ fn record_call(
 
     // Repeats within the batch: the first in stream order counts, the others are not sent.
     let mut fates = vec![Fate::Counted; events.len()];
-    let mut seen = std::collections::HashSet::new();
+    let mut seen: HashSet<(&str, &str), foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(events.len(), Default::default());
     let mut slots: Vec<Slot> = Vec::new();
-    let mut slot_index: HashMap<(&str, Month, Metric), usize> = HashMap::new();
+    let mut slot_index: FastMap<(&str, Month, Metric), usize> = FastMap::default();
     for (i, event) in events.iter().enumerate() {
         if let Some(key) = &event.idempotency_key
             && !seen.insert((event.org.as_str(), key.as_str()))
@@ -287,8 +321,8 @@ fn record_call(
         slots[s].events.push(i);
     }
 
-    let mut slot_args = Vec::with_capacity(slots.len() * 10);
-    let (mut members, mut values) = (Vec::new(), Vec::new());
+    let mut slot_args = Vec::with_capacity(slots.len() * 11);
+    let mut members = Vec::with_capacity(events.len());
     let (mut gauges, mut details) = (Vec::new(), Vec::new());
     let mut gauge_count = 0usize;
     for (s, slot) in slots.iter().enumerate() {
@@ -309,14 +343,19 @@ fn record_call(
         };
         let counters = k.add(keys.usage_counters(org, &month));
         let mut events_key = None;
-        let (mut total, mut keyed) = (0i64, 0usize);
+        let (mut total, mut keyed, mut values) = (0i64, 0usize, String::new());
         for &i in &slot.events {
             let event = events[i];
             total = total.saturating_add(event.value);
             let keyed_index = match &event.idempotency_key {
                 Some(key) => {
                     members.push(format!("{org}|{key}"));
-                    values.push(event.value.to_string());
+                    if kind != "g" {
+                        if keyed > 0 {
+                            values.push(',');
+                        }
+                        let _ = write!(values, "{}", event.value);
+                    }
                     keyed += 1;
                     fates[i] = Fate::Keyed(members.len());
                     members.len()
@@ -348,11 +387,12 @@ fn record_call(
             total.to_string(),
             slot.events.len().to_string(),
             keyed.to_string(),
+            values,
         ]);
     }
     let window = retention.idempotency_window_secs.max(1);
     let mut a =
-        Vec::with_capacity(8 + slot_args.len() + members.len() * 2 + gauges.len() + details.len());
+        Vec::with_capacity(8 + slot_args.len() + members.len() + gauges.len() + details.len());
     a.push(retention.counter_ttl_secs.to_string());
     a.push(retention.events_ttl_secs.to_string());
     a.push(retention.events_per_org.max(1).to_string());
@@ -361,9 +401,9 @@ fn record_call(
     a.push(members.len().to_string());
     a.push(gauge_count.to_string());
     a.push((details.len() / 3).to_string());
+    a.push(next_generation());
     a.extend(slot_args);
     a.extend(members);
-    a.extend(values);
     a.extend(gauges);
     a.extend(details);
     RecordCall { keys: k.keys, args: a, fates }

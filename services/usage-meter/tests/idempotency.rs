@@ -113,3 +113,59 @@ async fn repeats_within_one_batch_count_once_and_the_rest_of_the_batch_counts() 
     assert_eq!(details.len(), 6, "one detail event per counted event: {details:?}");
     assert_eq!(details[0]["metric"], "donation_processed", "newest first");
 }
+
+#[tokio::test]
+async fn keys_counted_by_an_earlier_batch_are_taken_out_of_their_slots_total_wherever_they_sit() {
+    // Arrange: an earlier batch counted "a" (sms) and "d1" (a donation); the next batch repeats
+    // them in the middle of slots of values with different lengths.
+    let clients = clients("usage-idem-subtract").await;
+    let earlier = [
+        event("o1", "sms_sent", 7, Some("a")),
+        event("o1", "donation_processed", 2500, Some("d1")),
+    ];
+    let earlier_refs: Vec<&ValidEvent> = earlier.iter().collect();
+    store::record_at(&clients, &retention(), &earlier_refs, at(10)).await.unwrap();
+    let batch = [
+        event("o1", "sms_sent", 12, Some("x")),
+        event("o1", "sms_sent", 345, Some("a")),
+        event("o1", "sms_sent", 6789, Some("y")),
+        event("o1", "sms_sent", 1, None),
+        event("o1", "donation_processed", 1999, Some("d2")),
+        event("o1", "donation_processed", 2500, Some("d1")),
+        event("o1", "donation_processed", 30_000, Some("d3")),
+    ];
+    let refs: Vec<&ValidEvent> = batch.iter().collect();
+
+    // Act
+    let counted = store::record_at(&clients, &retention(), &refs, at(20)).await.unwrap();
+
+    // Assert
+    assert_eq!(counted, vec![true, false, true, true, true, false, true]);
+    assert_eq!(counter(&clients, "o1", "sms_sent").await, 7 + 12 + 6789 + 1);
+    assert_eq!(counter(&clients, "o1", "donation_processed").await, 3);
+    assert_eq!(counter(&clients, "o1", "donation_volume_cents").await, 2500 + 1999 + 30_000);
+    let top = store::top(&clients, "donation_volume_cents", Month::current(), 10).await.unwrap();
+    assert_eq!(top, vec![("o1".to_owned(), 2500 + 1999 + 30_000)]);
+}
+
+#[tokio::test]
+async fn a_month_changed_after_the_flusher_read_its_mark_stays_dirty() {
+    // Arrange: o1 and o2 recorded; the flusher reads the marks; then o1 changes again.
+    let clients = clients("usage-dirty-generation").await;
+    let first = [event("o1", "sms_sent", 1, Some("a")), event("o2", "sms_sent", 1, Some("b"))];
+    let first_refs: Vec<&ValidEvent> = first.iter().collect();
+    store::record_at(&clients, &retention(), &first_refs, at(10)).await.unwrap();
+    let read = store::dirty(&clients).await.unwrap();
+    let later = event("o1", "sms_sent", 1, Some("c"));
+    store::record_at(&clients, &retention(), &[&later], at(11)).await.unwrap();
+
+    // Act: the flusher clears what it read.
+    let cleared = store::clear_dirty(&clients, &read).await.unwrap();
+
+    // Assert: o2's mark is gone; o1's, changed since, is still there.
+    assert_eq!(read.len(), 2);
+    assert_eq!(cleared, 1);
+    let left: Vec<String> =
+        store::dirty(&clients).await.unwrap().into_iter().map(|m| m.org).collect();
+    assert_eq!(left, vec!["o1".to_owned()]);
+}
