@@ -1097,15 +1097,18 @@ fn array(value: Value) -> Vec<Value> {
 fn lossy(value: Value) -> Str {
     match value {
         Value::String(text) => text,
-        Value::Bytes(bytes) => Str::from_inner(bytes.clone())
-            .unwrap_or_else(|_| Str::from(String::from_utf8_lossy(&bytes).into_owned())),
+        Value::Bytes(bytes) => lossy_bytes(bytes),
         other => other.as_str_lossy().map(|s| Str::from(s.into_owned())).unwrap_or_default(),
     }
 }
 
 /// A field name (a map key in RESP3) as [`lossy`] reads values.
 fn lossy_key(key: Key) -> Str {
-    let bytes = key.into_bytes();
+    lossy_bytes(key.into_bytes())
+}
+
+/// The bytes as text without a copy when they are UTF-8.
+fn lossy_bytes(bytes: fred::bytes::Bytes) -> Str {
     Str::from_inner(bytes.clone())
         .unwrap_or_else(|_| Str::from(String::from_utf8_lossy(&bytes).into_owned()))
 }
