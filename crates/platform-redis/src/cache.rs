@@ -3,9 +3,9 @@
 //! every replica drops its L1 copies.
 //!
 //! How a read is served ([`Cache::get_or_compute`]):
-//! 1. **L1**: a bounded in-process map (least recently used entry evicted first). An L1 copy lives
-//!    at most [`CacheSettings::l1_ttl_max`] and never past the L2 expiry, so a lost invalidation
-//!    message cannot keep stale data around for long.
+//! 1. **L1**: a bounded in-process map (least recently used entry evicted first, to within half
+//!    the bound: see [`L1`]). An L1 copy lives at most [`CacheSettings::l1_ttl_max`] and never past
+//!    the L2 expiry, so a lost invalidation message cannot keep stale data around for long.
 //! 2. **Single flight**: concurrent misses of one key in one process share one leader; the others
 //!    wait for its value. If the leader's `compute` fails (or the leader's future is dropped), each
 //!    waiter runs its own `compute` once, uncoalesced, and gets its own result or error: nobody
@@ -39,8 +39,13 @@
 //! **Serialised values.** An L1 hit clones the cached value. For a response body, cache a
 //! [`JsonBytes`] (or a struct holding one): it holds the JSON already serialised, so a hit costs a
 //! reference-count increment and the handler sends the bytes without running serde.
+//!
+//! **Hot reads.** `compute` owns clones of its handles (pools, counters), and building and
+//! dropping it means reference counts that every worker thread touches, on every read, hit or not.
+//! A hot route calls [`Cache::fresh_l1_hit`] first and builds `compute` only when that says no.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
@@ -107,6 +112,18 @@ impl JsonBytes {
     /// The JSON text, sharing the buffer.
     pub fn bytes(&self) -> Bytes {
         self.0.clone()
+    }
+
+    /// The JSON text, taken out without touching the reference count.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// The JSON text in a buffer of its own. Cheaper than a clone for a hot value read on
+    /// several threads at once: copying a few kilobytes costs less than the reference count's
+    /// cache line moving between cores twice per read.
+    pub fn copied(&self) -> JsonBytes {
+        JsonBytes(Bytes::copy_from_slice(&self.0))
     }
 
     /// The JSON text as a slice.
@@ -365,6 +382,40 @@ impl Cache {
         self.inner.l1_get::<T>(&entry_key).map(|(value, _)| value)
     }
 
+    /// `read` of the L1 copy of `key` in `group` when this replica holds one too far from its
+    /// expiry for an early refresh to be drawn: no I/O, no allocation, no random draw (see "Hot
+    /// reads" in the module doc). `read` runs under the L1 lock: keep it to a clone or a copy. On
+    /// `None` call [`Self::get_or_compute`], which decides everything else as it always does.
+    /// Counted as an L1 hit.
+    pub fn fresh_l1_hit<T: 'static, R>(
+        &self,
+        group: &str,
+        key: &str,
+        read: impl FnOnce(&T) -> R,
+    ) -> Option<Cached<R>> {
+        thread_local! {
+            /// The entry key of the lookup, rebuilt in place so a hit allocates nothing.
+            static ENTRY_KEY: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        let inner = &self.inner;
+        if !inner.settings.enabled {
+            return None;
+        }
+        let now = Instant::now();
+        let value = ENTRY_KEY.with_borrow_mut(|entry_key| {
+            entry_key.clear();
+            inner.keys.write_cache_entry(entry_key, group, key);
+            let mut l1 = lock(&inner.l1);
+            let entry = l1.get(entry_key, now)?;
+            if now >= entry.quiet_until {
+                return None;
+            }
+            entry.value.downcast_ref::<T>().map(read)
+        })?;
+        inner.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
+        Some(Cached { value, status: CacheStatus::Hit, tier: Tier::L1 })
+    }
+
     /// Returns the value of `key` in invalidation `group`, from L1, Redis, or `compute` (stored
     /// for `ttl`). See the module doc for coalescing, early refresh and Redis failures. Only
     /// `compute`'s error is ever returned.
@@ -601,9 +652,10 @@ impl Cache {
 
 impl Inner {
     fn l1_get<T: Clone + 'static>(&self, entry_key: &str) -> Option<(T, Meta)> {
-        let (shared, meta) = lock(&self.l1).get(entry_key)?;
+        let mut l1 = lock(&self.l1);
+        let entry = l1.get(entry_key, Instant::now())?;
         // Another type under the same key is a caller bug; treat it as a miss and overwrite.
-        shared.downcast_ref::<T>().map(|value| (value.clone(), meta))
+        entry.value.downcast_ref::<T>().map(|value| (value.clone(), entry.meta))
     }
 
     /// Puts a copy in L1 unless an invalidation was applied since `generation` was read.
@@ -613,9 +665,16 @@ impl Inner {
         if life.is_zero() {
             return;
         }
+        let quiet_ms =
+            remaining_ms.saturating_sub(max_head_start_ms(&meta, self.settings.early_refresh_beta));
+        let now = Instant::now();
+        let times = L1Times {
+            deadline: now + life,
+            quiet_until: now + life.min(Duration::from_millis(quiet_ms)),
+        };
         let mut l1 = lock(&self.l1);
         if self.generation.load(Ordering::SeqCst) == generation {
-            l1.insert(entry_key, group, value, meta, Instant::now() + life);
+            l1.insert(entry_key, group, value, meta, times);
         }
     }
 
@@ -832,6 +891,10 @@ impl Meta {
 }
 
 /// The in-process tier: a map bounded by `max` entries, least recently used evicted first.
+///
+/// Recency is tracked lazily: a read moves an entry to the young end only once it has fallen into
+/// the older half of the order (`max / 2` moves behind). A hot entry is then read with no
+/// reordering and no allocation, and what is evicted is still among the least recently used half.
 struct L1 {
     entries: HashMap<String, L1Entry>,
     /// Recency order: the smallest sequence number is the least recently used.
@@ -845,7 +908,17 @@ struct L1Entry {
     group: String,
     meta: Meta,
     deadline: Instant,
+    /// Before this no early refresh can be drawn ([`max_head_start_ms`]), so a read needs no
+    /// draw ([`Cache::fresh_l1_hit`]).
+    quiet_until: Instant,
     seq: u64,
+}
+
+/// When an L1 copy expires, and until when it cannot be due for an early refresh.
+#[derive(Debug, Clone, Copy)]
+struct L1Times {
+    deadline: Instant,
+    quiet_until: Instant,
 }
 
 impl L1 {
@@ -857,20 +930,22 @@ impl L1 {
         self.entries.len()
     }
 
-    fn get(&mut self, key: &str) -> Option<(Shared, Meta)> {
-        let entry = self.entries.get_mut(key)?;
-        if entry.deadline <= Instant::now() {
+    fn get(&mut self, key: &str, now: Instant) -> Option<&L1Entry> {
+        if self.entries.get(key)?.deadline <= now {
             self.remove(key);
             return None;
         }
-        self.order.remove(&entry.seq);
-        entry.seq = self.next_seq;
-        self.next_seq += 1;
-        self.order.insert(entry.seq, key.to_owned());
-        Some((Arc::clone(&entry.value), entry.meta))
+        let entry = self.entries.get_mut(key)?;
+        if self.next_seq - entry.seq > self.max as u64 / 2 {
+            self.order.remove(&entry.seq);
+            entry.seq = self.next_seq;
+            self.next_seq += 1;
+            self.order.insert(entry.seq, key.to_owned());
+        }
+        Some(entry)
     }
 
-    fn insert(&mut self, key: &str, group: &str, value: Shared, meta: Meta, deadline: Instant) {
+    fn insert(&mut self, key: &str, group: &str, value: Shared, meta: Meta, times: L1Times) {
         if self.max == 0 {
             return;
         }
@@ -884,7 +959,8 @@ impl L1 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.order.insert(seq, key.to_owned());
-        let entry = L1Entry { value, group: group.to_owned(), meta, deadline, seq };
+        let L1Times { deadline, quiet_until } = times;
+        let entry = L1Entry { value, group: group.to_owned(), meta, deadline, quiet_until, seq };
         self.entries.insert(key.to_owned(), entry);
     }
 
@@ -945,6 +1021,16 @@ fn xfetch_due(meta: &Meta, beta: f64, now_ms: u64, draw: f64) -> bool {
     now_ms as f64 + head_start >= meta.expires_at_ms() as f64
 }
 
+/// The longest head start [`xfetch_due`] can draw for `meta`: the draw is `1 - rand` with `rand`
+/// a multiple of 2^-53 in [0, 1), so `-ln(draw)` is at most 53 ln 2 ≈ 36.74.
+fn max_head_start_ms(meta: &Meta, beta: f64) -> u64 {
+    if beta <= 0.0 || !beta.is_finite() {
+        return 0;
+    }
+    // Saturating float-to-int conversion: an absurd beta means "always possibly due".
+    (meta.compute_ms.max(1) as f64 * beta * 37.0).ceil() as u64
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -998,31 +1084,50 @@ mod tests {
         Meta { computed_at_ms: now_ms(), ttl_ms: 60_000, compute_ms: 1 }
     }
 
+    fn until(deadline: Instant) -> L1Times {
+        L1Times { deadline, quiet_until: deadline }
+    }
+
     #[test]
     fn l1_evicts_the_least_recently_used_entry_at_its_bound() {
         let mut l1 = L1::new(2);
         let later = Instant::now() + Duration::from_secs(60);
-        l1.insert("a", "g", Arc::new(1u32), meta(), later);
-        l1.insert("b", "g", Arc::new(2u32), meta(), later);
-        assert!(l1.get("a").is_some());
-        l1.insert("c", "g", Arc::new(3u32), meta(), later);
+        l1.insert("a", "g", Arc::new(1u32), meta(), until(later));
+        l1.insert("b", "g", Arc::new(2u32), meta(), until(later));
+        assert!(l1.get("a", Instant::now()).is_some());
+        l1.insert("c", "g", Arc::new(3u32), meta(), until(later));
         assert_eq!(l1.len(), 2);
-        assert!(l1.get("b").is_none());
-        assert!(l1.get("a").is_some());
-        assert!(l1.get("c").is_some());
+        assert!(l1.get("b", Instant::now()).is_none());
+        assert!(l1.get("a", Instant::now()).is_some());
+        assert!(l1.get("c", Instant::now()).is_some());
+    }
+
+    #[test]
+    fn l1_reads_move_only_entries_that_fell_into_the_older_half() {
+        let mut l1 = L1::new(10);
+        let later = Instant::now() + Duration::from_secs(60);
+        for key in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            l1.insert(key, "g", Arc::new(1u32), meta(), until(later));
+        }
+        let seq = |l1: &L1, key: &str| l1.entries.get(key).map(|entry| entry.seq);
+        assert!(l1.get("h", Instant::now()).is_some());
+        assert_eq!(seq(&l1, "h"), Some(7), "a young entry keeps its place");
+        assert!(l1.get("a", Instant::now()).is_some());
+        assert_eq!(seq(&l1, "a"), Some(8), "an old entry moves to the young end");
+        assert_eq!(l1.order.len(), l1.entries.len());
     }
 
     #[test]
     fn l1_drops_expired_entries_and_whole_groups() {
         let mut l1 = L1::new(10);
         let later = Instant::now() + Duration::from_secs(60);
-        l1.insert("gone", "g1", Arc::new(1u32), meta(), Instant::now());
-        l1.insert("x", "g1", Arc::new(1u32), meta(), later);
-        l1.insert("y", "g2", Arc::new(1u32), meta(), later);
-        assert!(l1.get("gone").is_none());
+        l1.insert("gone", "g1", Arc::new(1u32), meta(), until(Instant::now()));
+        l1.insert("x", "g1", Arc::new(1u32), meta(), until(later));
+        l1.insert("y", "g2", Arc::new(1u32), meta(), until(later));
+        assert!(l1.get("gone", Instant::now()).is_none());
         l1.remove_group("g1");
-        assert!(l1.get("x").is_none());
-        assert!(l1.get("y").is_some());
+        assert!(l1.get("x", Instant::now()).is_none());
+        assert!(l1.get("y", Instant::now()).is_some());
         assert_eq!(l1.order.len(), l1.entries.len());
     }
 
@@ -1047,6 +1152,17 @@ mod tests {
         assert_eq!(settings.l1_ttl_max, Duration::from_millis(1500));
         assert!(serde_json::from_str::<CacheSettings>(r#"{"l1_ttl_max": "soon"}"#).is_err());
         assert_eq!(CacheSettings::default().l1_max_entries, 10_000);
+    }
+
+    #[test]
+    fn no_draw_starts_a_refresh_before_the_longest_head_start() {
+        let meta = Meta { computed_at_ms: 1_000_000, ttl_ms: 60_000, compute_ms: 100 };
+        let head_start = max_head_start_ms(&meta, 1.0);
+        let smallest_draw = 2f64.powi(-53);
+        let earliest = meta.expires_at_ms() - head_start;
+        assert!(!xfetch_due(&meta, 1.0, earliest - 1, smallest_draw));
+        assert!(xfetch_due(&meta, 1.0, meta.expires_at_ms() - 3_600, smallest_draw));
+        assert_eq!(max_head_start_ms(&meta, 0.0), 0);
     }
 
     #[test]

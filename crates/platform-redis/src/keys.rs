@@ -138,7 +138,17 @@ impl Keys {
     /// One cached value. `group` is the invalidation group (e.g. `org:42`), used as hash tag so
     /// the entry and its group's member set live in one slot.
     pub fn cache_entry(&self, group: &str, key: &str) -> String {
-        format!("{}:cache:{{{group}}}:{key}", self.root)
+        let mut entry = String::new();
+        self.write_cache_entry(&mut entry, group, key);
+        entry
+    }
+
+    /// [`Self::cache_entry`] appended to `out`, for hot lookups that reuse one buffer.
+    pub fn write_cache_entry(&self, out: &mut String, group: &str, key: &str) {
+        out.reserve(self.root.len() + group.len() + key.len() + 10);
+        for part in [self.root.as_str(), ":cache:{", group, "}:", key] {
+            out.push_str(part);
+        }
     }
 
     /// Set of the entry keys written in `group`; deleting the group deletes them.

@@ -342,14 +342,16 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(TrackUsageMiddleware { service: Rc::new(service), config: self.clone() }))
+        ready(Ok(TrackUsageMiddleware { service: Rc::new(service), config: Rc::new(self.clone()) }))
     }
 }
 
 /// The per-worker service built by [`TrackUsage`].
 pub struct TrackUsageMiddleware<S> {
     service: Rc<S>,
-    config: TrackUsage,
+    /// Shared by `Rc`: cloning the recorder per request would count its `Arc`s and channel
+    /// sender up and down, cache lines every worker thread fights over.
+    config: Rc<TrackUsage>,
 }
 
 impl<S> fmt::Debug for TrackUsageMiddleware<S> {
@@ -371,13 +373,13 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let service = Rc::clone(&self.service);
-        let org = (self.config.org)(&req);
-        let recorder = self.config.recorder.clone();
-        let denied_org = self.config.denied_org.clone();
-        if self.config.aggregated {
+        let config = Rc::clone(&self.config);
+        let org = (config.org)(&req);
+        if config.aggregated {
             return Box::pin(async move {
                 let response = service.call(req).await?;
-                if count_denied(&recorder, &response, org.as_deref(), denied_org.as_ref()) {
+                let recorder = &config.recorder;
+                if count_denied(recorder, &response, org.as_deref(), config.denied_org.as_ref()) {
                     return Ok(response);
                 }
                 if let Some(org_id) = org {
@@ -392,7 +394,8 @@ where
         let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
         Box::pin(async move {
             let response = service.call(req).await?;
-            if count_denied(&recorder, &response, org.as_deref(), denied_org.as_ref()) {
+            let recorder = &config.recorder;
+            if count_denied(recorder, &response, org.as_deref(), config.denied_org.as_ref()) {
                 return Ok(response);
             }
             let org = org.or_else(|| {

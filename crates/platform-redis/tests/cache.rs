@@ -186,6 +186,37 @@ async fn an_invalidation_from_one_replica_empties_the_l1_of_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_l1_hit_answers_from_l1_until_an_invalidation_and_never_computes() {
+    // Arrange
+    let prefix = unique_prefix("cache-fresh-hit");
+    let a = Replica::start(RedisServer::shared(), &prefix).await;
+    let b = Replica::start(RedisServer::shared(), &prefix).await;
+    let runs = counter();
+    let before = b.cache.fresh_l1_hit::<Campaigns, _>("org:4", "active", Clone::clone);
+    b.read("org:4", "active", 1, &runs).await;
+    let hits_before = b.cache.stats().l1_hits;
+
+    // Act
+    let hit = b.cache.fresh_l1_hit::<Campaigns, _>("org:4", "active", |c| c.version);
+    let other_key = b.cache.fresh_l1_hit::<Campaigns, _>("org:4", "stats", Clone::clone);
+    let other_type = b.cache.fresh_l1_hit::<String, _>("org:4", "active", Clone::clone);
+    a.cache.invalidate_group("org:4").await.unwrap();
+    eventually("b's L1 is empty", || async { b.cache.stats().l1_entries == 0 }).await;
+    let after = b.cache.fresh_l1_hit::<Campaigns, _>("org:4", "active", Clone::clone);
+
+    // Assert
+    assert!(before.is_none(), "nothing is cached before the first read");
+    let hit = hit.expect("the value read is a fresh L1 hit");
+    assert_eq!((hit.value, hit.status, hit.tier), (1, CacheStatus::Hit, Tier::L1));
+    assert_eq!(b.cache.stats().l1_hits, hits_before + 1);
+    assert!(other_key.is_none() && other_type.is_none());
+    assert!(after.is_none(), "an invalidated value is no fresh hit");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_invalidation_drops_every_entry_of_the_group_on_every_replica() {
     // Arrange
     let prefix = unique_prefix("cache-group");
@@ -285,12 +316,15 @@ async fn an_entry_near_expiry_is_served_stale_while_one_background_refresh_repla
         })
     };
     let first = read().await.unwrap();
+    // A refresh may be drawn on any hit, so there is never a hit that skips the draw.
+    let fresh = replica.cache.fresh_l1_hit::<Campaigns, _>("org:8", "stats", Clone::clone);
 
     // Act
     let stale = read().await.unwrap();
 
     // Assert: the old value is served at once, labelled STALE, and a refresh replaces it
     assert_eq!((first.status, first.value.version), (CacheStatus::Miss, 1));
+    assert!(fresh.is_none());
     assert_eq!((stale.status, stale.tier, stale.value.version), (CacheStatus::Stale, Tier::L1, 1));
     assert_eq!(stale.status.as_header(), "STALE");
     eventually("the refreshed value is served", || async {

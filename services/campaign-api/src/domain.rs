@@ -306,6 +306,13 @@ pub struct ActivePage {
     pub campaigns: JsonBytes,
 }
 
+impl ActivePage {
+    /// A copy sharing nothing with the cached page (see [`JsonBytes::copied`]).
+    pub fn copied(&self) -> ActivePage {
+        ActivePage { org_id: self.org_id, campaigns: self.campaigns.copied() }
+    }
+}
+
 /// `GET /api/campaigns/{id}/stats`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

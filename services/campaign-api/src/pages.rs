@@ -52,7 +52,7 @@ pub struct Pages {
 
 /// The invalidation group of an organisation.
 pub fn org_group(slug: &str) -> String {
-    format!("org:{slug}")
+    ["org:", slug].concat()
 }
 
 impl Pages {
@@ -89,11 +89,15 @@ impl Pages {
 
     /// The active campaigns of `slug` (`org_id: None` when no such organisation).
     pub async fn active(&self, slug: &Slug) -> Result<Cached<ActivePage>, ApiError> {
+        let group = org_group(slug.as_str());
+        if let Some(hit) = self.cache.fresh_l1_hit(&group, "active", ActivePage::copied) {
+            return Ok(hit);
+        }
         let db = self.db.clone();
         let owned = slug.clone();
         let computes = self.computes.clone();
         self.cache
-            .get_or_compute(&org_group(slug.as_str()), "active", self.ttl, move || async move {
+            .get_or_compute(&group, "active", self.ttl, move || async move {
                 computes.inc();
                 let Some(org_id) = storage::organisation_id(&db, &owned).await? else {
                     return Ok(ActivePage { org_id: None, campaigns: body(&[])? });

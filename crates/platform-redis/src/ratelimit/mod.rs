@@ -344,9 +344,17 @@ struct Policy {
     name: String,
     settings: PolicySettings,
     window_ms: u64,
-    blocked: Mutex<BlockedCache>,
-    leases: Mutex<Leases>,
+    /// The blocked cache and the leases under one lock: a leased decision reads both, and each
+    /// lock is a cache line every worker thread writes on every request.
+    known: Mutex<Known>,
     local: Mutex<LocalWindows>,
+}
+
+/// What a replica knows of a policy's identifiers without asking Redis.
+#[derive(Debug)]
+struct Known {
+    blocked: BlockedCache,
+    leases: Leases,
 }
 
 #[derive(Debug, Default)]
@@ -405,8 +413,10 @@ impl RateLimiter {
                     name: name.clone(),
                     settings: policy,
                     window_ms: policy.window_secs.saturating_mul(1_000),
-                    blocked: Mutex::new(BlockedCache::new(settings.blocked_cache_capacity)),
-                    leases: Mutex::new(Leases::new(settings.blocked_cache_capacity)),
+                    known: Mutex::new(Known {
+                        blocked: BlockedCache::new(settings.blocked_cache_capacity),
+                        leases: Leases::new(settings.blocked_cache_capacity),
+                    }),
                     local: Mutex::new(LocalWindows::new(settings.fallback.max_identifiers)),
                 };
                 (name, Arc::new(state))
@@ -503,7 +513,11 @@ impl RateLimiter {
                 source: DecisionSource::Disabled,
             });
         }
-        if let Some(until) = lock(&policy.blocked).blocked_until(identifier, now) {
+        // Read before the lock, to keep the critical section short (exact mode wastes it).
+        let window_index = unix_ms() / policy.window_ms;
+        let mut known = lock(&policy.known);
+        if let Some(until) = known.blocked.blocked_until(identifier, now) {
+            drop(known);
             self.count(&self.inner.counters.blocked_cache_hits, false);
             let wait = until - now;
             return Some(Decision {
@@ -516,8 +530,8 @@ impl RateLimiter {
             });
         }
         if policy.settings.lease > 0 {
-            let window_index = unix_ms() / policy.window_ms;
-            let spent = lock(&policy.leases).spend(identifier, window_index, now)?;
+            let spent = known.leases.spend(identifier, window_index, now)?;
+            drop(known);
             self.inner.counters.lease_decisions.fetch_add(1, Ordering::Relaxed);
             return Some(Decision {
                 allowed: true,
@@ -539,7 +553,7 @@ impl RateLimiter {
         // next grant. (A lease another request took since the check above is given back too,
         // which only costs a refill.)
         let give_back = if policy.settings.lease > 0 {
-            lock(&policy.leases).take_back(identifier)
+            lock(&policy.known).leases.take_back(identifier)
         } else {
             None
         };
@@ -618,8 +632,11 @@ impl RateLimiter {
     ) -> Decision {
         let window_index = now_ms / policy.window_ms;
         // When the lease table is full, one token at a time: exact, and nothing to remember.
-        let wanted =
-            if lock(&policy.leases).has_room(identifier, now) { policy.settings.lease } else { 1 };
+        let wanted = if lock(&policy.known).leases.has_room(identifier, now) {
+            policy.settings.lease
+        } else {
+            1
+        };
         match self.take_lease(client, policy, identifier, now_ms, wanted, give_back).await {
             Ok((granted, outcome)) => {
                 self.leave_fallback();
@@ -629,7 +646,7 @@ impl RateLimiter {
                 self.inner.counters.redis_decisions.fetch_add(1, Ordering::Relaxed);
                 let reset_after = Duration::from_millis(outcome.reset_ms);
                 let remaining = if wanted > 1 {
-                    lock(&policy.leases).grant(
+                    lock(&policy.known).leases.grant(
                         identifier,
                         window_index,
                         granted,
@@ -741,7 +758,7 @@ impl RateLimiter {
         self.count(counter, outcome.allowed);
         let reset_after = Duration::from_millis(outcome.reset_ms);
         if !outcome.allowed {
-            lock(&policy.blocked).block(identifier, now + reset_after, now);
+            lock(&policy.known).blocked.block(identifier, now + reset_after, now);
         }
         Decision {
             allowed: outcome.allowed,
