@@ -57,8 +57,11 @@ pub fn org_group(slug: &str) -> String {
 
 impl Pages {
     pub fn new(cache: Cache, db: PgPool, ttl: Duration) -> Self {
-        let cache_control = HeaderValue::try_from(format!("public, max-age={}", ttl.as_secs()))
-            .unwrap_or_else(|_| HeaderValue::from_static("public"));
+        // Static, so cloning it per response touches no reference count shared between worker
+        // threads; one small string per `Pages`, which a process builds once.
+        let cache_control: &'static str =
+            Box::leak(format!("public, max-age={}", ttl.as_secs()).into_boxed_str());
+        let cache_control = HeaderValue::from_static(cache_control);
         Self {
             cache,
             db,

@@ -104,6 +104,7 @@ where
             service: Rc::new(service),
             config: Rc::new(Config {
                 limiter: self.limiter.clone(),
+                limit: HeaderValue::from(policy.settings.limit),
                 policy,
                 key: self.key.clone(),
                 trust_x_forwarded_for: self.trust_x_forwarded_for,
@@ -115,6 +116,8 @@ where
 
 struct Config {
     limiter: RateLimiter,
+    /// `X-RateLimit-Limit`, the same on every response; this worker's own copy.
+    limit: HeaderValue,
     policy: Arc<Policy>,
     key: Option<KeyFn>,
     trust_x_forwarded_for: bool,
@@ -191,14 +194,14 @@ where
                 denied.extensions_mut().insert(Denied);
                 req.into_response(denied).map_into_right_body()
             };
-            set_headers(response.headers_mut(), &decision);
+            set_headers(response.headers_mut(), &config.limit, &decision);
             Ok(response)
         })
     }
 }
 
-fn set_headers(headers: &mut HeaderMap, decision: &Decision) {
-    headers.insert(LIMIT, HeaderValue::from(decision.limit));
+fn set_headers(headers: &mut HeaderMap, limit: &HeaderValue, decision: &Decision) {
+    headers.insert(LIMIT, limit.clone());
     headers.insert(REMAINING, HeaderValue::from(decision.remaining));
     headers.insert(RESET, HeaderValue::from(ceil_secs(decision.reset_after)));
 }
