@@ -16,7 +16,7 @@ THREADS="${THREADS:-2}"
 PERF="${PERF:-on}"
 PERF_OUT="${PERF_OUT:-$REPO_ROOT/.run/bench/checkout-api.perf.data}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
-BIN="$TARGET_DIR/release/checkout-api"
+BIN="${BIN:-$TARGET_DIR/release/checkout-api}"
 [[ -x "$BIN" ]] || die "no release binary: run scripts/bench/checkout-api.sh first"
 
 bench_backends checkout checkout

@@ -2,7 +2,7 @@
 //! coupon / delivery lookups a cart page makes before creating one.
 
 use actix_web::http::header::ContentType;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use platform_redis::cache::CacheStatus;
 use serde::Deserialize;
 use serde_json::json;
@@ -57,11 +57,13 @@ async fn create_session(
     Ok(HttpResponse::Created().json(view))
 }
 
-async fn get_session(
-    state: web::Data<State>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, CheckoutError> {
-    let id = parse_id(&path)?;
+/// The hot read: borrows the state and the id from the request rather than extracting owned
+/// copies (`web::Data` is an `Arc` both worker threads would count up and down per read).
+async fn get_session(req: HttpRequest) -> Result<HttpResponse, CheckoutError> {
+    let state = req.app_data::<web::Data<State>>().ok_or_else(|| {
+        CheckoutError::Internal(anyhow::anyhow!("checkout-api state is not registered"))
+    })?;
+    let id = parse_id(req.match_info().get("id").unwrap_or_default())?;
     let body = state.checkout.get_json(id).await?;
     Ok(HttpResponse::Ok().content_type(ContentType::json()).body(body))
 }

@@ -333,9 +333,9 @@ impl Checkout {
             Tier::Redis if json.starts_with("{\"id\":") && json.ends_with('}') => {
                 let mut body = json;
                 body.pop();
-                body.push_str(",\"expiresAt\":");
-                body.push_str(&serde_json::to_string(&expires_at)?);
-                body.push_str(",\"store\":\"redis\"}");
+                body.push_str(",\"expiresAt\":\"");
+                push_rfc3339(&mut body, expires_at);
+                body.push_str("\",\"store\":\"redis\"}");
                 Ok(body)
             }
             // Postgres' jsonb text has its own key order and spacing: decode for one shape.
@@ -531,9 +531,80 @@ impl CartSource for Checkout {
     }
 }
 
+/// Appends `time` exactly as chrono's serde writes it (RFC 3339 in UTC with `Z`, the fraction in 0,
+/// 3, 6 or 9 digits as needed), without the `fmt` machinery, which cost a session read more than
+/// the rest of its body building. Years past 9999 and leap seconds go through serde.
+fn push_rfc3339(out: &mut String, time: DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let year = u32::try_from(time.year()).ok().filter(|year| *year <= 9999);
+    let nanos = time.nanosecond();
+    let Some(year) = year.filter(|_| nanos < 1_000_000_000) else {
+        let quoted = serde_json::to_string(&time).unwrap_or_default();
+        return out.push_str(quoted.trim_matches('"'));
+    };
+    push_digits(out, year, 4);
+    for (separator, value) in [
+        ('-', time.month()),
+        ('-', time.day()),
+        ('T', time.hour()),
+        (':', time.minute()),
+        (':', time.second()),
+    ] {
+        out.push(separator);
+        push_digits(out, value, 2);
+    }
+    if nanos > 0 {
+        out.push('.');
+        if nanos.is_multiple_of(1_000_000) {
+            push_digits(out, nanos / 1_000_000, 3);
+        } else if nanos.is_multiple_of(1_000) {
+            push_digits(out, nanos / 1_000, 6);
+        } else {
+            push_digits(out, nanos, 9);
+        }
+    }
+    out.push('Z');
+}
+
+/// The last `digits` decimal digits of `value`, zero-padded.
+fn push_digits(out: &mut String, value: u32, digits: u32) {
+    let mut divisor = 10u32.pow(digits - 1);
+    while divisor > 0 {
+        out.push(char::from(b'0' + (value / divisor % 10) as u8));
+        divisor /= 10;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_times_are_written_exactly_as_serde_writes_them() {
+        let times = [
+            "2026-11-23T01:29:07.882864463Z",
+            "2026-11-23T01:29:07.882864Z",
+            "2026-11-23T01:29:07.882Z",
+            "2026-11-23T01:29:07Z",
+            "0999-01-02T03:04:05.000000006Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "+10000-01-01T00:00:00Z",
+        ];
+        for text in times {
+            let time: DateTime<Utc> = text.parse().unwrap_or_default();
+            let mut ours = String::new();
+            push_rfc3339(&mut ours, time);
+            let serde = serde_json::to_string(&time).unwrap_or_default();
+            assert_eq!(format!("\"{ours}\""), serde, "{text}");
+        }
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .map(|t| t.and_utc())
+            .unwrap_or_default();
+        let mut ours = String::new();
+        push_rfc3339(&mut ours, leap);
+        assert_eq!(format!("\"{ours}\""), serde_json::to_string(&leap).unwrap_or_default());
+    }
 
     fn item(quantity: i64, unit_amount_cents: i64) -> CartItem {
         CartItem { sku: "sku-1".into(), name: "Tea".into(), unit_amount_cents, quantity }

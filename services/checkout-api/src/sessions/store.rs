@@ -5,7 +5,7 @@
 //!   TTL; [`Keys::checkout_index`] scores each id by its expiry; [`Keys::checkout_stats`] counts
 //!   created / completed / failed and sums create / update latency. Each operation is one round
 //!   trip: create = `SET NX PX` + `ZADD` + counters (Lua, atomic); replace = compare the stored
-//!   version, then `SET PX` + `ZADD` + counters (Lua); read = `GETEX PX` (the sliding TTL), or,
+//!   version, then `SET PX` + `ZADD` + counters (Lua); read = `GET` + `PEXPIRE` pipelined (the sliding TTL), or,
 //!   when this replica has not moved the session's index score for a tenth of the TTL, `GET` +
 //!   `PEXPIRE` + `ZADD` (Lua). Reads are the hot path and the index `ZADD` was most of a read's
 //!   Redis time, so an index score may lag the key's real expiry by up to that tenth
@@ -29,7 +29,6 @@ use chrono::{DateTime, Utc};
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::scripts::Script;
 use platform_redis::fred::types::sorted_sets::{ZRange, ZRangeBound, ZRangeKind};
-use platform_redis::fred::types::{ClusterHash, CustomCommand};
 use platform_redis::{Keys, RedisError, RolePool};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -135,7 +134,7 @@ const INDEX_SLACK_DIVISOR: u32 = 10;
 const MAX_TRACKED_SESSIONS: usize = 100_000;
 
 /// When this replica last moved each session's index score, so a read within the slack sends
-/// only `GETEX` (no Lua, no `ZADD`). Every replica refreshes a score it has not moved for a slack,
+/// only `GET` + `PEXPIRE` (no Lua, no `ZADD`). Every replica refreshes a score it has not moved for a slack,
 /// so whichever replica reads, a score lags the last read by at most one slack. Shared by clones.
 #[derive(Debug)]
 struct IndexFreshness {
@@ -359,10 +358,12 @@ impl SessionStore {
     #[tracing::instrument(name = "sessions.get", skip(self))]
     pub async fn get_json(&self, id: Uuid) -> Result<Option<(String, Tier)>, CheckoutError> {
         if let Some(client) = &self.tier.client(&self.redis) {
+            // Boxed, like the Postgres read below: fred's futures are about 7 KB, and inline they
+            // would be copied with this future each time it moves (into actix's box, for one).
             let found = if self.index.is_fresh(id) {
-                self.touch_key(client, id).await
+                Box::pin(self.touch_key(client, id)).await
             } else {
-                self.touch_key_and_index(client, id).await
+                Box::pin(self.touch_key_and_index(client, id)).await
             };
             match found {
                 Ok(Some(json)) => {
@@ -376,19 +377,24 @@ impl SessionStore {
                 Err(error) => self.tier.failed(error)?,
             }
         }
-        Ok(pg::touch(&self.db, id, self.ttl).await?.map(|json| (json, Tier::Postgres)))
+        let json = Box::pin(pg::touch(&self.db, id, self.ttl)).await?;
+        Ok(json.map(|json| (json, Tier::Postgres)))
     }
 
-    /// `GETEX PX`: the sliding TTL alone (the index score is recent enough).
+    /// `GET` + `PEXPIRE` in one pipeline: the sliding TTL alone (the index score is recent
+    /// enough). Not `GETEX PX`: fred 10.1 only sends it as a custom command, and it flushes the
+    /// socket after every custom command, one `writev` and one Redis wake-up per read; built-in
+    /// commands queued by concurrent reads go out in one write. The two commands run back to back
+    /// on one connection; a session deleted between them is simply not extended.
     async fn touch_key(&self, client: &Client, id: Uuid) -> Result<Option<String>, RedisError> {
-        // fred 10.1 has no GETEX; a custom command hashes by its first argument, the key.
-        let getex = CustomCommand::new_static("GETEX", ClusterHash::FirstKey, false);
-        let args = vec![
-            self.keys.checkout_session(&id.to_string()),
-            "PX".to_owned(),
-            ttl_ms(self.ttl).to_string(),
-        ];
-        Ok(client.custom(getex, args).await?)
+        let key = self.keys.checkout_session(&id.to_string());
+        let pipeline = client.pipeline();
+        let () = pipeline.get(&key).await?;
+        let () = pipeline
+            .pexpire(&key, i64::try_from(ttl_ms(self.ttl)).unwrap_or(i64::MAX), None)
+            .await?;
+        let (json, _extended): (Option<String>, bool) = pipeline.all().await?;
+        Ok(json)
     }
 
     /// The read script: `GET` + `PEXPIRE` + `ZADD` (or `ZREM` when gone); notes the index move.
