@@ -109,11 +109,6 @@ impl JsonBytes {
         serde_json::to_vec(value).map(|json| JsonBytes(Bytes::from(json)))
     }
 
-    /// The JSON text, sharing the buffer.
-    pub fn bytes(&self) -> Bytes {
-        self.0.clone()
-    }
-
     /// The JSON text, taken out without touching the reference count.
     pub fn into_bytes(self) -> Bytes {
         self.0
