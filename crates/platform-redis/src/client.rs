@@ -21,6 +21,10 @@
 //! rather than "on first use by any single-threaded runtime" because only a worker thread is
 //! known to keep one runtime for its whole life: a pool bound to a runtime that has gone would
 //! fail every command. The worker pools reconnect like the shared ones and close with the worker.
+//!
+//! A bound worker also gets, per plain-TCP single-node endpoint, a [`DirectConnection`]: a lean
+//! pipelined connection for the few commands of a hot read ([`RolePool::direct`], see
+//! [`crate::direct`]).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -33,6 +37,7 @@ use fred::types::RespVersion;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::direct::{DirectConnection, DirectEndpoint, DirectTimings};
 use crate::error::{RedisError, Result};
 use crate::keys::Keys;
 
@@ -245,12 +250,20 @@ struct RolePoolInner {
     shared: Pool,
     builder: Builder,
     worker_connections: usize,
+    timings: DirectTimings,
+}
+
+/// What [`RedisClients::bind_worker`] gave one thread for one endpoint.
+struct WorkerBinding {
+    id: u64,
+    pool: Pool,
+    direct: Option<DirectConnection>,
 }
 
 thread_local! {
-    /// The pools bound to this thread by [`RedisClients::bind_worker`], by [`RolePool`] id. A
-    /// handful of entries at most (one per endpoint per app instance), so a scan beats a map.
-    static WORKER_POOLS: RefCell<Vec<(u64, Pool)>> = const { RefCell::new(Vec::new()) };
+    /// The connections bound to this thread by [`RedisClients::bind_worker`], by [`RolePool`] id.
+    /// A handful of entries at most (one per endpoint per app instance), so a scan beats a map.
+    static WORKER_POOLS: RefCell<Vec<WorkerBinding>> = const { RefCell::new(Vec::new()) };
 }
 
 impl RolePool {
@@ -261,6 +274,11 @@ impl RolePool {
             shared: builder.build_pool(settings.pool_size)?,
             builder,
             worker_connections: settings.worker_connections,
+            timings: DirectTimings {
+                connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+                command_timeout: Duration::from_millis(settings.command_timeout_ms),
+                reconnect_max_delay: Duration::from_millis(settings.reconnect_max_delay_ms.into()),
+            },
         })))
     }
 
@@ -271,13 +289,24 @@ impl RolePool {
     pub fn pool(&self) -> Pool {
         let id = self.0.id;
         WORKER_POOLS
-            .with_borrow(|pools| {
-                pools
+            .with_borrow(|bindings| {
+                bindings
                     .iter()
-                    .find(|(bound, pool)| *bound == id && pool.next_connected().is_connected())
-                    .map(|(_, pool)| pool.clone())
+                    .find(|bound| bound.id == id && bound.pool.next_connected().is_connected())
+                    .map(|bound| bound.pool.clone())
             })
             .unwrap_or_else(|| self.0.shared.clone())
+    }
+
+    /// This worker thread's direct connection to the endpoint while it is up: `None` on threads
+    /// that did not bind, for TLS and cluster endpoints, with `worker_connections = 0`, and while
+    /// it (re)connects, which a call after its backoff starts. Callers then use [`Self::pool`].
+    pub fn direct(&self) -> Option<DirectConnection> {
+        let id = self.0.id;
+        WORKER_POOLS.with_borrow(|bindings| {
+            let direct = bindings.iter().find(|bound| bound.id == id)?.direct.as_ref()?;
+            direct.usable().then(|| direct.clone())
+        })
     }
 
     /// The process-wide pool, whatever the thread.
@@ -289,14 +318,39 @@ impl RolePool {
     fn bind_worker(&self) -> Result<()> {
         let inner = &self.0;
         if inner.worker_connections == 0
-            || WORKER_POOLS.with_borrow(|pools| pools.iter().any(|(id, _)| *id == inner.id))
+            || WORKER_POOLS.with_borrow(|bindings| bindings.iter().any(|b| b.id == inner.id))
         {
             return Ok(());
         }
         let pool = inner.builder.build_pool(inner.worker_connections)?;
         pool.connect_pool();
-        WORKER_POOLS.with_borrow_mut(|pools| pools.push((inner.id, pool)));
+        let direct = self.direct_endpoint().map(|endpoint| {
+            let direct = DirectConnection::new(endpoint, inner.timings);
+            direct.usable(); // starts connecting
+            direct
+        });
+        WORKER_POOLS.with_borrow_mut(|bindings| {
+            bindings.push(WorkerBinding { id: inner.id, pool, direct });
+        });
         Ok(())
+    }
+
+    /// The endpoint as a direct connection sees it, when one can serve it (one node, no TLS).
+    fn direct_endpoint(&self) -> Option<DirectEndpoint> {
+        let config = self.0.builder.get_config()?;
+        let ServerConfig::Centralized { server } = &config.server else {
+            return None;
+        };
+        if config.tls.is_some() {
+            return None;
+        }
+        Some(DirectEndpoint {
+            host: server.host.to_string(),
+            port: server.port,
+            username: config.username.clone(),
+            password: config.password.clone().map(SecretString::from),
+            database: config.database,
+        })
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod client;
+pub mod direct;
 pub mod error;
 pub mod idempotency;
 pub mod keys;
@@ -21,6 +22,7 @@ pub mod trace;
 pub mod usage;
 
 pub use client::{RedisClients, RedisEndpoint, RedisMode, RedisSettings, Role, RolePool};
+pub use direct::{DirectConnection, Reply};
 pub use error::{RedisError, Result};
 pub use keys::{Keys, StreamName};
 

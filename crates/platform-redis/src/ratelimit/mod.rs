@@ -608,7 +608,7 @@ impl RateLimiter {
             to_i64(policy.window_ms),
             to_i64(now_ms % policy.window_ms),
         ];
-        let reply: Vec<i64> = self.inner.script.evalsha_with_reload(client, keys, args).await?;
+        let reply = self.run_script(client, &self.inner.script, keys, args).await?;
         match reply.as_slice() {
             [allowed, _limit, remaining, reset] => Ok(Outcome {
                 allowed: *allowed == 1,
@@ -711,8 +711,7 @@ impl RateLimiter {
             i64::from(back),
             slot,
         ];
-        let reply: Vec<i64> =
-            self.inner.lease_script.evalsha_with_reload(client, keys, args).await?;
+        let reply = self.run_script(client, &self.inner.lease_script, keys, args).await?;
         match reply.as_slice() {
             [granted, _limit, remaining, reset] => {
                 let granted = u32::try_from(*granted).unwrap_or(0);
@@ -729,6 +728,30 @@ impl RateLimiter {
                 Err(RedisError::Unexpected(format!("rate-limit lease script returned {other:?}")))
             }
         }
+    }
+
+    /// Runs `script` on this worker's direct connection when it is up and has the script loaded
+    /// (see [`crate::direct`]), else on `client` (which loads it, so the next call can go direct).
+    async fn run_script(
+        &self,
+        client: &Client,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<i64>,
+    ) -> Result<Vec<i64>> {
+        if let Some(direct) = self.inner.pool.direct() {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let args: Vec<String> = args.iter().map(i64::to_string).collect();
+            let args: Vec<&[u8]> = args.iter().map(String::as_bytes).collect();
+            match direct.evalsha(script.sha1(), &keys, &args).await {
+                Ok(Some(reply)) => return reply.into_integers(),
+                Ok(None) => {}
+                // The direct connection's failure is not Redis': the pool may still answer.
+                Err(error) if error.is_unavailable() => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(script.evalsha_with_reload(client, keys, args).await?)
     }
 
     fn fallback_decision(

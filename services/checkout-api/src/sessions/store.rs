@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::scripts::Script;
 use platform_redis::fred::types::sorted_sets::{ZRange, ZRangeBound, ZRangeKind};
-use platform_redis::{Keys, RedisError, RolePool};
+use platform_redis::{DirectConnection, Keys, RedisError, Reply, RolePool};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -357,14 +357,29 @@ impl SessionStore {
     /// The stored JSON of the session (as [`get`](Self::get), undecoded) and its tier.
     #[tracing::instrument(name = "sessions.get", skip(self))]
     pub async fn get_json(&self, id: Uuid) -> Result<Option<(String, Tier)>, CheckoutError> {
-        if let Some(client) = &self.tier.client(&self.redis) {
+        let fresh = self.index.is_fresh(id);
+        let mut found = None;
+        if fresh && let Some(direct) = self.redis.direct() {
+            match self.touch_key_direct(&direct, id).await {
+                // The direct connection's failure is not Redis': the fred pool may still answer.
+                Err(error) if error.is_unavailable() => {
+                    tracing::debug!(%error, "direct session read failed; retrying on the pool");
+                }
+                answer => found = Some(answer),
+            }
+        }
+        if found.is_none()
+            && let Some(client) = &self.tier.client(&self.redis)
+        {
             // Boxed, like the Postgres read below: fred's futures are about 7 KB, and inline they
             // would be copied with this future each time it moves (into actix's box, for one).
-            let found = if self.index.is_fresh(id) {
+            found = Some(if fresh {
                 Box::pin(self.touch_key(client, id)).await
             } else {
                 Box::pin(self.touch_key_and_index(client, id)).await
-            };
+            });
+        }
+        if let Some(found) = found {
             match found {
                 Ok(Some(json)) => {
                     self.tier.note(false, None);
@@ -379,6 +394,32 @@ impl SessionStore {
         }
         let json = Box::pin(pg::touch(&self.db, id, self.ttl)).await?;
         Ok(json.map(|json| (json, Tier::Postgres)))
+    }
+
+    /// [`Self::touch_key`] on this worker's direct connection (see `platform_redis::direct`):
+    /// the same two commands, without fred's per-command cost.
+    async fn touch_key_direct(
+        &self,
+        direct: &DirectConnection,
+        id: Uuid,
+    ) -> Result<Option<String>, RedisError> {
+        let key = self.keys.checkout_session(&id.to_string());
+        let ttl = ttl_ms(self.ttl).to_string();
+        let mut replies = direct
+            .request(&[&[b"GET", key.as_bytes()], &[b"PEXPIRE", key.as_bytes(), ttl.as_bytes()]])
+            .await?
+            .into_iter();
+        let (Some(json), Some(extended)) = (replies.next(), replies.next()) else {
+            return Err(RedisError::Unexpected("a session read got too few replies".into()));
+        };
+        extended.into_result()?;
+        match json.into_result()? {
+            Reply::Bulk(None) => Ok(None),
+            Reply::Bulk(Some(json)) => String::from_utf8(json.into())
+                .map(Some)
+                .map_err(|_| RedisError::Unexpected(format!("session {id} is not UTF-8 in redis"))),
+            other => Err(RedisError::Unexpected(format!("GET of session {id} answered {other:?}"))),
+        }
     }
 
     /// `GET` + `PEXPIRE` in one pipeline: the sliding TTL alone (the index score is recent
