@@ -5,12 +5,14 @@
 //!   TTL; [`Keys::checkout_index`] scores each id by its expiry; [`Keys::checkout_stats`] counts
 //!   created / completed / failed and sums create / update latency. Each operation is one round
 //!   trip: create = `SET NX PX` + `ZADD` + counters (Lua, atomic); replace = compare the stored
-//!   version, then `SET PX` + `ZADD` + counters (Lua); read = `GET` + `PEXPIRE` pipelined (the sliding TTL), or,
-//!   when this replica has not moved the session's index score for a tenth of the TTL, `GET` +
-//!   `PEXPIRE` + `ZADD` (Lua). Reads are the hot path and the index `ZADD` was most of a read's
-//!   Redis time, so an index score may lag the key's real expiry by up to that tenth
-//!   ([`IndexFreshness`]); listing and counting look that far into the past and ask the keys
-//!   themselves (existence, `PTTL`), and cleanup only removes entries whose key is gone.
+//!   version, then `SET PX` + `ZADD` + counters (Lua); read = `GETEX PX` on the worker's direct
+//!   connection (`platform_redis::direct`) or, when that is not up, `GET` + `PEXPIRE` pipelined
+//!   on the fred pool (the sliding TTL either way), or, when this replica has not moved the
+//!   session's index score for a tenth of the TTL, `GET` + `PEXPIRE` + `ZADD` (Lua). Reads are
+//!   the hot path and the index `ZADD` was most of a read's Redis time, so an index score may lag
+//!   the key's real expiry by up to that tenth ([`IndexFreshness`]); listing and counting look
+//!   that far into the past and ask the keys themselves (existence, `PTTL`), and cleanup only
+//!   removes entries whose key is gone.
 //! - **Postgres tier.** When no sessions-pool connection is up, or a Redis command fails because
 //!   Redis cannot be reached, creates go to `checkout_sessions` (sliding `expires_at`) and its
 //!   counters to `checkout_stats`. Reads try Redis, then Postgres, so a session is found wherever
