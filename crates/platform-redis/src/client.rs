@@ -245,7 +245,7 @@ impl std::fmt::Debug for RolePool {
 }
 
 struct RolePoolInner {
-    /// Tells this endpoint's worker pools apart from others' in [`WORKER_POOLS`].
+    /// Tells this endpoint's worker pools apart from others' in [`WORKER_BINDINGS`].
     id: u64,
     shared: Pool,
     builder: Builder,
@@ -263,7 +263,7 @@ struct WorkerBinding {
 thread_local! {
     /// The connections bound to this thread by [`RedisClients::bind_worker`], by [`RolePool`] id.
     /// A handful of entries at most (one per endpoint per app instance), so a scan beats a map.
-    static WORKER_POOLS: RefCell<Vec<WorkerBinding>> = const { RefCell::new(Vec::new()) };
+    static WORKER_BINDINGS: RefCell<Vec<WorkerBinding>> = const { RefCell::new(Vec::new()) };
 }
 
 impl RolePool {
@@ -288,7 +288,7 @@ impl RolePool {
     /// which `connect` waited for, rather than failing over to the callers' fallbacks.
     pub fn pool(&self) -> Pool {
         let id = self.0.id;
-        WORKER_POOLS
+        WORKER_BINDINGS
             .with_borrow(|bindings| {
                 bindings
                     .iter()
@@ -303,7 +303,7 @@ impl RolePool {
     /// it (re)connects, which a call after its backoff starts. Callers then use [`Self::pool`].
     pub fn direct(&self) -> Option<DirectConnection> {
         let id = self.0.id;
-        WORKER_POOLS.with_borrow(|bindings| {
+        WORKER_BINDINGS.with_borrow(|bindings| {
             let direct = bindings.iter().find(|bound| bound.id == id)?.direct.as_ref()?;
             direct.usable().then(|| direct.clone())
         })
@@ -318,7 +318,7 @@ impl RolePool {
     fn bind_worker(&self) -> Result<()> {
         let inner = &self.0;
         if inner.worker_connections == 0
-            || WORKER_POOLS.with_borrow(|bindings| bindings.iter().any(|b| b.id == inner.id))
+            || WORKER_BINDINGS.with_borrow(|bindings| bindings.iter().any(|b| b.id == inner.id))
         {
             return Ok(());
         }
@@ -329,7 +329,7 @@ impl RolePool {
             direct.usable(); // starts connecting
             direct
         });
-        WORKER_POOLS.with_borrow_mut(|bindings| {
+        WORKER_BINDINGS.with_borrow_mut(|bindings| {
             bindings.push(WorkerBinding { id: inner.id, pool, direct });
         });
         Ok(())
