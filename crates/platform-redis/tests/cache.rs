@@ -3,7 +3,6 @@
 //! coming back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,11 +11,9 @@ use platform_redis::cache::{Cache, CacheSettings, CacheStatus, Cached, Tier};
 use platform_redis::fred::prelude::*;
 use platform_redis::pubsub::PubSub;
 use platform_redis::{RedisClients, RedisSettings};
-use platform_testing::{RedisServer, unique_prefix};
+use platform_testing::{RedisServer, eventually, unique_prefix};
 use serde::{Deserialize, Serialize};
 
-/// Generous bound for things that happen "soon" on a noisy machine; never a timing assertion.
-const PATIENCE: Duration = Duration::from_secs(20);
 const TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,18 +73,6 @@ impl Replica {
 
 fn counter() -> Arc<AtomicUsize> {
     Arc::new(AtomicUsize::new(0))
-}
-
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

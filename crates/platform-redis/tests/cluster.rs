@@ -3,7 +3,6 @@
 //! are what proves the hash tags of `keys.rs`. One cluster for the whole binary, few tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,7 +24,7 @@ use platform_redis::streams::{
 };
 use platform_redis::usage::{UsageRecorder, UsageRecorderSettings};
 use platform_redis::{RedisClients, RedisMode, RedisSettings, StreamName};
-use platform_testing::{RedisCluster, unique_prefix};
+use platform_testing::{RedisCluster, eventually, unique_prefix};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -42,17 +41,6 @@ async fn clients(test: &str) -> RedisClients {
 }
 
 /// Polls `condition` until it holds; fails the test after a generous deadline.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 async fn stream_len(clients: &RedisClients, key: &str) -> u64 {
     clients.primary().xlen(key).await.unwrap()

@@ -2,14 +2,13 @@
 //! bad messages skipped, and subscriptions that survive a Redis restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
 use std::time::Duration;
 
 use platform_redis::fred::prelude::*;
 use platform_redis::messages::{CampaignUpdate, Envelope, MESSAGE_VERSION};
 use platform_redis::pubsub::{self, PubSub, Subscription};
 use platform_redis::{RedisClients, RedisSettings};
-use platform_testing::{RedisServer, unique_prefix};
+use platform_testing::{RedisServer, eventually, unique_prefix};
 
 /// Generous bound for things that happen "soon" on a noisy machine; never a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -32,18 +31,6 @@ async fn next<T: serde::de::DeserializeOwned>(subscription: &mut Subscription<T>
         .await
         .expect("a message within the patience bound")
         .expect("the subscription is open")
-}
-
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn redis_subscribers(clients: &RedisClients, channel: &str) -> i64 {

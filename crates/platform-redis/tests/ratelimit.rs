@@ -18,7 +18,7 @@ use platform_redis::ratelimit::{
     UnknownPolicy,
 };
 use platform_redis::{RedisClients, RedisSettings};
-use platform_testing::{RedisServer, unique_prefix};
+use platform_testing::{RedisServer, eventually, unique_prefix};
 
 fn settings_with(policies: &[(&str, u32, u64)]) -> RateLimitSettings {
     RateLimitSettings {
@@ -531,4 +531,41 @@ async fn an_expired_lease_gives_its_unspent_tokens_back_with_the_next_grant() {
     let key = clients.keys().rate_limit_window("leased", "org:cove", window);
     let counted: u64 = clients.primary().get(&key).await.unwrap();
     assert_eq!(counted, 10, "1 spent + 9 regranted");
+}
+
+#[tokio::test]
+async fn a_busy_lease_is_refilled_in_the_background_before_it_runs_out() {
+    // Arrange: 1000 per hour, leases of 10 (the next is asked for at 5 left), one replica.
+    let mut settings = leased(1_000, 10);
+    settings.expected_replicas = 1;
+    let (clients, limiter) = limiter_on(RedisServer::shared(), "lease-ahead", &settings).await;
+    avoid_window_end(3_600_000, 30_000).await;
+    let refills = |n: u64| {
+        let limiter = limiter.clone();
+        async move { limiter.stats().lease_refills_ahead == n }
+    };
+
+    // Act: the first request takes a lease (9 held); the next 4 spend it down to the mark.
+    let mut decisions = Vec::new();
+    for _ in 0..5 {
+        decisions.push(limiter.check("leased", "org:dune").await.unwrap());
+    }
+    eventually("the first refill ahead landed", || refills(1)).await;
+    // 15 held: 14 more never find the lease empty (the 10th of them asks for the next).
+    for _ in 0..14 {
+        decisions.push(limiter.check("leased", "org:dune").await.unwrap());
+    }
+    eventually("the second refill ahead landed", || refills(2)).await;
+
+    // Assert: only the first request waited on Redis; remaining counts down as in exact mode.
+    let sources: Vec<_> = decisions.iter().map(|d| d.source).collect();
+    assert_eq!(sources[0], DecisionSource::Redis);
+    assert!(sources[1..].iter().all(|s| *s == DecisionSource::Lease), "{sources:?}");
+    let remaining: Vec<u32> = decisions.iter().map(|d| d.remaining).collect();
+    assert_eq!(remaining, (981..1000).rev().collect::<Vec<u32>>());
+    assert!(decisions.iter().all(|d| d.allowed));
+    let window = unix_ms() / 3_600_000;
+    let key = clients.keys().rate_limit_window("leased", "org:dune", window);
+    let counted: u64 = clients.primary().get(&key).await.unwrap();
+    assert_eq!(counted, 30, "three leases of 10, all counted in Redis");
 }

@@ -14,7 +14,7 @@ use platform_redis::streams::{
     StreamProducer,
 };
 use platform_redis::{RedisClients, RedisSettings, StreamName};
-use platform_testing::{RedisServer, unique_prefix};
+use platform_testing::{RedisServer, eventually, unique_prefix};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -143,17 +143,6 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
 }
 
 /// Polls `condition` until it holds; fails the test after a generous deadline.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 fn settings(group: &str) -> ConsumerSettings {
     ConsumerSettings {

@@ -26,6 +26,7 @@ mod postgres;
 mod process;
 mod redis;
 mod redis_cluster;
+mod wait;
 
 pub use fake_simpro::{FakeSimpro, FakeSimproConfig, Fault};
 pub use fake_stripe::{FakeStripe, FakeStripeConfig, StripeFault, SubscriptionState};
@@ -34,6 +35,7 @@ pub use postgres::{PostgresServer, TestDatabase};
 pub use process::free_port;
 pub use redis::RedisServer;
 pub use redis_cluster::RedisCluster;
+pub use wait::eventually;
 
 /// A key prefix no other test uses, readable in `redis-cli MONITOR` output: `t-<test>-<random>`.
 pub fn unique_prefix(test: &str) -> String {

@@ -29,21 +29,33 @@
 //! `min(N, max(1, room / rate_limit.expected_replicas))`, where `room` is what the exact script
 //! would still allow one by one right now, and it is added to the current window's count at once.
 //! A lease is spent only in the fixed window it was counted in and for at most
-//! `rate_limit.lease_max_age_ms`; after that its unspent tokens are given back (subtracted from
-//! the count they were added to) by the same `EVALSHA` that takes the next lease.
+//! `rate_limit.lease_max_age_ms` after its last grant; after that its unspent tokens are given
+//! back (subtracted from the count they were added to) by the same `EVALSHA` that takes the next
+//! lease.
 //!
 //! Exactness: every admitted request was counted in Redis, in its own fixed window, before it was
 //! admitted, and Redis never grants beyond `room`; so no fixed window ever admits more than
 //! `limit` across all replicas, and over any interval of length `W` the bound of exact mode holds
 //! (no over-admission is added). What leases cost is the other direction: tokens held unspent by
 //! one replica are counted, so another replica can be denied while up to
-//! `lease × (replicas − 1)` tokens sit elsewhere (until they are spent, given back at that
-//! replica's next refill, or the window passes). `X-RateLimit-Remaining` on a leased decision is
-//! Redis' remaining count at the last grant plus this replica's unspent tokens, i.e. the shared
-//! estimate minus what this replica spent since; other replicas' spending shows at the next
-//! grant (at most `lease_max_age_ms` later). Denials come from Redis (a grant of 0) and then from
-//! the blocked cache, as in exact mode; the fallback is the same in both modes (a live lease is
-//! still spent while Redis is down: its tokens are counted there).
+//! `1.5 × lease × (replicas − 1)` tokens sit elsewhere (one and a half leases each, see below;
+//! until they are spent, given back at that replica's next grant, or the window passes).
+//! `X-RateLimit-Remaining` on a leased decision is Redis' remaining count at the last grant plus
+//! this replica's unspent tokens, i.e. the shared estimate minus what this replica spent since;
+//! other replicas' spending shows at the next grant (at most `lease_max_age_ms` later). Denials
+//! come from Redis (a grant of 0) and then from the blocked cache, as in exact mode; the fallback
+//! is the same in both modes (a live lease is still spent while Redis is down: its tokens are
+//! counted there).
+//!
+//! ## Refills ahead of need
+//! A lease that simply ran out would make every request arriving during the next grant's round
+//! trip wait for it (and each of them would take a lease of its own). So the request whose token
+//! takes a lease down to half of `lease` starts the next `EVALSHA` in the background and is
+//! answered at once; the grant adds to the held tokens when it lands. A busy identifier's
+//! requests wait on Redis only if half a lease is spent before that grant lands. The price: a
+//! replica holds up to one and a half leases. Nothing is asked ahead when Redis had no room left
+//! at the last grant, in fallback, or for leases under three tokens. A lease of a past window or
+//! past `lease_max_age_ms` is renewed by the request that finds it dead, as before.
 //!
 //! # Redis calls saved and avoided
 //! - Leases: one `EVALSHA` per lease instead of per request (above).
@@ -330,6 +342,8 @@ pub struct RateLimitStats {
     pub redis_decisions: u64,
     /// Requests allowed from a lease held in process, without Redis.
     pub lease_decisions: u64,
+    /// Leases taken in the background before the held one ran out (one `EVALSHA` each).
+    pub lease_refills_ahead: u64,
     /// Denials answered from the in-process blocked cache, without Redis.
     pub blocked_cache_hits: u64,
     /// Decisions made in process because Redis was unreachable.
@@ -361,6 +375,7 @@ struct Known {
 struct Counters {
     redis_decisions: AtomicU64,
     lease_decisions: AtomicU64,
+    lease_refills_ahead: AtomicU64,
     blocked_cache_hits: AtomicU64,
     fallback_decisions: AtomicU64,
     denied: AtomicU64,
@@ -415,7 +430,7 @@ impl RateLimiter {
                     window_ms: policy.window_secs.saturating_mul(1_000),
                     known: Mutex::new(Known {
                         blocked: BlockedCache::new(settings.blocked_cache_capacity),
-                        leases: Leases::new(settings.blocked_cache_capacity),
+                        leases: Leases::new(settings.blocked_cache_capacity, policy.lease / 2),
                     }),
                     local: Mutex::new(LocalWindows::new(settings.fallback.max_identifiers)),
                 };
@@ -467,6 +482,7 @@ impl RateLimiter {
         RateLimitStats {
             redis_decisions: c.redis_decisions.load(Ordering::Relaxed),
             lease_decisions: c.lease_decisions.load(Ordering::Relaxed),
+            lease_refills_ahead: c.lease_refills_ahead.load(Ordering::Relaxed),
             blocked_cache_hits: c.blocked_cache_hits.load(Ordering::Relaxed),
             fallback_decisions: c.fallback_decisions.load(Ordering::Relaxed),
             denied: c.denied.load(Ordering::Relaxed),
@@ -489,7 +505,7 @@ impl RateLimiter {
         self.inner.policies.get(name).cloned()
     }
 
-    async fn check_policy(&self, policy: &Policy, identifier: &str) -> Decision {
+    async fn check_policy(&self, policy: &Arc<Policy>, identifier: &str) -> Decision {
         let now = Instant::now();
         match self.local_decision(policy, identifier, now) {
             Some(decision) => decision,
@@ -501,7 +517,12 @@ impl RateLimiter {
 
     /// A decision that needs no Redis: the limiter is off, the identifier is in the blocked
     /// cache, or this replica's lease has a token left.
-    fn local_decision(&self, policy: &Policy, identifier: &str, now: Instant) -> Option<Decision> {
+    fn local_decision(
+        &self,
+        policy: &Arc<Policy>,
+        identifier: &str,
+        now: Instant,
+    ) -> Option<Decision> {
         let limit = policy.settings.limit;
         if !self.inner.enabled {
             return Some(Decision {
@@ -533,6 +554,9 @@ impl RateLimiter {
             let spent = known.leases.spend(identifier, window_index, now)?;
             drop(known);
             self.inner.counters.lease_decisions.fetch_add(1, Ordering::Relaxed);
+            if spent.refill && !self.inner.in_fallback.load(Ordering::Relaxed) {
+                self.refill_ahead(Arc::clone(policy), identifier.to_owned());
+            }
             return Some(Decision {
                 allowed: true,
                 limit,
@@ -649,7 +673,7 @@ impl RateLimiter {
                     lock(&policy.known).leases.grant(
                         identifier,
                         window_index,
-                        granted,
+                        granted - 1,
                         outcome.remaining,
                         now + self.inner.lease_max_age,
                         now + reset_after,
@@ -675,6 +699,41 @@ impl RateLimiter {
                 self.fallback_decision(policy, identifier, now_ms, now)
             }
         }
+    }
+
+    /// Takes `identifier`'s next lease while the current one still has tokens (see "Refills
+    /// ahead of need" in the module doc), on the caller's runtime: on an HTTP worker that is
+    /// the worker's own connection. A failure only means the lease runs out first, and the
+    /// request that finds it empty takes one itself, deciding about fallback as usual.
+    fn refill_ahead(&self, policy: Arc<Policy>, identifier: String) {
+        let limiter = self.clone();
+        tokio::spawn(async move {
+            let now_ms = unix_ms();
+            let pool = limiter.inner.pool.pool();
+            let client = pool.next_connected();
+            if !client.is_connected() {
+                return;
+            }
+            let lease = policy.settings.lease;
+            match limiter.take_lease(client, &policy, &identifier, now_ms, lease, None).await {
+                Ok((0, _)) => {}
+                Ok((granted, outcome)) => {
+                    limiter.inner.counters.lease_refills_ahead.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    lock(&policy.known).leases.grant(
+                        &identifier,
+                        now_ms / policy.window_ms,
+                        granted,
+                        outcome.remaining,
+                        now + limiter.inner.lease_max_age,
+                        now + Duration::from_millis(outcome.reset_ms),
+                    );
+                }
+                Err(error) => {
+                    tracing::debug!(%error, policy = %policy.name, "rate-limit lease refill ahead of need failed");
+                }
+            }
+        });
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(policy = %policy.name, identifier = %identifier))]

@@ -198,6 +198,9 @@ struct Lease {
 pub(crate) struct Spent {
     pub remaining: u32,
     pub reset_at: Instant,
+    /// This token took the lease down to its refill mark: the caller should take the next lease
+    /// now, in the background, so no request waits for it.
+    pub refill: bool,
 }
 
 /// Leases held by this replica, per identifier. Bounded: when full (after dropping dead leases)
@@ -206,11 +209,13 @@ pub(crate) struct Spent {
 pub(crate) struct Leases {
     held: HashMap<String, Lease>,
     capacity: usize,
+    /// Spending down to this many tokens asks for the next lease ahead of need (0 = never).
+    refill_at: u32,
 }
 
 impl Leases {
-    pub fn new(capacity: usize) -> Self {
-        Self { held: HashMap::new(), capacity }
+    pub fn new(capacity: usize, refill_at: u32) -> Self {
+        Self { held: HashMap::new(), capacity, refill_at }
     }
 
     /// Spends one token of a live lease of `identifier` in `window_index`, if there is one.
@@ -220,9 +225,14 @@ impl Leases {
             return None;
         }
         lease.tokens -= 1;
+        // Only the token that reaches the mark asks (a grant lifts the count above it again, so
+        // at most one refill per lease is in flight), and only while Redis had room to give.
+        let refill =
+            self.refill_at > 0 && lease.tokens == self.refill_at && lease.shared_remaining > 0;
         Some(Spent {
             remaining: lease.shared_remaining.saturating_add(lease.tokens),
             reset_at: lease.reset_at,
+            refill,
         })
     }
 
@@ -242,18 +252,18 @@ impl Leases {
         self.held.len() < self.capacity
     }
 
-    /// Records `granted` tokens (one already spent by the caller) and returns the caller's
-    /// remaining estimate. A concurrent grant for the same window adds to the held tokens.
+    /// Records `tokens` granted in `window_index` and not spent yet, and returns the remaining
+    /// estimate. A grant for the same window as the held lease (a refill ahead of need, or a
+    /// concurrent one) adds to its tokens.
     pub fn grant(
         &mut self,
         identifier: &str,
         window_index: u64,
-        granted: u32,
+        tokens: u32,
         shared_remaining: u32,
         expires: Instant,
         reset_at: Instant,
     ) -> u32 {
-        let spare = granted.saturating_sub(1);
         let lease = self.held.entry(identifier.to_owned()).or_insert(Lease {
             window_index,
             tokens: 0,
@@ -261,12 +271,18 @@ impl Leases {
             expires,
             reset_at,
         });
-        if lease.window_index != window_index {
+        if lease.window_index > window_index {
+            // A grant that was in flight while the window turned: the newer lease stays. (Its
+            // tokens were counted in a window that is over; the sliding estimate weighs them less
+            // every millisecond.)
+            return shared_remaining;
+        }
+        if lease.window_index < window_index {
             // A lease of an older window still here (a concurrent refill): its tokens are dead.
             lease.tokens = 0;
             lease.window_index = window_index;
         }
-        lease.tokens = lease.tokens.saturating_add(spare);
+        lease.tokens = lease.tokens.saturating_add(tokens);
         lease.shared_remaining = shared_remaining;
         lease.expires = expires;
         lease.reset_at = reset_at;
@@ -402,9 +418,9 @@ mod tests {
     fn a_lease_is_spent_in_its_window_only_and_gives_back_what_is_left() {
         let now = Instant::now();
         let later = now + Duration::from_secs(1);
-        let mut leases = Leases::new(1);
+        let mut leases = Leases::new(1, 0);
         // 5 granted, one taken by the caller; Redis had 20 left for everyone after the grant.
-        assert_eq!(leases.grant("a", 7, 5, 20, later, later), 24);
+        assert_eq!(leases.grant("a", 7, 4, 20, later, later), 24);
         assert_eq!(leases.spend("a", 7, now).map(|s| s.remaining), Some(23));
         // Another window, or past expiry: not spent.
         assert_eq!(leases.spend("a", 8, now), None);
@@ -413,6 +429,41 @@ mod tests {
         assert_eq!(leases.take_back("a"), Some((7, 3)));
         assert_eq!(leases.len(), 0);
         assert!(leases.has_room("b", now));
+    }
+
+    #[test]
+    fn the_token_that_reaches_the_refill_mark_asks_for_the_next_lease_once() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let mut leases = Leases::new(1, 2);
+        leases.grant("a", 7, 4, 20, later, later);
+        let asks = |leases: &mut Leases| leases.spend("a", 7, now).map(|s| s.refill);
+        // 4 → 3: above the mark; 3 → 2: the mark; 2 → 1, 1 → 0: a refill is already asked for.
+        assert_eq!(asks(&mut leases), Some(false));
+        assert_eq!(asks(&mut leases), Some(true));
+        assert_eq!(asks(&mut leases), Some(false));
+        // The refill lands: its tokens add up, and spending down asks again at the mark.
+        assert_eq!(leases.grant("a", 7, 4, 16, later, later), 21);
+        let refills: Vec<_> = (0..5).filter_map(|_| asks(&mut leases)).collect();
+        assert_eq!(refills, vec![false, false, true, false, false]);
+        // Redis had no room left at the last grant: nothing to ask for.
+        leases.grant("a", 7, 3, 0, later, later);
+        let refills: Vec<_> = (0..3).filter_map(|_| asks(&mut leases)).collect();
+        assert_eq!(refills, vec![false, false, false]);
+    }
+
+    #[test]
+    fn a_grant_that_lands_after_the_window_turned_leaves_the_newer_lease_alone() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let mut leases = Leases::new(1, 0);
+        leases.grant("a", 8, 5, 50, later, later);
+        // A refill sent in window 7 answers late: window 8's lease keeps its tokens.
+        assert_eq!(leases.grant("a", 7, 9, 40, later, later), 40);
+        assert_eq!(leases.spend("a", 8, now).map(|s| s.remaining), Some(54));
+        // The other way round, the older lease's tokens are dead.
+        leases.grant("a", 9, 2, 30, later, later);
+        assert_eq!(leases.take_back("a"), Some((9, 2)));
     }
 
     #[test]
