@@ -40,8 +40,6 @@ async fn clients(test: &str) -> RedisClients {
     RedisClients::connect(&settings).await.expect("connect to the cluster")
 }
 
-/// Polls `condition` until it holds; fails the test after a generous deadline.
-
 async fn stream_len(clients: &RedisClients, key: &str) -> u64 {
     clients.primary().xlen(key).await.unwrap()
 }

@@ -142,8 +142,6 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
     fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
 }
 
-/// Polls `condition` until it holds; fails the test after a generous deadline.
-
 fn settings(group: &str) -> ConsumerSettings {
     ConsumerSettings {
         batch_size: 50,
