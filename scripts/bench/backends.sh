@@ -7,6 +7,10 @@
 #                                   not the disk (webhook-ingest, whose durable write is the
 #                                   point, starts its own).
 #   APP_PID=$!                      after starting the service, so the exit trap stops it.
+#   bench_pin_backends CPUS         pins redis-server and Postgres (every thread, and the
+#                                   backends Postgres forks later) to CPUS, a taskset list.
+#   steal_mark; …; steal_since      percent of CPU time the hypervisor gave other guests meanwhile
+#                                   ("steal" in /proc/stat; 0 on bare metal).
 
 bench_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -19,6 +23,29 @@ bench_cleanup() {
     as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
     if [[ -f "$WORK/redis.pid" ]]; then kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true; fi
     rm -rf "$WORK"
+}
+
+bench_pin_backends() {
+    local cpus=$1 postmaster
+    postmaster="$(head -1 "$WORK/pg/postmaster.pid")"
+    for pid in "$(cat "$WORK/redis.pid")" "$postmaster" $(pgrep -P "$postmaster"); do
+        taskset -a -p -c "$cpus" "$pid" >/dev/null
+    done
+}
+
+# A run with more than 1% steal says more about the host than the service: a vCPU the
+# hypervisor stalls holds every request queued on it, and 1% of a run is the whole p99.
+steal_mark() {
+    local _cpu u n s i w q sq st _rest
+    read -r _cpu u n s i w q sq st _rest </proc/stat
+    STEAL_AT=$st
+    TOTAL_AT=$((u + n + s + i + w + q + sq + st))
+}
+
+steal_since() {
+    local _cpu u n s i w q sq st _rest
+    read -r _cpu u n s i w q sq st _rest </proc/stat
+    python3 -c "print(f'{100 * ($st - $STEAL_AT) / max($((u + n + s + i + w + q + sq + st)) - $TOTAL_AT, 1):.1f}')"
 }
 
 bench_backends() {

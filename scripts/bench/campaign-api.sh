@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Benchmark of campaign-api (release build) on loopback, against private Redis and Postgres:
 #   1. warm GET /api/public/campaigns/demo/active vs the same binary's /healthz, wrk, 64 connections
-#      (target: >= 0.7x the /healthz throughput, p99 < 5 ms);
+#      (target: >= 0.7x the /healthz throughput, p99 < 5 ms), in two CPU layouts:
+#      split  - the service, Redis and Postgres on the first half of the CPUs, wrk on the other
+#               half (as with a load generator on its own machine: wrk's busy threads do not
+#               delay the service's, so the percentiles are the service's);
+#      shared - everything on every CPU (wrk's threads and the service's wait for each other's
+#               time slices: on 2 cores that alone puts /healthz's own p99 at 3-5 ms).
+#      Each run reports the CPU steal during it; percentiles of a run above 1% measure the host.
 #   2. cold-miss latency: an admin PATCH invalidates, then one timed GET (X-Cache: MISS);
 #   3. hit rate over a mixed workload (wrk, 1 admin write per 100 requests), from /metrics.
-# Knobs: DURATION (default 10s), CONNECTIONS (64), THREADS (2), COLD_SAMPLES (100),
+# Knobs: DURATION (default 10s), CONNECTIONS (64), THREADS (shared layout's wrk threads: 2),
+#   LAYOUTS ("split shared"; split needs 2 CPUs), COLD_SAMPLES (100),
 #   WRITE_EVERY (100: one admin write per that many requests in the mixed run),
 #   RATE_LIMIT (on; "off" disables the limiter to show its share of the warm cost),
 #   LEASE (1000: tokens a replica takes from Redis per lease of the api policy; 0 = exact mode).
@@ -20,6 +27,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/backends.sh"
 DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
+LAYOUTS="${LAYOUTS:-split shared}"
+CPUS="$(nproc)"
+SERVER_CPUS="0-$((CPUS / 2 - 1))"
+CLIENT_CPUS="$((CPUS / 2))-$((CPUS - 1))"
+CLIENT_THREADS=$((CPUS - CPUS / 2))
 COLD_SAMPLES="${COLD_SAMPLES:-100}"
 WRITE_EVERY="${WRITE_EVERY:-100}"
 RATE_LIMIT="${RATE_LIMIT:-on}"
@@ -31,50 +43,86 @@ TOKEN="bench-admin-token"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 
 command -v wrk >/dev/null || die "wrk is not installed (apt-get install wrk)"
+if [[ "$CPUS" -lt 2 && "$LAYOUTS" == *split* ]]; then
+    warn "one CPU: no split layout"
+    LAYOUTS=shared
+fi
 
 log "building campaign-api (release)"
 (cd "$REPO_ROOT" && cargo build --release -p campaign-api --quiet)
 
 bench_backends campaign campaign
 
-log "starting campaign-api on $APP_P"
-APP__HTTP__PORT="$APP_P" APP__REDIS__URL="redis://127.0.0.1:$REDIS_P" \
-    APP__DATABASE__URL="postgres://postgres@127.0.0.1:$PG_P/campaign" \
-    APP__AUTH__ADMIN_TOKEN="$TOKEN" APP__DEMO__SEED=true APP__TELEMETRY__FILTER=warn \
-    APP__RATE_LIMIT__ENABLED="$RL_ENABLED" APP__RATE_LIMIT__POLICIES__API__LIMIT=1000000 APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS=1 \
-    env "${LEASE_ENV[@]}" "$TARGET_DIR/release/campaign-api" >"$WORK/app.log" 2>&1 &
-# shellcheck disable=SC2034 # read by bench_cleanup (backends.sh)
-APP_PID=$!
+# start_app [COMMAND PREFIX…]: the service (under the prefix, e.g. taskset), ready to serve.
+start_app() {
+    log "starting campaign-api on $APP_P $*"
+    APP__HTTP__PORT="$APP_P" APP__REDIS__URL="redis://127.0.0.1:$REDIS_P" \
+        APP__DATABASE__URL="postgres://postgres@127.0.0.1:$PG_P/campaign" \
+        APP__AUTH__ADMIN_TOKEN="$TOKEN" APP__DEMO__SEED=true APP__TELEMETRY__FILTER=warn \
+        APP__RATE_LIMIT__ENABLED="$RL_ENABLED" APP__RATE_LIMIT__POLICIES__API__LIMIT=1000000 APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS=1 \
+        env "${LEASE_ENV[@]}" "$@" "$TARGET_DIR/release/campaign-api" >>"$WORK/app.log" 2>&1 &
+    # shellcheck disable=SC2034 # read by bench_cleanup (backends.sh)
+    APP_PID=$!
+    for _ in $(seq 100); do
+        curl -fs "$BASE/readyz" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    cat "$WORK/app.log"
+    die "campaign-api did not become ready"
+}
+
+stop_app() {
+    kill "$APP_PID" 2>/dev/null || true
+    wait "$APP_PID" 2>/dev/null || true
+    APP_PID=""
+}
+
 BASE="http://127.0.0.1:$APP_P"
-for _ in $(seq 100); do
-    curl -fs "$BASE/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -fs "$BASE/readyz" >/dev/null || { cat "$WORK/app.log"; die "campaign-api did not become ready"; }
-
 ACTIVE="$BASE/api/public/campaigns/demo/active"
-CAMPAIGN="$(curl -fs "$ACTIVE" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')"
-curl -fs "$ACTIVE" >/dev/null
 
-# wrk summary → "rps p99_ms"
+# wrk summary → "rps p99_ms non2xx steal%"; WRK is the command (taskset prefix, threads).
 run_wrk() {
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" | tee -a "$WORK/wrk.txt" | python3 -c '
+    steal_mark
+    "${WRK[@]}" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" | tee -a "$WORK/wrk.txt" | python3 -c '
 import re, sys
 text = sys.stdin.read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 m = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
 p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"{rps:.0f} {p99:.2f} {errors.group(1) if errors else 0}")'
+print(f"{rps:.0f} {p99:.2f} {errors.group(1) if errors else 0}", end=" ")'
+    steal_since
 }
 
-log "warm-up"
-wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$ACTIVE" >/dev/null
-log "wrk /healthz ($DURATION, $CONNECTIONS connections)"
-read -r H_RPS H_P99 H_ERR < <(run_wrk "$BASE/healthz")
-log "wrk /api/public/campaigns/demo/active"
-read -r A_RPS A_P99 A_ERR < <(run_wrk "$ACTIVE")
-RATIO="$(python3 -c "print(f'{$A_RPS / $H_RPS:.2f}')")"
+declare -A WARM
+ERRORS=0
+LAST_LAYOUT="${LAYOUTS##* }"
+for layout in $LAYOUTS; do
+    if [[ "$layout" == split ]]; then
+        bench_pin_backends "$SERVER_CPUS"
+        start_app taskset -c "$SERVER_CPUS"
+        WRK=(taskset -c "$CLIENT_CPUS" wrk -t"$CLIENT_THREADS")
+        WARM[$layout]="service, Redis, Postgres on CPUs $SERVER_CPUS; wrk -t$CLIENT_THREADS on CPUs $CLIENT_CPUS"
+    else
+        bench_pin_backends "0-$((CPUS - 1))"
+        start_app
+        WRK=(wrk -t"$THREADS")
+        WARM[$layout]="everything on CPUs 0-$((CPUS - 1)); wrk -t$THREADS"
+    fi
+    log "warm-up ($layout layout)"
+    "${WRK[@]}" -c"$CONNECTIONS" -d2s "$ACTIVE" >/dev/null
+    log "wrk /healthz ($layout layout, $DURATION, $CONNECTIONS connections)"
+    read -r H_RPS H_P99 H_ERR H_STEAL < <(run_wrk "$BASE/healthz")
+    log "wrk /api/public/campaigns/demo/active ($layout layout)"
+    read -r A_RPS A_P99 A_ERR A_STEAL < <(run_wrk "$ACTIVE")
+    RATIO="$(python3 -c "print(f'{$A_RPS / $H_RPS:.2f}')")"
+    ERRORS=$((ERRORS + A_ERR))
+    WARM[$layout]="$(printf '%s\n    /healthz                       %7s req/s   p99 %6s ms   steal %4s%%   non-2xx %s\n    GET .../demo/active (warm)     %7s req/s   p99 %6s ms   steal %4s%%   non-2xx %s\n    ratio active / healthz         %s   (target >= 0.70; p99 target < 5 ms)' \
+        "${WARM[$layout]}" "$H_RPS" "$H_P99" "$H_STEAL" "$H_ERR" "$A_RPS" "$A_P99" "$A_STEAL" "$A_ERR" "$RATIO")"
+    [[ "$layout" == "$LAST_LAYOUT" ]] || stop_app
+done
+
+CAMPAIGN="$(curl -fs "$ACTIVE" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')"
 
 log "cold misses ($COLD_SAMPLES samples)"
 : >"$WORK/cold.txt"
@@ -113,7 +161,7 @@ for line in sys.stdin:
 print(counts["HIT"], counts["MISS"], counts["STALE"], counts.get("COMPUTE", 0))'
 }
 read -r HIT0 MISS0 STALE0 COMP0 < <(cache_counts)
-read -r M_RPS M_P99 M_ERR < <(run_wrk -s "$WORK/mixed.lua" "$BASE")
+read -r M_RPS _ M_ERR M_STEAL < <(run_wrk -s "$WORK/mixed.lua" "$BASE")
 read -r HIT1 MISS1 STALE1 COMP1 < <(cache_counts)
 HITS=$((HIT1 - HIT0 + STALE1 - STALE0))
 READS=$((HITS + MISS1 - MISS0))
@@ -123,15 +171,17 @@ ORIGIN_RATE="$(python3 -c "print(f'{100 * (1 - $COMPUTES / max($READS, 1)):.2f}'
 
 cat <<REPORT
 
-campaign-api benchmark ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, loopback, release build, rate limit $RATE_LIMIT, lease ${LEASE:-configured}, load average $(cut -d' ' -f1-3 /proc/loadavg))
-  /healthz                         ${H_RPS} req/s   p99 ${H_P99} ms   non-2xx ${H_ERR}
-  GET .../demo/active (warm)       ${A_RPS} req/s   p99 ${A_P99} ms   non-2xx ${A_ERR}
-  ratio active / healthz           ${RATIO}   (target >= 0.70; p99 target < 5 ms)
-  cold miss (after invalidation)   p50 ${COLD_P50} ms   p95 ${COLD_P95} ms   (${COLD_SAMPLES} samples, curl)
-  mixed, 1 write / ${WRITE_EVERY} req      ${M_RPS} req/s   ${READS} reads, ${COMPUTES} Postgres computes
+campaign-api benchmark ($CPUS cores, $CONNECTIONS connections, $DURATION per run, loopback, release build, rate limit $RATE_LIMIT, lease ${LEASE:-configured}, load average $(cut -d' ' -f1-3 /proc/loadavg))
+REPORT
+for layout in $LAYOUTS; do
+    printf '  layout %s: %s\n' "$layout" "${WARM[$layout]}"
+done
+cat <<REPORT
+  cold miss (after invalidation)   p50 ${COLD_P50} ms   p95 ${COLD_P95} ms   (${COLD_SAMPLES} samples, curl; $LAST_LAYOUT layout)
+  mixed, 1 write / ${WRITE_EVERY} req      ${M_RPS} req/s   ${READS} reads, ${COMPUTES} Postgres computes, steal ${M_STEAL}%
     X-Cache hit rate               ${HIT_RATE}% (HIT+STALE; coalesced waiters of a miss count as MISS)
     reads served without Postgres  ${ORIGIN_RATE}% (target > 95%)
 REPORT
-if [[ "${A_ERR:-0}" != 0 || "${M_ERR:-0}" != 0 ]]; then
+if [[ "$ERRORS" != 0 || "${M_ERR:-0}" != 0 ]]; then
     echo "  WARNING: non-2xx answers (rate limit spent?): this run's ratios are not valid"
 fi
