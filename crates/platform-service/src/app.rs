@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::AdminToken;
 use crate::error::{configure_extractors, not_found};
 use crate::health::{self, FallbackStatus};
-use crate::metrics::{Metrics, observe_requests};
+use crate::metrics::{Metrics, RateLimitCollector, observe_requests};
 use crate::settings::HttpSettings;
 
 /// The process-wide stop signal: draining flag for `/readyz`, cancellation for workers.
@@ -86,12 +86,14 @@ impl AppContext {
         let fallbacks = vec![health::fallback_status("rateLimiter", move || {
             limiter.mode() == LimiterMode::Fallback
         })];
+        let metrics = Metrics::new(service);
+        metrics.register_collector(RateLimitCollector(rate_limiter.clone()));
         Self {
             service,
             redis,
             rate_limiter,
             db,
-            metrics: Metrics::new(service),
+            metrics,
             shutdown: Shutdown::default(),
             fallbacks,
             ready_requires: crate::settings::READY_DEPENDENCIES.map(str::to_owned).to_vec(),

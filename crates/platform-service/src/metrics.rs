@@ -3,7 +3,8 @@
 //!
 //! Services register their own metrics on [`Metrics::register`] while building; the request
 //! middleware records `http_requests_total` and `http_request_duration_seconds` by method, route
-//! pattern (never the raw path, to bound cardinality) and status.
+//! pattern (never the raw path, to bound cardinality) and status. The rate limiter's counters are
+//! read at scrape time ([`RateLimitCollector`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,8 +15,10 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use platform_redis::ratelimit::RateLimiter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
@@ -68,6 +71,14 @@ impl Metrics {
         self.registry.write().unwrap_or_else(|p| p.into_inner()).register(name, help, metric);
     }
 
+    /// Registers a collector, read on every scrape.
+    pub fn register_collector(&self, collector: impl Collector) {
+        self.registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .register_collector(Box::new(collector));
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -81,6 +92,48 @@ impl Metrics {
     fn observe(&self, labels: HttpLabels, seconds: f64) {
         self.durations.get_or_create(&labels).observe(seconds);
         self.requests.get_or_create(&labels).inc();
+    }
+}
+
+/// `rate_limit_decisions_total{source}`, `rate_limit_denied_total` and
+/// `rate_limit_lease_refills_ahead_total`, from the limiter's own atomics: counting them a second
+/// time in Prometheus counters would put more writes on the hottest path.
+#[derive(Debug)]
+pub struct RateLimitCollector(pub RateLimiter);
+
+impl Collector for RateLimitCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        let sources = [
+            ("redis", stats.redis_decisions),
+            ("lease", stats.lease_decisions),
+            ("blocked_cache", stats.blocked_cache_hits),
+            ("fallback", stats.fallback_decisions),
+        ];
+        let kind = ConstCounter::new(0u64).metric_type();
+        {
+            let mut decisions = encoder.encode_descriptor(
+                "rate_limit_decisions",
+                "Rate-limit decisions by where they were made (redis, lease, blocked_cache, fallback)",
+                None,
+                kind,
+            )?;
+            for (source, count) in sources {
+                ConstCounter::new(count).encode(decisions.encode_family(&[("source", source)])?)?;
+            }
+        }
+        ConstCounter::new(stats.denied).encode(encoder.encode_descriptor(
+            "rate_limit_denied",
+            "Requests the rate limiter refused",
+            None,
+            kind,
+        )?)?;
+        ConstCounter::new(stats.lease_refills_ahead).encode(encoder.encode_descriptor(
+            "rate_limit_lease_refills_ahead",
+            "Leases taken in the background before the held one ran out",
+            None,
+            kind,
+        )?)
     }
 }
 

@@ -234,6 +234,31 @@ async fn metrics_count_requests_by_route_pattern() {
 }
 
 #[tokio::test]
+async fn metrics_count_rate_limit_decisions_by_source_and_denials() {
+    // Arrange: the limited route allows 2 per window; the third is denied by Redis, the fourth
+    // from the blocked cache.
+    let app = spawn_app(&RedisServer::shared().url(), false).await;
+    for _ in 0..4 {
+        app.client.get(format!("{}/limited", app.base)).send().await.unwrap();
+    }
+
+    // Act
+    let response = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap();
+    let text = response.text().await.unwrap();
+
+    // Assert
+    for line in [
+        r#"rate_limit_decisions_total{service="test-service",source="redis"} 3"#,
+        r#"rate_limit_decisions_total{service="test-service",source="blocked_cache"} 1"#,
+        r#"rate_limit_decisions_total{service="test-service",source="lease"} 0"#,
+        r#"rate_limit_denied_total{service="test-service"} 2"#,
+        r#"rate_limit_lease_refills_ahead_total{service="test-service"} 0"#,
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+}
+
+#[tokio::test]
 async fn errors_follow_the_json_contract() {
     // Arrange
     let app = spawn_app(&RedisServer::shared().url(), false).await;
