@@ -40,10 +40,13 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 if ((want_bench)); then
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    # The benches pin processes (taskset, util-linux) and find Postgres' backends (pgrep).
+    command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+    command -v pgrep >/dev/null 2>&1 || missing+=(procps)
 fi
 
 if ((${#missing[@]} == 0)); then
-    echo "deps: all present (redis-server, postgresql, curl$( ((want_bench)) && echo ', wrk'))"
+    echo "deps: all present (redis-server, postgresql, curl$( ((want_bench)) && echo ', wrk, taskset, pgrep'))"
     exit 0
 fi
 
