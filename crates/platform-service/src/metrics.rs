@@ -18,6 +18,7 @@ use actix_web::web;
 use platform_redis::ratelimit::RateLimiter;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -110,13 +111,12 @@ impl Collector for RateLimitCollector {
             ("blocked_cache", stats.blocked_cache_hits),
             ("fallback", stats.fallback_decisions),
         ];
-        let kind = ConstCounter::new(0u64).metric_type();
         {
             let mut decisions = encoder.encode_descriptor(
                 "rate_limit_decisions",
                 "Rate-limit decisions by where they were made (redis, lease, blocked_cache, fallback)",
                 None,
-                kind,
+                MetricType::Counter,
             )?;
             for (source, count) in sources {
                 ConstCounter::new(count).encode(decisions.encode_family(&[("source", source)])?)?;
@@ -126,13 +126,13 @@ impl Collector for RateLimitCollector {
             "rate_limit_denied",
             "Requests the rate limiter refused",
             None,
-            kind,
+            MetricType::Counter,
         )?)?;
         ConstCounter::new(stats.lease_refills_ahead).encode(encoder.encode_descriptor(
             "rate_limit_lease_refills_ahead",
             "Leases taken in the background before the held one ran out",
             None,
-            kind,
+            MetricType::Counter,
         )?)
     }
 }
