@@ -179,7 +179,8 @@ pub struct RateLimitSettings {
     /// than the peer address. Only safe behind a proxy that sets that header itself.
     #[serde(default)]
     pub trust_x_forwarded_for: bool,
-    /// Longest time a lease is spent before its unspent tokens go back (policies with `lease`).
+    /// Longest time a lease is spent after its last grant before its unspent tokens go back
+    /// (policies with `lease`).
     #[serde(default = "default_lease_max_age_ms")]
     pub lease_max_age_ms: u64,
     /// Replicas expected to share the limits: a lease takes at most `room / expected_replicas`.
