@@ -183,6 +183,14 @@ impl Keys {
         format!("{}:stream:{{{STREAMS_HASH_TAG}}}:{stream}:dead:{group}", self.root)
     }
 
+    /// Hash of consumer group → the stream entry id up to which that group has acknowledged
+    /// everything, kept by the stream's relay (webhook-ingest for the Stripe stream). A consumer
+    /// whose group is gone (`NOGROUP`) recreates it at this id, so it neither skips nor replays
+    /// the stream's history.
+    pub fn stream_group_checkpoints(&self, stream: StreamName) -> String {
+        format!("{}:stream:{{{STREAMS_HASH_TAG}}}:{stream}:checkpoints", self.root)
+    }
+
     /// Channel on which cache invalidations are broadcast to every replica.
     pub fn invalidation_channel(&self) -> String {
         format!("{}:chan:invalidate", self.root)
