@@ -15,9 +15,11 @@ pub mod lock;
 pub mod lua;
 pub mod messages;
 pub mod once;
+pub mod outbox;
 pub mod pubsub;
 pub mod ratelimit;
 pub mod streams;
+pub mod stripe_event;
 pub mod trace;
 pub mod usage;
 

@@ -1,17 +1,18 @@
-//! Group commit: the ledger statements of concurrent deliveries gathered into one statement each.
+//! Group commit: the ledger inserts of concurrent deliveries gathered into one statement.
 //!
-//! Every new delivery runs two ledger statements on its hot path (the `touch` check before the
-//! append and the insert after it). Run one by one, each is a round trip and a Postgres
-//! transaction, and each insert a commit waiting for its own WAL flush. A [`Batcher`] queues the
-//! requests instead; `committers` tasks each take what is queued (up to `max_rows`, waiting up
-//! to `linger` for more once the first is there), run it as **one** statement (its own
-//! transaction: one commit, one flush) and hand every waiter its own row's outcome.
+//! Every new delivery's hot path is one ledger insert. Run one by one, each would be a round trip
+//! and a commit waiting for its own WAL flush. A [`Batcher`] queues the requests instead;
+//! `committers` tasks each take what is queued (up to `max_rows`, waiting up to `linger` for more
+//! once the first is there), run it as **one** statement (its own transaction: one commit, one
+//! flush) and hand every waiter its own row's outcome.
 //!
-//! Guarantees the hand-off relies on:
+//! Guarantees the ingest relies on:
 //! - a waiter is answered only after the statement that carries its row returned, i.e. after
 //!   its commit (synchronous_commit decides durability, as for a single statement);
-//! - a failed statement fails every waiter of that batch with the same error (503 each), and no
-//!   waiter of it is told its row was written;
+//! - one bad row never fails its neighbours: a batch refused for its data (a constraint, a value
+//!   Postgres cannot store) is run again one row at a time, so only the bad row's waiter gets the
+//!   error; a batch that failed for any other reason (Postgres unreachable) fails every waiter of
+//!   it with the same error, and none of them is told its row was written;
 //! - one event id appears at most once per batch (a second one waits for the next batch), so a
 //!   batch's `ON CONFLICT DO UPDATE` never meets its own row twice and counts stay exact.
 
@@ -190,8 +191,7 @@ impl<Op: BatchOp> Committer<Op> {
             batch.into_iter().map(|job| (job.req, job.reply)).unzip();
         self.rows.observe(reqs.len() as f64);
         let span = tracing::info_span!("ledger.batch", op = Op::NAME, rows = reqs.len());
-        let outcome = Op::run(&self.db, &reqs).instrument(span).await;
-        match outcome {
+        match Op::run(&self.db, &reqs).instrument(span).await {
             Ok(resps) if resps.len() == reqs.len() => {
                 for (reply, resp) in replies.into_iter().zip(resps) {
                     // A waiter that went away (client disconnected) needs no answer.
@@ -207,12 +207,34 @@ impl<Op: BatchOp> Committer<Op> {
                 )));
                 fail_all(replies, &error);
             }
+            Err(error) if reqs.len() > 1 && is_data_error(&error) => {
+                tracing::warn!(op = Op::NAME, rows = reqs.len(), %error, "ledger batch refused for its data; running its rows one by one");
+                for (req, reply) in reqs.iter().zip(replies) {
+                    let alone = Op::run(&self.db, std::slice::from_ref(req)).await;
+                    let _ = reply.send(match alone {
+                        Ok(mut resps) if resps.len() == 1 => Ok(resps.remove(0)),
+                        Ok(_) => Err(Arc::new(sqlx::Error::Protocol("no row returned".into()))),
+                        Err(error) => Err(Arc::new(error)),
+                    });
+                }
+            }
             Err(error) => {
                 let error = Arc::new(error);
                 tracing::warn!(op = Op::NAME, rows = reqs.len(), error = %error, "ledger batch failed; every waiter answers 503");
                 fail_all(replies, &error);
             }
         }
+    }
+}
+
+/// A statement refused for what it carries (SQLSTATE class 22 data exception or 23 integrity
+/// constraint violation): running it again cannot help, unlike a lost connection.
+pub fn is_data_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+        }
+        _ => false,
     }
 }
 

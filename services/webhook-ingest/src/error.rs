@@ -1,37 +1,30 @@
 //! The service's one error enum and its HTTP mapping (`{"error", "code"}` contract).
 //!
-//! Bad deliveries are 400 with a code naming the check that failed, so a misconfigured endpoint
+//! Unauthentic deliveries are 400 with a code naming the check that failed, so a misconfigured endpoint
 //! secret is obvious in Stripe's dashboard; dependency failures are an opaque 503 so Stripe
 //! retries; nothing answers 500 for bad input.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::RETRY_AFTER;
 use actix_web::{HttpResponse, ResponseError};
-use platform_redis::RedisError;
 use platform_service::{error_response, server_error};
 
 use crate::batch::SubmitError;
-use crate::event::EventError;
 use crate::signature::SignatureError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     #[error(transparent)]
     Signature(#[from] SignatureError),
-    #[error(transparent)]
-    Event(#[from] EventError),
     #[error("Request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("Could not read the request body: {0}")]
     Body(String),
-    #[error("Another delivery of this event is being processed; retry later")]
-    InProgress,
+    #[error("Event {0} is unprocessable; replaying it cannot help")]
+    Unprocessable(String),
     #[error("No event {0} in the ledger")]
     NotFound(String),
     #[error("{0}")]
     InvalidQuery(String),
-    #[error("redis is unavailable")]
-    Redis(#[from] RedisError),
     #[error("the ledger database is unavailable")]
     Database(#[from] sqlx::Error),
     #[error("the ledger database is unavailable")]
@@ -45,13 +38,12 @@ impl WebhookError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Signature(e) => e.code(),
-            Self::Event(e) => e.code(),
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Body(_) => "invalid_body",
-            Self::InProgress => "delivery_in_progress",
+            Self::Unprocessable(_) => "unprocessable_event",
             Self::NotFound(_) => "event_not_found",
             Self::InvalidQuery(_) => "invalid_query",
-            Self::Redis(_) | Self::Database(_) | Self::LedgerBatch(_) | Self::NoDatabase => {
+            Self::Database(_) | Self::LedgerBatch(_) | Self::NoDatabase => {
                 "unavailable"
             }
         }
@@ -61,13 +53,13 @@ impl WebhookError {
 impl ResponseError for WebhookError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::Signature(_) | Self::Event(_) | Self::Body(_) | Self::InvalidQuery(_) => {
+            Self::Signature(_) | Self::Body(_) | Self::InvalidQuery(_) => {
                 StatusCode::BAD_REQUEST
             }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::InProgress => StatusCode::CONFLICT,
+            Self::Unprocessable(_) => StatusCode::CONFLICT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Redis(_) | Self::Database(_) | Self::LedgerBatch(_) | Self::NoDatabase => {
+            Self::Database(_) | Self::LedgerBatch(_) | Self::NoDatabase => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -78,10 +70,6 @@ impl ResponseError for WebhookError {
         if status.is_server_error() {
             return server_error(status, self);
         }
-        let mut response = error_response(status, self.reason(), self.to_string());
-        if matches!(self, Self::InProgress) {
-            response.headers_mut().insert(RETRY_AFTER, 1.into());
-        }
-        response
+        error_response(status, self.reason(), self.to_string())
     }
 }

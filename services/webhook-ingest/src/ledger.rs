@@ -1,19 +1,22 @@
-//! The Postgres ledger (`webhook_events`): the durable record of every event id ever accepted.
+//! The Postgres ledger (`webhook_events`): every event id ever acknowledged, and the outbox of the
+//! Stripe stream.
 //!
-//! One row per event id (primary key), so a second insert of the same id is a no-op that reports
-//! the row as it is. Statuses: `streamed` (on the stream as `stream_id`; a new event's row is
-//! inserted so, right after the append), `ignored` (type not in the allow-list), `received`
-//! (stored, not yet known to be on the stream: written only by earlier versions, which inserted
-//! before appending, and still honoured).
+//! One row per event id (primary key: the dedup), inserted before the 200 by group commit
+//! ([`crate::batch`]). Each row takes the next `seq` in the same transaction, and the relay
+//! ([`crate::relay`]) appends rows to the stream in `seq` order as entries `<seq>-0`. Statuses:
+//! `received` (to be relayed: it is on the stream once `seq` is at most the relay's
+//! `relayed_seq`), `ignored` (type outside the allow-list: kept, never relayed), `unprocessable`
+//! (authentic but against the event contract; `reason` says why), and `streamed` (appended by an
+//! earlier version before the ledger became the outbox; such rows have no `seq`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 
 use crate::batch::BatchOp;
-use crate::event::StripeEvent;
 
 /// Where an event stands in the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -22,6 +25,7 @@ pub enum Status {
     Received,
     Streamed,
     Ignored,
+    Unprocessable,
 }
 
 impl Status {
@@ -30,6 +34,7 @@ impl Status {
             Self::Received => "received",
             Self::Streamed => "streamed",
             Self::Ignored => "ignored",
+            Self::Unprocessable => "unprocessable",
         }
     }
 
@@ -38,228 +43,237 @@ impl Status {
             "received" => Ok(Self::Received),
             "streamed" => Ok(Self::Streamed),
             "ignored" => Ok(Self::Ignored),
+            "unprocessable" => Ok(Self::Unprocessable),
             other => Err(sqlx::Error::Decode(format!("unknown ledger status {other:?}").into())),
         }
     }
 }
 
-/// The row as [`record`] left it.
+/// A row to insert.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    pub event_id: String,
+    pub event_type: String,
+    pub created: i64,
+    pub livemode: bool,
+    pub api_version: Option<String>,
+    pub object_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub status: Status,
+    pub reason: Option<String>,
+    pub traceparent: Option<String>,
+    /// The body as delivered (escaped where Postgres text cannot hold it, unprocessable rows only).
+    pub raw: Arc<str>,
+}
+
+/// The row as the insert left it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
-    /// False when the row existed before this call.
+    /// False when the event id was there before (a duplicate delivery).
     pub inserted: bool,
     pub status: Status,
-    pub stream_id: Option<String>,
+    /// Its place in the stream (`None` only for rows of earlier versions).
+    pub seq: Option<i64>,
+    pub reason: Option<String>,
 }
 
 #[derive(FromRow)]
 struct RecordedRow {
+    event_id: String,
     inserted: bool,
     status: String,
-    stream_id: Option<String>,
+    seq: Option<i64>,
+    reason: Option<String>,
 }
 
-impl TryFrom<RecordedRow> for Recorded {
-    type Error = sqlx::Error;
-
-    fn try_from(row: RecordedRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            inserted: row.inserted,
-            status: Status::parse(&row.status)?,
-            stream_id: row.stream_id,
-        })
-    }
-}
-
-/// The `ON CONFLICT … DO UPDATE SET` assignments both inserts share: a row still `received` takes
-/// the new status, stream id and time; a row already final (`streamed`, `ignored`) keeps its own.
-macro_rules! final_state_kept {
-    () => {
-        "status = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.status
-                       ELSE webhook_events.status END,
-         stream_id = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.stream_id
-                          ELSE webhook_events.stream_id END,
-         streamed_at = CASE WHEN webhook_events.status = 'received' THEN EXCLUDED.streamed_at
-                            ELSE webhook_events.streamed_at END"
-    };
-}
-
-/// Inserts the event with `status` (and `stream_id` when streamed) unless its id is already
-/// there. An existing row still `received` takes the new status and stream id (the repair after a
-/// crash); rows in any other state keep theirs. `count_delivery` adds this delivery to an existing
-/// row (false when [`TouchBatch`] already counted it). Returns the row's state.
-#[tracing::instrument(name = "ledger.record", skip_all, fields(event_id = %event.id, status = status.as_str()))]
-pub async fn record(
-    db: &PgPool,
-    event: &StripeEvent,
-    status: Status,
-    stream_id: Option<&str>,
-    count_delivery: bool,
-) -> Result<Recorded, sqlx::Error> {
-    // `xmax = 0` is true only for a row this statement inserted (an update sets xmax).
-    let row: RecordedRow = sqlx::query_as(concat!(
-        "INSERT INTO webhook_events
-             (event_id, event_type, created, livemode, api_version, object_id, customer_id, status,
-              stream_id, streamed_at, raw)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $9::text IS NULL THEN NULL ELSE now() END, $10)
-         ON CONFLICT (event_id) DO UPDATE SET
-             deliveries = webhook_events.deliveries + CASE WHEN $11 THEN 1 ELSE 0 END,
-             ",
-        final_state_kept!(),
-        "
-         RETURNING (xmax = 0) AS inserted, status, stream_id"
-        ),
-    )
-    .bind(&event.id)
-    .bind(&event.event_type)
-    .bind(event.created)
-    .bind(event.livemode)
-    .bind(&event.api_version)
-    .bind(&event.object_id)
-    .bind(&event.customer_id)
-    .bind(status.as_str())
-    .bind(stream_id)
-    .bind(&*event.raw)
-    .bind(count_delivery)
-    .fetch_one(db)
-    .await?;
-    Recorded::try_from(row)
-}
-
-/// The ledger check before an append, for a batch of event ids in one statement (see
-/// [`crate::batch`]): counts one more delivery of each id already in the ledger and returns its
-/// row; `None` for a new id (no row matched: nothing written, so no commit to wait for).
+/// The insert of concurrent deliveries' rows as one statement and one commit (see
+/// [`crate::batch`]). A duplicate event id counts one more delivery and returns the row as it is.
 #[derive(Debug)]
-pub struct TouchBatch;
+pub struct InsertBatch;
 
-impl BatchOp for TouchBatch {
-    type Req = String;
-    type Resp = Option<Recorded>;
-    const NAME: &'static str = "ledger.touch";
-
-    fn key(req: &String) -> &str {
-        req
-    }
-
-    async fn run(db: &PgPool, reqs: &[String]) -> Result<Vec<Option<Recorded>>, sqlx::Error> {
-        let rows: Vec<KeyedRow> = sqlx::query_as(
-            "UPDATE webhook_events SET deliveries = deliveries + 1 WHERE event_id = ANY($1)
-             RETURNING event_id, false AS inserted, status, stream_id",
-        )
-        .bind(reqs)
-        .fetch_all(db)
-        .await?;
-        let mut found = by_event_id(rows)?;
-        Ok(reqs.iter().map(|id| found.remove(id.as_str())).collect())
-    }
-}
-
-/// A new event's row, inserted `streamed` as `stream_id` right after its append.
-#[derive(Debug, Clone)]
-pub struct StreamedRow {
-    pub event: StripeEvent,
-    pub stream_id: String,
-}
-
-/// [`record`]`(event, Streamed, Some(stream_id), false)` for a batch of rows in one statement
-/// and one commit (see [`crate::batch`]). Same conflict rule: an existing `received` row takes
-/// the status and stream id, any other keeps its own.
-#[derive(Debug)]
-pub struct StreamedInsertBatch;
-
-impl BatchOp for StreamedInsertBatch {
-    type Req = StreamedRow;
+impl BatchOp for InsertBatch {
+    type Req = NewRow;
     type Resp = Recorded;
-    const NAME: &'static str = "ledger.record_streamed";
+    const NAME: &'static str = "ledger.insert";
 
-    fn key(req: &StreamedRow) -> &str {
-        &req.event.id
+    fn key(req: &NewRow) -> &str {
+        &req.event_id
     }
 
-    async fn run(db: &PgPool, reqs: &[StreamedRow]) -> Result<Vec<Recorded>, sqlx::Error> {
-        let column = |f: fn(&StreamedRow) -> Option<&str>| -> Vec<Option<&str>> {
+    async fn run(db: &PgPool, reqs: &[NewRow]) -> Result<Vec<Recorded>, sqlx::Error> {
+        let text = |f: fn(&NewRow) -> Option<&str>| -> Vec<Option<&str>> {
             reqs.iter().map(f).collect()
         };
-        let rows: Vec<KeyedRow> = sqlx::query_as(concat!(
+        let mut tx = db.begin().await?;
+        // The transaction takes its id before any `seq`: the relay's gap rule (crate::relay)
+        // relies on a transaction holding a seq being visible in every later snapshot's xip.
+        sqlx::query("SELECT pg_current_xact_id()").execute(&mut *tx).await?;
+        // `xmax = 0` is true only for a row this statement inserted (the update sets xmax).
+        let rows: Vec<RecordedRow> = sqlx::query_as(
             "INSERT INTO webhook_events
                  (event_id, event_type, created, livemode, api_version, object_id, customer_id,
-                  status, stream_id, streamed_at, raw)
-             SELECT e.event_id, e.event_type, e.created, e.livemode, e.api_version, e.object_id,
-                    e.customer_id, 'streamed', e.stream_id, now(), e.raw
-             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bool[], $5::text[], $6::text[],
-                         $7::text[], $8::text[], $9::text[])
-                  AS e(event_id, event_type, created, livemode, api_version, object_id,
-                       customer_id, stream_id, raw)
-             ON CONFLICT (event_id) DO UPDATE SET
-                 ",
-            final_state_kept!(),
-            "
-             RETURNING event_id, (xmax = 0) AS inserted, status, stream_id"
-        ))
-        .bind(column(|r| Some(r.event.id.as_str())))
-        .bind(column(|r| Some(r.event.event_type.as_str())))
-        .bind(reqs.iter().map(|r| r.event.created).collect::<Vec<i64>>())
-        .bind(reqs.iter().map(|r| r.event.livemode).collect::<Vec<bool>>())
-        .bind(column(|r| r.event.api_version.as_deref()))
-        .bind(column(|r| r.event.object_id.as_deref()))
-        .bind(column(|r| r.event.customer_id.as_deref()))
-        .bind(column(|r| Some(r.stream_id.as_str())))
-        .bind(column(|r| Some(&*r.event.raw)))
-        .fetch_all(db)
+                  status, reason, traceparent, raw)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bool[], $5::text[],
+                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                  $11::text[])
+             ON CONFLICT (event_id) DO UPDATE SET deliveries = webhook_events.deliveries + 1
+             RETURNING event_id, (xmax = 0) AS inserted, status, seq, reason",
+        )
+        .bind(text(|r| Some(r.event_id.as_str())))
+        .bind(text(|r| Some(r.event_type.as_str())))
+        .bind(reqs.iter().map(|r| r.created).collect::<Vec<i64>>())
+        .bind(reqs.iter().map(|r| r.livemode).collect::<Vec<bool>>())
+        .bind(text(|r| r.api_version.as_deref()))
+        .bind(text(|r| r.object_id.as_deref()))
+        .bind(text(|r| r.customer_id.as_deref()))
+        .bind(text(|r| Some(r.status.as_str())))
+        .bind(text(|r| r.reason.as_deref()))
+        .bind(text(|r| r.traceparent.as_deref()))
+        .bind(text(|r| Some(&*r.raw)))
+        .fetch_all(&mut *tx)
         .await?;
-        let mut found = by_event_id(rows)?;
+        tx.commit().await?;
+        let mut found: HashMap<String, Recorded> = rows
+            .into_iter()
+            .map(|r| {
+                let status = Status::parse(&r.status)?;
+                Ok((
+                    r.event_id,
+                    Recorded { inserted: r.inserted, status, seq: r.seq, reason: r.reason },
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
         reqs.iter()
             .map(|r| {
-                found.remove(r.event.id.as_str()).ok_or_else(|| {
-                    sqlx::Error::Protocol(format!(
-                        "batched insert returned no row for {}",
-                        r.event.id
-                    ))
+                found.remove(&r.event_id).ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("ledger insert returned no row for {}", r.event_id))
                 })
             })
             .collect()
     }
 }
 
-#[derive(FromRow)]
-struct KeyedRow {
-    event_id: String,
-    #[sqlx(flatten)]
-    row: RecordedRow,
+/// A row the relay appends, with the snapshot it was read in.
+#[derive(Debug, Clone, FromRow)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub status: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub created: i64,
+    pub livemode: bool,
+    pub api_version: Option<String>,
+    pub object_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub traceparent: Option<String>,
+    pub raw: String,
+    pub received_at: DateTime<Utc>,
+    /// The reading snapshot's xmin: every transaction below it has ended.
+    pub snapshot_xmin: i64,
+    /// The reading snapshot's xmax: every transaction that had started is below it.
+    pub snapshot_xmax: i64,
 }
 
-fn by_event_id(rows: Vec<KeyedRow>) -> Result<HashMap<String, Recorded>, sqlx::Error> {
-    rows.into_iter().map(|r| Ok((r.event_id, Recorded::try_from(r.row)?))).collect()
+/// Rows after `after` (by `seq`, at most `limit`), each with the statement's snapshot bounds.
+#[tracing::instrument(name = "ledger.outbox_after", skip(db))]
+pub async fn outbox_after(db: &PgPool, after: i64, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT seq, status, event_id, event_type, created, livemode, api_version, object_id,
+                customer_id, traceparent, raw, received_at,
+                pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS snapshot_xmin,
+                pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS snapshot_xmax
+         FROM webhook_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
 
-/// Records an admin re-publish of the event as `stream_id`.
-#[tracing::instrument(name = "ledger.mark_replayed", skip(db))]
-pub async fn mark_replayed(
+/// The relay's durable position on `stream` (0 before its first append).
+pub async fn relayed_seq(db: &PgPool, stream: &str) -> Result<i64, sqlx::Error> {
+    let seq: Option<i64> = sqlx::query_scalar("SELECT relayed_seq FROM stream_relay WHERE stream = $1")
+        .bind(stream)
+        .fetch_optional(db)
+        .await?;
+    Ok(seq.unwrap_or(0))
+}
+
+/// Moves the relay's durable position forward (never back). Not waited for on disk: a position a
+/// crash loses is only older, and the stream's own last id covers the difference.
+pub async fn save_relayed_seq(db: &PgPool, stream: &str, seq: i64) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    sqlx::query(
+        "INSERT INTO stream_relay (stream, relayed_seq) VALUES ($1, $2)
+         ON CONFLICT (stream) DO UPDATE
+         SET relayed_seq = GREATEST(stream_relay.relayed_seq, EXCLUDED.relayed_seq), updated_at = now()",
+    )
+    .bind(stream)
+    .bind(seq)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Stores the groups' checkpoints (each only moves forward) and returns every group's durable
+/// checkpoint, those Redis no longer knows included.
+pub async fn save_checkpoints(
     db: &PgPool,
-    event_id: &str,
-    stream_id: &str,
-) -> Result<(), sqlx::Error> {
+    stream: &str,
+    groups: &[(String, i64)],
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let (names, seqs): (Vec<&str>, Vec<i64>) =
+        groups.iter().map(|(name, seq)| (name.as_str(), *seq)).unzip();
+    let mut tx = db.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     sqlx::query(
-        "UPDATE webhook_events
-         SET status = 'streamed', stream_id = $2, streamed_at = now(), replays = replays + 1
-         WHERE event_id = $1",
+        "INSERT INTO stream_group_checkpoints (stream, group_name, seq)
+         SELECT $1, * FROM UNNEST($2::text[], $3::int8[])
+         ON CONFLICT (stream, group_name) DO UPDATE
+         SET seq = GREATEST(stream_group_checkpoints.seq, EXCLUDED.seq), updated_at = now()",
     )
-    .bind(event_id)
-    .bind(stream_id)
-    .execute(db)
+    .bind(stream)
+    .bind(&names)
+    .bind(&seqs)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    let all = sqlx::query_as(
+        "SELECT group_name, seq FROM stream_group_checkpoints WHERE stream = $1 ORDER BY group_name",
+    )
+    .bind(stream)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(all)
 }
 
-/// Records that a `received` event will not be streamed (its type left the allow-list).
-pub async fn mark_ignored(db: &PgPool, event_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE webhook_events SET status = 'ignored' WHERE event_id = $1 AND status = 'received'",
+/// Gives the event the next `seq`, so the relay appends it again (admin replay); an ignored event
+/// becomes `received`. `None` when the id is unknown; `Err` of its status when it is
+/// unprocessable (replaying cannot help).
+#[tracing::instrument(name = "ledger.requeue", skip(db))]
+pub async fn requeue(db: &PgPool, event_id: &str) -> Result<Option<Result<i64, Status>>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT pg_current_xact_id()").execute(&mut *tx).await?;
+    let row: Option<(i64,)> = sqlx::query_as(
+        "UPDATE webhook_events
+         SET seq = nextval('webhook_events_seq'), status = 'received', replays = replays + 1
+         WHERE event_id = $1 AND status <> 'unprocessable'
+         RETURNING seq",
     )
     .bind(event_id)
-    .execute(db)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await?;
+    if let Some((seq,)) = row {
+        return Ok(Some(Ok(seq)));
+    }
+    let exists: Option<bool> =
+        sqlx::query_scalar("SELECT true FROM webhook_events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(db)
+            .await?;
+    Ok(exists.map(|_| Err(Status::Unprocessable)))
 }
 
 /// One ledger row as the admin API shows it.
@@ -273,50 +287,45 @@ pub struct LedgerEvent {
     pub api_version: Option<String>,
     pub object_id: Option<String>,
     pub customer_id: Option<String>,
+    /// `received` rows the relay has appended read as `streamed`.
     pub status: String,
+    pub reason: Option<String>,
     pub stream_id: Option<String>,
     pub deliveries: i32,
     pub replays: i32,
     pub received_at: DateTime<Utc>,
-    pub streamed_at: Option<DateTime<Utc>>,
 }
 
-/// The admin-visible columns (a macro so queries stay static strings, as sqlx requires).
-macro_rules! columns {
-    () => {
-        "event_id, event_type, created, livemode, api_version, object_id, customer_id, status, \
-         stream_id, deliveries, replays, received_at, streamed_at"
-    };
-}
-
-/// The newest `limit` events, optionally of one type.
+/// The newest `limit` events, optionally of one type or status.
 #[tracing::instrument(name = "ledger.recent", skip(db))]
 pub async fn recent(
     db: &PgPool,
     limit: i64,
     event_type: Option<&str>,
+    status: Option<&str>,
+    stream: &str,
 ) -> Result<Vec<LedgerEvent>, sqlx::Error> {
-    let sql = concat!(
-        "SELECT ",
-        columns!(),
-        " FROM webhook_events WHERE ($1::text IS NULL OR event_type = $1) \
-         ORDER BY received_at DESC, event_id DESC LIMIT $2"
-    );
-    sqlx::query_as(sql).bind(event_type).bind(limit).fetch_all(db).await
-}
-
-/// One event with its raw body, for replay.
-pub async fn find(
-    db: &PgPool,
-    event_id: &str,
-) -> Result<Option<(LedgerEvent, String)>, sqlx::Error> {
-    #[derive(FromRow)]
-    struct WithRaw {
-        #[sqlx(flatten)]
-        event: LedgerEvent,
-        raw: String,
-    }
-    let sql = concat!("SELECT ", columns!(), ", raw FROM webhook_events WHERE event_id = $1");
-    let row: Option<WithRaw> = sqlx::query_as(sql).bind(event_id).fetch_optional(db).await?;
-    Ok(row.map(|r| (r.event, r.raw)))
+    sqlx::query_as(
+        "WITH relay AS (SELECT COALESCE(MAX(relayed_seq), 0) AS relayed
+                        FROM stream_relay WHERE stream = $4),
+         shown AS (
+             SELECT e.*,
+                    CASE WHEN e.status = 'received' AND e.seq <= relay.relayed THEN 'streamed'
+                         ELSE e.status END AS shown_status,
+                    CASE WHEN e.status = 'received' AND e.seq <= relay.relayed
+                         THEN e.seq::text || '-0' ELSE e.stream_id END AS shown_stream_id
+             FROM webhook_events e CROSS JOIN relay
+             WHERE ($1::text IS NULL OR e.event_type = $1))
+         SELECT event_id, event_type, created, livemode, api_version, object_id, customer_id,
+                shown_status AS status, reason, shown_stream_id AS stream_id, deliveries, replays,
+                received_at
+         FROM shown WHERE ($2::text IS NULL OR shown_status = $2)
+         ORDER BY received_at DESC, event_id DESC LIMIT $3",
+    )
+    .bind(event_type)
+    .bind(status)
+    .bind(limit)
+    .bind(stream)
+    .fetch_all(db)
+    .await
 }

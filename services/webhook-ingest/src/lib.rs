@@ -1,21 +1,22 @@
-//! webhook-ingest: verified, deduplicated, durable Stripe webhooks handed to a Redis stream.
+//! webhook-ingest: verified, deduplicated, durable Stripe webhooks relayed to a Redis stream.
 //!
 //! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
 //! returns; tests call [`build`] with port 0 and real Redis and Postgres.
 //!
-//! Layers: [`routes`] (HTTP edge) → [`signature`] (pure check) and [`event`] (domain type) →
-//! [`ingest`] (the exactly-once hand-off; its module doc explains the write order) → [`ledger`]
-//! (Postgres) and `platform_redis` (dedup marker, stream).
+//! Layers: [`routes`] (HTTP edge) → [`signature`] (pure check) → [`ingest`] (the event contract
+//! and the ledger insert that acknowledges a delivery) → [`ledger`] (Postgres, the outbox);
+//! [`relay`] moves ledger rows onto the stream in the background.
 
 pub mod batch;
 pub mod error;
-pub mod event;
 pub mod ingest;
 pub mod ledger;
 pub mod metrics;
+pub mod relay;
 pub mod routes;
 pub mod signature;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web;
@@ -26,17 +27,16 @@ use platform_service::settings::{
 use platform_service::{Application, connect_context};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
+use tokio::sync::Notify;
 
 use crate::batch::BatchLimits;
-use crate::ingest::{AllowList, Ingest, IngestConfig};
+use crate::ingest::{AllowList, Ingest};
+use crate::relay::{Relay, RelaySettings};
 use crate::metrics::WebhookMetrics;
 use crate::routes::{RouteLimit, WebhookState};
 
 /// The service name in logs, traces and metrics.
 pub const SERVICE: &str = "webhook-ingest";
-
-/// Stripe retries a failed delivery for up to three days; a done marker must outlive that.
-const STRIPE_RETRY_WINDOW_SECS: u64 = 3 * 24 * 3600;
 
 /// This service's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -56,14 +56,14 @@ pub struct WebhookSettings {
     #[serde(deserialize_with = "string_list")]
     pub stream_event_types: Vec<String>,
     pub stream_max_len: usize,
-    pub claim_ttl_ms: u64,
-    pub done_ttl_secs: u64,
-    pub in_flight_wait_ms: u64,
     pub rate_limit: bool,
     pub rate_limit_policy: String,
     pub ledger_batch_max_rows: usize,
     pub ledger_batch_linger_ms: u64,
     pub ledger_batch_committers: usize,
+    pub relay_batch: usize,
+    pub relay_poll_ms: u64,
+    pub relay_checkpoint_ms: u64,
 }
 
 fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SecretString>, D::Error> {
@@ -84,13 +84,16 @@ impl WebhookSettings {
         if self.stream_max_len == 0 {
             return Err(SettingsError::invalid("webhook.stream_max_len", "must be > 0"));
         }
-        if self.claim_ttl_ms < 100 {
-            return Err(SettingsError::invalid("webhook.claim_ttl_ms", "must be at least 100"));
+        if !(1..=10_000).contains(&self.relay_batch) {
+            return Err(SettingsError::invalid("webhook.relay_batch", "must be between 1 and 10000"));
         }
-        if self.done_ttl_secs <= STRIPE_RETRY_WINDOW_SECS {
+        if !(1..=60_000).contains(&self.relay_poll_ms) {
+            return Err(SettingsError::invalid("webhook.relay_poll_ms", "must be between 1 and 60000"));
+        }
+        if !(100..=600_000).contains(&self.relay_checkpoint_ms) {
             return Err(SettingsError::invalid(
-                "webhook.done_ttl_secs",
-                "must be longer than Stripe's 3-day retry window (259200 s)",
+                "webhook.relay_checkpoint_ms",
+                "must be between 100 and 600000",
             ));
         }
         if !(1..=1000).contains(&self.ledger_batch_max_rows) {
@@ -102,7 +105,7 @@ impl WebhookSettings {
         if self.ledger_batch_linger_ms > 1000 {
             return Err(SettingsError::invalid(
                 "webhook.ledger_batch_linger_ms",
-                "must be at most 1000 (every delivery may wait this long twice)",
+                "must be at most 1000 (every delivery may wait this long)",
             ));
         }
         if !(1..=16).contains(&self.ledger_batch_committers) {
@@ -125,12 +128,12 @@ impl ServiceSettings for Settings {
         self.common.validate()?;
         self.database.validate()?;
         self.webhook.validate()?;
-        // Both batchers (checks, inserts) may hold a connection per committer at once; the rest
-        // of the pool serves the cold paths (duplicates, ignored types, admin routes).
-        if 2 * self.webhook.ledger_batch_committers >= self.database.max_connections as usize {
+        // The committers may each hold a connection, the relay holds its leader lock on one and
+        // reads with another; the rest of the pool serves the admin routes.
+        if self.webhook.ledger_batch_committers + 2 >= self.database.max_connections as usize {
             return Err(SettingsError::invalid(
                 "webhook.ledger_batch_committers",
-                "2 x ledger_batch_committers must stay below database.max_connections",
+                "ledger_batch_committers + 2 must stay below database.max_connections",
             ));
         }
         Ok(())
@@ -145,19 +148,22 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
 
     let webhook = &settings.webhook;
     let metrics = WebhookMetrics::register(&context.metrics);
-    let config = IngestConfig {
-        allow: AllowList::new(&webhook.stream_event_types),
-        claim_ttl: Duration::from_millis(webhook.claim_ttl_ms),
-        done_ttl: Duration::from_secs(webhook.done_ttl_secs),
-        in_flight_wait: Duration::from_millis(webhook.in_flight_wait_ms),
-        stream_max_len: webhook.stream_max_len,
-        ledger_batch: BatchLimits {
-            max_rows: webhook.ledger_batch_max_rows,
-            linger: Duration::from_millis(webhook.ledger_batch_linger_ms),
-            committers: webhook.ledger_batch_committers,
-        },
+    let batch = BatchLimits {
+        max_rows: webhook.ledger_batch_max_rows,
+        linger: Duration::from_millis(webhook.ledger_batch_linger_ms),
+        committers: webhook.ledger_batch_committers,
     };
-    let ingest = Ingest::new(context.redis.clone(), db.clone(), config, metrics.clone());
+    let relay_wake = Arc::new(Notify::new());
+    let allow = AllowList::new(&webhook.stream_event_types);
+    let ingest = Ingest::new(db.clone(), allow, batch, relay_wake.clone(), metrics.clone());
+    let relay_settings = RelaySettings {
+        batch: webhook.relay_batch,
+        poll: Duration::from_millis(webhook.relay_poll_ms),
+        checkpoint_every: Duration::from_millis(webhook.relay_checkpoint_ms),
+        stream_max_len: webhook.stream_max_len,
+    };
+    let relay = Relay::new(db.clone(), &context.redis, relay_settings, relay_wake, metrics.clone());
+    tokio::spawn(relay.run(context.shutdown.token()));
     let state = web::Data::new(WebhookState {
         ingest,
         db,

@@ -11,20 +11,28 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
-/// Counters and the latency histogram of `POST /api/webhooks/stripe`. Cheap to clone.
+/// Counters and histograms of the webhook route and the relay. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct WebhookMetrics {
     pub received: Counter,
     pub verified: Counter,
     pub rejected: Family<ReasonLabel, Counter>,
+    pub recorded: Counter,
     pub duplicates: Counter,
-    pub streamed: Counter,
     pub ignored: Counter,
+    pub unprocessable: Family<ReasonLabel, Counter>,
     pub replayed: Counter,
     pub latency: Histogram,
-    /// Rows per batched ledger check / insert (group commit).
-    pub touch_batch_rows: Histogram,
+    /// Rows per batched ledger insert (group commit).
     pub insert_batch_rows: Histogram,
+    /// Ledger rows appended to the stream for the first time.
+    pub relayed: Counter,
+    /// Ledger rows appended again after Redis lost them.
+    pub redriven: Counter,
+    /// Sequence gaps the relay found final and passed.
+    pub gaps_skipped: Counter,
+    /// Time from a row's commit to its stream entry.
+    pub relay_lag: Histogram,
 }
 
 impl WebhookMetrics {
@@ -33,46 +41,48 @@ impl WebhookMetrics {
             received: Counter::default(),
             verified: Counter::default(),
             rejected: Family::default(),
+            recorded: Counter::default(),
             duplicates: Counter::default(),
-            streamed: Counter::default(),
             ignored: Counter::default(),
+            unprocessable: Family::default(),
             replayed: Counter::default(),
             // 100 µs .. ~3.3 s
             latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             // 1 .. 512 rows
-            touch_batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             insert_batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            relayed: Counter::default(),
+            redriven: Counter::default(),
+            gaps_skipped: Counter::default(),
+            // 100 µs .. ~3.3 s
+            relay_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         };
-        metrics.register("webhook_received", "Webhook deliveries received", this.received.clone());
-        metrics.register(
-            "webhook_verified",
-            "Deliveries whose Stripe-Signature verified",
-            this.verified.clone(),
-        );
+        let counters = [
+            ("webhook_received", "Webhook deliveries received", &this.received),
+            ("webhook_verified", "Deliveries whose Stripe-Signature verified", &this.verified),
+            ("webhook_recorded", "New events recorded in the ledger for the stream", &this.recorded),
+            ("webhook_duplicates", "Deliveries of an event id already in the ledger", &this.duplicates),
+            ("webhook_ignored", "Events recorded but not streamed (type not allowed)", &this.ignored),
+            ("webhook_replayed", "Events queued again by an admin", &this.replayed),
+            ("webhook_relayed", "Ledger rows appended to the Stripe stream", &this.relayed),
+            (
+                "webhook_ledger_redriven",
+                "Ledger rows appended again after Redis lost their stream entries",
+                &this.redriven,
+            ),
+            ("webhook_relay_gaps_skipped", "Ledger sequence gaps found final", &this.gaps_skipped),
+        ];
+        for (name, help, counter) in counters {
+            metrics.register(name, help, counter.clone());
+        }
         metrics.register(
             "webhook_rejected",
             "Deliveries answered with an error, by reason",
             this.rejected.clone(),
         );
         metrics.register(
-            "webhook_duplicates",
-            "Deliveries of an event id already handed off",
-            this.duplicates.clone(),
-        );
-        metrics.register(
-            "webhook_streamed",
-            "Events appended to the Stripe stream",
-            this.streamed.clone(),
-        );
-        metrics.register(
-            "webhook_ignored",
-            "Events recorded but not streamed (type not allowed)",
-            this.ignored.clone(),
-        );
-        metrics.register(
-            "webhook_replayed",
-            "Events re-published by an admin",
-            this.replayed.clone(),
+            "webhook_unprocessable",
+            "Authentic events recorded as unprocessable, by reason",
+            this.unprocessable.clone(),
         );
         metrics.register(
             "webhook_ingest_duration_seconds",
@@ -80,19 +90,23 @@ impl WebhookMetrics {
             this.latency.clone(),
         );
         metrics.register(
-            "webhook_ledger_touch_batch_rows",
-            "Ledger checks run together in one statement (group commit)",
-            this.touch_batch_rows.clone(),
-        );
-        metrics.register(
             "webhook_ledger_insert_batch_rows",
             "Ledger inserts committed together in one statement and commit (group commit)",
             this.insert_batch_rows.clone(),
+        );
+        metrics.register(
+            "webhook_relay_lag_seconds",
+            "Time from a ledger row's commit to its Stripe stream entry",
+            this.relay_lag.clone(),
         );
         this
     }
 
     pub fn reject(&self, reason: &str) {
         self.rejected.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+    }
+
+    pub fn unprocessable(&self, reason: &str) {
+        self.unprocessable.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
     }
 }

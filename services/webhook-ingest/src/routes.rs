@@ -1,5 +1,5 @@
 //! HTTP routes: the Stripe webhook endpoint and the admin ledger routes. Handlers read and check
-//! input at the edge, then call the signature check, the event parser and the hand-off.
+//! input at the edge, then call the signature check and the ingest.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::WebhookError;
-use crate::event::StripeEvent;
 use crate::ingest::{Accepted, Ingest};
+use crate::ledger::Status;
 use crate::ledger;
 use crate::metrics::WebhookMetrics;
 use crate::signature;
@@ -56,7 +56,7 @@ pub fn configure(
     }
 }
 
-/// `POST /api/webhooks/stripe`: verify, parse, hand off; 200 only once the event is stored.
+/// `POST /api/webhooks/stripe`: verify, record; 200 only once the event is stored.
 async fn receive(
     req: HttpRequest,
     payload: web::Payload,
@@ -67,29 +67,19 @@ async fn receive(
     let result = verify_and_accept(&req, payload, &state).await;
     state.metrics.latency.observe(started.elapsed().as_secs_f64());
     match result {
-        Ok((event_id, accepted)) => {
-            let mut receipt = Receipt {
-                received: true,
-                duplicate: false,
-                event_id: &event_id,
-                status: None,
-                stream_id: None,
+        Ok(Accepted { event_id, recorded }) => {
+            let stream_id = match (recorded.status, recorded.seq) {
+                (Status::Received, Some(seq)) => Some(platform_redis::outbox::entry_id(seq.max(0) as u64)),
+                _ => None,
             };
-            match &accepted {
-                Accepted::Duplicate => {
-                    state.metrics.duplicates.inc();
-                    receipt.duplicate = true;
-                }
-                Accepted::Streamed { stream_id } => {
-                    state.metrics.streamed.inc();
-                    receipt.status = Some("streamed");
-                    receipt.stream_id = Some(stream_id);
-                }
-                Accepted::Ignored => {
-                    state.metrics.ignored.inc();
-                    receipt.status = Some("ignored");
-                }
-            }
+            let receipt = Receipt {
+                received: true,
+                duplicate: !recorded.inserted,
+                event_id: &event_id,
+                status: recorded.status.as_str(),
+                stream_id: stream_id.as_deref(),
+                reason: recorded.reason.as_deref(),
+            };
             Ok(HttpResponse::Ok().json(receipt))
         }
         Err(error) => {
@@ -109,17 +99,19 @@ struct Receipt<'a> {
     received: bool,
     duplicate: bool,
     event_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<&'static str>,
+    /// The ledger status: `received` (to be streamed as `streamId`), `ignored`, `unprocessable`.
+    status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
 async fn verify_and_accept(
     req: &HttpRequest,
     payload: web::Payload,
     state: &WebhookState,
-) -> Result<(String, Accepted), WebhookError> {
+) -> Result<Accepted, WebhookError> {
     let body = read_body(req, payload, state.body_limit).await?;
     let header = match req.headers().get("stripe-signature") {
         None => None,
@@ -127,9 +119,7 @@ async fn verify_and_accept(
     };
     signature::verify(header, &body, &state.secrets, state.tolerance, unix_now())?;
     state.metrics.verified.inc();
-    let event = StripeEvent::parse(&body)?;
-    let accepted = state.ingest.accept(&event).await?;
-    Ok((event.id, accepted))
+    state.ingest.accept(&body, platform_redis::trace::current_traceparent()).await
 }
 
 /// The raw body, refusing more than `limit` bytes (by `Content-Length` first, then while reading).
@@ -169,9 +159,10 @@ struct ListQuery {
     limit: Option<i64>,
     #[serde(rename = "type")]
     event_type: Option<String>,
+    status: Option<String>,
 }
 
-/// `GET /api/admin/webhooks/events?limit=&type=`: newest ledger rows first.
+/// `GET /api/admin/webhooks/events?limit=&type=&status=`: newest ledger rows first.
 async fn list_events(
     _admin: RequireAdmin,
     query: web::Query<ListQuery>,
@@ -182,18 +173,21 @@ async fn list_events(
         return Err(WebhookError::InvalidQuery("limit must be between 1 and 500".into()));
     }
     let event_type = query.event_type.as_deref().filter(|t| !t.is_empty());
-    let events = ledger::recent(&state.db, limit, event_type).await?;
+    let status = query.status.as_deref().filter(|s| !s.is_empty());
+    let stream = platform_redis::StreamName::StripeEvents.as_str();
+    let events = ledger::recent(&state.db, limit, event_type, status, stream).await?;
     Ok(HttpResponse::Ok().json(json!({ "events": events })))
 }
 
-/// `POST /api/admin/webhooks/events/{id}/replay`: re-publishes one event to the stream.
+/// `POST /api/admin/webhooks/events/{id}/replay`: queues one event for the stream again.
 async fn replay(
     _admin: RequireAdmin,
     path: web::Path<String>,
     state: web::Data<WebhookState>,
 ) -> Result<HttpResponse, WebhookError> {
     let event_id = path.into_inner();
-    let stream_id = state.ingest.replay(&event_id).await?;
+    let seq = state.ingest.replay(&event_id).await?;
+    let stream_id = platform_redis::outbox::entry_id(seq.max(0) as u64);
     Ok(HttpResponse::Ok()
         .json(json!({ "eventId": event_id, "streamId": stream_id, "replayed": true })))
 }
