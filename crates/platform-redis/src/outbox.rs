@@ -152,8 +152,7 @@ impl Relay {
                 .xadd(&self.key, false, ("MAXLEN", "~", self.max_len), entry_id(entry.seq), fields)
                 .await?;
         }
-        let replies: Vec<std::result::Result<Value, fred::error::Error>> =
-            pipeline.try_all().await;
+        let replies: Vec<std::result::Result<Value, fred::error::Error>> = pipeline.try_all().await;
         replies
             .into_iter()
             .map(|reply| match reply {

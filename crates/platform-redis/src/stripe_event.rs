@@ -102,12 +102,11 @@ pub fn parse(body: &[u8]) -> Result<StripeEvent, Rejected> {
             _ => Unprocessable::InvalidJson(e.to_string()),
         })
     })?;
-    let root = root
-        .ok_or_else(|| rejected(Unprocessable::NotAnEvent("the body is not a JSON object".into())))?;
-    if let Some(problem) = beyond_limits(text) {
-        return Err(rejected(Unprocessable::InvalidJson(problem.to_owned())));
-    }
-    root.validate()
+    let root = root.ok_or_else(|| {
+        rejected(Unprocessable::NotAnEvent("the body is not a JSON object".into()))
+    })?;
+    let beyond = beyond_limits(text).map(|problem| Unprocessable::InvalidJson(problem.to_owned()));
+    root.validate(beyond)
 }
 
 /// Deepest nesting accepted, as `serde_json` allows when it builds a value.
@@ -290,7 +289,9 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOr<T> {
 // --- the checks ---------------------------------------------------------------------------------
 
 impl RawEvent {
-    fn validate(self) -> Result<StripeEvent, Rejected> {
+    /// The checks, in order; `beyond` is a failed limit found before (the envelope is still read
+    /// for the record).
+    fn validate(self, beyond: Option<Unprocessable>) -> Result<StripeEvent, Rejected> {
         let id = self.id.0.filter(|id| {
             !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
         });
@@ -309,6 +310,9 @@ impl RawEvent {
             Err(rejected)
         };
         let not_an_event = |why: &str| Unprocessable::NotAnEvent(why.to_owned());
+        if let Some(reason) = beyond {
+            return fail(rejected, reason);
+        }
         if self.object.0.as_deref().is_some_and(|object| object != "event") {
             return fail(rejected, not_an_event("`object` is not \"event\""));
         }
@@ -496,7 +500,8 @@ mod tests {
 
     #[test]
     fn surrogate_pairs_and_escaped_backslashes_are_fine() {
-        let body = br#"{"id":"evt_1","type":"x","created":1,"extra":["\ud83d\ude00","\\ud800","\u00e9"]}"#;
+        let body =
+            br#"{"id":"evt_1","type":"x","created":1,"extra":["\ud83d\ude00","\\ud800","\u00e9"]}"#;
         assert_eq!(reason(body), None);
     }
 
@@ -519,7 +524,8 @@ mod tests {
 
     #[test]
     fn nul_in_a_stored_text_field_is_unprocessable_but_the_id_is_kept() {
-        let body = br#"{"id":"evt_1","type":"x","created":1,"data":{"object":{"customer":"cus_\u0000"}}}"#;
+        let body =
+            br#"{"id":"evt_1","type":"x","created":1,"data":{"object":{"customer":"cus_\u0000"}}}"#;
         let rejected = parse(body).err();
         assert_eq!(rejected.as_ref().map(|r| r.reason.code()), Some("nul_in_text"));
         assert_eq!(rejected.and_then(|r| r.id), Some("evt_1".to_owned()));
@@ -536,7 +542,8 @@ mod tests {
             );
             assert_eq!(reason(body.as_bytes()), Some("amount_out_of_range"), "amount {amount}");
         }
-        let body = br#"{"id":"evt_1","type":"x","created":1,"data":{"object":{"amount":999999999999}}}"#;
+        let body =
+            br#"{"id":"evt_1","type":"x","created":1,"data":{"object":{"amount":999999999999}}}"#;
         assert_eq!(parse(body).ok().and_then(|e| e.object.amount), Some(MAX_AMOUNT));
     }
 }

@@ -43,9 +43,7 @@ impl WebhookError {
             Self::Unprocessable(_) => "unprocessable_event",
             Self::NotFound(_) => "event_not_found",
             Self::InvalidQuery(_) => "invalid_query",
-            Self::Database(_) | Self::LedgerBatch(_) | Self::NoDatabase => {
-                "unavailable"
-            }
+            Self::Database(_) | Self::LedgerBatch(_) | Self::NoDatabase => "unavailable",
         }
     }
 }
@@ -53,9 +51,7 @@ impl WebhookError {
 impl ResponseError for WebhookError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::Signature(_) | Self::Body(_) | Self::InvalidQuery(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::Signature(_) | Self::Body(_) | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::CONFLICT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,

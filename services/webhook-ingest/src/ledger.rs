@@ -101,9 +101,8 @@ impl BatchOp for InsertBatch {
     }
 
     async fn run(db: &PgPool, reqs: &[NewRow]) -> Result<Vec<Recorded>, sqlx::Error> {
-        let text = |f: fn(&NewRow) -> Option<&str>| -> Vec<Option<&str>> {
-            reqs.iter().map(f).collect()
-        };
+        let text =
+            |f: fn(&NewRow) -> Option<&str>| -> Vec<Option<&str>> { reqs.iter().map(f).collect() };
         let mut tx = db.begin().await?;
         // The transaction takes its id before any `seq`: the relay's gap rule (crate::relay)
         // relies on a transaction holding a seq being visible in every later snapshot's xip.
@@ -146,7 +145,10 @@ impl BatchOp for InsertBatch {
         reqs.iter()
             .map(|r| {
                 found.remove(&r.event_id).ok_or_else(|| {
-                    sqlx::Error::Protocol(format!("ledger insert returned no row for {}", r.event_id))
+                    sqlx::Error::Protocol(format!(
+                        "ledger insert returned no row for {}",
+                        r.event_id
+                    ))
                 })
             })
             .collect()
@@ -176,7 +178,11 @@ pub struct OutboxRow {
 
 /// Rows after `after` (by `seq`, at most `limit`), each with the statement's snapshot bounds.
 #[tracing::instrument(name = "ledger.outbox_after", skip(db))]
-pub async fn outbox_after(db: &PgPool, after: i64, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
+pub async fn outbox_after(
+    db: &PgPool,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT seq, status, event_id, event_type, created, livemode, api_version, object_id,
                 customer_id, traceparent, raw, received_at,
@@ -192,10 +198,11 @@ pub async fn outbox_after(db: &PgPool, after: i64, limit: i64) -> Result<Vec<Out
 
 /// The relay's durable position on `stream` (0 before its first append).
 pub async fn relayed_seq(db: &PgPool, stream: &str) -> Result<i64, sqlx::Error> {
-    let seq: Option<i64> = sqlx::query_scalar("SELECT relayed_seq FROM stream_relay WHERE stream = $1")
-        .bind(stream)
-        .fetch_optional(db)
-        .await?;
+    let seq: Option<i64> =
+        sqlx::query_scalar("SELECT relayed_seq FROM stream_relay WHERE stream = $1")
+            .bind(stream)
+            .fetch_optional(db)
+            .await?;
     Ok(seq.unwrap_or(0))
 }
 
@@ -252,7 +259,10 @@ pub async fn save_checkpoints(
 /// becomes `received`. `None` when the id is unknown; `Err` of its status when it is
 /// unprocessable (replaying cannot help).
 #[tracing::instrument(name = "ledger.requeue", skip(db))]
-pub async fn requeue(db: &PgPool, event_id: &str) -> Result<Option<Result<i64, Status>>, sqlx::Error> {
+pub async fn requeue(
+    db: &PgPool,
+    event_id: &str,
+) -> Result<Option<Result<i64, Status>>, sqlx::Error> {
     let mut tx = db.begin().await?;
     sqlx::query("SELECT pg_current_xact_id()").execute(&mut *tx).await?;
     let row: Option<(i64,)> = sqlx::query_as(

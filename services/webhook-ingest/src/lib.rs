@@ -31,8 +31,8 @@ use tokio::sync::Notify;
 
 use crate::batch::BatchLimits;
 use crate::ingest::{AllowList, Ingest};
-use crate::relay::{Relay, RelaySettings};
 use crate::metrics::WebhookMetrics;
+use crate::relay::{Relay, RelaySettings};
 use crate::routes::{RouteLimit, WebhookState};
 
 /// The service name in logs, traces and metrics.
@@ -85,10 +85,16 @@ impl WebhookSettings {
             return Err(SettingsError::invalid("webhook.stream_max_len", "must be > 0"));
         }
         if !(1..=10_000).contains(&self.relay_batch) {
-            return Err(SettingsError::invalid("webhook.relay_batch", "must be between 1 and 10000"));
+            return Err(SettingsError::invalid(
+                "webhook.relay_batch",
+                "must be between 1 and 10000",
+            ));
         }
         if !(1..=60_000).contains(&self.relay_poll_ms) {
-            return Err(SettingsError::invalid("webhook.relay_poll_ms", "must be between 1 and 60000"));
+            return Err(SettingsError::invalid(
+                "webhook.relay_poll_ms",
+                "must be between 1 and 60000",
+            ));
         }
         if !(100..=600_000).contains(&self.relay_checkpoint_ms) {
             return Err(SettingsError::invalid(

@@ -59,9 +59,21 @@ impl WebhookMetrics {
         let counters = [
             ("webhook_received", "Webhook deliveries received", &this.received),
             ("webhook_verified", "Deliveries whose Stripe-Signature verified", &this.verified),
-            ("webhook_recorded", "New events recorded in the ledger for the stream", &this.recorded),
-            ("webhook_duplicates", "Deliveries of an event id already in the ledger", &this.duplicates),
-            ("webhook_ignored", "Events recorded but not streamed (type not allowed)", &this.ignored),
+            (
+                "webhook_recorded",
+                "New events recorded in the ledger for the stream",
+                &this.recorded,
+            ),
+            (
+                "webhook_duplicates",
+                "Deliveries of an event id already in the ledger",
+                &this.duplicates,
+            ),
+            (
+                "webhook_ignored",
+                "Events recorded but not streamed (type not allowed)",
+                &this.ignored,
+            ),
             ("webhook_replayed", "Events queued again by an admin", &this.replayed),
             ("webhook_relayed", "Ledger rows appended to the Stripe stream", &this.relayed),
             (

@@ -37,10 +37,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use platform_redis::RedisClients;
 use platform_redis::StreamName;
 use platform_redis::messages::StripeEventMessage;
 use platform_redis::outbox::{self, Appended, GroupPosition, OutboxEntry, StreamState};
-use platform_redis::RedisClients;
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, PgPool};
 use tokio::sync::Notify;
@@ -192,7 +192,8 @@ impl Relay {
         if end == after {
             return Ok(false);
         }
-        let relayable: Vec<&OutboxRow> = run.iter().filter(|row| row.status == "received").collect();
+        let relayable: Vec<&OutboxRow> =
+            run.iter().filter(|row| row.status == "received").collect();
         let entries: Vec<OutboxEntry> =
             relayable.iter().map(|row| entry_of(row)).collect::<Result<_, _>>()?;
         let appended = self.stream.append(&entries).await?;
@@ -222,8 +223,14 @@ impl Relay {
         if last >= position.relayed && last > 0 {
             return Ok(last);
         }
-        // The stream is gone or behind what was appended: Redis lost entries.
-        let floor = position.groups.values().min().copied().unwrap_or(position.relayed);
+        // The stream is gone or behind what was appended: Redis lost entries. Refill from the
+        // lowest group checkpoint; with no group known, what is left of the stream is the
+        // reference (and an empty stream has no reader to refill for).
+        let floor = match position.groups.values().min() {
+            Some(lowest) => *lowest,
+            None if last > 0 => last,
+            None => position.relayed,
+        };
         let from = last.max(floor.min(position.relayed));
         let mut healed = Vec::new();
         for (group, checkpoint) in &position.groups {
@@ -240,8 +247,14 @@ impl Relay {
     }
 
     /// Stores the groups' checkpoints every `checkpoint_every` and mirrors them into Redis.
-    async fn checkpoint(&self, state: &StreamState, position: &mut Position) -> Result<(), RelayError> {
-        let due = position.last_checkpoint.is_none_or(|at| at.elapsed() >= self.settings.checkpoint_every);
+    async fn checkpoint(
+        &self,
+        state: &StreamState,
+        position: &mut Position,
+    ) -> Result<(), RelayError> {
+        let due = position
+            .last_checkpoint
+            .is_none_or(|at| at.elapsed() >= self.settings.checkpoint_every);
         if !due {
             return Ok(());
         }
@@ -250,14 +263,23 @@ impl Relay {
         let seen: Vec<(String, i64)> = state
             .groups
             .iter()
-            .map(|g| (g.name.clone(), (i64::try_from(g.checkpoint).unwrap_or(i64::MAX)).min(position.relayed.max(i64::try_from(state.last).unwrap_or(0)))))
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    (i64::try_from(g.checkpoint).unwrap_or(i64::MAX))
+                        .min(position.relayed.max(i64::try_from(state.last).unwrap_or(0))),
+                )
+            })
             .collect();
         let durable = ledger::save_checkpoints(&self.db, self.name, &seen).await?;
         position.groups = durable.into_iter().collect();
         let mirror: Vec<GroupPosition> = position
             .groups
             .iter()
-            .map(|(name, seq)| GroupPosition { name: name.clone(), checkpoint: (*seq).max(0) as u64 })
+            .map(|(name, seq)| GroupPosition {
+                name: name.clone(),
+                checkpoint: (*seq).max(0) as u64,
+            })
             .collect();
         self.stream.publish_checkpoints(&mirror).await?;
         position.last_checkpoint = Some(Instant::now());

@@ -14,8 +14,8 @@ use serde_json::json;
 
 use crate::error::WebhookError;
 use crate::ingest::{Accepted, Ingest};
-use crate::ledger::Status;
 use crate::ledger;
+use crate::ledger::Status;
 use crate::metrics::WebhookMetrics;
 use crate::signature;
 
@@ -69,7 +69,9 @@ async fn receive(
     match result {
         Ok(Accepted { event_id, recorded }) => {
             let stream_id = match (recorded.status, recorded.seq) {
-                (Status::Received, Some(seq)) => Some(platform_redis::outbox::entry_id(seq.max(0) as u64)),
+                (Status::Received, Some(seq)) => {
+                    Some(platform_redis::outbox::entry_id(seq.max(0) as u64))
+                }
                 _ => None,
             };
             let receipt = Receipt {

@@ -1,16 +1,16 @@
 //! Group commit of the ledger (`src/batch.rs`) against a real Postgres: one statement and one
-//! commit per batch, each waiter's own outcome, failures reaching every waiter, repeated ids.
+//! commit per batch, each waiter's own outcome, failures reaching every waiter or only the bad
+//! row's, repeated ids.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use platform_testing::PostgresServer;
 use prometheus_client::metrics::histogram::Histogram;
 use sqlx::PgPool;
 use webhook_ingest::batch::{BatchLimits, Batcher, SubmitError};
-use webhook_ingest::event::StripeEvent;
-use webhook_ingest::ledger::{Status, StreamedInsertBatch, StreamedRow, TouchBatch};
+use webhook_ingest::ledger::{InsertBatch, NewRow, Status};
 
 async fn ledger_db() -> PgPool {
     let database = PostgresServer::shared().create_database().await.unwrap();
@@ -27,33 +27,42 @@ fn rows_histogram() -> Histogram {
     Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0])
 }
 
-fn row(id: &str, stream_id: &str) -> StreamedRow {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/stripe/events/payment_intent.succeeded.json");
-    let body =
-        std::fs::read_to_string(path).unwrap().replacen("evt_000000000000000000000000", id, 1);
-    StreamedRow { event: StripeEvent::parse(body.as_bytes()).unwrap(), stream_id: stream_id.into() }
+fn row(id: &str) -> NewRow {
+    NewRow {
+        event_id: id.to_owned(),
+        event_type: "payment_intent.succeeded".to_owned(),
+        created: 1,
+        livemode: false,
+        api_version: None,
+        object_id: Some("pi_1".to_owned()),
+        customer_id: None,
+        status: Status::Received,
+        reason: None,
+        traceparent: None,
+        raw: Arc::from(format!(r#"{{"id":"{id}"}}"#)),
+    }
 }
 
 #[tokio::test]
 async fn a_full_batch_is_inserted_in_one_transaction_and_each_waiter_gets_its_own_row() {
     // Arrange: the batch closes only when full (the linger is far longer than the test).
     let db = ledger_db().await;
-    let inserts =
-        Batcher::<StreamedInsertBatch>::spawn(db.clone(), limits(8, 60_000), rows_histogram());
-    let rows: Vec<StreamedRow> =
-        (0..8).map(|n| row(&format!("evt_batch_{n}"), &format!("1-{n}"))).collect();
+    let inserts = Batcher::<InsertBatch>::spawn(db.clone(), limits(8, 60_000), rows_histogram());
+    let rows: Vec<NewRow> = (0..8).map(|n| row(&format!("evt_batch_{n}"))).collect();
 
     // Act
     let outcomes = futures::future::join_all(rows.iter().cloned().map(|r| inserts.submit(r))).await;
 
     // Assert
-    for (n, outcome) in outcomes.into_iter().enumerate() {
+    let mut seqs = Vec::new();
+    for outcome in outcomes {
         let recorded = outcome.unwrap();
         assert!(recorded.inserted);
-        assert_eq!(recorded.status, Status::Streamed);
-        assert_eq!(recorded.stream_id, Some(format!("1-{n}")));
+        assert_eq!(recorded.status, Status::Received);
+        seqs.push(recorded.seq.unwrap());
     }
+    seqs.dedup();
+    assert_eq!(seqs.len(), 8, "each row its own seq");
     let (count, transactions): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM webhook_events")
             .fetch_one(&db)
@@ -74,14 +83,12 @@ async fn a_failed_batch_answers_every_waiter_with_the_error_and_writes_nothing()
     ] {
         sqlx::query(statement).execute(&db).await.unwrap();
     }
-    let inserts =
-        Batcher::<StreamedInsertBatch>::spawn(db.clone(), limits(5, 60_000), rows_histogram());
+    let inserts = Batcher::<InsertBatch>::spawn(db.clone(), limits(5, 60_000), rows_histogram());
 
     // Act
-    let outcomes = futures::future::join_all(
-        (0..5).map(|n| inserts.submit(row(&format!("evt_fail_{n}"), "1-0"))),
-    )
-    .await;
+    let outcomes =
+        futures::future::join_all((0..5).map(|n| inserts.submit(row(&format!("evt_fail_{n}")))))
+            .await;
 
     // Assert
     assert_eq!(outcomes.len(), 5);
@@ -97,46 +104,49 @@ async fn a_failed_batch_answers_every_waiter_with_the_error_and_writes_nothing()
 async fn a_repeated_event_id_goes_to_the_next_batch_and_finds_its_row_there() {
     // Arrange
     let db = ledger_db().await;
-    let inserts =
-        Batcher::<StreamedInsertBatch>::spawn(db.clone(), limits(3, 50), rows_histogram());
+    let inserts = Batcher::<InsertBatch>::spawn(db.clone(), limits(3, 50), rows_histogram());
 
-    // Act: the same id twice (as after a lost claim), plus another.
+    // Act: the same id twice (a retry racing the first delivery), plus another.
     let (first, second, other) = tokio::join!(
-        inserts.submit(row("evt_twice", "1-1")),
-        inserts.submit(row("evt_twice", "1-2")),
-        inserts.submit(row("evt_other", "1-3")),
+        inserts.submit(row("evt_twice")),
+        inserts.submit(row("evt_twice")),
+        inserts.submit(row("evt_other")),
     );
 
-    // Assert: no statement met its own row twice; the second keeps the first's stream id.
+    // Assert: no statement met its own row twice; the second finds the first's row.
     let (first, second, other) = (first.unwrap(), second.unwrap(), other.unwrap());
     assert!(first.inserted);
     assert!(!second.inserted);
-    assert_eq!(second.stream_id, Some("1-1".to_owned()));
+    assert_eq!(second.seq, first.seq);
     assert!(other.inserted);
 }
 
 #[tokio::test]
-async fn a_touch_batch_counts_a_delivery_for_known_ids_and_reports_new_ids_as_absent() {
-    // Arrange
+async fn a_batch_refused_for_one_rows_data_fails_only_that_row() {
+    // Arrange: a constraint only one row breaks; the batch closes only when full.
     let db = ledger_db().await;
-    let inserts = Batcher::<StreamedInsertBatch>::spawn(db.clone(), limits(1, 0), rows_histogram());
-    inserts.submit(row("evt_known", "1-1")).await.unwrap();
-    let touches = Batcher::<TouchBatch>::spawn(db.clone(), limits(2, 60_000), rows_histogram());
+    sqlx::query("ALTER TABLE webhook_events ADD CONSTRAINT no_bad CHECK (event_id <> 'evt_bad')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let inserts = Batcher::<InsertBatch>::spawn(db.clone(), limits(4, 60_000), rows_histogram());
 
     // Act
-    let (known, new) =
-        tokio::join!(touches.submit("evt_known".to_owned()), touches.submit("evt_new".to_owned()),);
+    let (a, bad, b, c) = tokio::join!(
+        inserts.submit(row("evt_a")),
+        inserts.submit(row("evt_bad")),
+        inserts.submit(row("evt_b")),
+        inserts.submit(row("evt_c")),
+    );
 
     // Assert
-    let known = known.unwrap().expect("the known id has a row");
-    assert_eq!((known.status, known.stream_id), (Status::Streamed, Some("1-1".to_owned())));
-    assert_eq!(new.unwrap(), None);
-    let deliveries: i32 =
-        sqlx::query_scalar("SELECT deliveries FROM webhook_events WHERE event_id = 'evt_known'")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-    assert_eq!(deliveries, 2);
+    assert!(matches!(bad, Err(SubmitError::Failed(_))), "{bad:?}");
+    for good in [a, b, c] {
+        assert!(good.unwrap().inserted);
+    }
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_events").fetch_one(&db).await.unwrap();
+    assert_eq!(count, 3);
 }
 
 #[tokio::test]
@@ -145,14 +155,11 @@ async fn a_repeated_event_id_is_answered_even_while_the_other_committer_waits_fo
     // holding the queue, waiting for a request that never comes.
     let db = ledger_db().await;
     let limits = BatchLimits { max_rows: 4, linger: Duration::ZERO, committers: 2 };
-    let inserts = Batcher::<StreamedInsertBatch>::spawn(db.clone(), limits, rows_histogram());
+    let inserts = Batcher::<InsertBatch>::spawn(db.clone(), limits, rows_histogram());
 
     // Act (bounded, so a stalled repeat fails the test instead of hanging it)
     let both = tokio::time::timeout(Duration::from_secs(30), async {
-        tokio::join!(
-            inserts.submit(row("evt_repeat", "1-1")),
-            inserts.submit(row("evt_repeat", "1-2")),
-        )
+        tokio::join!(inserts.submit(row("evt_repeat")), inserts.submit(row("evt_repeat")),)
     })
     .await;
 
@@ -160,5 +167,5 @@ async fn a_repeated_event_id_is_answered_even_while_the_other_committer_waits_fo
     let (first, second) = both.expect("both deliveries of the id were answered");
     let (first, second) = (first.unwrap(), second.unwrap());
     assert_eq!(u8::from(first.inserted) + u8::from(second.inserted), 1, "inserted once");
-    assert_eq!(first.stream_id, second.stream_id);
+    assert_eq!(first.seq, second.seq);
 }

@@ -46,7 +46,7 @@ fn group_commit_settings_out_of_range_are_refused_naming_the_key() {
 
     // Act
     let rows = with("APP__WEBHOOK__LEDGER_BATCH_MAX_ROWS", "0");
-    let committers = with("APP__WEBHOOK__LEDGER_BATCH_COMMITTERS", "5");
+    let committers = with("APP__WEBHOOK__LEDGER_BATCH_COMMITTERS", "8");
     let linger = with("APP__WEBHOOK__LEDGER_BATCH_LINGER_MS", "5000");
     let defaults = Settings::from_overrides(HashMap::new());
 

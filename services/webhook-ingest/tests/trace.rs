@@ -54,11 +54,13 @@ async fn a_streamed_event_carries_the_traceparent_of_the_delivery_that_brought_i
         RedisClients::connect(&RedisSettings::for_url(&RedisServer::shared().url(), &prefix))
             .await
             .unwrap();
-    let entries: Vec<(String, HashMap<String, String>)> = redis
-        .primary()
-        .xrange(redis.keys().stream(StreamName::StripeEvents), "-", "+", None)
-        .await
-        .unwrap();
+    let key = redis.keys().stream(StreamName::StripeEvents);
+    platform_testing::eventually("the relay appended the event", || async {
+        redis.primary().xlen::<u64, _>(key.as_str()).await.unwrap() > 0
+    })
+    .await;
+    let entries: Vec<(String, HashMap<String, String>)> =
+        redis.primary().xrange(key.as_str(), "-", "+", None).await.unwrap();
 
     // Assert
     assert_eq!(status, 200);
