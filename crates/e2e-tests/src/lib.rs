@@ -3,3 +3,5 @@
 //!
 //! - `tests/trace.rs`: one donation webhook is one trace through webhook-ingest, the Stripe event
 //!   stream, campaign-api, the usage stream and usage-meter.
+//! - `tests/durability.rs`: donations acknowledged by webhook-ingest survive Redis losing
+//!   everything or the tail after its last snapshot, and are applied and counted once.

@@ -90,11 +90,9 @@ impl Ingest {
 
     /// Records a verified body (module doc); answers once its row committed.
     #[tracing::instrument(name = "ingest.accept", skip_all, fields(event_id))]
-    pub async fn accept(
-        &self,
-        body: &[u8],
-        traceparent: Option<String>,
-    ) -> Result<Accepted, WebhookError> {
+    pub async fn accept(&self, body: &[u8]) -> Result<Accepted, WebhookError> {
+        // This span's context, so the consumers' spans continue the delivery's trace.
+        let traceparent = platform_redis::trace::current_traceparent();
         let row = match stripe_event::parse(body) {
             Ok(event) => self.row_of(event, body, traceparent),
             Err(rejected) => unprocessable_row(rejected, body, traceparent),

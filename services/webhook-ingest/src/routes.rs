@@ -121,7 +121,7 @@ async fn verify_and_accept(
     };
     signature::verify(header, &body, &state.secrets, state.tolerance, unix_now())?;
     state.metrics.verified.inc();
-    state.ingest.accept(&body, platform_redis::trace::current_traceparent()).await
+    state.ingest.accept(&body).await
 }
 
 /// The raw body, refusing more than `limit` bytes (by `Content-Length` first, then while reading).
