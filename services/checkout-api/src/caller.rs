@@ -26,7 +26,10 @@ pub enum Caller {
 impl Caller {
     /// Resolves the caller: an `Authorization` header must carry the service token (anything
     /// else is 401 `unauthorized`, not a silent downgrade); otherwise the session cookie decides.
-    pub async fn of(request: &HttpRequest, sessions: &UserSessions) -> Result<Caller, CheckoutError> {
+    pub async fn of(
+        request: &HttpRequest,
+        sessions: &UserSessions,
+    ) -> Result<Caller, CheckoutError> {
         if request.headers().contains_key(AUTHORIZATION) {
             return match RequireAdmin::extract(request).await {
                 Ok(RequireAdmin) => Ok(Caller::Service),

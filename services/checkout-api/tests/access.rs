@@ -28,7 +28,8 @@ async fn stripe_state_reads_answer_only_the_users_own_session_or_the_service_tok
     let app = TestApp::spawn(&backends, &[]).await;
     let customer_a = subscriber(&app, &backends, "user-a").await;
     subscriber(&app, &backends, "user-b").await;
-    let (cookie_a, cookie_b, guest) = (app.login("user-a").await, app.login("user-b").await, app.guest().await);
+    let (cookie_a, cookie_b, guest) =
+        (app.login("user-a").await, app.login("user-b").await, app.guest().await);
     let paths = [
         "/api/stripe/users/user-a/subscription".to_owned(),
         format!("/api/stripe/customers/{customer_a}/state"),
@@ -41,12 +42,25 @@ async fn stripe_state_reads_answer_only_the_users_own_session_or_the_service_tok
         let a_guest = app.send(Method::GET, path, None, false, Some(&guest)).await;
         let own = app.send(Method::GET, path, None, false, Some(&cookie_a)).await;
         let service = app.service_get(path).await;
-        let wrong_token = app.http.get(format!("{}{path}", app.base)).bearer_auth("nope").send().await.unwrap();
+        let wrong_token =
+            app.http.get(format!("{}{path}", app.base)).bearer_auth("nope").send().await.unwrap();
 
         // Assert
-        assert_eq!((anonymous.status, anonymous.body["code"].as_str()), (401, Some("no_session")), "{path}");
-        assert_eq!((other_user.status, other_user.body["code"].as_str()), (403, Some("forbidden")), "{path}");
-        assert_eq!((a_guest.status, a_guest.body["code"].as_str()), (403, Some("forbidden")), "{path}");
+        assert_eq!(
+            (anonymous.status, anonymous.body["code"].as_str()),
+            (401, Some("no_session")),
+            "{path}"
+        );
+        assert_eq!(
+            (other_user.status, other_user.body["code"].as_str()),
+            (403, Some("forbidden")),
+            "{path}"
+        );
+        assert_eq!(
+            (a_guest.status, a_guest.body["code"].as_str()),
+            (403, Some("forbidden")),
+            "{path}"
+        );
         assert_eq!(own.status, 200, "{path}: {}", own.body);
         assert_eq!(service.status, 200, "{path}: {}", service.body);
         assert_eq!(own.body, service.body, "{path}");
@@ -79,8 +93,9 @@ async fn an_anonymous_body_user_id_is_not_honoured_and_a_checkout_is_for_the_cal
         app.checkout_as(&json!({"checkoutSessionId": victims_cart["id"]}), Some(&buyer)).await;
     let (pay_anonymous_status, _) =
         app.checkout_as(&json!({"checkoutSessionId": victims_cart["id"]}), None).await;
-    let (pay_own_status, pay_own) =
-        app.checkout_as(&json!({"checkoutSessionId": buyer_session.body["id"]}), Some(&buyer)).await;
+    let (pay_own_status, pay_own) = app
+        .checkout_as(&json!({"checkoutSessionId": buyer_session.body["id"]}), Some(&buyer))
+        .await;
 
     // Assert: the anonymous checkout is a guest's: no customer, no user in Stripe.
     assert_eq!(anonymous_status, 200, "{anonymous}");

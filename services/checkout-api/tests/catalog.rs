@@ -32,8 +32,9 @@ async fn a_client_price_of_one_cent_is_refused_on_create_and_patch_and_the_catal
             json!({"items": [{"sku": "tee", "unitAmountCents": 1, "quantity": 2}]}),
         )
         .await;
-    let patch_one_cent =
-        app.patch(&path, json!({"items": [{"sku": "tee", "unitAmountCents": 1, "quantity": 2}]})).await;
+    let patch_one_cent = app
+        .patch(&path, json!({"items": [{"sku": "tee", "unitAmountCents": 1, "quantity": 2}]}))
+        .await;
     let after_patch = app.get(&path).await;
     let (status, paid) = app.checkout(&json!({"checkoutSessionId": session["id"]})).await;
 
@@ -77,10 +78,7 @@ async fn unknown_skus_are_refused_an_extra_name_is_ignored_and_a_matching_price_
         )
         .await;
     let (direct_status, direct) = app
-        .checkout_as(
-            &json!({"items": [{"sku": "tea", "name": "Free tea", "quantity": 2}]}),
-            None,
-        )
+        .checkout_as(&json!({"items": [{"sku": "tea", "name": "Free tea", "quantity": 2}]}), None)
         .await;
     let (unknown_direct_status, unknown_direct) =
         app.checkout_as(&json!({"items": [{"sku": "caviar", "quantity": 1}]}), None).await;
@@ -149,7 +147,8 @@ async fn completing_or_failing_a_session_needs_the_service_token() {
     // Act
     let anonymous_complete =
         app.post(&format!("/api/checkout/sessions/{one_id}/complete"), json!({})).await;
-    let anonymous_fail = app.post(&format!("/api/checkout/sessions/{two_id}/fail"), json!({})).await;
+    let anonymous_fail =
+        app.post(&format!("/api/checkout/sessions/{two_id}/fail"), json!({})).await;
     let cookie_complete = app
         .send(
             Method::POST,
@@ -198,13 +197,27 @@ async fn admins_manage_products_and_a_price_change_is_seen_by_the_next_checkout(
     // Act: the price goes up, the Stripe price is replaced; then the product is deleted.
     let duplicate = app.admin(Method::POST, "/api/admin/products", Some(product)).await;
     let no_token = app
-        .send(Method::POST, "/api/admin/products", Some(json!({"sku": "x", "name": "X", "unitAmountCents": 1})), false, None)
+        .send(
+            Method::POST,
+            "/api/admin/products",
+            Some(json!({"sku": "x", "name": "X", "unitAmountCents": 1})),
+            false,
+            None,
+        )
         .await;
     let invalid = app
-        .admin(Method::POST, "/api/admin/products", Some(json!({"sku": "bad sku", "name": "X", "unitAmountCents": 1})))
+        .admin(
+            Method::POST,
+            "/api/admin/products",
+            Some(json!({"sku": "bad sku", "name": "X", "unitAmountCents": 1})),
+        )
         .await;
     let taken_price = app
-        .admin(Method::PUT, "/api/admin/products/tea", Some(json!({"name": "Tea", "unitAmountCents": 1250, "priceId": "price_lamp"})))
+        .admin(
+            Method::PUT,
+            "/api/admin/products/tea",
+            Some(json!({"name": "Tea", "unitAmountCents": 1250, "priceId": "price_lamp"})),
+        )
         .await;
     let changed = app
         .admin(
@@ -217,7 +230,10 @@ async fn admins_manage_products_and_a_price_change_is_seen_by_the_next_checkout(
     let listed = app.admin(Method::GET, "/api/admin/products", None).await;
     let second = app.create_session(json!({"items": [{"sku": "lamp", "quantity": 1}]})).await;
     let stale_client_price = app
-        .post("/api/checkout/sessions", json!({"items": [{"sku": "lamp", "unitAmountCents": 4500, "quantity": 1}]}))
+        .post(
+            "/api/checkout/sessions",
+            json!({"items": [{"sku": "lamp", "unitAmountCents": 4500, "quantity": 1}]}),
+        )
         .await;
     let (old_price_status, old_price) =
         app.checkout(&json!({"userId": "u-l", "priceId": "price_lamp"})).await;
@@ -226,8 +242,9 @@ async fn admins_manage_products_and_a_price_change_is_seen_by_the_next_checkout(
     let (pay_status, paid) = app.checkout(&json!({"checkoutSessionId": first["id"]})).await;
     let first_after_payment_start = app.get(&cart_path).await;
     let deleted = app.admin(Method::DELETE, "/api/admin/products/lamp", None).await;
-    let after_delete =
-        app.post("/api/checkout/sessions", json!({"items": [{"sku": "lamp", "quantity": 1}]})).await;
+    let after_delete = app
+        .post("/api/checkout/sessions", json!({"items": [{"sku": "lamp", "quantity": 1}]}))
+        .await;
     let read_deleted = app.admin(Method::GET, "/api/admin/products/lamp", None).await;
 
     // Assert
@@ -236,12 +253,19 @@ async fn admins_manage_products_and_a_price_change_is_seen_by_the_next_checkout(
     assert_eq!((duplicate.status, duplicate.body["code"].as_str()), (409, Some("product_exists")));
     assert_eq!(no_token.status, 401);
     assert_eq!((invalid.status, invalid.body["code"].as_str()), (400, Some("invalid_product")));
-    assert_eq!((taken_price.status, taken_price.body["code"].as_str()), (409, Some("price_id_in_use")));
+    assert_eq!(
+        (taken_price.status, taken_price.body["code"].as_str()),
+        (409, Some("price_id_in_use"))
+    );
     assert_eq!(changed.status, 200, "{}", changed.body);
     assert_eq!(read.body["unitAmountCents"], 5200);
     assert_eq!(read.body["priceId"], "price_lamp_v2");
-    let skus: Vec<&str> =
-        listed.body["products"].as_array().unwrap().iter().filter_map(|p| p["sku"].as_str()).collect();
+    let skus: Vec<&str> = listed.body["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["sku"].as_str())
+        .collect();
     assert!(skus.contains(&"lamp") && skus.contains(&"tea"), "{skus:?}");
     assert_eq!(second["subtotalCents"], 5200, "the cached 4500 was invalidated");
     assert_eq!(stale_client_price.status, 400);
@@ -256,6 +280,9 @@ async fn admins_manage_products_and_a_price_change_is_seen_by_the_next_checkout(
     assert_eq!(deleted.status, 204);
     assert_eq!(after_delete.status, 400);
     assert_eq!(after_delete.body["code"], "unknown_product");
-    assert_eq!((read_deleted.status, read_deleted.body["code"].as_str()), (404, Some("product_not_found")));
+    assert_eq!(
+        (read_deleted.status, read_deleted.body["code"].as_str()),
+        (404, Some("product_not_found"))
+    );
     app.stop().await;
 }

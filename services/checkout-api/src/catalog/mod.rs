@@ -302,8 +302,12 @@ mod tests {
     #[test]
     fn sku_and_price_id_shapes_follow_the_table_checks() {
         assert!(valid_sku("tea") && valid_sku("sku-0") && valid_sku("A1_b.c:d-e"));
-        assert!(!valid_sku("") && !valid_sku("-a") && !valid_sku("a b") && !valid_sku(&"a".repeat(65)));
-        assert!(valid_price_id("price_pro") && !valid_price_id("price_") && !valid_price_id("prod_x"));
+        assert!(
+            !valid_sku("") && !valid_sku("-a") && !valid_sku("a b") && !valid_sku(&"a".repeat(65))
+        );
+        assert!(
+            valid_price_id("price_pro") && !valid_price_id("price_") && !valid_price_id("prod_x")
+        );
     }
 
     #[test]

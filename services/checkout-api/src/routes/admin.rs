@@ -223,7 +223,11 @@ async fn put_product(
     catalog
         .invalidate(&product.sku, &[previous_price.as_deref(), product.price_id.as_deref()])
         .await;
-    tracing::info!(unit_amount_cents = product.unit_amount_cents, active = product.active, "product replaced");
+    tracing::info!(
+        unit_amount_cents = product.unit_amount_cents,
+        active = product.active,
+        "product replaced"
+    );
     Ok(HttpResponse::Ok().json(product))
 }
 

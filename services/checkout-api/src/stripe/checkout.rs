@@ -103,7 +103,10 @@ pub trait CartSource: fmt::Debug + Send + Sync {
 fn unknown_price(price_id: &str) -> CheckoutError {
     CheckoutError::invalid(
         "unknown_price",
-        format!("priceId `{}` is not a price of the catalog", price_id.chars().take(64).collect::<String>()),
+        format!(
+            "priceId `{}` is not a price of the catalog",
+            price_id.chars().take(64).collect::<String>()
+        ),
     )
 }
 
@@ -131,9 +134,7 @@ impl CartSource for NoCarts {
         &'a self,
         _items: &'a [ItemRequest],
     ) -> Pin<Box<dyn Future<Output = Result<Vec<CartLine>, CheckoutError>> + Send + 'a>> {
-        Box::pin(async {
-            Err(CheckoutError::invalid("unknown_product", "the catalog is empty"))
-        })
+        Box::pin(async { Err(CheckoutError::invalid("unknown_product", "the catalog is empty")) })
     }
 
     fn listed_price<'a>(
@@ -311,7 +312,10 @@ impl StripeService {
 
     /// The Stripe Checkout session `session_id` as Stripe has it now (404
     /// `stripe_session_not_found`).
-    pub async fn retrieve_checkout(&self, session_id: &str) -> Result<CheckoutSession, CheckoutError> {
+    pub async fn retrieve_checkout(
+        &self,
+        session_id: &str,
+    ) -> Result<CheckoutSession, CheckoutError> {
         let api = self.api()?;
         let retrieve = RetrieveCheckoutSession::new(session_id);
         api.call("retrieve checkout session", None, |client, strategy| {
@@ -393,7 +397,8 @@ impl StripeService {
             .metadata(metadata);
         match (&customer_id, &cart.user_id) {
             (Some(customer_id), Some(user_id)) => {
-                create = create.customer(customer_id.as_str()).client_reference_id(user_id.as_str());
+                create =
+                    create.customer(customer_id.as_str()).client_reference_id(user_id.as_str());
             }
             _ => {
                 if let Some(email) = &cart.email {

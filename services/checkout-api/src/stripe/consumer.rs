@@ -95,7 +95,8 @@ impl StreamHandler for SyncOnEvent {
             if SETTLE_EVENTS.contains(&message.event_type.as_str())
                 && let Some(session_id) = checkout_session_of(message)
             {
-                let settled = self.settle(message, &session_id).instrument(entry.span.clone()).await;
+                let settled =
+                    self.settle(message, &session_id).instrument(entry.span.clone()).await;
                 if settled != Outcome::Ack {
                     outcomes.push(settled);
                     continue;

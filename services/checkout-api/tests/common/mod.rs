@@ -222,8 +222,9 @@ impl TestApp {
 
     /// `POST /api/stripe/checkout` without a token, with the session `cookie` if any.
     pub async fn checkout_as(&self, body: &Value, cookie: Option<&str>) -> (u16, Value) {
-        let reply =
-            self.send(Method::POST, "/api/stripe/checkout", Some(body.clone()), false, cookie).await;
+        let reply = self
+            .send(Method::POST, "/api/stripe/checkout", Some(body.clone()), false, cookie)
+            .await;
         (reply.status, reply.body)
     }
 
