@@ -197,6 +197,10 @@ for name in "${SERVICES[@]}"; do
         # The `demo` organisation with active campaigns (DESIGN: local defaults).
         db_env+=("APP__DEMO__SEED=${DEMO_SEED:-true}")
     fi
+    if [[ "$name" == checkout-api ]]; then
+        # The demo product catalog (tea, mug, tee, plan-basic, plan-pro): every price comes from it.
+        db_env+=("APP__DEMO__SEED=${DEMO_SEED:-true}")
+    fi
     printf '\n=== %s: %s started on port %s ===\n' "$(date -u +%FT%TZ)" "$name" "$port" >>"$logfile"
     (cd "$REPO_ROOT" && exec nohup env "${db_env[@]}" APP__HTTP__PORT="$port" "$bin" >>"$logfile" 2>&1 </dev/null) &
     echo $! >"$PID_DIR/$name.pid"

@@ -23,7 +23,7 @@ bench_backends checkout checkout
 # shellcheck disable=SC2153 # REDIS_P, PG_P, APP_P: set by bench_backends
 APP__HTTP__PORT="$APP_P" APP__REDIS__URL="redis://127.0.0.1:$REDIS_P" \
     APP__DATABASE__URL="postgres://postgres@127.0.0.1:$PG_P/checkout" \
-    APP__AUTH__ADMIN_TOKEN="bench-admin-token" APP__TELEMETRY__FILTER=warn \
+    APP__AUTH__ADMIN_TOKEN="bench-admin-token" APP__TELEMETRY__FILTER=warn APP__DEMO__SEED=true \
     APP__RATE_LIMIT__POLICIES__API__LIMIT=1000000 APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS=1 \
     "$BIN" >"$WORK/app.log" 2>&1 &
 # shellcheck disable=SC2034 # read by bench_cleanup (backends.sh)

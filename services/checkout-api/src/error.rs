@@ -41,6 +41,18 @@ pub enum CheckoutError {
     UnknownAction(String),
     #[error("No session: the session cookie is missing, invalid or expired")]
     NoSession,
+    /// A bearer token was sent and is not the service token.
+    #[error("Invalid bearer token")]
+    Unauthorized,
+    /// The caller is known but this is not theirs (another user's state, another user's cart).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("Product not found")]
+    ProductNotFound,
+    #[error("A product with this sku already exists")]
+    ProductExists,
+    #[error("Another product is already sold as this priceId")]
+    PriceIdInUse,
     #[error("Checkout session not found")]
     CheckoutSessionNotFound,
     #[error("Stripe Checkout session not found")]
@@ -100,6 +112,11 @@ impl CheckoutError {
             CheckoutError::CouponExists => "coupon_exists",
             CheckoutError::UnknownAction(_) => "unknown_action",
             CheckoutError::NoSession => "no_session",
+            CheckoutError::Unauthorized => "unauthorized",
+            CheckoutError::Forbidden(_) => "forbidden",
+            CheckoutError::ProductNotFound => "product_not_found",
+            CheckoutError::ProductExists => "product_exists",
+            CheckoutError::PriceIdInUse => "price_id_in_use",
             CheckoutError::CheckoutSessionNotFound => "checkout_session_not_found",
             CheckoutError::StripeSessionNotFound => "stripe_session_not_found",
             CheckoutError::StripeStateNotFound => "stripe_state_not_found",
@@ -178,16 +195,20 @@ impl ResponseError for CheckoutError {
             | CheckoutError::DeliveryOutOfRange { .. }
             | CheckoutError::InvalidSessionId
             | CheckoutError::UnknownAction(_) => StatusCode::BAD_REQUEST,
-            CheckoutError::NoSession => StatusCode::UNAUTHORIZED,
+            CheckoutError::NoSession | CheckoutError::Unauthorized => StatusCode::UNAUTHORIZED,
+            CheckoutError::Forbidden(_) => StatusCode::FORBIDDEN,
             CheckoutError::SessionNotFound
             | CheckoutError::CouponNotFound
+            | CheckoutError::ProductNotFound
             | CheckoutError::CheckoutSessionNotFound
             | CheckoutError::StripeSessionNotFound
             | CheckoutError::StripeStateNotFound
             | CheckoutError::StripeCustomerNotFound => StatusCode::NOT_FOUND,
             CheckoutError::InvalidTransition { .. }
             | CheckoutError::Conflict
-            | CheckoutError::CouponExists => StatusCode::CONFLICT,
+            | CheckoutError::CouponExists
+            | CheckoutError::ProductExists
+            | CheckoutError::PriceIdInUse => StatusCode::CONFLICT,
             CheckoutError::Unavailable(_)
             | CheckoutError::StripeNotConfigured
             | CheckoutError::StripeUnavailable(_)

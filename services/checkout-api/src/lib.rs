@@ -1,15 +1,18 @@
-//! checkout-api: checkout sessions, coupon and delivery caches, user sessions, Stripe checkout with state synced to Redis.
+//! checkout-api: checkout sessions priced from its product catalog, coupon and delivery caches, user sessions, Stripe checkout with state synced to Redis.
 //!
 //! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
 //! returns; tests call [`build`] with port 0 and real Redis and Postgres.
 //!
 //! Layout: `routes` (HTTP) → `sessions` (checkout sessions: validation, pricing, status; its
-//! `store` holds them in Redis, or Postgres while Redis is down) / `pricing` (coupons and
-//! delivery bands from Postgres through the shared cache) / `user_sessions` (cookie sessions in
-//! Redis with an in-memory fallback) / `stripe` (customers, Checkout sessions, the one sync of
-//! Stripe state into Redis and the Stripe-stream consumer); `metrics` registers the service's
-//! counters.
+//! `store` holds them in Redis, or Postgres while Redis is down) / `catalog` (products: every unit
+//! price, from Postgres through the shared cache) / `pricing` (coupons and delivery bands, the
+//! same way) / `user_sessions` (cookie sessions in Redis with an in-memory fallback) / `caller`
+//! (service token, user, guest or anonymous: who may do what) / `stripe` (customers, Checkout
+//! sessions, the one sync of Stripe state into Redis and the Stripe-stream consumer); `metrics`
+//! registers the service's counters.
 
+pub mod caller;
+pub mod catalog;
 pub mod error;
 pub mod fallback;
 pub mod metrics;
@@ -35,6 +38,7 @@ use platform_service::{Application, connect_context};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::catalog::Catalog;
 use crate::metrics::CheckoutMetrics;
 use crate::pricing::Pricing;
 use crate::routes::{Policies, State};
@@ -59,6 +63,16 @@ pub struct Settings {
     pub pricing: PricingSettings,
     #[serde(default)]
     pub user_sessions: UserSessionSettings,
+    #[serde(default)]
+    pub demo: DemoSettings,
+}
+
+/// `[demo]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoSettings {
+    /// Add the demo products to the catalog at start (those missing; `make run` turns it on).
+    pub seed: bool,
 }
 
 /// `[checkout]`: checkout sessions.
@@ -86,7 +100,7 @@ impl Default for CheckoutSettings {
     }
 }
 
-/// `[pricing]`: the coupon and delivery caches.
+/// `[pricing]`: the coupon, delivery and product caches.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PricingSettings {
@@ -94,6 +108,8 @@ pub struct PricingSettings {
     pub cache_enabled: bool,
     pub coupon_cache_ttl_secs: u64,
     pub delivery_cache_ttl_secs: u64,
+    /// Products by sku and by Stripe price id (unknown ones included).
+    pub product_cache_ttl_secs: u64,
     /// Bound of the in-process tier; 0 disables it.
     pub l1_max_entries: usize,
     /// Longest life of an in-process copy.
@@ -106,6 +122,7 @@ impl Default for PricingSettings {
             cache_enabled: true,
             coupon_cache_ttl_secs: 600,
             delivery_cache_ttl_secs: 300,
+            product_cache_ttl_secs: 600,
             l1_max_entries: 10_000,
             l1_ttl_max_ms: 30_000,
         }
@@ -137,6 +154,9 @@ impl ServiceSettings for Settings {
         }
         if self.pricing.delivery_cache_ttl_secs == 0 {
             return Err(SettingsError::invalid("pricing.delivery_cache_ttl_secs", "must be > 0"));
+        }
+        if self.pricing.product_cache_ttl_secs == 0 {
+            return Err(SettingsError::invalid("pricing.product_cache_ttl_secs", "must be > 0"));
         }
         let sessions = &self.user_sessions;
         if sessions.ttl_secs == 0 {
@@ -206,6 +226,17 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         stop.cancelled().await;
         pubsub.stop().await;
     });
+    let catalog = Catalog::new(
+        db.clone(),
+        cache.clone(),
+        Duration::from_secs(pricing_settings.product_cache_ttl_secs),
+    );
+    if settings.demo.seed {
+        let added = catalog::storage::seed_demo(&db).await.context("seeding the demo catalog")?;
+        for (sku, price_id) in added {
+            catalog.invalidate(sku, &[price_id]).await;
+        }
+    }
     let pricing = Pricing::new(
         db.clone(),
         cache,
@@ -224,7 +255,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         max_items: settings.checkout.max_items,
         max_distance_km: settings.checkout.max_distance_km,
     };
-    let checkout = Checkout::new(store.clone(), pricing, limits, metrics.clone());
+    let checkout = Checkout::new(store.clone(), pricing, catalog, limits, metrics.clone());
     let stripe =
         stripe::StripeService::new(&settings.stripe, redis.clone(), Arc::new(checkout.clone()))?;
     stripe.spawn_consumer(context.shutdown.token()).await;

@@ -20,9 +20,10 @@ async fn session_is_created_priced_in_cents_and_read_back_from_redis() {
     // Arrange
     let app = app("ck-create", &[]).await;
 
-    // Act: 2 × 1250 + 1 × 500 = 3000, WELCOME10 (10 %) = 300 off, 7 km = 299 delivery.
+    // Act: 2 × 1250 + 1 × 500 = 3000 (the catalog's prices, which the client's match),
+    // WELCOME10 (10 %) = 300 off, 7 km = 299 delivery; a service caller names the user.
     let created = app
-        .create_session(json!({
+        .service_create_session(json!({
             "userId": "user-1",
             "items": [
                 {"sku": "tea", "name": "Tea", "unitAmountCents": 1250, "quantity": 2},
@@ -100,18 +101,18 @@ async fn update_reprices_and_transitions_follow_open_to_completed_or_failed() {
         .patch(
             &one_path,
             json!({
-                "items": [{"sku": "a", "name": "A", "unitAmountCents": 1000, "quantity": 4}],
+                "items": [{"sku": "tee", "quantity": 4}],
                 "couponCode": "SAVE5",
                 "deliveryDistanceKm": 12,
             }),
         )
         .await;
     let coupon_removed = app.patch(&one_path, json!({"couponCode": null})).await;
-    let completed = app.post(&format!("{one_path}/complete"), json!({})).await;
-    let complete_again = app.post(&format!("{one_path}/complete"), json!({})).await;
+    let completed = app.finish(one["id"].as_str().unwrap(), "complete").await;
+    let complete_again = app.finish(one["id"].as_str().unwrap(), "complete").await;
     let update_after = app.patch(&one_path, json!({"deliveryDistanceKm": 1})).await;
-    let failed = app.post(&format!("{two_path}/fail"), json!({})).await;
-    let complete_failed = app.post(&format!("{two_path}/complete"), json!({})).await;
+    let failed = app.finish(two["id"].as_str().unwrap(), "fail").await;
+    let complete_failed = app.finish(two["id"].as_str().unwrap(), "complete").await;
     let empty_patch = app.patch(&two_path, json!({})).await;
 
     // Assert
@@ -149,7 +150,7 @@ async fn invalid_carts_coupons_and_distances_answer_400_with_clear_codes() {
         let created = app.admin(Method::POST, "/api/admin/coupons", Some(body)).await;
         assert_eq!(created.status, 201, "{}", created.body);
     }
-    let item = |quantity: i64, amount: i64| json!({"sku": "s", "name": "N", "unitAmountCents": amount, "quantity": quantity});
+    let item = |quantity: i64, amount: i64| json!({"sku": "tee", "name": "N", "unitAmountCents": amount, "quantity": quantity});
     let with = |extra: Value| {
         let mut body = cart(1);
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -157,17 +158,12 @@ async fn invalid_carts_coupons_and_distances_answer_400_with_clear_codes() {
     };
     let cases = [
         (json!({"items": []}), "empty_cart"),
-        (json!({"items": [item(0, 100)]}), "invalid_quantity"),
-        (json!({"items": [item(1, -5)]}), "invalid_amount"),
+        (json!({"items": [item(0, 1000)]}), "invalid_quantity"),
+        (json!({"items": [item(1, -5)]}), "price_mismatch"),
         (cart(4), "too_many_items"),
-        (
-            json!({"items": [{"sku": "", "name": "N", "unitAmountCents": 1, "quantity": 1}]}),
-            "invalid_item",
-        ),
-        (
-            json!({"items": [{"sku": "s", "name": "N", "unitAmountCents": 1.5, "quantity": 1}]}),
-            "invalid_json",
-        ),
+        (json!({"items": [{"sku": "", "quantity": 1}]}), "unknown_product"),
+        (json!({"items": [{"sku": "s", "quantity": 1}]}), "unknown_product"),
+        (json!({"items": [{"sku": "tee", "unitAmountCents": 1.5, "quantity": 1}]}), "invalid_json"),
         (with(json!({"deliveryDistanceKm": -1})), "invalid_distance"),
         (with(json!({"deliveryDistanceKm": 5000})), "invalid_distance"),
         (with(json!({"deliveryDistanceKm": 60})), "delivery_out_of_range"),
@@ -176,7 +172,7 @@ async fn invalid_carts_coupons_and_distances_answer_400_with_clear_codes() {
         (with(json!({"couponCode": "OFF"})), "coupon_inactive"),
         (with(json!({"couponCode": "SAVE5"})), "coupon_minimum_not_met"),
         (with(json!({"couponCode": "bad code!"})), "invalid_coupon_code"),
-        (json!({"items": [item(1, 1)], "surprise": true}), "invalid_json"),
+        (json!({"items": [item(1, 1000)], "surprise": true}), "invalid_json"),
     ];
 
     for (body, code) in cases {
@@ -204,7 +200,7 @@ async fn concurrent_updates_and_reads_of_one_session_keep_it_consistent() {
 
     // Act: 20 updates (quantity i) and 20 reads at once.
     let updates = (1..=20).map(|quantity| {
-        let body = json!({"items": [{"sku": "a", "name": "A", "unitAmountCents": 100, "quantity": quantity}]});
+        let body = json!({"items": [{"sku": "mug", "quantity": quantity}]});
         app.patch(&path, body)
     });
     let reads = (0..20).map(|_| app.get(&path));
@@ -232,7 +228,7 @@ async fn concurrent_updates_and_reads_of_one_session_keep_it_consistent() {
     let last = app.get(&path).await.body;
     assert_eq!(last["version"].as_u64().unwrap(), 1 + applied as u64);
     let quantity = last["items"][0]["quantity"].as_i64().unwrap();
-    assert_eq!(last["subtotalCents"].as_i64().unwrap(), quantity * 100);
+    assert_eq!(last["subtotalCents"].as_i64().unwrap(), quantity * 500);
     assert_eq!(last["totalCents"], last["subtotalCents"]);
     app.stop().await;
 }
@@ -246,8 +242,8 @@ async fn stats_cleanup_and_listing_actions_report_honestly() {
     for _ in 0..4 {
         ids.push(app.create_session(cart(1)).await["id"].as_str().unwrap().to_owned());
     }
-    app.post(&format!("/api/checkout/sessions/{}/complete", ids[0]), json!({})).await;
-    app.post(&format!("/api/checkout/sessions/{}/fail", ids[1]), json!({})).await;
+    app.finish(&ids[0], "complete").await;
+    app.finish(&ids[1], "fail").await;
     let short = TestApp::spawn(&backends, &[("APP__CHECKOUT__SESSION_TTL_SECS", "1")]).await;
     short.create_session(cart(1)).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -317,7 +313,7 @@ async fn in_redis_cluster_mode_sessions_are_created_read_completed_counted_and_c
     let id = created["id"].as_str().unwrap().to_owned();
     let read = app.get(&format!("/api/checkout/sessions/{id}")).await;
     let updated = app.patch(&format!("/api/checkout/sessions/{id}"), cart(3)).await;
-    let completed = app.post(&format!("/api/checkout/sessions/{id}/complete"), json!({})).await;
+    let completed = app.finish(&id, "complete").await;
     let stats = app.cleanup(json!({"action": "get_stats"})).await;
     let cleaned = app.cleanup(json!({"action": "cleanup_expired"})).await;
     let guest = app.send(Method::POST, "/api/sessions/guest", None, false, None).await;

@@ -1,5 +1,6 @@
-//! `/api/admin/...` (admin token): coupons and delivery bands. Every write invalidates the
-//! cached definitions on every replica before answering, so the next validation sees it.
+//! `/api/admin/...` (admin token): coupons, delivery bands and the product catalog. Every write
+//! invalidates the cached definitions on every replica before answering, so the next validation
+//! or checkout sees it.
 
 use actix_web::{HttpResponse, web};
 use platform_service::RequireAdmin;
@@ -7,6 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Policies, State};
+use crate::catalog::{self, ProductRequest};
 use crate::error::CheckoutError;
 use crate::pricing::{CouponRequest, DeliveryBand, normalise_code, storage, validate_bands};
 
@@ -29,6 +31,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, policies: &Policies) {
             .wrap(policies.api())
             .route(web::get().to(get_bands))
             .route(web::put().to(put_bands)),
+    )
+    .service(
+        web::resource("/api/admin/products")
+            .wrap(policies.api())
+            .route(web::get().to(list_products))
+            .route(web::post().to(create_product)),
+    )
+    .service(
+        web::resource("/api/admin/products/{sku}")
+            .wrap(policies.api())
+            .route(web::get().to(get_product))
+            .route(web::put().to(put_product))
+            .route(web::delete().to(delete_product)),
     );
 }
 
@@ -132,4 +147,101 @@ async fn put_bands(
     state.checkout.pricing.invalidate_delivery().await;
     tracing::info!(bands = bands.len(), "delivery bands replaced");
     Ok(HttpResponse::Ok().json(json!({ "bands": bands })))
+}
+
+/// A second product sold as the same Stripe price breaks the table's unique constraint.
+fn product_write_error(error: sqlx::Error) -> CheckoutError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => CheckoutError::PriceIdInUse,
+        _ => error.into(),
+    }
+}
+
+async fn list_products(
+    _admin: RequireAdmin,
+    state: web::Data<State>,
+) -> Result<HttpResponse, CheckoutError> {
+    let products = catalog::storage::products(state.checkout.catalog.db()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "products": products })))
+}
+
+#[tracing::instrument(name = "create_product", skip_all)]
+async fn create_product(
+    _admin: RequireAdmin,
+    state: web::Data<State>,
+    body: web::Json<ProductRequest>,
+) -> Result<HttpResponse, CheckoutError> {
+    let body = body.into_inner();
+    let sku = body
+        .sku
+        .clone()
+        .ok_or_else(|| CheckoutError::invalid("invalid_product", "sku is required"))?;
+    let product = body.into_product(&sku)?;
+    let catalog = &state.checkout.catalog;
+    if !catalog::storage::insert_product(catalog.db(), &product)
+        .await
+        .map_err(product_write_error)?
+    {
+        return Err(CheckoutError::ProductExists);
+    }
+    // "Unknown sku" / "unknown price" may be cached for these.
+    catalog.invalidate(&product.sku, &[product.price_id.as_deref()]).await;
+    tracing::info!(sku = %product.sku, unit_amount_cents = product.unit_amount_cents, "product created");
+    Ok(HttpResponse::Created().json(product))
+}
+
+async fn get_product(
+    _admin: RequireAdmin,
+    state: web::Data<State>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, CheckoutError> {
+    let product = catalog::storage::product(state.checkout.catalog.db(), &path)
+        .await?
+        .ok_or(CheckoutError::ProductNotFound)?;
+    Ok(HttpResponse::Ok().json(product))
+}
+
+#[tracing::instrument(name = "put_product", skip(_admin, state, body))]
+async fn put_product(
+    _admin: RequireAdmin,
+    state: web::Data<State>,
+    path: web::Path<String>,
+    body: web::Json<ProductRequest>,
+) -> Result<HttpResponse, CheckoutError> {
+    let body = body.into_inner();
+    if body.sku.as_ref().is_some_and(|sku| *sku != *path) {
+        return Err(CheckoutError::invalid(
+            "invalid_product",
+            "sku in the body differs from the path",
+        ));
+    }
+    let product = body.into_product(&path)?;
+    let catalog = &state.checkout.catalog;
+    let previous_price = catalog::storage::upsert_product(catalog.db(), &product)
+        .await
+        .map_err(product_write_error)?;
+    catalog
+        .invalidate(&product.sku, &[previous_price.as_deref(), product.price_id.as_deref()])
+        .await;
+    tracing::info!(
+        unit_amount_cents = product.unit_amount_cents,
+        active = product.active,
+        "product replaced"
+    );
+    Ok(HttpResponse::Ok().json(product))
+}
+
+#[tracing::instrument(name = "delete_product", skip(_admin, state))]
+async fn delete_product(
+    _admin: RequireAdmin,
+    state: web::Data<State>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, CheckoutError> {
+    let catalog = &state.checkout.catalog;
+    let price_id = catalog::storage::delete_product(catalog.db(), &path)
+        .await?
+        .ok_or(CheckoutError::ProductNotFound)?;
+    catalog.invalidate(&path, &[price_id.as_deref()]).await;
+    tracing::info!("product deleted");
+    Ok(HttpResponse::NoContent().finish())
 }

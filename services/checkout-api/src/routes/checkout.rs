@@ -1,13 +1,20 @@
 //! `/api/checkout/...`: checkout sessions (create, read, update, complete, fail) and the
 //! coupon / delivery lookups a cart page makes before creating one.
+//!
+//! Who may do what: anyone may create a session (for the user of their session cookie; a body
+//! `userId` only from a service-token caller), and whoever holds a session's id may read it and
+//! change its cart (prices always come from the catalog). Completing or failing it changes what
+//! was paid, so only the payment result (Stripe) or a service-token caller may.
 
 use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
 use platform_redis::cache::CacheStatus;
+use platform_service::RequireAdmin;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{Policies, State};
+use crate::caller::Caller;
 use crate::error::CheckoutError;
 use crate::pricing::{delivery_charge, normalise_code};
 use crate::sessions::{
@@ -51,9 +58,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, policies: &Policies) {
 
 async fn create_session(
     state: web::Data<State>,
+    request: HttpRequest,
     body: web::Json<CreateSessionRequest>,
 ) -> Result<HttpResponse, CheckoutError> {
-    let view = state.checkout.create(body.into_inner()).await?;
+    let body = body.into_inner();
+    let caller = Caller::of(&request, &state.user_sessions).await?;
+    if body.user_id.is_some() && !caller.is_service() {
+        tracing::debug!("userId in the body of a non-service caller ignored");
+    }
+    let user_id = caller.acting_user(body.user_id.as_deref());
+    let view = state.checkout.create(body, user_id).await?;
     Ok(HttpResponse::Created().json(view))
 }
 
@@ -78,6 +92,7 @@ async fn update_session(
 }
 
 async fn complete_session(
+    _service: RequireAdmin,
     state: web::Data<State>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, CheckoutError> {
@@ -86,6 +101,7 @@ async fn complete_session(
 }
 
 async fn fail_session(
+    _service: RequireAdmin,
     state: web::Data<State>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, CheckoutError> {

@@ -2,6 +2,11 @@
 //! failed; expired = the sliding TTL ran out) and the operations the routes call. Storage (Redis
 //! first, Postgres when Redis is unreachable) is in [`store`].
 //!
+//! Every unit price comes from the [`Catalog`]: a cart names products and quantities, and every
+//! write reprices all its lines from the catalog (a client-sent price that differs is refused).
+//! Who may finish a session (complete / fail) is the routes' concern: the payment result or a
+//! service-token caller, never an anonymous request.
+//!
 //! Updates are optimistic: read (which also extends the TTL), apply, reprice, then write only if
 //! the stored version is still the one read; a lost race retries a few times and then answers
 //! 409 `conflict`, so concurrent writers never lose each other's changes silently.
@@ -16,6 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
+use crate::catalog::{Catalog, ItemRequest};
 use crate::error::CheckoutError;
 use crate::metrics::CheckoutMetrics;
 use crate::pricing::{Pricing, normalise_code};
@@ -24,11 +30,8 @@ use store::{Replaced, SessionStore, StatField, Tier};
 
 /// How often an update retries after losing a race before answering 409.
 const MAX_UPDATE_ATTEMPTS: usize = 8;
-/// Longest sku, name and userId (bytes).
+/// Longest userId (bytes).
 const MAX_TEXT: usize = 200;
-/// Largest unit price and quantity; with the item bound they keep sums far from overflow.
-const MAX_UNIT_AMOUNT_CENTS: i64 = 100_000_000;
-const MAX_QUANTITY: i64 = 10_000;
 
 /// Bounds from `[checkout]`.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +59,7 @@ impl Status {
     }
 }
 
-/// One line of the cart, as sent and as stored.
+/// One line of the cart as stored: the catalog's name and unit price at the last write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CartItem {
@@ -66,13 +69,14 @@ pub struct CartItem {
     pub quantity: i64,
 }
 
-/// `POST /api/checkout/sessions`.
+/// `POST /api/checkout/sessions`. `userId` counts only for service-token callers (the route
+/// decides and passes the acting user to [`Checkout::create`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateSessionRequest {
     #[serde(default)]
     pub user_id: Option<String>,
-    pub items: Vec<CartItem>,
+    pub items: Vec<ItemRequest>,
     #[serde(default)]
     pub coupon_code: Option<String>,
     #[serde(default)]
@@ -85,7 +89,7 @@ pub struct CreateSessionRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateSessionRequest {
     #[serde(default)]
-    pub items: Option<Vec<CartItem>>,
+    pub items: Option<Vec<ItemRequest>>,
     #[serde(default, deserialize_with = "present")]
     pub coupon_code: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
@@ -131,9 +135,18 @@ pub struct SessionView {
     pub store: Tier,
 }
 
-/// A validated cart.
+/// A cart as requested: products and quantities, not yet priced.
 #[derive(Debug, Clone)]
 struct Cart {
+    user_id: Option<String>,
+    items: Vec<ItemRequest>,
+    coupon_code: Option<String>,
+    delivery_distance_km: Option<f64>,
+}
+
+/// A cart priced from the catalog.
+#[derive(Debug, Clone)]
+struct PricedCart {
     user_id: Option<String>,
     items: Vec<CartItem>,
     coupon_code: Option<String>,
@@ -141,6 +154,11 @@ struct Cart {
 }
 
 impl Cart {
+    /// The lines of a stored cart, to be priced again.
+    fn lines_of(items: &[CartItem]) -> Vec<ItemRequest> {
+        items.iter().map(|item| ItemRequest::of(&item.sku, item.quantity)).collect()
+    }
+
     fn validate(self, limits: &Limits) -> Result<Cart, CheckoutError> {
         if let Some(user_id) = &self.user_id {
             check_text("userId", user_id)?;
@@ -154,25 +172,6 @@ impl Cart {
                 format!("items may hold at most {} entries", limits.max_items),
             ));
         }
-        for (index, item) in self.items.iter().enumerate() {
-            check_text("sku", &item.sku)
-                .and_then(|()| check_text("name", &item.name))
-                .map_err(|e| at_item(index, e))?;
-            if !(1..=MAX_QUANTITY).contains(&item.quantity) {
-                return Err(CheckoutError::invalid(
-                    "invalid_quantity",
-                    format!("items[{index}].quantity must be between 1 and {MAX_QUANTITY}"),
-                ));
-            }
-            if !(0..=MAX_UNIT_AMOUNT_CENTS).contains(&item.unit_amount_cents) {
-                return Err(CheckoutError::invalid(
-                    "invalid_amount",
-                    format!(
-                        "items[{index}].unitAmountCents must be between 0 and {MAX_UNIT_AMOUNT_CENTS}"
-                    ),
-                ));
-            }
-        }
         let coupon_code = self.coupon_code.as_deref().map(normalise_code).transpose()?;
         if let Some(distance) = self.delivery_distance_km {
             check_distance(distance, limits)?;
@@ -180,8 +179,32 @@ impl Cart {
         Ok(Cart { coupon_code, ..self })
     }
 
+    /// Prices the lines from the catalog (unknown products, bad quantities and differing client
+    /// prices are refused there).
+    async fn priced(self, catalog: &Catalog) -> Result<PricedCart, CheckoutError> {
+        let items = catalog
+            .price_items(&self.items)
+            .await?
+            .into_iter()
+            .map(|item| CartItem {
+                sku: item.sku,
+                name: item.name,
+                unit_amount_cents: item.unit_amount_cents,
+                quantity: item.quantity,
+            })
+            .collect();
+        Ok(PricedCart {
+            user_id: self.user_id,
+            items,
+            coupon_code: self.coupon_code,
+            delivery_distance_km: self.delivery_distance_km,
+        })
+    }
+}
+
+impl PricedCart {
     fn subtotal_cents(&self) -> i64 {
-        // Bounded by MAX_ITEMS × MAX_QUANTITY × MAX_UNIT_AMOUNT_CENTS, far below i64::MAX for
+        // Bounded by max_items × MAX_QUANTITY × MAX_UNIT_AMOUNT_CENTS, far below i64::MAX for
         // any sane `max_items`; saturate rather than wrap if someone configures an absurd one.
         self.items
             .iter()
@@ -219,15 +242,6 @@ fn check_text(field: &str, value: &str) -> Result<(), CheckoutError> {
     Ok(())
 }
 
-fn at_item(index: usize, error: CheckoutError) -> CheckoutError {
-    match error {
-        CheckoutError::Invalid { code, message } => {
-            CheckoutError::Invalid { code, message: format!("items[{index}].{message}") }
-        }
-        other => other,
-    }
-}
-
 /// Parses a session id from the path.
 pub fn parse_id(raw: &str) -> Result<Uuid, CheckoutError> {
     Uuid::parse_str(raw).map_err(|_| CheckoutError::InvalidSessionId)
@@ -246,6 +260,7 @@ struct Amounts {
 pub struct Checkout {
     pub store: SessionStore,
     pub pricing: Pricing,
+    pub catalog: Catalog,
     pub limits: Limits,
     metrics: CheckoutMetrics,
 }
@@ -254,13 +269,14 @@ impl Checkout {
     pub fn new(
         store: SessionStore,
         pricing: Pricing,
+        catalog: Catalog,
         limits: Limits,
         metrics: CheckoutMetrics,
     ) -> Self {
-        Self { store, pricing, limits, metrics }
+        Self { store, pricing, catalog, limits, metrics }
     }
 
-    async fn price(&self, cart: &Cart) -> Result<Amounts, CheckoutError> {
+    async fn price(&self, cart: &PricedCart) -> Result<Amounts, CheckoutError> {
         let subtotal = cart.subtotal_cents();
         let discount = match &cart.coupon_code {
             Some(code) => self.pricing.discount(code, subtotal).await?,
@@ -283,20 +299,24 @@ impl Checkout {
         Utc::now() + ttl
     }
 
-    /// Validates, prices and stores a new open session.
+    /// Validates, prices and stores a new open session for `user_id` (the acting user the route
+    /// resolved; the request's own `userId` is not read here).
     #[tracing::instrument(name = "checkout.create", skip_all)]
     pub async fn create(
         &self,
         request: CreateSessionRequest,
+        user_id: Option<String>,
     ) -> Result<SessionView, CheckoutError> {
         let started = Instant::now();
         let cart = Cart {
-            user_id: request.user_id,
+            user_id,
             items: request.items,
             coupon_code: request.coupon_code,
             delivery_distance_km: request.delivery_distance_km,
         }
-        .validate(&self.limits)?;
+        .validate(&self.limits)?
+        .priced(&self.catalog)
+        .await?;
         let amounts = self.price(&cart).await?;
         let now = Utc::now();
         let record = SessionRecord {
@@ -365,7 +385,7 @@ impl Checkout {
         self.write(id, "updated", None, |current| {
             let cart = Cart {
                 user_id: current.user_id.clone(),
-                items: request.items.clone().unwrap_or_else(|| current.items.clone()),
+                items: request.items.clone().unwrap_or_else(|| Cart::lines_of(&current.items)),
                 coupon_code: request
                     .coupon_code
                     .clone()
@@ -377,6 +397,24 @@ impl Checkout {
             Ok(Change::Reprice(cart))
         })
         .await
+    }
+
+    /// Prices an open session's lines from the catalog as it is now, writing only when something
+    /// changed; the session's record afterwards. Run before a payment, so it charges what the
+    /// catalog says today rather than what it said when the cart was filled.
+    #[tracing::instrument(name = "checkout.refresh_prices", skip(self))]
+    pub async fn refresh_prices(&self, id: Uuid) -> Result<SessionRecord, CheckoutError> {
+        let view = self
+            .write(id, "paid", None, |current| {
+                Ok(Change::Refresh(Cart {
+                    user_id: current.user_id.clone(),
+                    items: Cart::lines_of(&current.items),
+                    coupon_code: current.coupon_code.clone(),
+                    delivery_distance_km: current.delivery_distance_km,
+                }))
+            })
+            .await?;
+        Ok(view.record)
     }
 
     /// Moves an open session to `target` (completed or failed).
@@ -420,10 +458,12 @@ impl Checkout {
                 });
             }
             let mut next = current.clone();
-            match change(&current)? {
+            let change = change(&current)?;
+            let refresh = matches!(change, Change::Refresh(_));
+            match change {
                 Change::Status(status) => next.status = status,
-                Change::Reprice(cart) => {
-                    let cart = cart.validate(&self.limits)?;
+                Change::Reprice(cart) | Change::Refresh(cart) => {
+                    let cart = cart.validate(&self.limits)?.priced(&self.catalog).await?;
                     let amounts = self.price(&cart).await?;
                     next.items = cart.items;
                     next.coupon_code = cart.coupon_code;
@@ -433,6 +473,9 @@ impl Checkout {
                     next.delivery_cents = amounts.delivery;
                     next.total_cents = amounts.subtotal - amounts.discount + amounts.delivery;
                 }
+            }
+            if refresh && next == current {
+                return Ok(self.view(current, tier));
             }
             next.version = current.version + 1;
             next.updated_at = Utc::now();
@@ -457,16 +500,19 @@ impl Checkout {
 enum Change {
     Status(Status),
     Reprice(Cart),
+    /// Reprice, but leave the record alone when nothing changed.
+    Refresh(Cart),
 }
 
 fn micros(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The Stripe checkout's carts are open checkout sessions (`checkoutSessionId`). Each item is one
-/// Stripe line, plus a delivery line; when a coupon discounts the order, one line for the
-/// session's total instead, so Stripe charges exactly what the session shows. A paid Stripe
-/// Checkout completes the session.
+/// The Stripe checkout's carts are open checkout sessions (`checkoutSessionId`), repriced from the
+/// catalog first. Each item is one Stripe line at its catalog price, plus a delivery line; when a
+/// coupon discounts the order, one line for the session's total instead, so Stripe charges
+/// exactly what the session shows. A paid Stripe Checkout completes the session. Direct checkouts
+/// price their items from the same catalog.
 impl CartSource for Checkout {
     fn load<'a>(
         &'a self,
@@ -474,13 +520,11 @@ impl CartSource for Checkout {
     ) -> Pin<Box<dyn Future<Output = Result<Option<StripeCart>, CheckoutError>> + Send + 'a>> {
         Box::pin(async move {
             let Ok(id) = Uuid::parse_str(checkout_session_id) else { return Ok(None) };
-            let Some((record, _)) = self.store.get(id).await? else { return Ok(None) };
-            if record.status != Status::Open {
-                return Err(CheckoutError::InvalidTransition {
-                    status: record.status.as_str(),
-                    action: "paid",
-                });
-            }
+            let record = match self.refresh_prices(id).await {
+                Ok(record) => record,
+                Err(CheckoutError::SessionNotFound) => return Ok(None),
+                Err(error) => return Err(error),
+            };
             let lines = if record.discount_cents == 0 {
                 let items = record.items.iter().map(|item| CartLine::Inline {
                     name: item.name.clone(),
@@ -501,7 +545,7 @@ impl CartSource for Checkout {
                 }]
             };
             Ok(Some(StripeCart {
-                user_id: record.user_id.unwrap_or_default(),
+                user_id: record.user_id,
                 email: None,
                 lines,
                 mode: Mode::Payment,
@@ -528,6 +572,31 @@ impl CartSource for Checkout {
                 Err(error) => Err(error),
             }
         })
+    }
+
+    fn price_items<'a>(
+        &'a self,
+        items: &'a [ItemRequest],
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<CartLine>, CheckoutError>> + Send + 'a>> {
+        Box::pin(async move {
+            let priced = self.catalog.price_items(items).await?;
+            Ok(priced
+                .into_iter()
+                .map(|item| CartLine::Inline {
+                    name: item.name,
+                    unit_amount_cents: item.unit_amount_cents,
+                    // 1..=MAX_QUANTITY, checked by the catalog.
+                    quantity: u64::try_from(item.quantity).unwrap_or(1),
+                })
+                .collect())
+        })
+    }
+
+    fn listed_price<'a>(
+        &'a self,
+        price_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>> {
+        Box::pin(async move { self.catalog.listed_price(price_id).await.map(drop) })
     }
 }
 
@@ -606,31 +675,40 @@ mod tests {
         assert_eq!(format!("\"{ours}\""), serde_json::to_string(&leap).unwrap_or_default());
     }
 
-    fn item(quantity: i64, unit_amount_cents: i64) -> CartItem {
-        CartItem { sku: "sku-1".into(), name: "Tea".into(), unit_amount_cents, quantity }
+    fn item(quantity: i64) -> ItemRequest {
+        ItemRequest::of("tea", quantity)
     }
 
-    fn cart(items: Vec<CartItem>) -> Cart {
+    fn cart(items: Vec<ItemRequest>) -> Cart {
         Cart { user_id: None, items, coupon_code: None, delivery_distance_km: None }
     }
 
     const LIMITS: Limits = Limits { max_items: 3, max_distance_km: 100.0 };
 
     #[test]
-    fn cart_rules_reject_bad_quantities_amounts_and_sizes_with_their_codes() {
+    fn cart_rules_reject_empty_and_oversized_carts_and_bad_distances_with_their_codes() {
         let code = |c: Cart| c.validate(&LIMITS).err().map(|e| e.code());
         assert_eq!(code(cart(vec![])), Some("empty_cart"));
-        assert_eq!(code(cart(vec![item(0, 100)])), Some("invalid_quantity"));
-        assert_eq!(code(cart(vec![item(1, -1)])), Some("invalid_amount"));
-        assert_eq!(code(cart(vec![item(1, 1); 4])), Some("too_many_items"));
-        let mut negative = cart(vec![item(1, 1)]);
+        assert_eq!(code(cart(vec![item(1); 4])), Some("too_many_items"));
+        let mut negative = cart(vec![item(1)]);
         negative.delivery_distance_km = Some(-0.5);
         assert_eq!(code(negative), Some("invalid_distance"));
     }
 
     #[test]
     fn subtotal_is_the_sum_of_unit_price_times_quantity() {
-        let valid = cart(vec![item(2, 250), item(1, 99)]).validate(&LIMITS).ok();
-        assert_eq!(valid.map(|c| c.subtotal_cents()), Some(599));
+        let line = |quantity: i64, unit_amount_cents: i64| CartItem {
+            sku: "tea".into(),
+            name: "Tea".into(),
+            unit_amount_cents,
+            quantity,
+        };
+        let priced = PricedCart {
+            user_id: None,
+            items: vec![line(2, 250), line(1, 99)],
+            coupon_code: None,
+            delivery_distance_km: None,
+        };
+        assert_eq!(priced.subtotal_cents(), 599);
     }
 }

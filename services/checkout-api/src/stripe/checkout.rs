@@ -1,5 +1,9 @@
-//! Checkout requests (a stored checkout session, or a user with items or a price) → validated
-//! carts → Stripe Checkout sessions for the user's Stripe customer.
+//! Checkout requests (a stored checkout session, or catalog items, or a catalog price) → validated
+//! carts → Stripe Checkout sessions, for the acting user's Stripe customer or, for guests, none.
+//!
+//! Nothing a client sends sets a price: items are priced by the catalog, a `priceId` must be one
+//! the catalog lists, and a stored checkout session is repriced before it is paid. The user is the
+//! caller's ([`Caller`]): a service caller's `userId`, a signed-in user's session, else a guest.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,24 +13,21 @@ use std::str::FromStr as _;
 
 use serde::{Deserialize, Serialize};
 use stripe::StripeRequest as _;
-use stripe_checkout::CheckoutSessionMode;
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionLineItemsPriceData,
     CreateCheckoutSessionLineItemsPriceDataRecurring,
-    CreateCheckoutSessionLineItemsPriceDataRecurringInterval, ProductData,
+    CreateCheckoutSessionLineItemsPriceDataRecurringInterval, ProductData, RetrieveCheckoutSession,
 };
+use stripe_checkout::{CheckoutSession, CheckoutSessionMode};
 
+use crate::caller::Caller;
+use crate::catalog::{ItemRequest, MAX_QUANTITY, valid_price_id};
 use crate::error::CheckoutError;
 use crate::stripe::StripeService;
 use crate::stripe::customers::validate_user_id;
 
-/// Largest unit amount accepted, in cents (Stripe's own limit for most currencies).
-pub const MAX_UNIT_AMOUNT_CENTS: i64 = 99_999_999;
-/// Largest quantity per line.
-pub const MAX_QUANTITY: u64 = 10_000;
-
-/// Body of `POST /api/stripe/checkout`: either `checkoutSessionId`, or `userId` with `items` or
-/// `priceId`.
+/// Body of `POST /api/stripe/checkout`: either `checkoutSessionId`, or `items` or `priceId`.
+/// `userId` counts only for a service-token caller.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckoutRequest {
@@ -38,15 +39,6 @@ pub struct CheckoutRequest {
     pub quantity: Option<u64>,
     /// `payment` (default for items) or `subscription` (default for a price).
     pub mode: Option<String>,
-}
-
-/// One line of a checkout request, priced in integer cents.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ItemRequest {
-    pub name: String,
-    pub unit_amount_cents: i64,
-    pub quantity: u64,
 }
 
 /// What one Stripe Checkout line charges.
@@ -68,7 +60,8 @@ pub enum Mode {
 /// A validated cart, ready for Stripe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cart {
-    pub user_id: String,
+    /// `None`: a guest checkout, without a Stripe customer of ours.
+    pub user_id: Option<String>,
     pub email: Option<String>,
     pub lines: Vec<CartLine>,
     pub mode: Mode,
@@ -76,7 +69,8 @@ pub struct Cart {
     pub checkout_session_id: Option<String>,
 }
 
-/// The checkout sessions behind Stripe Checkout: the checkout-session store implements it.
+/// The checkout sessions and the catalog behind Stripe Checkout: [`crate::sessions::Checkout`]
+/// implements it.
 pub trait CartSource: fmt::Debug + Send + Sync {
     /// The cart of `checkout_session_id`; `None` when no such session exists (or it expired).
     fn load<'a>(
@@ -90,9 +84,34 @@ pub trait CartSource: fmt::Debug + Send + Sync {
         &'a self,
         checkout_session_id: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>>;
+
+    /// `items` priced by the catalog, as Stripe lines (400 `unknown_product`, `price_mismatch`,
+    /// `invalid_quantity`).
+    fn price_items<'a>(
+        &'a self,
+        items: &'a [ItemRequest],
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<CartLine>, CheckoutError>> + Send + 'a>>;
+
+    /// Ok when the catalog lists `price_id` (an active product's Stripe price), else 400
+    /// `unknown_price`.
+    fn listed_price<'a>(
+        &'a self,
+        price_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>>;
 }
 
-/// A [`CartSource`] that knows no checkout session (until the session store is wired in).
+fn unknown_price(price_id: &str) -> CheckoutError {
+    CheckoutError::invalid(
+        "unknown_price",
+        format!(
+            "priceId `{}` is not a price of the catalog",
+            price_id.chars().take(64).collect::<String>()
+        ),
+    )
+}
+
+/// A [`CartSource`] with no checkout session and an empty catalog (library-level uses that only
+/// sync Stripe state).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoCarts;
 
@@ -110,6 +129,25 @@ impl CartSource for NoCarts {
     ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>> {
         Box::pin(async { Ok(()) })
     }
+
+    fn price_items<'a>(
+        &'a self,
+        _items: &'a [ItemRequest],
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<CartLine>, CheckoutError>> + Send + 'a>> {
+        Box::pin(async { Err(CheckoutError::invalid("unknown_product", "the catalog is empty")) })
+    }
+
+    fn listed_price<'a>(
+        &'a self,
+        price_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>> {
+        Box::pin(async move { Err(unknown_price(price_id)) })
+    }
+}
+
+/// The checkout session (`metadata.checkoutSessionId`) a Stripe Checkout session was created from.
+pub fn checkout_session_of(session: &CheckoutSession) -> Option<String> {
+    session.metadata.as_ref().and_then(|m| m.get("checkoutSessionId")).cloned()
 }
 
 /// The answer of `POST /api/stripe/checkout`.
@@ -118,7 +156,8 @@ impl CartSource for NoCarts {
 pub struct CheckoutCreated {
     pub url: String,
     pub session_id: String,
-    pub customer_id: String,
+    /// `null` for a guest checkout.
+    pub customer_id: Option<String>,
 }
 
 fn parse_mode(mode: Option<&str>, default: Mode) -> Result<Mode, CheckoutError> {
@@ -131,7 +170,7 @@ fn parse_mode(mode: Option<&str>, default: Mode) -> Result<Mode, CheckoutError> 
 }
 
 fn validate_quantity(field: &'static str, quantity: u64) -> Result<u64, CheckoutError> {
-    if (1..=MAX_QUANTITY).contains(&quantity) {
+    if (1..=MAX_QUANTITY.unsigned_abs()).contains(&quantity) {
         Ok(quantity)
     } else {
         Err(CheckoutError::invalid_field(field, format!("must be between 1 and {MAX_QUANTITY}")))
@@ -139,11 +178,7 @@ fn validate_quantity(field: &'static str, quantity: u64) -> Result<u64, Checkout
 }
 
 fn validate_price_id(price_id: &str) -> Result<(), CheckoutError> {
-    let ok = price_id.len() <= 255
-        && price_id.strip_prefix("price_").is_some_and(|rest| {
-            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        });
-    if ok {
+    if valid_price_id(price_id) {
         Ok(())
     } else {
         Err(CheckoutError::invalid_field("priceId", "must be a Stripe price id (price_…)"))
@@ -158,89 +193,89 @@ fn validate_email(email: &str) -> Result<(), CheckoutError> {
     if ok { Ok(()) } else { Err(CheckoutError::invalid_field("email", "must be an email address")) }
 }
 
-/// Validates a direct checkout request (the `userId` form) into a cart.
-pub fn cart_from_request(
-    request: &CheckoutRequest,
-    default_price_id: Option<&str>,
-    max_line_items: usize,
-) -> Result<Cart, CheckoutError> {
-    let Some(user_id) = request.user_id.as_deref() else {
-        return Err(CheckoutError::invalid_field(
-            "userId",
-            "is required (or give checkoutSessionId)",
-        ));
-    };
-    validate_user_id(user_id)?;
-    if let Some(email) = &request.email {
-        validate_email(email)?;
-    }
-    let (lines, default_mode) = match (&request.items, request.price_id.as_deref()) {
-        (Some(_), Some(_)) => {
-            return Err(CheckoutError::invalid_field(
-                "items",
-                "give either items or priceId, not both",
-            ));
-        }
-        (Some(items), None) => {
-            if items.is_empty() {
-                return Err(CheckoutError::invalid_field("items", "must not be empty"));
-            }
-            if items.len() > max_line_items {
+impl StripeService {
+    /// Validates a direct checkout request (the `items` or `priceId` form) for `user_id` into a
+    /// cart priced by the catalog.
+    async fn cart_from_request(
+        &self,
+        request: &CheckoutRequest,
+        user_id: Option<String>,
+    ) -> Result<Cart, CheckoutError> {
+        let max_line_items = self.settings.max_line_items;
+        let (lines, default_mode) = match (&request.items, request.price_id.as_deref()) {
+            (Some(_), Some(_)) => {
                 return Err(CheckoutError::invalid_field(
                     "items",
-                    format!("at most {max_line_items} items per checkout"),
+                    "give either items or priceId, not both",
                 ));
             }
-            let mut lines = Vec::with_capacity(items.len());
-            for item in items {
-                let name = item.name.trim();
-                if name.is_empty() || name.chars().count() > 200 {
+            (Some(items), None) => {
+                if items.is_empty() {
+                    return Err(CheckoutError::invalid_field("items", "must not be empty"));
+                }
+                if items.len() > max_line_items {
                     return Err(CheckoutError::invalid_field(
-                        "items.name",
-                        "must be 1–200 characters",
+                        "items",
+                        format!("at most {max_line_items} items per checkout"),
                     ));
                 }
-                if !(0..=MAX_UNIT_AMOUNT_CENTS).contains(&item.unit_amount_cents) {
-                    return Err(CheckoutError::invalid_field(
-                        "items.unitAmountCents",
-                        format!("must be between 0 and {MAX_UNIT_AMOUNT_CENTS} cents"),
-                    ));
-                }
-                lines.push(CartLine::Inline {
-                    name: name.to_owned(),
-                    unit_amount_cents: item.unit_amount_cents,
-                    quantity: validate_quantity("items.quantity", item.quantity)?,
-                });
+                (self.carts.price_items(items).await?, Mode::Payment)
             }
-            (lines, Mode::Payment)
-        }
-        (None, price) => {
-            let Some(price_id) = price.or(default_price_id) else {
-                return Err(CheckoutError::invalid_field("items", "give items or priceId"));
-            };
-            validate_price_id(price_id)?;
-            let quantity = validate_quantity("quantity", request.quantity.unwrap_or(1))?;
-            (vec![CartLine::Price { price_id: price_id.to_owned(), quantity }], Mode::Subscription)
-        }
-    };
-    Ok(Cart {
-        user_id: user_id.to_owned(),
-        email: request.email.clone(),
-        lines,
-        mode: parse_mode(request.mode.as_deref(), default_mode)?,
-        checkout_session_id: None,
-    })
-}
+            (None, Some(price_id)) => {
+                validate_price_id(price_id)?;
+                self.carts.listed_price(price_id).await?;
+                let quantity = validate_quantity("quantity", request.quantity.unwrap_or(1))?;
+                (
+                    vec![CartLine::Price { price_id: price_id.to_owned(), quantity }],
+                    Mode::Subscription,
+                )
+            }
+            (None, None) => {
+                // The configured default is the operator's choice, not a client's.
+                let Some(price_id) = self.settings.default_price_id.as_deref() else {
+                    return Err(CheckoutError::invalid_field("items", "give items or priceId"));
+                };
+                let quantity = validate_quantity("quantity", request.quantity.unwrap_or(1))?;
+                (
+                    vec![CartLine::Price { price_id: price_id.to_owned(), quantity }],
+                    Mode::Subscription,
+                )
+            }
+        };
+        Ok(Cart {
+            user_id,
+            email: request.email.clone(),
+            lines,
+            mode: parse_mode(request.mode.as_deref(), default_mode)?,
+            checkout_session_id: None,
+        })
+    }
 
-impl StripeService {
-    /// The cart a checkout request describes: loaded by `checkoutSessionId`, or built from it.
-    pub async fn cart_for(&self, request: &CheckoutRequest) -> Result<Cart, CheckoutError> {
+    /// The cart a checkout request describes for `caller`: loaded by `checkoutSessionId`, or
+    /// built from its items or price. A non-service caller may pay only a session that is theirs
+    /// (no user, or their own); its body `userId` is ignored.
+    pub async fn cart_for(
+        &self,
+        request: &CheckoutRequest,
+        caller: &Caller,
+    ) -> Result<Cart, CheckoutError> {
+        if let Some(email) = &request.email {
+            validate_email(email)?;
+        }
+        let body_user = if caller.is_service() {
+            if let Some(user_id) = &request.user_id {
+                validate_user_id(user_id)?;
+            }
+            request.user_id.as_deref()
+        } else {
+            if request.user_id.is_some() {
+                tracing::debug!("userId in the body of a non-service caller ignored");
+            }
+            None
+        };
+        let user_id = caller.acting_user(body_user);
         let Some(id) = request.checkout_session_id.as_deref() else {
-            return cart_from_request(
-                request,
-                self.settings.default_price_id.as_deref(),
-                self.settings.max_line_items,
-            );
+            return self.cart_from_request(request, user_id).await;
         };
         if request.items.is_some() || request.price_id.is_some() {
             return Err(CheckoutError::invalid_field(
@@ -255,15 +290,17 @@ impl StripeService {
             ));
         }
         let mut cart = self.carts.load(id).await?.ok_or(CheckoutError::CheckoutSessionNotFound)?;
-        if let Some(user_id) = &request.user_id {
-            validate_user_id(user_id)?;
-            cart.user_id.clone_from(user_id);
-        }
-        if cart.user_id.is_empty() {
-            return Err(CheckoutError::invalid_field(
-                "userId",
-                "the checkout session has no user; give userId",
-            ));
+        if caller.is_service() {
+            if user_id.is_some() {
+                cart.user_id = user_id;
+            }
+        } else {
+            if cart.user_id.is_some() && cart.user_id != user_id {
+                return Err(CheckoutError::Forbidden(
+                    "This checkout session belongs to another user",
+                ));
+            }
+            cart.user_id = user_id;
         }
         cart.checkout_session_id = Some(id.to_owned());
         if cart.email.is_none() {
@@ -273,11 +310,43 @@ impl StripeService {
         Ok(cart)
     }
 
+    /// The Stripe Checkout session `session_id` as Stripe has it now (404
+    /// `stripe_session_not_found`).
+    pub async fn retrieve_checkout(
+        &self,
+        session_id: &str,
+    ) -> Result<CheckoutSession, CheckoutError> {
+        let api = self.api()?;
+        let retrieve = RetrieveCheckoutSession::new(session_id);
+        api.call("retrieve checkout session", None, |client, strategy| {
+            let request = retrieve.customize().request_strategy(strategy);
+            async move { request.send(&client).await }
+        })
+        .await
+        .map_err(|error| {
+            if error.is_not_found() { CheckoutError::StripeSessionNotFound } else { error.into() }
+        })
+    }
+
+    /// Completes the checkout session a Stripe Checkout session was created from, when Stripe
+    /// says it is paid (a session fetched from Stripe, never a webhook payload). Safe to repeat.
+    pub async fn complete_if_paid(&self, session: &CheckoutSession) -> Result<(), CheckoutError> {
+        match checkout_session_of(session) {
+            Some(id) if session.payment_status.as_str() == "paid" => self.carts.paid(&id).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Finds or creates the user's customer, then creates the Stripe Checkout session.
-    #[tracing::instrument(name = "stripe.create_checkout", skip(self, cart), fields(user_id = %cart.user_id, lines = cart.lines.len()))]
+    /// A guest cart gets no customer of ours (Stripe collects the buyer's details; `email`
+    /// prefills them).
+    #[tracing::instrument(name = "stripe.create_checkout", skip(self, cart), fields(user_id = cart.user_id.as_deref().unwrap_or("guest"), lines = cart.lines.len()))]
     pub async fn create_checkout(&self, cart: &Cart) -> Result<CheckoutCreated, CheckoutError> {
         let api = self.api()?;
-        let customer_id = self.customer_for_user(&cart.user_id, cart.email.as_deref()).await?;
+        let customer_id = match &cart.user_id {
+            Some(user_id) => Some(self.customer_for_user(user_id, cart.email.as_deref()).await?),
+            None => None,
+        };
         let settings = &self.settings;
         let currency = stripe_types::Currency::from_str(&settings.currency)
             .unwrap_or(stripe_types::Currency::USD);
@@ -309,7 +378,10 @@ impl StripeService {
                 item
             })
             .collect();
-        let mut metadata = HashMap::from([("userId".to_owned(), cart.user_id.clone())]);
+        let mut metadata = HashMap::new();
+        if let Some(user_id) = &cart.user_id {
+            metadata.insert("userId".to_owned(), user_id.clone());
+        }
         if let Some(id) = &cart.checkout_session_id {
             metadata.insert("checkoutSessionId".to_owned(), id.clone());
         }
@@ -317,14 +389,23 @@ impl StripeService {
             Mode::Payment => CheckoutSessionMode::Payment,
             Mode::Subscription => CheckoutSessionMode::Subscription,
         };
-        let create = CreateCheckoutSession::new()
-            .customer(customer_id.as_str())
+        let mut create = CreateCheckoutSession::new()
             .mode(mode)
             .line_items(lines)
             .success_url(settings.success_url.as_str())
             .cancel_url(settings.cancel_url.as_str())
-            .client_reference_id(cart.user_id.as_str())
             .metadata(metadata);
+        match (&customer_id, &cart.user_id) {
+            (Some(customer_id), Some(user_id)) => {
+                create =
+                    create.customer(customer_id.as_str()).client_reference_id(user_id.as_str());
+            }
+            _ => {
+                if let Some(email) = &cart.email {
+                    create = create.customer_email(email.as_str());
+                }
+            }
+        }
         // One key for all attempts of this request: a retried create returns the same session.
         let idempotency_key = format!("{}-checkout-{}", crate::SERVICE, uuid::Uuid::new_v4());
         let session = api
@@ -338,7 +419,7 @@ impl StripeService {
                 "stripe returned a checkout session without url"
             ))
         })?;
-        tracing::info!(session_id = %session.id.as_str(), customer_id, "stripe checkout session created");
+        tracing::info!(session_id = %session.id.as_str(), customer_id = customer_id.as_deref().unwrap_or("none"), "stripe checkout session created");
         Ok(CheckoutCreated { url, session_id: session.id.as_str().to_owned(), customer_id })
     }
 }

@@ -1,5 +1,7 @@
 //! checkout-api's consumer of the Stripe event stream: the events of seed 003's list trigger
-//! `sync_stripe_data_to_redis` for their customer; every other event is acked and skipped.
+//! `sync_stripe_data_to_redis` for their customer; a paid Checkout session (re-fetched from
+//! Stripe) completes the checkout session it was created from; every other event is acked and
+//! skipped.
 //!
 //! The event only names the customer (webhook-ingest's `customerId`, or `data.object.customer` of
 //! the raw event); the state comes from Stripe. Stripe or Redis unavailable → the entry is left
@@ -43,10 +45,27 @@ pub const SYNC_EVENTS: &[&str] = &[
     "payment_intent.canceled",
 ];
 
+/// The events whose Checkout session may complete a checkout session.
+pub const SETTLE_EVENTS: &[&str] =
+    &["checkout.session.completed", "checkout.session.async_payment_succeeded"];
+
 /// The stream handler.
 #[derive(Debug, Clone)]
 pub struct SyncOnEvent {
     pub stripe: StripeService,
+}
+
+/// The Stripe Checkout session an event is about: webhook-ingest's `objectId`, else
+/// `data.object.id` of the raw event; only `cs_…` ids.
+pub fn checkout_session_of(message: &StripeEventMessage) -> Option<String> {
+    let id = match message.object_id.as_deref().filter(|id| !id.is_empty()) {
+        Some(id) => id.to_owned(),
+        None => {
+            let raw: serde_json::Value = serde_json::from_str(&message.raw).ok()?;
+            raw["data"]["object"]["id"].as_str()?.to_owned()
+        }
+    };
+    id.starts_with("cs_").then_some(id)
 }
 
 /// The customer an event is about: webhook-ingest's field, else `data.object.customer` (an id or
@@ -73,6 +92,16 @@ impl StreamHandler for SyncOnEvent {
         let mut outcomes = Vec::with_capacity(batch.len());
         for entry in batch {
             let message = &entry.body;
+            if SETTLE_EVENTS.contains(&message.event_type.as_str())
+                && let Some(session_id) = checkout_session_of(message)
+            {
+                let settled =
+                    self.settle(message, &session_id).instrument(entry.span.clone()).await;
+                if settled != Outcome::Ack {
+                    outcomes.push(settled);
+                    continue;
+                }
+            }
             if !SYNC_EVENTS.contains(&message.event_type.as_str()) {
                 tracing::debug!(event_id = %message.event_id, event_type = %message.event_type, "stripe event not for checkout-api; skipped");
                 outcomes.push(Outcome::Ack);
@@ -96,20 +125,43 @@ impl StreamHandler for SyncOnEvent {
 }
 
 impl SyncOnEvent {
+    /// Completes the checkout session behind a paid Stripe Checkout session.
+    async fn settle(&self, message: &StripeEventMessage, session_id: &str) -> Outcome {
+        let result = match self.stripe.retrieve_checkout(session_id).await {
+            Ok(session) => self.stripe.complete_if_paid(&session).await,
+            // Not ours (another account's test data) or deleted: nothing to complete.
+            Err(CheckoutError::StripeSessionNotFound) => Ok(()),
+            Err(error) => Err(error),
+        };
+        self.outcome(message, session_id, result, "stripe checkout session settled")
+    }
+
     async fn sync(&self, message: &StripeEventMessage, customer_id: &str) -> Outcome {
-        match self.stripe.sync_stripe_data_to_redis(customer_id).await {
-            Ok(_) => Outcome::Ack,
+        let result = self.stripe.sync_stripe_data_to_redis(customer_id).await.map(drop);
+        self.outcome(message, customer_id, result, "stripe sync")
+    }
+
+    /// Retry what may pass later (Stripe, Redis or a lock unavailable), dead-letter the rest.
+    fn outcome(
+        &self,
+        message: &StripeEventMessage,
+        subject: &str,
+        result: Result<(), CheckoutError>,
+        what: &'static str,
+    ) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Ack,
             Err(
                 error @ (CheckoutError::StripeUnavailable(_)
                 | CheckoutError::SyncBusy
                 | CheckoutError::Unavailable(_)),
             ) => {
-                tracing::warn!(event_id = %message.event_id, customer_id, error = %platform_service::error::error_chain(&error), "stripe sync failed; event left pending for a retry");
+                tracing::warn!(event_id = %message.event_id, subject, what, error = %platform_service::error::error_chain(&error), "stripe event failed; left pending for a retry");
                 Outcome::Retry
             }
             Err(error) => {
                 let reason = platform_service::error::error_chain(&error);
-                tracing::error!(event_id = %message.event_id, customer_id, error = %reason, "stripe sync refused; event dead-lettered");
+                tracing::error!(event_id = %message.event_id, subject, what, error = %reason, "stripe event refused; dead-lettered");
                 Outcome::DeadLetter(reason)
             }
         }

@@ -1,17 +1,21 @@
 //! HTTP routes of the Stripe flow: create a Checkout session, the success page (eager sync), and
 //! reads of the synced state.
+//!
+//! Who may call: a checkout is for the caller's user (session cookie) or, from a service-token
+//! caller, the body's `userId`; anyone else checks out as a guest. The state reads answer only
+//! the user's own session cookie or the service token (no session 401, someone else's 403).
 
 use actix_web::http::header::{self, Accept, Header as _};
 use actix_web::{HttpRequest, HttpResponse, web};
 use platform_redis::ratelimit::{RateLimit, RateLimiter};
 use serde::Deserialize;
 use serde_json::json;
-use stripe::StripeRequest as _;
-use stripe_checkout::checkout_session::RetrieveCheckoutSession;
 
+use crate::caller::Caller;
 use crate::error::CheckoutError;
+use crate::routes::State;
 use crate::stripe::StripeService;
-use crate::stripe::checkout::CheckoutRequest;
+use crate::stripe::checkout::{CheckoutRequest, checkout_session_of};
 use crate::stripe::customers::{validate_customer_id, validate_user_id};
 use crate::stripe::sync::{StripeState, period_end_text};
 
@@ -48,9 +52,12 @@ pub fn configure(
 #[tracing::instrument(name = "create_stripe_checkout", skip_all)]
 async fn create_checkout(
     stripe: web::Data<StripeService>,
+    state: web::Data<State>,
+    request: HttpRequest,
     body: web::Json<CheckoutRequest>,
 ) -> Result<HttpResponse, CheckoutError> {
-    let cart = stripe.cart_for(&body).await?;
+    let caller = Caller::of(&request, &state.user_sessions).await?;
+    let cart = stripe.cart_for(&body, &caller).await?;
     let created = stripe.create_checkout(&cart).await?;
     Ok(HttpResponse::Ok().json(created))
 }
@@ -97,27 +104,13 @@ async fn checkout_success(
     query: web::Query<SuccessQuery>,
 ) -> Result<HttpResponse, CheckoutError> {
     let session_id = validate_session_id(query.session_id.as_deref())?;
-    let api = stripe.api()?;
-    let retrieve = RetrieveCheckoutSession::new(session_id);
-    let session = api
-        .call("retrieve checkout session", None, |client, strategy| {
-            let request = retrieve.customize().request_strategy(strategy);
-            async move { request.send(&client).await }
-        })
-        .await
-        .map_err(|error| {
-            if error.is_not_found() { CheckoutError::StripeSessionNotFound } else { error.into() }
-        })?;
+    let session = stripe.retrieve_checkout(session_id).await?;
     let customer_id = session.customer.as_ref().map(|c| c.id().as_str().to_owned());
-    // The checkout session this payment was for (set when it was created from one) is completed
-    // once Stripe says paid; a failure here must not hide the purchase from the buyer.
-    let checkout_session_id =
-        session.metadata.as_ref().and_then(|m| m.get("checkoutSessionId")).cloned();
-    if let Some(id) = &checkout_session_id
-        && session.payment_status.as_str() == "paid"
-        && let Err(error) = stripe.carts().paid(id).await
-    {
-        tracing::warn!(checkout_session_id = %id, error = %platform_service::error::error_chain(&error), "checkout session not marked completed; the buyer's next success page retries");
+    // The checkout session this payment was for is completed once Stripe says paid; a failure
+    // here must not hide the purchase from the buyer (the Stripe event retries it).
+    let checkout_session_id = checkout_session_of(&session);
+    if let Err(error) = stripe.complete_if_paid(&session).await {
+        tracing::warn!(checkout_session_id = checkout_session_id.as_deref().unwrap_or_default(), error = %platform_service::error::error_chain(&error), "checkout session not marked completed; its stripe event or the next success page retries");
     }
     // Eager sync: the buyer sees the new state now, not when the webhook arrives.
     let state = match &customer_id {
@@ -196,24 +189,54 @@ fn success_page(details: &serde_json::Value, state: Option<&StripeState>) -> Str
     )
 }
 
-#[tracing::instrument(name = "stripe_customer_state", skip(stripe))]
+/// The caller's right to `customer_id`'s state: the service, or the user whose customer it is
+/// (checked before any lookup of the state, so a 403 says nothing about whether it exists).
+async fn may_read_customer(
+    caller: &Caller,
+    stripe: &StripeService,
+    customer_id: &str,
+) -> Result<(), CheckoutError> {
+    match caller {
+        Caller::Service => Ok(()),
+        Caller::User(user_id) => {
+            let own = stripe.cached_customer_id(user_id).await?;
+            if own.as_deref() == Some(customer_id) {
+                Ok(())
+            } else {
+                Err(CheckoutError::Forbidden("This Stripe state belongs to another user"))
+            }
+        }
+        Caller::Guest => Err(CheckoutError::Forbidden("This Stripe state belongs to another user")),
+        Caller::Anonymous => Err(CheckoutError::NoSession),
+    }
+}
+
+#[tracing::instrument(name = "stripe_customer_state", skip(stripe, state, request))]
 async fn customer_state(
     stripe: web::Data<StripeService>,
+    state: web::Data<State>,
+    request: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, CheckoutError> {
     let customer_id = path.into_inner();
+    let caller = Caller::of(&request, &state.user_sessions).await?;
+    may_read_customer(&caller, &stripe, &customer_id).await?;
     validate_customer_id(&customer_id)?;
     let state =
         stripe.stored_state(&customer_id).await?.ok_or(CheckoutError::StripeStateNotFound)?;
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(state))
 }
 
-#[tracing::instrument(name = "stripe_user_subscription", skip(stripe))]
+#[tracing::instrument(name = "stripe_user_subscription", skip(stripe, state, request))]
 async fn user_subscription(
     stripe: web::Data<StripeService>,
+    state: web::Data<State>,
+    request: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, CheckoutError> {
     let user_id = path.into_inner();
+    let caller = Caller::of(&request, &state.user_sessions).await?;
+    caller.may_read_user(&user_id)?;
     validate_user_id(&user_id)?;
     let customer_id =
         stripe.cached_customer_id(&user_id).await?.ok_or(CheckoutError::StripeCustomerNotFound)?;

@@ -69,6 +69,9 @@ impl Backends {
             // Tests send many requests from one IP.
             ("APP__RATE_LIMIT__POLICIES__API__LIMIT", "100000".to_owned()),
             ("APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS", "60".to_owned()),
+            // The demo catalog (tea 1250, mug 500, tee 1000, plan-basic/price_basic 1000,
+            // plan-pro/price_pro 2000): what the tests' carts and checkouts buy.
+            ("APP__DEMO__SEED", "true".to_owned()),
         ];
         vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
@@ -170,6 +173,19 @@ impl TestApp {
         reply.body
     }
 
+    /// Creates a session from `body` as a service-token caller (its `userId` counts); asserts 201
+    /// and returns the body.
+    pub async fn service_create_session(&self, body: Value) -> Value {
+        let reply = self.admin(Method::POST, "/api/checkout/sessions", Some(body)).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        reply.body
+    }
+
+    /// `POST /api/checkout/sessions/{id}/{action}` (`complete` or `fail`) with the service token.
+    pub async fn finish(&self, id: &str, action: &str) -> Reply {
+        self.admin(Method::POST, &format!("/api/checkout/sessions/{id}/{action}"), None).await
+    }
+
     pub async fn cleanup(&self, body: Value) -> Reply {
         self.admin(Method::POST, "/api/redis/cleanup", Some(body)).await
     }
@@ -196,10 +212,41 @@ impl TestApp {
         self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
     }
 
-    /// `POST /api/stripe/checkout` with `body`; returns status and JSON body.
+    /// `POST /api/stripe/checkout` with `body` as a service-token caller (its `userId` counts);
+    /// returns status and JSON body.
     pub async fn checkout(&self, body: &Value) -> (u16, Value) {
-        let reply = self.post("/api/stripe/checkout", body.clone()).await;
+        let reply =
+            self.send(Method::POST, "/api/stripe/checkout", Some(body.clone()), true, None).await;
         (reply.status, reply.body)
+    }
+
+    /// `POST /api/stripe/checkout` without a token, with the session `cookie` if any.
+    pub async fn checkout_as(&self, body: &Value, cookie: Option<&str>) -> (u16, Value) {
+        let reply = self
+            .send(Method::POST, "/api/stripe/checkout", Some(body.clone()), false, cookie)
+            .await;
+        (reply.status, reply.body)
+    }
+
+    /// A GET with the service token, answered as JSON.
+    pub async fn service_get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, None, true, None).await
+    }
+
+    /// The `name=value` cookie of a new session of `user_id` (logged in by the service).
+    pub async fn login(&self, user_id: &str) -> String {
+        let reply = self
+            .send(Method::POST, "/api/sessions/login", Some(json!({"userId": user_id})), true, None)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        set_cookie(&reply).0
+    }
+
+    /// The `name=value` cookie of a new guest session.
+    pub async fn guest(&self) -> String {
+        let reply = self.send(Method::POST, "/api/sessions/guest", None, false, None).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        set_cookie(&reply).0
     }
 
     pub async fn stop(mut self) {
@@ -251,11 +298,9 @@ pub async fn put_on_stripe_stream(redis: &RedisClients, events: &[StripeEventMes
     }
 }
 
-/// A cart of `n` lines of 2 × 500 cents.
+/// A cart of `n` lines of 2 demo mugs (2 × 500 cents from the catalog).
 pub fn cart(n: usize) -> Value {
-    let items: Vec<Value> = (0..n)
-        .map(|i| json!({"sku": format!("sku-{i}"), "name": format!("Item {i}"), "unitAmountCents": 500, "quantity": 2}))
-        .collect();
+    let items: Vec<Value> = (0..n).map(|_| json!({"sku": "mug", "quantity": 2})).collect();
     json!({ "items": items })
 }
 

@@ -1,0 +1,323 @@
+//! The product catalog: every unit price a checkout charges. Products (sku, name, unit price in
+//! cents, optionally the Stripe price they are sold as) live in Postgres and are read through the
+//! shared two-tier cache like coupons: by sku, and by Stripe price id, unknown ones included;
+//! the admin routes invalidate both on every write.
+//!
+//! Clients name a product and a quantity; the server sets the price. A client may still send
+//! `unitAmountCents` (what its page showed): a value other than the catalog's is refused with
+//! `price_mismatch`, so a stale or forged price never reaches a total. A `name` sent along is
+//! ignored (the catalog's name is used).
+
+pub mod storage;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use platform_redis::cache::{Cache, Cached};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::error::CheckoutError;
+
+/// Cache group of products by sku.
+pub const PRODUCT_GROUP: &str = "checkout-products";
+/// Cache group of products by Stripe price id.
+pub const PRICE_GROUP: &str = "checkout-product-prices";
+/// Largest unit price, in cents (Stripe's own limit for most currencies).
+pub const MAX_UNIT_AMOUNT_CENTS: i64 = 99_999_999;
+/// Largest quantity of one line.
+pub const MAX_QUANTITY: i64 = 10_000;
+/// Longest sku.
+const MAX_SKU: usize = 64;
+/// Longest product name.
+const MAX_NAME: usize = 200;
+
+/// A product as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    pub sku: String,
+    pub name: String,
+    pub unit_amount_cents: i64,
+    /// The Stripe price (`price_…`) `priceId` checkouts of this product use.
+    pub price_id: Option<String>,
+    /// Inactive products are listed for admins but cannot be bought.
+    pub active: bool,
+}
+
+/// One line as a client names it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ItemRequest {
+    pub sku: String,
+    pub quantity: i64,
+    /// Optional; must equal the catalog price when present.
+    #[serde(default)]
+    pub unit_amount_cents: Option<i64>,
+    /// Accepted so existing clients keep working; the catalog's name is used.
+    #[serde(default)]
+    pub name: Option<IgnoredAny>,
+}
+
+impl ItemRequest {
+    /// A line naming `sku` without a client price (repricing a stored cart).
+    pub fn of(sku: &str, quantity: i64) -> Self {
+        Self { sku: sku.to_owned(), quantity, unit_amount_cents: None, name: None }
+    }
+}
+
+/// A line priced by the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricedItem {
+    pub sku: String,
+    pub name: String,
+    pub unit_amount_cents: i64,
+    pub quantity: i64,
+}
+
+/// Whether `sku` has the shape the catalog accepts (the table's CHECK): 1–64 of
+/// `A-Z a-z 0-9 _ . : -`, starting with a letter or digit.
+pub fn valid_sku(sku: &str) -> bool {
+    !sku.is_empty()
+        && sku.len() <= MAX_SKU
+        && sku.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && sku.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+}
+
+/// Whether `price_id` looks like a Stripe price id (`price_` + letters, digits, `_`).
+pub fn valid_price_id(price_id: &str) -> bool {
+    price_id.len() <= 255
+        && price_id.strip_prefix("price_").is_some_and(|rest| {
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// Body of the admin product routes (`sku` comes from the path on PUT).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProductRequest {
+    #[serde(default)]
+    pub sku: Option<String>,
+    pub name: String,
+    pub unit_amount_cents: i64,
+    #[serde(default)]
+    pub price_id: Option<String>,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ProductRequest {
+    /// The validated product named `sku`.
+    pub fn into_product(self, sku: &str) -> Result<Product, CheckoutError> {
+        let invalid = |message: String| CheckoutError::invalid("invalid_product", message);
+        if !valid_sku(sku) {
+            return Err(invalid(format!(
+                "sku must be 1 to {MAX_SKU} letters, digits, `_`, `.`, `:` or `-`, starting with a letter or digit"
+            )));
+        }
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control)
+        {
+            return Err(invalid(format!(
+                "name must be 1 to {MAX_NAME} characters without control characters"
+            )));
+        }
+        if !(0..=MAX_UNIT_AMOUNT_CENTS).contains(&self.unit_amount_cents) {
+            return Err(invalid(format!(
+                "unitAmountCents must be between 0 and {MAX_UNIT_AMOUNT_CENTS}"
+            )));
+        }
+        if let Some(price_id) = &self.price_id
+            && !valid_price_id(price_id)
+        {
+            return Err(invalid("priceId must be a Stripe price id (price_…)".to_owned()));
+        }
+        Ok(Product {
+            sku: sku.to_owned(),
+            name: name.to_owned(),
+            unit_amount_cents: self.unit_amount_cents,
+            price_id: self.price_id,
+            active: self.active,
+        })
+    }
+}
+
+/// Cached catalog lookups. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    db: PgPool,
+    cache: Cache,
+    ttl: Duration,
+}
+
+impl Catalog {
+    pub fn new(db: PgPool, cache: Cache, ttl: Duration) -> Self {
+        Self { db, cache, ttl }
+    }
+
+    pub fn db(&self) -> &PgPool {
+        &self.db
+    }
+
+    /// The product `sku` names (any state), `None` when there is none; cached.
+    #[tracing::instrument(name = "catalog.product", skip(self))]
+    pub async fn product(&self, sku: &str) -> Result<Cached<Option<Product>>, CheckoutError> {
+        let db = self.db.clone();
+        let owned = sku.to_owned();
+        self.cache
+            .get_or_compute(PRODUCT_GROUP, sku, self.ttl, move || async move {
+                storage::product(&db, &owned).await.map_err(CheckoutError::from)
+            })
+            .await
+    }
+
+    /// The product sold as Stripe price `price_id`, `None` when the catalog lists none; cached.
+    #[tracing::instrument(name = "catalog.by_price", skip(self))]
+    pub async fn by_price(&self, price_id: &str) -> Result<Option<Product>, CheckoutError> {
+        let db = self.db.clone();
+        let owned = price_id.to_owned();
+        let cached = self
+            .cache
+            .get_or_compute(PRICE_GROUP, price_id, self.ttl, move || async move {
+                storage::product_by_price(&db, &owned).await.map_err(CheckoutError::from)
+            })
+            .await?;
+        Ok(cached.value)
+    }
+
+    /// An active product whose Stripe price is `price_id`, or 400 `unknown_price`.
+    pub async fn listed_price(&self, price_id: &str) -> Result<Product, CheckoutError> {
+        if !valid_price_id(price_id) {
+            return Err(CheckoutError::invalid(
+                "unknown_price",
+                "priceId must be a Stripe price id (price_…)",
+            ));
+        }
+        match self.by_price(price_id).await? {
+            Some(product) if product.active => Ok(product),
+            _ => Err(CheckoutError::invalid(
+                "unknown_price",
+                format!("priceId `{price_id}` is not a price of the catalog"),
+            )),
+        }
+    }
+
+    /// Prices `items` from the catalog: each sku must name an active product, each quantity be
+    /// 1–10 000, and a client-sent `unitAmountCents` must equal the catalog's price.
+    #[tracing::instrument(name = "catalog.price_items", skip_all, fields(items = items.len()))]
+    pub async fn price_items(
+        &self,
+        items: &[ItemRequest],
+    ) -> Result<Vec<PricedItem>, CheckoutError> {
+        for (index, item) in items.iter().enumerate() {
+            if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+                return Err(CheckoutError::invalid(
+                    "invalid_quantity",
+                    format!("items[{index}].quantity must be between 1 and {MAX_QUANTITY}"),
+                ));
+            }
+        }
+        // One lookup per distinct well-formed sku, concurrently (misses read Postgres).
+        let mut skus: Vec<&str> = items.iter().map(|item| item.sku.as_str()).collect();
+        skus.sort_unstable();
+        skus.dedup();
+        skus.retain(|sku| valid_sku(sku));
+        let found = futures::future::try_join_all(skus.iter().map(|sku| self.product(sku))).await?;
+        let products: HashMap<&str, Product> = skus
+            .iter()
+            .zip(found)
+            .filter_map(|(sku, cached)| cached.value.map(|product| (*sku, product)))
+            .collect();
+        items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                let product =
+                    products.get(item.sku.as_str()).filter(|product| product.active).ok_or_else(
+                        || {
+                            CheckoutError::invalid(
+                                "unknown_product",
+                                format!(
+                                    "items[{index}].sku `{}` is not a product of the catalog",
+                                    item.sku.chars().take(MAX_SKU).collect::<String>()
+                                ),
+                            )
+                        },
+                    )?;
+                if let Some(claimed) = item.unit_amount_cents
+                    && claimed != product.unit_amount_cents
+                {
+                    return Err(CheckoutError::invalid(
+                        "price_mismatch",
+                        format!(
+                            "items[{index}].unitAmountCents is {claimed} but the catalog price of `{}` is {}",
+                            product.sku, product.unit_amount_cents
+                        ),
+                    ));
+                }
+                Ok(PricedItem {
+                    sku: product.sku.clone(),
+                    name: product.name.clone(),
+                    unit_amount_cents: product.unit_amount_cents,
+                    quantity: item.quantity,
+                })
+            })
+            .collect()
+    }
+
+    /// Drops the cached entries of `sku` and of the Stripe prices it was or is sold as, on every
+    /// replica. A Redis failure is logged: this replica's copies are gone anyway and the TTL
+    /// bounds what another could still serve.
+    pub async fn invalidate(&self, sku: &str, price_ids: &[Option<&str>]) {
+        if let Err(error) = self.cache.invalidate(PRODUCT_GROUP, sku).await {
+            tracing::warn!(%error, sku, "product cache invalidation did not reach redis");
+        }
+        for price_id in price_ids.iter().flatten() {
+            if let Err(error) = self.cache.invalidate(PRICE_GROUP, price_id).await {
+                tracing::warn!(%error, price_id, "price cache invalidation did not reach redis");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(sku: &str, amount: i64, price_id: Option<&str>) -> ProductRequest {
+        ProductRequest {
+            sku: None,
+            name: format!(" {sku} "),
+            unit_amount_cents: amount,
+            price_id: price_id.map(str::to_owned),
+            active: true,
+        }
+    }
+
+    #[test]
+    fn sku_and_price_id_shapes_follow_the_table_checks() {
+        assert!(valid_sku("tea") && valid_sku("sku-0") && valid_sku("A1_b.c:d-e"));
+        assert!(
+            !valid_sku("") && !valid_sku("-a") && !valid_sku("a b") && !valid_sku(&"a".repeat(65))
+        );
+        assert!(
+            valid_price_id("price_pro") && !valid_price_id("price_") && !valid_price_id("prod_x")
+        );
+    }
+
+    #[test]
+    fn product_requests_are_trimmed_and_checked_with_invalid_product() {
+        let ok = request("tea", 1250, Some("price_tea")).into_product("tea").ok();
+        assert_eq!(ok.map(|p| p.name), Some("tea".to_owned()));
+        let code = |r: ProductRequest, sku: &str| r.into_product(sku).err().map(|e| e.code());
+        assert_eq!(code(request("tea", -1, None), "tea"), Some("invalid_product"));
+        assert_eq!(code(request("tea", 100_000_000, None), "tea"), Some("invalid_product"));
+        assert_eq!(code(request("tea", 1, Some("nope")), "tea"), Some("invalid_product"));
+        assert_eq!(code(request("tea", 1, None), "bad sku"), Some("invalid_product"));
+    }
+}
