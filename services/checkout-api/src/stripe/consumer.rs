@@ -17,6 +17,7 @@ use std::collections::HashMap;
 
 use platform_redis::fred::clients::Transaction;
 use platform_redis::messages::StripeEventMessage;
+use platform_redis::stripe_event::{self, EventObject};
 use platform_redis::streams::{HandlerError, Outcome, StreamEntry, StreamHandler};
 use tracing::Instrument as _;
 
@@ -60,23 +61,23 @@ pub struct SyncOnEvent {
 pub fn checkout_session_of(message: &StripeEventMessage) -> Option<String> {
     let id = match message.object_id.as_deref().filter(|id| !id.is_empty()) {
         Some(id) => id.to_owned(),
-        None => {
-            let raw: serde_json::Value = serde_json::from_str(&message.raw).ok()?;
-            raw["data"]["object"]["id"].as_str()?.to_owned()
-        }
+        None => object_of(message)?.id?,
     };
     id.starts_with("cs_").then_some(id)
 }
 
 /// The customer an event is about: webhook-ingest's field, else `data.object.customer` (an id or
-/// an expanded object) of the raw event.
+/// an expanded object's) of the raw event.
 pub fn customer_of(message: &StripeEventMessage) -> Option<String> {
-    if let Some(id) = message.customer_id.as_deref().filter(|id| !id.is_empty()) {
-        return Some(id.to_owned());
+    match message.customer_id.as_deref().filter(|id| !id.is_empty()) {
+        Some(id) => Some(id.to_owned()),
+        None => object_of(message)?.customer,
     }
-    let raw: serde_json::Value = serde_json::from_str(&message.raw).ok()?;
-    let customer = &raw["data"]["object"]["customer"];
-    customer.as_str().or_else(|| customer["id"].as_str()).map(str::to_owned)
+}
+
+/// `data.object` of the raw event, read with the event contract webhook-ingest checked it with.
+fn object_of(message: &StripeEventMessage) -> Option<EventObject> {
+    stripe_event::parse(message.raw.as_bytes()).ok().map(|event| event.object)
 }
 
 impl StreamHandler for SyncOnEvent {
