@@ -308,6 +308,16 @@ mod tests {
     }
 
     #[test]
+    fn metric_sets_hold_exactly_the_named_metrics() {
+        let set = MetricSet::parse(&["donation_processed", "sms_sent"]);
+        assert_eq!(set, Ok(MetricSet::of(&[Metric::SmsSent, Metric::DonationProcessed])));
+        let set = set.unwrap_or_default();
+        assert!(set.contains(Metric::DonationProcessed) && set.contains(Metric::SmsSent));
+        assert!(!set.contains(Metric::ApiRequest) && !set.contains(Metric::RateLimited));
+        assert!(MetricSet::parse(&["beer"]).is_err());
+    }
+
+    #[test]
     fn months_parse_only_as_yyyy_mm() {
         assert_eq!("2026-01".parse::<Month>().map(|m| m.to_string()), Ok("2026-01".into()));
         for bad in ["2026-13", "2026-1", "26-01", "2026/01", "", "2026-00", "abcd-ef"] {

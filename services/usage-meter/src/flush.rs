@@ -175,7 +175,7 @@ impl Flusher {
             }
         }
         tick.rows = flush_once(&self.clients, &self.pool, &self.fence).await?;
-        if n % PRUNE_EVERY == 0 {
+        if n.is_multiple_of(PRUNE_EVERY) {
             let pruned =
                 db::prune_marks(&self.pool, self.retention.idempotency_window_secs).await?;
             if pruned > 0 {
