@@ -594,11 +594,11 @@ pub async fn replay_parked(
         let head: Option<String> = clients.primary().lindex(&parked, 0).await?;
         let Some(head) = head else { return Ok(Some(replayed)) };
         let ParkedCall(mut call_keys, args) = serde_json::from_str(&head)?;
-        // ARGV[4] is the marks TTL, two windows.
-        let window = args.get(3).and_then(|ttl| ttl.parse::<u64>().ok()).unwrap_or(2) / 2;
         if call_keys.len() < 6 || args.len() < 11 {
             return Err(RedisError::Unexpected(format!("parked call is malformed: {head:.200}")));
         }
+        // ARGV[4] is the marks TTL, two windows.
+        let window = args[3].parse::<u64>().unwrap_or(2) / 2;
         for (slot, key) in marks_keys(keys, now.timestamp(), window).into_iter().enumerate() {
             call_keys[slot + 1] = key;
         }
