@@ -28,6 +28,10 @@
 //! | [`Keys::usage_idempotency_marks`] | set | usage-meter: `<org>\|<key>` of every producer idempotency key counted in one time bucket (unix seconds / window); read for two buckets, `EXPIRE` two windows (stream slot) |
 //! | [`Keys::usage_top`] | sorted set | usage-meter: organisations scored by one metric's value in one month (stream slot) |
 //! | [`Keys::usage_dirty`] | hash | usage-meter: `<org>\|<month>` → change generation, not yet copied to Postgres (stream slot) |
+//! | [`Keys::usage_unflushed_marks`] | set | usage-meter: `<org>\|<key>` of the durable-metric idempotency keys counted into one organisation's month and not yet copied to Postgres (stream slot) |
+//! | [`Keys::usage_flush_seq`] | string | usage-meter: sequence of flushes to Postgres (restore epoch in the high 32 bits); absent or behind Postgres = Redis lost data, recording is fenced (stream slot) |
+//! | [`Keys::usage_parked`] | list | usage-meter: recording calls (JSON of their keys and arguments) queued while the counters are restored, replayed in order (stream slot) |
+//! | [`Keys::usage_restore`] | string | usage-meter: random token of the replica restoring the counters from Postgres, with `PX` (stream slot) |
 //! | [`Keys::stripe_customer_of_user`] | string | checkout-api: the Stripe customer id of one user (no TTL; Stripe is the source, this only saves the lookup) |
 //! | [`Keys::stripe_state`] | string | checkout-api: JSON of one Stripe customer's synced subscription and payment state, written only under the [`stripe_sync_lock`] fence |
 //! | [`Keys::checkout_session`] | string | checkout-api: JSON record of one checkout session, with `PX` = the sliding TTL (30 min default) |
@@ -264,6 +268,28 @@ impl Keys {
         format!("{}:usage:{{{STREAMS_HASH_TAG}}}:dirty", self.root)
     }
 
+    /// usage-meter: set of `<org>|<key>`, the idempotency keys of durable metrics counted into
+    /// `org`'s `month` since that month's last copy to Postgres (copied with its counters).
+    pub fn usage_unflushed_marks(&self, org: &str, month: &str) -> String {
+        format!("{}:usage:{{{STREAMS_HASH_TAG}}}:org:{org}:{month}:unflushed-marks", self.root)
+    }
+
+    /// usage-meter: the flush sequence (`epoch << 32 | flushes`); Postgres keeps the last one
+    /// it committed, so a missing or smaller value here means Redis lost data.
+    pub fn usage_flush_seq(&self) -> String {
+        format!("{}:usage:{{{STREAMS_HASH_TAG}}}:flush-seq", self.root)
+    }
+
+    /// usage-meter: list of recording calls parked while the counters are being restored.
+    pub fn usage_parked(&self) -> String {
+        format!("{}:usage:{{{STREAMS_HASH_TAG}}}:parked", self.root)
+    }
+
+    /// usage-meter: owner token of the restore from Postgres in progress (a lease).
+    pub fn usage_restore(&self) -> String {
+        format!("{}:usage:{{{STREAMS_HASH_TAG}}}:restore", self.root)
+    }
+
     /// checkout-api: the Stripe customer id of user `user_id`.
     pub fn stripe_customer_of_user(&self, user_id: &str) -> String {
         format!("{}:stripe:user:{user_id}:customer", self.root)
@@ -353,6 +379,13 @@ mod tests {
             "app:v1:usage:{streams}:top:sms_sent:2026-11"
         );
         assert_eq!(keys.usage_dirty(), "app:v1:usage:{streams}:dirty");
+        assert_eq!(
+            keys.usage_unflushed_marks("o1", "2026-11"),
+            "app:v1:usage:{streams}:org:o1:2026-11:unflushed-marks"
+        );
+        assert_eq!(keys.usage_flush_seq(), "app:v1:usage:{streams}:flush-seq");
+        assert_eq!(keys.usage_parked(), "app:v1:usage:{streams}:parked");
+        assert_eq!(keys.usage_restore(), "app:v1:usage:{streams}:restore");
         assert_eq!(keys.stripe_customer_of_user("u1"), "app:v1:stripe:user:u1:customer");
         assert_eq!(keys.stripe_state("cus_1"), "app:v1:stripe:{stripe-sync:cus_1}:state");
         assert_eq!(
@@ -382,6 +415,10 @@ mod tests {
             keys.usage_idempotency_marks(7),
             keys.usage_top("sms_sent", "2026-11"),
             keys.usage_dirty(),
+            keys.usage_unflushed_marks("o1", "2026-11"),
+            keys.usage_flush_seq(),
+            keys.usage_parked(),
+            keys.usage_restore(),
         ] {
             assert_eq!(slot(key.clone()), stream_slot, "{key} is not in the stream slot");
         }

@@ -15,7 +15,7 @@ use platform_service::settings::ServiceSettings;
 use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 use tokio_util::sync::CancellationToken;
 use usage_meter::consumer::UsageHandler;
-use usage_meter::domain::EventRules;
+use usage_meter::domain::{EventRules, Metric, MetricSet};
 use usage_meter::store::Retention;
 
 // The service binary's allocator (src/main.rs), so the consumer runs as it does in production.
@@ -93,12 +93,14 @@ async fn consume_rate(url: &str, n: usize, batch: usize) -> (f64, f64) {
         events_ttl_secs: 86_400,
         events_per_org: 100,
         idempotency_window_secs: 3600,
+        durable_marks: MetricSet::of(&[Metric::DonationProcessed]),
     };
     let rules = EventRules {
         max_age: chrono::Duration::days(1),
         max_future_skew: chrono::Duration::minutes(5),
     };
     let handler = UsageHandler::new(clients.keys().clone(), retention, rules);
+    usage_meter::sync::open_without_durable_copy(&clients).await.unwrap();
     let _: () = clients
         .primary()
         .custom(CustomCommand::new_static("CONFIG", ClusterHash::Random, false), vec!["RESETSTAT"])

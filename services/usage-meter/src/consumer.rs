@@ -1,6 +1,7 @@
 //! The usage-stream handler: validates each entry, dead-letters poison ones with the reason, and
 //! queues the recording of the valid ones (one script call per batch) on the consumer's
-//! transaction, so counters and `XACK` commit together.
+//! transaction, so counters and `XACK` commit together. While the counters are being restored
+//! after a Redis data loss, the script parks the batch instead (still with its `XACK`).
 
 use chrono::Utc;
 use platform_redis::Keys;
@@ -10,7 +11,7 @@ use platform_redis::streams::{HandlerError, Outcome, StreamEntry, StreamHandler}
 
 use crate::domain::{EventRules, validate};
 use crate::metrics::UsageMetrics;
-use crate::store::{self, Retention};
+use crate::store::{self, Fence, Retention};
 
 /// Handles batches of [`UsageEvent`]s from [`platform_redis::StreamName::UsageEvents`].
 #[derive(Debug, Clone)]
@@ -18,12 +19,20 @@ pub struct UsageHandler {
     keys: Keys,
     retention: Retention,
     rules: EventRules,
+    fence: Fence,
     metrics: Option<UsageMetrics>,
 }
 
 impl UsageHandler {
     pub fn new(keys: Keys, retention: Retention, rules: EventRules) -> Self {
-        Self { keys, retention, rules, metrics: None }
+        Self { keys, retention, rules, fence: Fence::default(), metrics: None }
+    }
+
+    /// Shares the process's restore fence ([`Fence`]; without it only a Redis that lost its
+    /// flush sequence entirely is detected by the script).
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = fence;
+        self
     }
 
     /// Counts what it sees on these metrics.
@@ -58,7 +67,7 @@ impl StreamHandler for UsageHandler {
             }
         }
         let refs: Vec<_> = valid.iter().collect();
-        store::queue_record(tx, &self.keys, &self.retention, &refs).await?;
+        store::queue_record(tx, &self.keys, &self.retention, &self.fence, &refs).await?;
         if let Some(metrics) = &self.metrics {
             metrics.stream_events(valid.len(), batch.len() - valid.len());
         }

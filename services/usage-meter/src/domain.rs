@@ -75,6 +75,33 @@ impl FromStr for Metric {
     }
 }
 
+impl Metric {
+    /// Position in [`Metric::ALL`].
+    fn index(self) -> usize {
+        Metric::ALL.iter().position(|m| *m == self).unwrap_or(0)
+    }
+}
+
+/// A set of metrics (one bit per entry of [`Metric::ALL`]); `Copy`, for settings read per batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricSet(u8);
+
+impl MetricSet {
+    pub fn of(metrics: &[Metric]) -> Self {
+        Self(metrics.iter().fold(0, |bits, m| bits | 1 << m.index()))
+    }
+
+    /// Parses metric names; the error names the first unknown one.
+    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, String> {
+        let metrics = names.iter().map(|n| n.as_ref().parse()).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::of(&metrics))
+    }
+
+    pub fn contains(self, metric: Metric) -> bool {
+        self.0 & 1 << metric.index() != 0
+    }
+}
+
 /// The name of the derived donation-volume counter.
 pub const DONATION_VOLUME: &str = "donation_volume_cents";
 
@@ -278,6 +305,16 @@ mod tests {
             idempotency_key: None,
             metadata: None,
         }
+    }
+
+    #[test]
+    fn metric_sets_hold_exactly_the_named_metrics() {
+        let set = MetricSet::parse(&["donation_processed", "sms_sent"]);
+        assert_eq!(set, Ok(MetricSet::of(&[Metric::SmsSent, Metric::DonationProcessed])));
+        let set = set.unwrap_or_default();
+        assert!(set.contains(Metric::DonationProcessed) && set.contains(Metric::SmsSent));
+        assert!(!set.contains(Metric::ApiRequest) && !set.contains(Metric::RateLimited));
+        assert!(MetricSet::parse(&["beer"]).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use platform_service::{error_response, server_error};
 use serde::Serialize;
 
 use crate::flush::FlushError;
+use crate::store::RecordError;
 
 /// One refused event of a batch.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -41,6 +42,17 @@ pub enum ApiError {
     Flush(#[from] FlushError),
     #[error("this replica has no database configured")]
     NoDatabase,
+    #[error("usage counters are being restored after a redis data loss; retry shortly")]
+    Restoring,
+}
+
+impl From<RecordError> for ApiError {
+    fn from(error: RecordError) -> Self {
+        match error {
+            RecordError::Redis(e) => ApiError::Redis(e),
+            RecordError::Restoring => ApiError::Restoring,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -65,7 +77,8 @@ impl ResponseError for ApiError {
             | ApiError::Database(_)
             | ApiError::Unavailable
             | ApiError::Flush(_)
-            | ApiError::NoDatabase => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::NoDatabase
+            | ApiError::Restoring => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -78,6 +91,14 @@ impl ResponseError for ApiError {
             ApiError::UnknownTier(_) => "unknown_tier",
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::TooManyEvents(_) => "too_many_events",
+            ApiError::Restoring => {
+                let mut response = error_response(status, "restoring", self.to_string());
+                response.headers_mut().insert(
+                    actix_web::http::header::RETRY_AFTER,
+                    actix_web::http::header::HeaderValue::from_static("1"),
+                );
+                return response;
+            }
             ApiError::InvalidEvents(rejected) => {
                 return HttpResponse::BadRequest().json(InvalidEventsBody {
                     error: self.to_string(),

@@ -2,11 +2,13 @@
 //!
 //! `main.rs` loads [`Settings`], starts telemetry and runs the [`UsageMeter`] that [`build`]
 //! returns: the HTTP [`Application`] plus the background workers (the usage-stream consumer and
-//! the Postgres flusher). Tests call [`build`] with port 0 and real Redis and Postgres.
+//! the Postgres flusher, which also restores Redis after a data loss). Tests call [`build`] with
+//! port 0 and real Redis and Postgres.
 //!
 //! Modules: [`domain`] (metrics, months, validation), [`pricing`] (tiers, bills), [`store`]
-//! (Redis), [`db`] (Postgres), [`consumer`] (stream handler), [`flush`] (Redis → Postgres),
-//! [`routes`] (HTTP).
+//! (Redis: recording and reads), [`sync`] (Redis side of the flush and the restore), [`db`]
+//! (Postgres), [`consumer`] (stream handler), [`flush`] (Redis → Postgres), [`recovery`]
+//! (Postgres → Redis after a data loss), [`routes`] (HTTP).
 
 pub mod consumer;
 pub mod db;
@@ -15,8 +17,10 @@ pub mod error;
 pub mod flush;
 pub mod metrics;
 pub mod pricing;
+pub mod recovery;
 pub mod routes;
 pub mod store;
+pub mod sync;
 
 use std::time::Duration;
 
@@ -32,11 +36,12 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use crate::consumer::UsageHandler;
-use crate::domain::EventRules;
+use crate::domain::{EventRules, Metric, MetricSet};
+use crate::flush::Flusher;
 use crate::metrics::UsageMetrics;
 use crate::pricing::BillingSettings;
 use crate::routes::State;
-use crate::store::Retention;
+use crate::store::{Fence, Retention};
 
 /// The service name in logs, traces and metrics.
 pub const SERVICE: &str = "usage-meter";
@@ -68,8 +73,12 @@ pub struct UsageSettings {
     pub idempotency_window_secs: u64,
     pub max_event_age_days: i64,
     pub max_future_skew_secs: i64,
-    pub flush_interval_secs: u64,
+    /// How often counters are copied to Postgres: the most a Redis data loss can cost.
+    pub flush_interval_ms: u64,
     pub max_http_events: usize,
+    /// Metrics whose idempotency keys are kept in Postgres with the counters, so their events
+    /// redelivered after a Redis data loss are still counted once.
+    pub durable_idempotency_metrics: Vec<String>,
 }
 
 impl UsageSettings {
@@ -79,6 +88,8 @@ impl UsageSettings {
             events_ttl_secs: self.events_ttl_days * 86_400,
             events_per_org: self.events_per_org,
             idempotency_window_secs: self.idempotency_window_secs,
+            // Validated at load; an unknown name cannot get here.
+            durable_marks: MetricSet::parse(&self.durable_idempotency_metrics).unwrap_or_default(),
         }
     }
 
@@ -119,7 +130,19 @@ impl UsageSettings {
             "must be > 0 and below counter_ttl_days (late events must find their month)",
         )?;
         check(self.max_future_skew_secs >= 0, "usage.max_future_skew_secs", "must be >= 0")?;
-        check(self.flush_interval_secs > 0, "usage.flush_interval_secs", "must be > 0")?;
+        check(
+            (10..=3_600_000).contains(&self.flush_interval_ms),
+            "usage.flush_interval_ms",
+            "must be 10..=3600000",
+        )?;
+        for name in &self.durable_idempotency_metrics {
+            let metric: Result<Metric, _> = name.parse();
+            check(
+                metric.is_ok_and(|m| !m.is_gauge()),
+                "usage.durable_idempotency_metrics",
+                "must name counter metrics (a gauge's repeat changes nothing)",
+            )?;
+        }
         check(
             (1..=10_000).contains(&self.max_http_events),
             "usage.max_http_events",
@@ -180,6 +203,21 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
     db::migrate(&pool).await?;
     let metrics = UsageMetrics::register(&context.metrics);
     let usage = &settings.usage;
+    let fence = Fence::default();
+    let flusher = Flusher::new(
+        context.redis.clone(),
+        pool.clone(),
+        fence.clone(),
+        usage.retention(),
+        usage.rules().max_age,
+        metrics.clone(),
+    );
+    // Restore at once if Redis lost data while this replica was down (recording is fenced until
+    // then); a failure here is retried by every tick.
+    if let Err(error) = flusher.tick().await {
+        let chain = platform_service::error::error_chain(&error);
+        tracing::warn!(error = %chain, "first usage check and flush failed; retrying every interval");
+    }
     let state = web::Data::new(State {
         redis: context.redis.clone(),
         db: Some(pool.clone()),
@@ -188,6 +226,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
         rules: usage.rules(),
         max_http_events: usage.max_http_events,
         metrics: metrics.clone(),
+        fence: fence.clone(),
+        flusher: Some(flusher.clone()),
     });
 
     // Bind first, so a port clash leaves no worker running.
@@ -199,7 +239,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
 
     let consumer_task = if usage.consumer_enabled {
         let handler = UsageHandler::new(redis.keys().clone(), usage.retention(), usage.rules())
-            .with_metrics(metrics.clone());
+            .with_fence(fence)
+            .with_metrics(metrics);
         let consumer = StreamConsumer::new(&redis, usage.consumer(), cancel.clone());
         Some(tokio::spawn(async move {
             if let Err(error) = consumer.run(&handler).await {
@@ -215,11 +256,9 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
         }
     };
     let workers = tokio::spawn(flush::run(
-        redis,
-        pool,
-        Duration::from_secs(usage.flush_interval_secs),
+        flusher,
+        Duration::from_millis(usage.flush_interval_ms),
         cancel,
-        metrics,
         before_final,
     ));
     Ok(UsageMeter { app, workers, state })

@@ -19,6 +19,7 @@ pub struct UsageMetrics {
     events: Family<EventLabels, Counter>,
     flushed_rows: Counter,
     flush_failures: Counter,
+    restores: Counter,
 }
 
 impl UsageMetrics {
@@ -34,6 +35,11 @@ impl UsageMetrics {
             "usage_flush_failures",
             "Failed copies of counters to Postgres",
             this.flush_failures.clone(),
+        );
+        metrics.register(
+            "usage_restores",
+            "Restores of the Redis counters from Postgres after a Redis data loss",
+            this.restores.clone(),
         );
         this
     }
@@ -61,5 +67,9 @@ impl UsageMetrics {
 
     pub fn flush_failed(&self) {
         self.flush_failures.inc();
+    }
+
+    pub fn restored(&self) {
+        self.restores.inc();
     }
 }

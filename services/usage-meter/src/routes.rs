@@ -12,12 +12,13 @@ use platform_service::RequireAdmin;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+use crate::db;
 use crate::domain::{EventRules, Month, OrgId, USAGE_FIELDS, is_usage_field, validate};
 use crate::error::{ApiError, Rejection};
+use crate::flush::Flusher;
 use crate::metrics::UsageMetrics;
 use crate::pricing::{BillingSettings, compute_bill};
-use crate::store::{self, Retention};
-use crate::{db, flush};
+use crate::store::{self, Fence, Retention};
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -29,6 +30,10 @@ pub struct State {
     pub rules: EventRules,
     pub max_http_events: usize,
     pub metrics: UsageMetrics,
+    /// The restore fence recording calls pass to the script.
+    pub fence: Fence,
+    /// The check-restore-flush cycle (`None` without a database).
+    pub flusher: Option<Flusher>,
 }
 
 const DASHBOARD: &str = include_str!("../static/dashboard.html");
@@ -109,7 +114,7 @@ async fn post_events(
         return Err(ApiError::InvalidEvents(rejected));
     }
     let refs: Vec<_> = valid.iter().collect();
-    let counted = store::record(&state.redis, &state.retention, &refs).await?;
+    let counted = store::record(&state.redis, &state.retention, &state.fence, &refs).await?;
     let counted_n = counted.iter().filter(|c| **c).count();
     let duplicates = counted.len() - counted_n;
     state.metrics.http_events(counted_n, duplicates, 0);
@@ -120,14 +125,20 @@ async fn post_events(
     }))
 }
 
+/// One tick of the flusher now: restores Redis from Postgres if it lost data, then copies
+/// what changed. `restored` is null unless this call restored; `waiting` means another replica
+/// is restoring (nothing copied).
 async fn post_flush(
     _admin: RequireAdmin,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    let pool = state.db.as_ref().ok_or(ApiError::NoDatabase)?;
-    let rows = flush::flush_once(&state.redis, pool).await?;
-    state.metrics.flushed(rows);
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "rows": rows })))
+    let flusher = state.flusher.as_ref().ok_or(ApiError::NoDatabase)?;
+    let tick = flusher.tick().await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "rows": tick.rows,
+        "restored": tick.restored,
+        "waiting": tick.waiting,
+    })))
 }
 
 /// Where a month's usage came from.

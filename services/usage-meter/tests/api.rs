@@ -277,7 +277,7 @@ async fn bad_queries_answer_400_with_a_code() {
 async fn stopping_the_service_copies_the_counters_to_postgres() {
     // Arrange: no periodic flush during the test.
     let app =
-        TestApp::spawn("usage-final-flush", &[("APP__USAGE__FLUSH_INTERVAL_SECS", "3600")]).await;
+        TestApp::spawn("usage-final-flush", &[("APP__USAGE__FLUSH_INTERVAL_MS", "3600000")]).await;
     app.post("/internal/usage/events", json!({ "events": [event("f1", "sms_sent", 42)] })).await;
     let database_url = app.database_url.clone();
     let month = Utc::now().format("%Y-%m").to_string();

@@ -7,8 +7,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use platform_redis::messages::UsageEvent;
 use platform_redis::{RedisClients, RedisSettings};
 use platform_testing::{RedisServer, unique_prefix};
-use usage_meter::domain::{EventRules, Month, OrgId, ValidEvent, validate};
-use usage_meter::store::{self, Retention};
+use usage_meter::domain::{EventRules, Metric, MetricSet, Month, OrgId, ValidEvent, validate};
+use usage_meter::store::{self, Fence, Retention};
 
 const WINDOW_SECS: u64 = 100;
 
@@ -18,14 +18,18 @@ fn retention() -> Retention {
         events_ttl_secs: 86_400,
         events_per_org: 100,
         idempotency_window_secs: WINDOW_SECS,
+        durable_marks: MetricSet::of(&[Metric::DonationProcessed]),
     }
 }
 
 async fn clients(test: &str) -> RedisClients {
     let server = RedisServer::shared();
-    RedisClients::connect(&RedisSettings::for_url(&server.url(), &unique_prefix(test)))
-        .await
-        .expect("connect")
+    let clients =
+        RedisClients::connect(&RedisSettings::for_url(&server.url(), &unique_prefix(test)))
+            .await
+            .expect("connect");
+    usage_meter::sync::open_without_durable_copy(&clients).await.expect("open recording");
+    clients
 }
 
 fn event(org: &str, metric: &str, value: i64, key: Option<&str>) -> ValidEvent {
@@ -62,11 +66,25 @@ async fn a_key_is_refused_within_its_window_across_a_bucket_rotation_and_forgott
 
     // Act: counted in the last second of a bucket, repeated 2 s later (the next bucket), then
     // 150 s after the first time (two buckets on: more than a window later).
-    let counted_first = store::record_at(&clients, &retention(), &[&first], at(99)).await.unwrap();
-    let same_bucket = store::record_at(&clients, &retention(), &[&first], at(99)).await.unwrap();
-    let next_bucket = store::record_at(&clients, &retention(), &[&first], at(101)).await.unwrap();
-    let elsewhere = store::record_at(&clients, &retention(), &[&other_org], at(101)).await.unwrap();
-    let two_on = store::record_at(&clients, &retention(), &[&first], at(249)).await.unwrap();
+    let counted_first =
+        store::record_at(&clients, &retention(), &Fence::default(), &[&first], at(99))
+            .await
+            .unwrap();
+    let same_bucket =
+        store::record_at(&clients, &retention(), &Fence::default(), &[&first], at(99))
+            .await
+            .unwrap();
+    let next_bucket =
+        store::record_at(&clients, &retention(), &Fence::default(), &[&first], at(101))
+            .await
+            .unwrap();
+    let elsewhere =
+        store::record_at(&clients, &retention(), &Fence::default(), &[&other_org], at(101))
+            .await
+            .unwrap();
+    let two_on = store::record_at(&clients, &retention(), &Fence::default(), &[&first], at(249))
+        .await
+        .unwrap();
 
     // Assert
     assert_eq!(counted_first, vec![true]);
@@ -84,7 +102,7 @@ async fn repeats_within_one_batch_count_once_and_the_rest_of_the_batch_counts() 
     // a repeated gauge, and a key already counted by an earlier batch.
     let clients = clients("usage-idem-batch").await;
     let earlier = event("o1", "email_sent", 100, Some("old"));
-    store::record_at(&clients, &retention(), &[&earlier], at(10)).await.unwrap();
+    store::record_at(&clients, &retention(), &Fence::default(), &[&earlier], at(10)).await.unwrap();
     let batch = [
         event("o1", "sms_sent", 2, Some("k1")),
         event("o1", "sms_sent", 2, Some("k1")),
@@ -100,7 +118,8 @@ async fn repeats_within_one_batch_count_once_and_the_rest_of_the_batch_counts() 
     let refs: Vec<&ValidEvent> = batch.iter().collect();
 
     // Act
-    let counted = store::record_at(&clients, &retention(), &refs, at(20)).await.unwrap();
+    let counted =
+        store::record_at(&clients, &retention(), &Fence::default(), &refs, at(20)).await.unwrap();
 
     // Assert
     assert_eq!(counted, vec![true, false, true, false, true, true, false, false, true, false]);
@@ -124,7 +143,9 @@ async fn keys_counted_by_an_earlier_batch_are_taken_out_of_their_slots_total_whe
         event("o1", "donation_processed", 2500, Some("d1")),
     ];
     let earlier_refs: Vec<&ValidEvent> = earlier.iter().collect();
-    store::record_at(&clients, &retention(), &earlier_refs, at(10)).await.unwrap();
+    store::record_at(&clients, &retention(), &Fence::default(), &earlier_refs, at(10))
+        .await
+        .unwrap();
     let batch = [
         event("o1", "sms_sent", 12, Some("x")),
         event("o1", "sms_sent", 345, Some("a")),
@@ -137,7 +158,8 @@ async fn keys_counted_by_an_earlier_batch_are_taken_out_of_their_slots_total_whe
     let refs: Vec<&ValidEvent> = batch.iter().collect();
 
     // Act
-    let counted = store::record_at(&clients, &retention(), &refs, at(20)).await.unwrap();
+    let counted =
+        store::record_at(&clients, &retention(), &Fence::default(), &refs, at(20)).await.unwrap();
 
     // Assert
     assert_eq!(counted, vec![true, false, true, true, true, false, true]);
@@ -154,13 +176,13 @@ async fn a_month_changed_after_the_flusher_read_its_mark_stays_dirty() {
     let clients = clients("usage-dirty-generation").await;
     let first = [event("o1", "sms_sent", 1, Some("a")), event("o2", "sms_sent", 1, Some("b"))];
     let first_refs: Vec<&ValidEvent> = first.iter().collect();
-    store::record_at(&clients, &retention(), &first_refs, at(10)).await.unwrap();
+    store::record_at(&clients, &retention(), &Fence::default(), &first_refs, at(10)).await.unwrap();
     let read = store::dirty(&clients).await.unwrap();
     let later = event("o1", "sms_sent", 1, Some("c"));
-    store::record_at(&clients, &retention(), &[&later], at(11)).await.unwrap();
+    store::record_at(&clients, &retention(), &Fence::default(), &[&later], at(11)).await.unwrap();
 
     // Act: the flusher clears what it read.
-    let cleared = store::clear_dirty(&clients, &read).await.unwrap();
+    let cleared = usage_meter::sync::clear_flushed(&clients, &read, &[]).await.unwrap();
 
     // Assert: o2's mark is gone; o1's, changed since, is still there.
     assert_eq!(read.len(), 2);

@@ -22,7 +22,7 @@ use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use usage_meter::consumer::UsageHandler;
-use usage_meter::domain::{EventRules, Month, OrgId};
+use usage_meter::domain::{EventRules, Metric, MetricSet, Month, OrgId};
 use usage_meter::store::{self, Retention};
 
 const GROUP: &str = "usage-meter";
@@ -33,6 +33,7 @@ fn retention() -> Retention {
         events_ttl_secs: 30 * 86_400,
         events_per_org: 100,
         idempotency_window_secs: 3600,
+        durable_marks: MetricSet::of(&[Metric::DonationProcessed]),
     }
 }
 
@@ -194,6 +195,7 @@ async fn hundred_thousand_events_with_duplicates_and_killed_consumers_count_exac
     let database = PostgresServer::shared().create_database().await.unwrap();
     let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
     usage_meter::db::migrate(&pool).await.unwrap();
+    usage_meter::sync::open_without_durable_copy(&clients).await.unwrap();
     let handler = || UsageHandler::new(clients.keys().clone(), retention(), rules());
     let base = Utc::now() - chrono::Duration::minutes(2);
     let batches: Vec<Vec<UsageEvent>> = (0..4).map(|p| producer_events(p, 25_000, base)).collect();
@@ -239,7 +241,7 @@ async fn hundred_thousand_events_with_duplicates_and_killed_consumers_count_exac
     wait_until_drained(&clients).await;
     c_cancel.cancel();
     c_task.await.unwrap();
-    let rows = usage_meter::flush::flush_once(&clients, &pool).await.unwrap();
+    let rows = usage_meter::flush::flush_once(&clients, &pool, &Default::default()).await.unwrap();
 
     // Assert
     assert!(a_task_was_killed_mid_batch(&c), "C reclaimed the entries A and B left pending");
@@ -281,6 +283,7 @@ async fn poison_entries_go_to_the_dead_letter_stream_with_their_reason_and_valid
         RedisClients::connect(&RedisSettings::for_url(&RedisServer::shared().url(), &prefix))
             .await
             .unwrap();
+    usage_meter::sync::open_without_durable_copy(&clients).await.unwrap();
     let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
     let bodies = vec![
         serde_json::json!({ "orgId": "p1", "metric": "sms_sent", "value": 3 }),
