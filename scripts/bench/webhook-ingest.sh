@@ -13,7 +13,7 @@
 #   WARMUP=2s                                 webhooks sent to each handler before its measured run
 #                                             (ids of the last quarter of the deliveries, kept apart)
 #   DELIVERIES=200000                         pre-signed unique deliveries (more than the runs send)
-#   NODE_PEER=1                               0 = skip the Node handler (A/B of two builds)
+#   NODE_PEER=1                               0 = skip the Node handler's runs (A/B of two builds)
 #   NODE_WORKERS=1                            Node cluster workers (the pool of 16 is shared out)
 #   ACK_COUNT=200  ACK_RATE=50                the paced ack→stream run (deliveries, per second)
 #   SKIP_BUILD=1                              use the release binaries already built
@@ -75,12 +75,18 @@ HTTP_PORT="$(free_tcp_port)"
 NODE_PORT="$(free_tcp_port)"
 SERVICE_PID=""
 NODE_PID=""
+# Every step tolerates failure (under `set -e` a failing step would end the trap early and leave
+# Redis and Postgres running), and the script keeps its own exit status, not a killed child's.
 cleanup() {
-    [[ -n "$SERVICE_PID" ]] && kill "$SERVICE_PID" 2>/dev/null && wait "$SERVICE_PID" 2>/dev/null
-    [[ -n "$NODE_PID" ]] && kill "$NODE_PID" 2>/dev/null && wait "$NODE_PID" 2>/dev/null
-    [[ -f "$WORK/redis.pid" ]] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null
-    [[ -f "$WORK/pg/postmaster.pid" ]] && as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" stop -m fast >/dev/null 2>&1
+    local status=$?
+    if [[ -n "$SERVICE_PID" ]]; then kill "$SERVICE_PID" 2>/dev/null && wait "$SERVICE_PID" 2>/dev/null || true; fi
+    if [[ -n "$NODE_PID" ]]; then kill "$NODE_PID" 2>/dev/null && wait "$NODE_PID" 2>/dev/null || true; fi
+    if [[ -f "$WORK/redis.pid" ]]; then kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true; fi
+    if [[ -f "$WORK/pg/postmaster.pid" ]]; then
+        as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" stop -m fast >/dev/null 2>&1 || true
+    fi
     rm -rf "$WORK"
+    exit "$status"
 }
 trap cleanup EXIT
 
@@ -92,16 +98,14 @@ fi
 BIN="${SERVICE_BIN:-$TARGET_DIR/release/webhook-ingest}"
 SIGNER="$TARGET_DIR/release/examples/bench_deliveries"
 
-# The npm packages of the Node handler (pinned by its package-lock.json) live under .run/, not in
-# the repository; reinstalled only when the lock file changed.
-if [[ "$NODE_PEER" == 1 ]]; then
-    mkdir -p "$NODE_DIR"
-    if [[ ! -d "$NODE_DIR/node_modules" ]] || ! cmp -s "$NODE_SRC/package-lock.json" "$NODE_DIR/package-lock.json"; then
-        log "installing the Node handler's packages into $NODE_DIR (npm ci)"
-        cp "$NODE_SRC/package.json" "$NODE_SRC/package-lock.json" "$NODE_DIR/"
-        (cd "$NODE_DIR" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error) ||
-            die "npm ci failed in $NODE_DIR"
-    fi
+# The npm packages of the Node handler and the ack→stream client (pinned by package-lock.json)
+# live under .run/, not in the repository; reinstalled only when the lock file changed.
+mkdir -p "$NODE_DIR"
+if [[ ! -d "$NODE_DIR/node_modules" ]] || ! cmp -s "$NODE_SRC/package-lock.json" "$NODE_DIR/package-lock.json"; then
+    log "installing the Node handler's packages into $NODE_DIR (npm ci)"
+    cp "$NODE_SRC/package.json" "$NODE_SRC/package-lock.json" "$NODE_DIR/"
+    (cd "$NODE_DIR" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error) ||
+        die "npm ci failed in $NODE_DIR"
 fi
 node_run() { NODE_PATH="$NODE_DIR/node_modules" node "$@"; }
 
@@ -138,6 +142,7 @@ if [[ "$NODE_PEER" == 1 ]]; then
         psql_db webhooks_node -v ON_ERROR_STOP=1 -f "$migration" >/dev/null 2>"$WORK/migrate.err" ||
             die "migration $(basename "$migration") failed: $(cat "$WORK/migrate.err")"
     done
+    if [[ -n "$pg_stats_opt" ]]; then psql_db webhooks_node -c "CREATE EXTENSION pg_stat_statements" >/dev/null; fi
 fi
 
 # --- deliveries and service --------------------------------------------------------------------
@@ -184,8 +189,9 @@ if [[ "$NODE_PEER" == 1 ]]; then
         TOLERANCE_SECS=86400 \
         NODE_WORKERS="$NODE_WORKERS" \
         NODE_ENV=production \
-        node_run "$NODE_SRC/handler.js" >"$WORK/node.log" 2>&1 &
-    NODE_PID=$!
+        NODE_PATH="$NODE_DIR/node_modules" \
+        node "$NODE_SRC/handler.js" >"$WORK/node.log" 2>&1 &
+    NODE_PID=$! # node itself (not a subshell), so the CPU figures and the exit trap reach it
     for _ in $(seq 1 100); do
         curl -fsS "http://127.0.0.1:$NODE_PORT/healthz" >/dev/null 2>&1 && break
         sleep 0.1
@@ -244,19 +250,24 @@ pct_ms() {
         printf "%.2f", v * (u == "us" ? 0.001 : u == "s" ? 1000 : u == "m" ? 60000 : 1)}'
 }
 
-# webhook_run LABEL PORT PID DATABASE: a warm-up of WARMUP on the warm-up ids, a CHECKPOINT, then
-# the measured run on the other ids, with wrk's output in $WORK/LABEL.txt and "rows before, rows
-# after, CPU before, CPU after" in $WORK/LABEL.stats.
-webhook_run() {
-    local label=$1 port=$2 pid=$3 db=$4 rows_before cpu_before cpu_after
+# webhook_warmup LABEL PORT DATABASE: WARMUP of webhooks on the warm-up ids, then a CHECKPOINT.
+webhook_warmup() {
+    local label=$1 port=$2 db=$3
     log "$label: warm-up ($WARMUP of webhooks)"
     BENCH_DELIVERIES="$WORK/deliveries" BENCH_THREADS="$THREADS" BENCH_FIRST="$WARM_FIRST" \
         wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$REPO_ROOT/scripts/bench/webhook-ingest.lua" \
         "http://127.0.0.1:$port/api/webhooks/stripe" >"$WORK/$label.warmup.txt"
     psql_db "$db" -c "CHECKPOINT" >/dev/null
+}
+
+# webhook_run LABEL PORT PID DATABASE: the measured run on the ids warm-ups do not use, with wrk's
+# output in $WORK/LABEL.txt and "rows before, rows after, CPU before, CPU after" in
+# $WORK/LABEL.stats.
+webhook_run() {
+    local label=$1 port=$2 pid=$3 db=$4 rows_before cpu_before cpu_after
     # Per-command Redis time, per-statement Postgres time and WAL: this run only.
     redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
-    [[ -n "$pg_stats_opt" ]] && psql_db "$db" -c "SELECT pg_stat_statements_reset()" >/dev/null
+    if [[ -n "$pg_stats_opt" ]]; then psql_db "$db" -c "SELECT pg_stat_statements_reset()" >/dev/null; fi
     psql_db "$db" -c "SELECT pg_stat_reset_shared('wal')" >/dev/null 2>&1 || true
     rows_before="$(bench_rows "$db")"
     cpu_before="$(cpu_snapshot "$pid")"
@@ -277,7 +288,7 @@ webhook_details() {
     {
         echo "Redis per webhook (INFO commandstats: calls, usec inside Redis):"
         redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | awk -F'[:=,]' -v n="$n" \
-            '/^cmdstat_/ && n > 0 {printf "  %-12s %5.2f calls %7.1f us (%.1f us/call)\n", substr($1, 9), $3 / n, $5 / n, $7}'
+            '/^cmdstat_/ && !/^cmdstat_config/ && n > 0 {printf "  %-12s %5.2f calls %7.1f us (%.1f us/call)\n", substr($1, 9), $3 / n, $5 / n, $7}'
         if [[ -n "$pg_stats_opt" ]]; then
             echo "Postgres per webhook (pg_stat_statements: calls, rows, execution ms per 1000 webhooks):"
             psql_db "$db" -F ' | ' -c "SELECT round(calls::numeric / greatest($n, 1), 3), round(rows::numeric / greatest($n, 1), 2),
@@ -313,6 +324,7 @@ health_cpu_before="$(cpu_snapshot "$SERVICE_PID")"
 wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$HTTP_PORT/healthz" | tee "$WORK/healthz.txt"
 health_cpu_after="$(cpu_snapshot "$SERVICE_PID")"
 
+webhook_warmup ingest "$HTTP_PORT" webhooks
 streamed_before="$(metric webhook_streamed_total)"
 webhook_run ingest "$HTTP_PORT" "$SERVICE_PID" webhooks
 streamed="$(( $(metric webhook_streamed_total) - streamed_before ))"
@@ -324,6 +336,7 @@ ledger_streamed="$(psql_hooks -c "SELECT count(*) FROM webhook_events WHERE stat
 ack_latency webhook-ingest "$HTTP_PORT" "$INGEST_STREAM"
 
 if [[ "$NODE_PEER" == 1 ]]; then
+    webhook_warmup node "$NODE_PORT" webhooks_node
     webhook_run node "$NODE_PORT" "$NODE_PID" webhooks_node
     webhook_details node webhooks_node
     node_stream_len="$(redis-cli -p "$REDIS_PORT" XLEN "$NODE_STREAM" 2>/dev/null || echo '?')"
@@ -376,7 +389,7 @@ if [[ "$NODE_PEER" == 1 ]]; then
     printf '%-36s %10s %10s %10s %10s\n' "POST webhook (Node handler)" "$(rps "$WORK/node.txt")" "$(ok_per_sec "$WORK/node.txt")" "$(pct "$WORK/node.txt" 50%)" "$(pct "$WORK/node.txt" 99%)"
 fi
 echo "verified+streamed webhooks/s: $(awk -v n="$streamed" -v s="$secs" 'BEGIN {printf "%.0f", n / s}') ($streamed streamed in $DURATION; duplicates $duplicates, rejected $rejected, non-2xx $(non2xx "$WORK/ingest.txt"))"
-echo "stream length $stream_len, ledger rows streamed $ledger_streamed (of which $LEDGER_ROWS filled in before the runs)"
+echo "stream length $stream_len, ledger rows streamed $ledger_streamed (of which $LEDGER_ROWS filled in before the runs; both count the warm-up too)"
 stored_line ingest webhook-ingest || failed=1
 batch_rows() { echo "$(metric "webhook_ledger_$1_batch_rows_sum") $(metric "webhook_ledger_$1_batch_rows_count")" | awk '{printf "%.1f", $2 ? $1 / $2 : 0}'; }
 echo "ledger rows per statement: checks $(batch_rows touch), inserts (one commit each) $(batch_rows insert)"
@@ -394,11 +407,11 @@ if [[ "$NODE_PEER" == 1 ]]; then
     echo
     echo "-- Node handler (scripts/bench/node-webhook/handler.js, $NODE_WORKERS process(es), pg pool 16; Node $(node --version)) --"
     stored_line node "Node handler" || failed=1
-    echo "Node stream length $node_stream_len"
+    echo "Node stream length $node_stream_len (warm-up included)"
     cpu_line node "Node handler"
     cat "$WORK/node.details"
     ack_line node "Node handler" || failed=1
-    grep -v '^$' "$WORK/node.log" | tail -3 | sed 's/^/node log: /'
+    { grep -v '^$' "$WORK/node.log" || true; } | tail -3 | sed 's/^/node log: /'
     echo
     ratio="$(awk -v a="$(ok_per_sec "$WORK/ingest.txt")" -v b="$(ok_per_sec "$WORK/node.txt")" 'BEGIN {printf "%.2f", b ? a / b : 0}')"
     echo "ratio webhook-ingest / Node handler (2xx/s, each answered only once its row is durable): ${ratio}x (target >= 1.5: $(awk -v r="$ratio" 'BEGIN {print (r >= 1.5 ? "met" : "NOT met")}'))"

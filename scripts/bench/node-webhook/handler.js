@@ -140,6 +140,7 @@ function serve() {
   const stop = () => {
     server.close(() => Promise.all([pool.end(), redis.quit()]).finally(() => process.exit(0)));
     server.closeAllConnections();
+    setTimeout(() => process.exit(0), 1000).unref();
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
