@@ -2,7 +2,9 @@
 # Install the Debian packages the local run and the tests need, when they are missing.
 #
 #   scripts/deps.sh           redis-server, postgresql, curl
-#   scripts/deps.sh --bench   the same plus wrk (HTTP load generator for `make bench`)
+#   scripts/deps.sh --bench   the same plus wrk (HTTP load generator for `make bench`) and
+#                             nodejs + npm (the Node webhook handler the webhook bench compares
+#                             against; its npm packages are installed by the bench into .run/)
 #
 # Idempotent: does nothing (and does not touch apt) when everything is there. Runs
 # `apt-get update` once, only when something has to be installed. Does not start the system
@@ -15,7 +17,7 @@ for arg in "$@"; do
     case "$arg" in
         --bench) want_bench=1 ;;
         -h | --help)
-            sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -43,10 +45,13 @@ if ((want_bench)); then
     # The benches pin processes (taskset, util-linux) and find Postgres' backends (pgrep).
     command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
     command -v pgrep >/dev/null 2>&1 || missing+=(procps)
+    # Debian's own Node (bookworm: 18); npm is a separate Debian package.
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
 fi
 
 if ((${#missing[@]} == 0)); then
-    echo "deps: all present (redis-server, postgresql, curl$( ((want_bench)) && echo ', wrk, taskset, pgrep'))"
+    echo "deps: all present (redis-server, postgresql, curl$( ((want_bench)) && echo ', wrk, taskset, pgrep, node, npm'))"
     exit 0
 fi
 
@@ -92,6 +97,8 @@ have_postgres || { echo "deps: no /usr/lib/postgresql/<major>/bin/{initdb,pg_ctl
 command -v curl >/dev/null 2>&1 || { echo "deps: curl still missing" >&2; exit 1; }
 if ((want_bench)); then
     command -v wrk >/dev/null 2>&1 || { echo "deps: wrk still missing" >&2; exit 1; }
+    command -v node >/dev/null 2>&1 || { echo "deps: node still missing" >&2; exit 1; }
+    command -v npm >/dev/null 2>&1 || { echo "deps: npm still missing" >&2; exit 1; }
 fi
 id postgres >/dev/null 2>&1 || echo "deps: warning: no 'postgres' system user; Postgres cannot run as root" >&2
 echo "deps: installed ${missing[*]}"

@@ -2,6 +2,8 @@
 -- each with its own event id. Reads the pre-signed lines (id \t Stripe-Signature) and the body
 -- template written by `cargo run --example bench_deliveries`; thread k of n sends lines k, k+n, …
 -- so no two threads send the same id. Past the end of its lines a thread wraps (duplicates).
+-- BENCH_FIRST and BENCH_END (optional) restrict a run to lines [first, end), so a warm-up and the
+-- measured run can use different ids from one file.
 local counter = 0
 local threads = {}
 
@@ -14,6 +16,8 @@ end
 function init(args)
   local prefix = os.getenv("BENCH_DELIVERIES")
   local total = tonumber(os.getenv("BENCH_THREADS"))
+  local first = tonumber(os.getenv("BENCH_FIRST") or "0")
+  local stop = tonumber(os.getenv("BENCH_END") or "") or math.huge
   local f = assert(io.open(prefix .. ".template", "rb"))
   local template = f:read("*a")
   f:close()
@@ -23,7 +27,8 @@ function init(args)
   lines = {}
   local n = 0
   for line in io.lines(prefix .. ".lines") do
-    if n % total == index then
+    if n >= stop then break end
+    if n >= first and n % total == index then
       local tab = string.find(line, "\t", 1, true)
       table.insert(lines, { string.sub(line, 1, tab - 1), string.sub(line, tab + 1) })
     end
