@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark of webhook-ingest: signed, unique payment_intent.succeeded deliveries (verify, Redis
-# claim, Postgres ledger insert, XADD + done marker, ledger update) against the same binary's
+# Benchmark of webhook-ingest: signed, unique payment_intent.succeeded deliveries (verify, one
+# group-committed ledger insert, answer; the relay appends to the stream after) against the same binary's
 # /healthz and against a Node handler writing the same durable row (scripts/bench/node-webhook/:
 # stripe constructEvent, Redis dedup GET, one INSERT … ON CONFLICT per event on a pg Pool of 16,
 # XADD + marker), in one run, under wrk on loopback, both against the same Redis and Postgres.
