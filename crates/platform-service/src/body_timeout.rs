@@ -1,0 +1,148 @@
+//! The request-body deadline (`http.body_timeout_ms`): a body that has not arrived in time is
+//! answered 408 `request_timeout` and its connection closed.
+//!
+//! actix-http times out request heads (`client_request_timeout`) but not bodies, so a client that
+//! declares a large `Content-Length` and trickles bytes would hold a connection forever. The
+//! middleware wraps the request's payload stream: once the deadline has passed while a reader is
+//! waiting for more bytes, the stream fails (readers stop) and the response is replaced by the 408.
+//! Bytes already received are still delivered, so a slow handler does not turn a complete body
+//! into a timeout. A handler that never reads the body is unaffected: actix closes a connection
+//! whose body was left unread after answering.
+
+use std::cell::Cell;
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::error::PayloadError;
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use actix_web::{Error, HttpMessage, HttpResponse};
+use futures::Stream;
+use futures::future::LocalBoxFuture;
+use tokio::time::Sleep;
+
+use crate::error::ErrorBody;
+
+/// Middleware enforcing the body deadline on every request that has a body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout {
+    timeout: Duration,
+}
+
+impl BodyTimeout {
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for BodyTimeout
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Transform = BodyTimeoutMiddleware<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(BodyTimeoutMiddleware { service: Rc::new(service), timeout: self.timeout }))
+    }
+}
+
+#[derive(Debug)]
+pub struct BodyTimeoutMiddleware<S> {
+    service: Rc<S>,
+    timeout: Duration,
+}
+
+impl<S, B> Service<ServiceRequest> for BodyTimeoutMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        let payload = req.take_payload();
+        if matches!(payload, Payload::None) {
+            // No body, nothing to wait for.
+            let fut = self.service.call(req);
+            return Box::pin(async move { fut.await.map(ServiceResponse::map_into_left_body) });
+        }
+        let expired = Rc::new(Cell::new(false));
+        let deadline = Deadline {
+            inner: payload,
+            sleep: Box::pin(tokio::time::sleep(self.timeout)),
+            expired: expired.clone(),
+            done: false,
+        };
+        req.set_payload(Payload::Stream { payload: Box::pin(deadline) });
+        let timeout = self.timeout;
+        let fut = self.service.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            if !expired.get() {
+                return result.map(ServiceResponse::map_into_left_body);
+            }
+            let response = match result {
+                Ok(response) => response,
+                Err(error) => return Err(error),
+            };
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            tracing::warn!(
+                timeout_ms,
+                path = response.request().path(),
+                "request body did not arrive in time; answered 408 and closed the connection"
+            );
+            let (request, _) = response.into_parts();
+            let answer =
+                HttpResponse::build(StatusCode::REQUEST_TIMEOUT).force_close().json(ErrorBody {
+                    error: format!("Request body did not arrive within {timeout_ms} ms"),
+                    code: "request_timeout".to_owned(),
+                });
+            Ok(ServiceResponse::new(request, answer).map_into_right_body())
+        })
+    }
+}
+
+/// The payload with a deadline: fails once, then ends, when the deadline passes while the reader
+/// waits for bytes.
+struct Deadline {
+    inner: Payload,
+    sleep: Pin<Box<Sleep>>,
+    expired: Rc<Cell<bool>>,
+    done: bool,
+}
+
+impl Stream for Deadline {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.done = true;
+        self.expired.set(true);
+        Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "request body did not arrive in time",
+        )))))
+    }
+}
