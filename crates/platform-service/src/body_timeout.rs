@@ -6,17 +6,17 @@
 //! middleware wraps the request's payload stream: once the deadline has passed while a reader is
 //! waiting for more bytes, the stream fails (readers stop) and the response is replaced by the 408.
 //! Bytes already received are still delivered, so a slow handler does not turn a complete body
-//! into a timeout. A handler that never reads the body is unaffected: actix closes a connection
-//! whose body was left unread after answering.
+//! into a timeout. When a handler answers before the body has fully arrived (it did not read it,
+//! or the deadline passed), the connection is closed after the answer rather than drained.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix_web::body::{EitherBody, MessageBody};
+use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::error::PayloadError;
 use actix_web::http::StatusCode;
@@ -80,25 +80,29 @@ where
             let fut = self.service.call(req);
             return Box::pin(async move { fut.await.map(ServiceResponse::map_into_left_body) });
         }
-        let expired = Rc::new(Cell::new(false));
-        let deadline = Deadline {
-            inner: payload,
-            sleep: Box::pin(tokio::time::sleep(self.timeout)),
-            expired: expired.clone(),
-            done: false,
-        };
+        let body =
+            Rc::new(Body { payload: RefCell::new(payload), state: Cell::new(State::Reading) });
+        let deadline =
+            Deadline { body: body.clone(), sleep: Box::pin(tokio::time::sleep(self.timeout)) };
         req.set_payload(Payload::Stream { payload: Box::pin(deadline) });
         let timeout = self.timeout;
         let fut = self.service.call(req);
         Box::pin(async move {
-            let result = fut.await;
-            if !expired.get() {
-                return result.map(ServiceResponse::map_into_left_body);
+            let response = fut.await?;
+            let state = body.state.get();
+            if state == State::Complete {
+                return Ok(response.map_into_left_body());
             }
-            let response = match result {
-                Ok(response) => response,
-                Err(error) => return Err(error),
-            };
+            // The answer's body keeps the request body alive until it is sent, so actix closes
+            // the connection after it instead of draining the rest (a drain has no deadline).
+            let unread = UnreadBody(body);
+            if state == State::Reading {
+                return Ok(response
+                    .map_body(|_, inner| {
+                        BoxBody::new(Holding { inner: BoxBody::new(inner), unread })
+                    })
+                    .map_into_right_body());
+            }
             let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
             tracing::warn!(
                 timeout_ms,
@@ -106,43 +110,91 @@ where
                 "request body did not arrive in time; answered 408 and closed the connection"
             );
             let (request, _) = response.into_parts();
-            let answer =
-                HttpResponse::build(StatusCode::REQUEST_TIMEOUT).force_close().json(ErrorBody {
+            let answer = HttpResponse::build(StatusCode::REQUEST_TIMEOUT)
+                .force_close()
+                .json(ErrorBody {
                     error: format!("Request body did not arrive within {timeout_ms} ms"),
                     code: "request_timeout".to_owned(),
-                });
+                })
+                .map_body(|_, inner| BoxBody::new(Holding { inner, unread }));
             Ok(ServiceResponse::new(request, answer).map_into_right_body())
         })
     }
 }
 
+/// An answer's body that holds the unfinished request body until it has been sent.
+struct Holding {
+    inner: BoxBody,
+    #[allow(dead_code)]
+    unread: UnreadBody,
+}
+
+impl MessageBody for Holding {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.inner.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_next(cx)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Bytes may still come.
+    Reading,
+    /// The whole body was read.
+    Complete,
+    /// The deadline passed while a reader waited.
+    Expired,
+}
+
+/// The request's payload and how far reading it got, shared by the stream handed to the handler
+/// and the middleware that answers.
+struct Body {
+    payload: RefCell<Payload>,
+    state: Cell<State>,
+}
+
+/// A request body that had not fully arrived when the answer was ready.
+struct UnreadBody(#[allow(dead_code)] Rc<Body>);
+
 /// The payload with a deadline: fails once, then ends, when the deadline passes while the reader
-/// waits for bytes.
+/// waits for bytes; bytes already received are delivered first.
 struct Deadline {
-    inner: Payload,
+    body: Rc<Body>,
     sleep: Pin<Box<Sleep>>,
-    expired: Rc<Cell<bool>>,
-    done: bool,
 }
 
 impl Stream for Deadline {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
+        if self.body.state.get() != State::Reading {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
-            return Poll::Ready(item);
+        let polled = Pin::new(&mut *self.body.payload.borrow_mut()).poll_next(cx);
+        match polled {
+            Poll::Ready(None) => {
+                self.body.state.set(State::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(item)) => Poll::Ready(Some(item)),
+            Poll::Pending => {
+                if self.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.body.state.set(State::Expired);
+                Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request body did not arrive in time",
+                )))))
+            }
         }
-        if self.sleep.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        self.done = true;
-        self.expired.set(true);
-        Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "request body did not arrive in time",
-        )))))
     }
 }

@@ -91,8 +91,8 @@ pub struct HttpSettings {
     /// (the checks are reported either way).
     #[serde(default = "default_ready_requires", deserialize_with = "string_list")]
     pub ready_requires: Vec<String>,
-    /// Longest time a request body may take to arrive, counted from when its handler starts; past
-    /// it the request is answered 408 and the connection closed (slow senders cannot hold
+    /// Longest time a request body may take to arrive, counted from when its headers were read;
+    /// past it the request is answered 408 and the connection closed (slow senders cannot hold
     /// connections open).
     #[serde(default = "default_body_timeout")]
     pub body_timeout_ms: u64,

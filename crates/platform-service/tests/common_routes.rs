@@ -380,22 +380,31 @@ async fn http_workers_send_redis_commands_on_connections_of_their_own() {
     assert_eq!(answer["ping"], true, "{answer}");
 }
 
-/// Sends a request head declaring a 100000-byte body, then one byte every 300 ms, and collects
-/// what the server answers until it closes the connection (or 10 s pass).
-async fn trickle_body(base: &str) -> (Vec<u8>, std::time::Duration, bool) {
+/// A request head declaring a 100000-byte body (`chunked`: a chunked one of unknown length).
+fn slow_upload_head(base: &str, path: &str, chunked: bool) -> String {
+    let host = base.trim_start_matches("http://");
+    let length = if chunked { "Transfer-Encoding: chunked" } else { "Content-Length: 100000" };
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n\
+         {length}\r\n\r\n"
+    )
+}
+
+/// Sends `head`, then `piece` every 300 ms, and collects what the server answers until it closes
+/// the connection (or 10 s pass): the bytes, when the first arrived, and whether it closed.
+async fn trickle_body(
+    base: String,
+    head: String,
+    piece: &'static [u8],
+) -> (Vec<u8>, std::time::Duration, bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let address = base.trim_start_matches("http://");
-    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
-    let head = format!(
-        "POST /upload HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/octet-stream\r\n\
-         Content-Length: 100000\r\n\r\n"
-    );
     writer.write_all(head.as_bytes()).await.unwrap();
     let started = std::time::Instant::now();
     let trickle = tokio::spawn(async move {
         for _ in 0..40 {
-            if writer.write_all(b"a").await.is_err() {
+            if writer.write_all(piece).await.is_err() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -430,7 +439,8 @@ async fn a_trickled_body_gets_408_json_within_the_body_timeout_while_healthz_kee
     let app = spawn_edge_app().await;
 
     // Act: trickle a body; half-way to the deadline, ask for /healthz on the same worker.
-    let trickled = tokio::spawn(trickle_body_owned(app.base.clone()));
+    let head = slow_upload_head(&app.base, "/upload", false);
+    let trickled = tokio::spawn(trickle_body(app.base.clone(), head, b"a"));
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let (health_during_trickle, _) = app.get("/healthz").await;
     let (received, answered_after, closed) = trickled.await.unwrap();
@@ -453,8 +463,35 @@ async fn a_trickled_body_gets_408_json_within_the_body_timeout_while_healthz_kee
     assert_eq!(app.get("/healthz").await.0, 200);
 }
 
-async fn trickle_body_owned(base: String) -> (Vec<u8>, std::time::Duration, bool) {
-    trickle_body(&base).await
+#[tokio::test]
+async fn a_trickled_chunked_body_gets_408_and_the_connection_closed() {
+    // Arrange
+    let app = spawn_edge_app().await;
+
+    // Act
+    let head = slow_upload_head(&app.base, "/upload", true);
+    let (received, _, closed) = trickle_body(app.base.clone(), head, b"1\r\na\r\n").await;
+
+    // Assert
+    let text = String::from_utf8_lossy(&received).to_string();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
+    assert!(closed, "the connection drains the trickle instead of closing");
+}
+
+#[tokio::test]
+async fn a_route_that_answers_before_reading_a_trickled_body_closes_the_connection() {
+    // Arrange: /admin/ping refuses a request without a token before reading its body.
+    let app = spawn_edge_app().await;
+
+    // Act
+    let head = slow_upload_head(&app.base, "/admin/ping", true);
+    let (received, _, closed) = trickle_body(app.base.clone(), head, b"1\r\na\r\n").await;
+
+    // Assert
+    let text = String::from_utf8_lossy(&received).to_string();
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(closed, "the connection drains the trickle instead of closing");
 }
 
 #[tokio::test]
