@@ -6,10 +6,11 @@
 //! gives in-flight requests `http.shutdown_timeout_secs`; background workers watch the same
 //! [`Shutdown`] token and finish their current batch.
 //!
-//! The edge every request passes, outermost first: JSON error bodies ([`json_errors`]), CORS for
-//! listed origins ([`CorsPolicy`]), metrics and the request span, the body deadline
-//! ([`BodyTimeout`]); the server itself bounds head time (`http.header_timeout_ms`) and
-//! connections per worker (`http.max_connections_per_worker`).
+//! The edge every request passes, outermost first: closing connections whose body was left
+//! unfinished ([`close_unfinished`]), JSON error bodies ([`json_errors`]), CORS for listed origins
+//! ([`CorsPolicy`]), metrics and the request span, the body deadline ([`BodyTimeout`]); the server
+//! itself bounds head time (`http.header_timeout_ms`) and connections per worker
+//! (`http.max_connections_per_worker`).
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::AdminToken;
-use crate::body_timeout::BodyTimeout;
+use crate::body_timeout::{BodyTimeout, close_unfinished};
 use crate::cors::{CorsPolicy, only_for_allowed_origins};
 use crate::error::{configure_extractors, json_errors, no_route};
 use crate::health::{self, FallbackStatus};
@@ -154,6 +155,7 @@ impl Application {
                 .wrap(Condition::new(cors.enabled(), cors.middleware()))
                 .wrap(Condition::new(cors.enabled(), from_fn(only_for_allowed_origins)))
                 .wrap(json_errors())
+                .wrap(from_fn(close_unfinished))
                 .app_data(app_context.clone())
                 .app_data(metrics.clone())
                 .app_data(token.clone())

@@ -2,12 +2,16 @@
 //! answered 408 `request_timeout` and its connection closed.
 //!
 //! actix-http times out request heads (`client_request_timeout`) but not bodies, so a client that
-//! declares a large `Content-Length` and trickles bytes would hold a connection forever. The
-//! middleware wraps the request's payload stream: once the deadline has passed while a reader is
-//! waiting for more bytes, the stream fails (readers stop) and the response is replaced by the 408.
+//! declares a large `Content-Length` and trickles bytes would hold a connection forever.
+//! [`BodyTimeout`] wraps the request's payload stream: once the deadline has passed while a reader
+//! waits for more bytes, the stream fails (readers stop) and the answer is replaced by the 408.
 //! Bytes already received are still delivered, so a slow handler does not turn a complete body
-//! into a timeout. When a handler answers before the body has fully arrived (it did not read it,
-//! or the deadline passed), the connection is closed after the answer rather than drained.
+//! into a timeout.
+//!
+//! actix closes a connection after the answer when the request body is unfinished, but only while
+//! the body is still held; a dropped chunked body is drained instead, with no deadline.
+//! [`close_unfinished`], the outermost layer, therefore ties an unfinished body to the final
+//! answer's body until it has been sent, whatever the layers in between did to the answer.
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, Ready, ready};
@@ -20,6 +24,7 @@ use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::error::PayloadError;
 use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
 use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage, HttpResponse};
 use futures::Stream;
@@ -85,23 +90,13 @@ where
         let deadline =
             Deadline { body: body.clone(), sleep: Box::pin(tokio::time::sleep(self.timeout)) };
         req.set_payload(Payload::Stream { payload: Box::pin(deadline) });
+        req.extensions_mut().insert(PendingBody(body.clone()));
         let timeout = self.timeout;
         let fut = self.service.call(req);
         Box::pin(async move {
             let response = fut.await?;
-            let state = body.state.get();
-            if state == State::Complete {
+            if body.state.get() != State::Expired {
                 return Ok(response.map_into_left_body());
-            }
-            // The answer's body keeps the request body alive until it is sent, so actix closes
-            // the connection after it instead of draining the rest (a drain has no deadline).
-            let unread = UnreadBody(body);
-            if state == State::Reading {
-                return Ok(response
-                    .map_body(|_, inner| {
-                        BoxBody::new(Holding { inner: BoxBody::new(inner), unread })
-                    })
-                    .map_into_right_body());
             }
             let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
             tracing::warn!(
@@ -110,23 +105,39 @@ where
                 "request body did not arrive in time; answered 408 and closed the connection"
             );
             let (request, _) = response.into_parts();
-            let answer = HttpResponse::build(StatusCode::REQUEST_TIMEOUT)
-                .force_close()
-                .json(ErrorBody {
+            let answer =
+                HttpResponse::build(StatusCode::REQUEST_TIMEOUT).force_close().json(ErrorBody {
                     error: format!("Request body did not arrive within {timeout_ms} ms"),
                     code: "request_timeout".to_owned(),
-                })
-                .map_body(|_, inner| BoxBody::new(Holding { inner, unread }));
+                });
             Ok(ServiceResponse::new(request, answer).map_into_right_body())
         })
     }
+}
+
+/// Outermost middleware: when the request body has not been read to its end, the answer's body
+/// holds it until sent, so actix closes the connection rather than draining the rest.
+pub async fn close_unfinished(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let response = next.call(req).await?;
+    let pending = response.request().extensions_mut().remove::<PendingBody>();
+    Ok(match pending {
+        Some(PendingBody(body)) if body.state.get() != State::Complete => {
+            response.map_body(|_, inner| {
+                EitherBody::right(BoxBody::new(Holding { inner: BoxBody::new(inner), body }))
+            })
+        }
+        _ => response.map_into_left_body(),
+    })
 }
 
 /// An answer's body that holds the unfinished request body until it has been sent.
 struct Holding {
     inner: BoxBody,
     #[allow(dead_code)]
-    unread: UnreadBody,
+    body: Rc<Body>,
 }
 
 impl MessageBody for Holding {
@@ -161,8 +172,8 @@ struct Body {
     state: Cell<State>,
 }
 
-/// A request body that had not fully arrived when the answer was ready.
-struct UnreadBody(#[allow(dead_code)] Rc<Body>);
+/// The request's body, left in its extensions for [`close_unfinished`].
+struct PendingBody(Rc<Body>);
 
 /// The payload with a deadline: fails once, then ends, when the deadline passes while the reader
 /// waits for bytes; bytes already received are delivered first.

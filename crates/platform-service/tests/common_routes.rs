@@ -380,12 +380,16 @@ async fn http_workers_send_redis_commands_on_connections_of_their_own() {
     assert_eq!(answer["ping"], true, "{answer}");
 }
 
-/// A request head declaring a 100000-byte body (`chunked`: a chunked one of unknown length).
+/// A POST head declaring a 100000-byte body (`chunked`: a chunked one of unknown length).
 fn slow_upload_head(base: &str, path: &str, chunked: bool) -> String {
+    slow_head(base, "POST", path, chunked)
+}
+
+fn slow_head(base: &str, method: &str, path: &str, chunked: bool) -> String {
     let host = base.trim_start_matches("http://");
     let length = if chunked { "Transfer-Encoding: chunked" } else { "Content-Length: 100000" };
     format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n\
          {length}\r\n\r\n"
     )
 }
@@ -491,6 +495,23 @@ async fn a_route_that_answers_before_reading_a_trickled_body_closes_the_connecti
     // Assert
     let text = String::from_utf8_lossy(&received).to_string();
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(closed, "the connection drains the trickle instead of closing");
+}
+
+#[tokio::test]
+async fn a_wrong_method_with_a_trickled_body_gets_405_json_and_the_connection_closed() {
+    // Arrange: /limited is a GET resource; actix answers its 405 before any body is read and the
+    // JSON error layer replaces that answer's body.
+    let app = spawn_edge_app().await;
+
+    // Act
+    let head = slow_head(&app.base, "PUT", "/limited", true);
+    let (received, _, closed) = trickle_body(app.base.clone(), head, b"1\r\na\r\n").await;
+
+    // Assert
+    let text = String::from_utf8_lossy(&received).to_string();
+    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+    assert!(text.contains("\"code\":\"method_not_allowed\""), "{text}");
     assert!(closed, "the connection drains the trickle instead of closing");
 }
 
