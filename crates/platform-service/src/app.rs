@@ -5,6 +5,12 @@
 //! (draining), waits `http.drain_delay_ms` for load balancers to notice, then stops accepting and
 //! gives in-flight requests `http.shutdown_timeout_secs`; background workers watch the same
 //! [`Shutdown`] token and finish their current batch.
+//!
+//! The edge every request passes, outermost first: closing connections whose body was left
+//! unfinished ([`close_unfinished`]), JSON error bodies ([`json_errors`]), CORS for listed origins
+//! ([`CorsPolicy`]), metrics and the request span, the body deadline ([`BodyTimeout`]); the server
+//! itself bounds head time (`http.header_timeout_ms`) and connections per worker
+//! (`http.max_connections_per_worker`).
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -12,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::middleware::from_fn;
+use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 use platform_redis::RedisClients;
 use platform_redis::ratelimit::{LimiterMode, RateLimiter};
@@ -21,7 +27,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::AdminToken;
-use crate::error::{configure_extractors, not_found};
+use crate::body_timeout::{BodyTimeout, close_unfinished};
+use crate::cors::{CorsPolicy, only_for_allowed_origins};
+use crate::error::{configure_extractors, json_errors, no_route};
 use crate::health::{self, FallbackStatus};
 use crate::metrics::{Metrics, RateLimitCollector, observe_requests};
 use crate::settings::HttpSettings;
@@ -133,6 +141,8 @@ impl Application {
         let metrics = web::Data::new(context.metrics.clone());
         let token = web::Data::new(AdminToken(admin_token));
         let extractors = configure_extractors(http.body_limit_bytes);
+        let body_timeout = BodyTimeout::new(Duration::from_millis(http.body_timeout_ms));
+        let cors = CorsPolicy::new(http);
         let app_context = context.clone();
         let mut server = HttpServer::new(move || {
             // Runs once on each worker thread, inside the worker's runtime.
@@ -140,15 +150,22 @@ impl Application {
                 tracing::warn!(%error, "no redis connections of its own for this worker; it uses the shared pools");
             }
             App::new()
+                .wrap(body_timeout)
                 .wrap(from_fn(observe_requests))
+                .wrap(Condition::new(cors.enabled(), cors.middleware()))
+                .wrap(Condition::new(cors.enabled(), from_fn(only_for_allowed_origins)))
+                .wrap(json_errors())
+                .wrap(from_fn(close_unfinished))
                 .app_data(app_context.clone())
                 .app_data(metrics.clone())
                 .app_data(token.clone())
                 .configure(extractors.clone())
                 .configure(health::configure)
                 .configure(routes.clone())
-                .default_service(web::to(not_found))
+                .default_service(web::to(no_route))
         })
+        .client_request_timeout(Duration::from_millis(http.header_timeout_ms))
+        .max_connections(http.max_connections_per_worker)
         .listen(listener)?
         .disable_signals()
         .shutdown_timeout(http.shutdown_timeout_secs);

@@ -3,11 +3,18 @@
 //! Each service has its own error enum (`thiserror`) whose `ResponseError` impl calls
 //! [`error_response`]. 4xx bodies explain themselves; for 5xx, [`server_error`] logs the cause chain
 //! and the caller only sees an opaque sentence. [`configure_extractors`] makes actix's own
-//! extractor failures (bad JSON, bad path or query) follow the same contract instead of plain text.
+//! extractor failures (bad JSON, bad path or query) follow the same contract instead of plain text;
+//! [`no_route`] answers unknown paths (404) and known paths with another method (405), and
+//! [`json_errors`] gives every other error actix itself produces (a resource's 405, a payload
+//! error) the JSON body, keeping its status and headers (`Allow`).
 
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::ServiceResponse;
 use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::web::{self, JsonConfig, PathConfig, QueryConfig};
-use actix_web::{HttpResponse, error::InternalError};
+use actix_web::{HttpRequest, HttpResponse, error::InternalError};
 use serde::{Deserialize, Serialize};
 
 /// The body of every error response.
@@ -91,7 +98,81 @@ pub fn configure_extractors(body_limit: usize) -> impl Fn(&mut web::ServiceConfi
     }
 }
 
-/// Answers unknown routes with a JSON 404.
-pub async fn not_found() -> HttpResponse {
-    error_response(StatusCode::NOT_FOUND, "not_found", "No such route")
+/// The app's default service: 404 for a path no route has, 405 for a path that has routes but
+/// none for this method (routes registered with `cfg.route(path, web::post()...)` fall through to
+/// here on another method; `web::resource` routes answer 405 with `Allow` themselves).
+pub async fn no_route(req: HttpRequest) -> HttpResponse {
+    if req.resource_map().has_resource(req.path()) {
+        error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("Method {} is not allowed on this route", req.method()),
+        )
+    } else {
+        error_response(StatusCode::NOT_FOUND, "not_found", "No such route")
+    }
+}
+
+/// Middleware turning every 4xx/5xx response whose body is not JSON into the JSON contract,
+/// keeping status and headers. Responses that are JSON already pass untouched.
+pub fn json_errors<B: MessageBody + 'static>() -> ErrorHandlers<B> {
+    ErrorHandlers::new().default_handler(to_json_error)
+}
+
+fn to_json_error<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let (code, message) = describe(&res, status);
+    if status.is_server_error() {
+        let cause = res.response().error().map(ToString::to_string).unwrap_or_default();
+        tracing::error!(status = status.as_u16(), error = %cause, "request failed");
+    }
+    let body = serde_json::to_string(&ErrorBody { error: message, code: code.into_owned() })
+        .unwrap_or_else(|_| r#"{"error":"Error","code":"error"}"#.to_owned());
+    let (req, res) = res.into_parts();
+    let mut res = res.set_body(BoxBody::new(body));
+    res.headers_mut().remove(header::CONTENT_LENGTH);
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, res).map_into_right_body()))
+}
+
+/// The `code` and sentence of an error response actix produced without a JSON body.
+fn describe<B>(
+    res: &ServiceResponse<B>,
+    status: StatusCode,
+) -> (std::borrow::Cow<'static, str>, String) {
+    use std::borrow::Cow;
+    match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = res.headers().get(header::ALLOW).and_then(|v| v.to_str().ok());
+            let mut text =
+                format!("Method {} is not allowed on this route", res.request().method());
+            if let Some(allowed) = allowed {
+                text.push_str(&format!(" (allowed: {allowed})"));
+            }
+            (Cow::Borrowed("method_not_allowed"), text)
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            (Cow::Borrowed("unavailable"), "A dependency is unavailable; retry later".to_owned())
+        }
+        s if s.is_server_error() => {
+            (Cow::Borrowed("internal_error"), "Internal server error".to_owned())
+        }
+        s => {
+            let reason = s.canonical_reason().unwrap_or("Error");
+            let code = reason.to_ascii_lowercase().replace([' ', '-'], "_");
+            let text =
+                res.response().error().map_or_else(|| reason.to_owned(), ToString::to_string);
+            (Cow::Owned(code), text)
+        }
+    }
 }

@@ -1,9 +1,11 @@
 //! Service plumbing shared by the five binaries: configuration, telemetry, the JSON error
-//! contract, health / readiness / metrics routes, the admin bearer-token guard, and the
-//! `Application` that binds, serves and shuts down gracefully.
+//! contract, health / readiness / metrics routes, the admin bearer-token guard, the HTTP edge
+//! (body deadline, CORS), and the `Application` that binds, serves and shuts down gracefully.
 
 pub mod app;
 pub mod auth;
+pub mod body_timeout;
+pub mod cors;
 pub mod database;
 pub mod error;
 pub mod health;

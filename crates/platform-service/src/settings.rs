@@ -91,6 +91,26 @@ pub struct HttpSettings {
     /// (the checks are reported either way).
     #[serde(default = "default_ready_requires", deserialize_with = "string_list")]
     pub ready_requires: Vec<String>,
+    /// Longest time a request body may take to arrive, counted from when its headers were read;
+    /// past it the request is answered 408 and the connection closed (slow senders cannot hold
+    /// connections open).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// Longest time the request line and headers may take to arrive (a slower client gets 408
+    /// from the HTTP layer and is disconnected).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// Concurrent connections each worker thread serves; further ones wait in the listen backlog.
+    #[serde(default = "default_max_connections_per_worker")]
+    pub max_connections_per_worker: usize,
+    /// Browser origins (`https://shop.example.com`) allowed to call the routes in `cors_paths`
+    /// with credentials. Empty: no CORS headers at all.
+    #[serde(default, deserialize_with = "string_list")]
+    pub cors_allowed_origins: Vec<String>,
+    /// Paths CORS applies to: an entry ending in `/` covers everything below it, any other entry
+    /// that exact path. Each service lists its public read, live and checkout routes.
+    #[serde(default, deserialize_with = "string_list")]
+    pub cors_paths: Vec<String>,
 }
 
 /// What `/readyz` may require.
@@ -122,6 +142,15 @@ fn default_shutdown_timeout() -> u64 {
 }
 fn default_body_limit() -> usize {
     1024 * 1024
+}
+fn default_body_timeout() -> u64 {
+    10_000
+}
+fn default_header_timeout() -> u64 {
+    5_000
+}
+fn default_max_connections_per_worker() -> usize {
+    25_000
 }
 
 /// `[database]`: the service's own Postgres database.
@@ -196,6 +225,27 @@ impl CommonSettings {
         if self.http.body_limit_bytes == 0 {
             return Err(SettingsError::invalid("http.body_limit_bytes", "must be > 0"));
         }
+        if self.http.body_timeout_ms == 0 {
+            return Err(SettingsError::invalid("http.body_timeout_ms", "must be > 0"));
+        }
+        if self.http.header_timeout_ms == 0 {
+            return Err(SettingsError::invalid("http.header_timeout_ms", "must be > 0"));
+        }
+        if self.http.max_connections_per_worker == 0 {
+            return Err(SettingsError::invalid("http.max_connections_per_worker", "must be > 0"));
+        }
+        if let Some(bad) = self.http.cors_allowed_origins.iter().find(|o| !is_origin(o)) {
+            return Err(SettingsError::invalid(
+                "http.cors_allowed_origins",
+                format!("{bad:?} is not an origin (scheme://host[:port], http or https, no path)"),
+            ));
+        }
+        if let Some(bad) = self.http.cors_paths.iter().find(|p| !p.starts_with('/')) {
+            return Err(SettingsError::invalid(
+                "http.cors_paths",
+                format!("{bad:?} must start with /"),
+            ));
+        }
         if let Some(unknown) =
             self.http.ready_requires.iter().find(|d| !READY_DEPENDENCIES.contains(&d.as_str()))
         {
@@ -223,6 +273,19 @@ impl CommonSettings {
             .map_err(|e| SettingsError::invalid("rate_limit", e.to_string()))?;
         self.redis.validate().map_err(|e| SettingsError::invalid("redis", e.to_string()))
     }
+}
+
+/// `scheme://host[:port]` with scheme http or https, as a browser sends it in `Origin`: no path,
+/// no trailing slash, no wildcard (IPv6 literals are not accepted).
+fn is_origin(origin: &str) -> bool {
+    let Some(rest) = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (host, port) = rest.split_once(':').map_or((rest, None), |(host, port)| (host, Some(port)));
+    !host.is_empty()
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        && port.is_none_or(|p| p.parse::<u16>().is_ok())
 }
 
 impl DatabaseSettings {

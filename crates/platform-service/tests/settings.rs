@@ -94,3 +94,55 @@ fn readiness_requirements_come_as_a_list_or_one_comma_separated_variable() {
         "{invalid}"
     );
 }
+
+#[test]
+fn the_http_edge_defaults_to_a_ten_second_body_deadline_and_no_cors() {
+    // Act
+    let defaults: CommonSettings = load_from(DEFAULTS, None, None).unwrap();
+
+    // Assert
+    assert_eq!(defaults.http.body_timeout_ms, 10_000);
+    assert_eq!(defaults.http.header_timeout_ms, 5_000);
+    assert_eq!(defaults.http.max_connections_per_worker, 25_000);
+    assert!(defaults.http.cors_allowed_origins.is_empty());
+    assert!(defaults.http.cors_paths.is_empty());
+    defaults.validate().unwrap();
+}
+
+#[test]
+fn cors_origins_come_as_one_comma_separated_variable_and_must_be_bare_origins() {
+    // Act
+    let listed: CommonSettings = load_from(
+        DEFAULTS,
+        None,
+        env(&[
+            ("APP__HTTP__CORS_ALLOWED_ORIGINS", "https://shop.example, http://localhost:3000"),
+            ("APP__HTTP__CORS_PATHS", "/api/public/,/api/init"),
+        ]),
+    )
+    .unwrap();
+    let invalid =
+        ["*", "https://shop.example/", "https://shop.example/cart", "shop.example", "null"].map(
+            |origin| {
+                let settings: CommonSettings =
+                    load_from(DEFAULTS, None, env(&[("APP__HTTP__CORS_ALLOWED_ORIGINS", origin)]))
+                        .unwrap();
+                settings.validate().err()
+            },
+        );
+    let relative_path: CommonSettings =
+        load_from(DEFAULTS, None, env(&[("APP__HTTP__CORS_PATHS", "api/public/")])).unwrap();
+
+    // Assert
+    assert_eq!(listed.http.cors_allowed_origins, ["https://shop.example", "http://localhost:3000"]);
+    assert_eq!(listed.http.cors_paths, ["/api/public/", "/api/init"]);
+    listed.validate().unwrap();
+    for error in invalid {
+        assert!(
+            matches!(error, Some(SettingsError::Invalid { key: "http.cors_allowed_origins", .. })),
+            "{error:?}"
+        );
+    }
+    let error = relative_path.validate().unwrap_err();
+    assert!(matches!(error, SettingsError::Invalid { key: "http.cors_paths", .. }), "{error}");
+}

@@ -415,3 +415,33 @@ async fn the_webhook_route_is_rate_limited_per_source_ip_with_the_webhook_policy
     assert_eq!(statuses[2].1["code"], "rate_limited");
     app.stream_has(2).await;
 }
+
+#[tokio::test]
+async fn a_wrong_method_on_the_webhook_route_gets_405_json_with_allow_and_an_unknown_path_404_json()
+{
+    // Arrange
+    let app = TestApp::shared(&[]).await;
+
+    // Act
+    let put = app.http.put(format!("{}/api/webhooks/stripe", app.base)).send().await.unwrap();
+    let get_admin_replay = app
+        .http
+        .get(format!("{}/api/admin/webhooks/events/evt_1/replay", app.base))
+        .send()
+        .await
+        .unwrap();
+    let unknown = app.http.get(format!("{}/api/webhooks/paypal", app.base)).send().await.unwrap();
+
+    // Assert
+    assert_eq!(put.status().as_u16(), 405);
+    assert_eq!(put.headers()["allow"], "POST");
+    let body: Value = put.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed", "{body}");
+    assert!(body["error"].as_str().unwrap().contains("PUT"), "{body}");
+    assert_eq!(get_admin_replay.status().as_u16(), 405);
+    let body: Value = get_admin_replay.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed", "{body}");
+    assert_eq!(unknown.status().as_u16(), 404);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["code"], "not_found", "{body}");
+}
