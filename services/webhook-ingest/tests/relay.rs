@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestApp, event_with_id, unique_event_id};
+use platform_redis::StreamName;
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::CustomCommand;
 use platform_redis::fred::types::streams::XReadResponse;
@@ -108,16 +109,12 @@ async fn after_redis_lost_everything_the_stream_is_refilled_from_the_group_check
         read_group(&app, "g").await.into_iter().map(|(_, id)| id).collect::<Vec<_>>(),
         newer
     );
-    let mirrored: Option<String> = app
-        .redis
-        .primary()
-        .hget(
-            app.redis.keys().stream_group_checkpoints(platform_redis::StreamName::StripeEvents),
-            "g",
-        )
-        .await
-        .unwrap();
-    assert!(mirrored.is_some(), "the checkpoint is mirrored into Redis again");
+    let checkpoints = app.redis.keys().stream_group_checkpoints(StreamName::StripeEvents);
+    eventually("the checkpoint is mirrored into Redis again", || async {
+        let mirrored: Option<String> = app.redis.primary().hget(&checkpoints, "g").await.unwrap();
+        mirrored.is_some()
+    })
+    .await;
     let metrics = app.metrics().await;
     assert!(
         metrics.contains("webhook_ledger_redriven_total{service=\"webhook-ingest\"} 3"),

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 
 use platform_redis::fred::clients::Transaction;
 use platform_redis::messages::StripeEventMessage;
-use platform_redis::stripe_event::{self, EventObject};
 use platform_redis::streams::{HandlerError, Outcome, StreamEntry, StreamHandler};
+use platform_redis::stripe_event::{self, EventObject};
 use tracing::Instrument as _;
 
 use crate::error::CheckoutError;
