@@ -371,9 +371,9 @@ ack_line() {
         echo "ack→stream, $2: FAILED (see $2's output above)"
         return 1
     fi
-    printf 'ack→stream, %s: p50 %s ms, p90 %s ms, p99 %s ms (min %s, max %s; entry id time − ack p50 %s, p99 %s ms); %s of %s answered 200, %s never reached the stream; request p50 %s, p99 %s ms\n' \
+    printf 'ack→stream, %s: p50 %s ms, p90 %s ms, p99 %s ms (min %s, max %s); %s of %s answered 200, %s never reached the stream; request p50 %s, p99 %s ms\n' \
         "$2" "$(ack_field "$1" p50_ms)" "$(ack_field "$1" p90_ms)" "$(ack_field "$1" p99_ms)" "$(ack_field "$1" min_ms)" \
-        "$(ack_field "$1" max_ms)" "$(ack_field "$1" entry_id_p50_ms)" "$(ack_field "$1" entry_id_p99_ms)" \
+        "$(ack_field "$1" max_ms)" \
         "$(ack_field "$1" ok)" "$(ack_field "$1" sent)" "$(ack_field "$1" missing)" "$(ack_field "$1" http_p50_ms)" "$(ack_field "$1" http_p99_ms)"
     [[ "$(ack_field "$1" missing)" == 0 && "$(ack_field "$1" ok)" == "$(ack_field "$1" sent)" ]]
 }

@@ -103,7 +103,7 @@ async function main() {
           cursor = entryId;
           const eventId = eventIdOf(fields);
           if (eventId && wanted.has(eventId) && !arrivals.has(eventId)) {
-            arrivals.set(eventId, { at, entryMs: Number(entryId.split('-')[0]) });
+            arrivals.set(eventId, { at });
           }
         }
       }
@@ -148,15 +148,13 @@ async function main() {
   redis.disconnect();
 
   const toStream = [];
-  const toEntryId = [];
   for (const a of ok) {
     const arrival = arrivals.get(a.id);
     if (!arrival) continue;
     toStream.push(arrival.at - a.acked);
-    toEntryId.push(arrival.entryMs - a.acked);
   }
   const http200 = ok.map((a) => a.acked - a.sent);
-  for (const list of [toStream, toEntryId, http200]) list.sort((x, y) => x - y);
+  for (const list of [toStream, http200]) list.sort((x, y) => x - y);
   const f = (v) => (Number.isFinite(v) ? v.toFixed(2) : 'nan');
   const errors = answers.filter((a) => a.status !== 200);
   if (errors.length) {
@@ -174,8 +172,6 @@ async function main() {
     `p99_ms=${f(percentile(toStream, 99))}`,
     `min_ms=${f(toStream[0])}`,
     `max_ms=${f(toStream[toStream.length - 1])}`,
-    `entry_id_p50_ms=${f(percentile(toEntryId, 50))}`,
-    `entry_id_p99_ms=${f(percentile(toEntryId, 99))}`,
     `http_p50_ms=${f(percentile(http200, 50))}`,
     `http_p99_ms=${f(percentile(http200, 99))}`,
   ].join(' '));
