@@ -180,7 +180,7 @@ pub struct TenantAuthSettings {
     pub jwks_max_age_secs: u64,
     pub jwks_timeout_ms: u64,
     /// Life of the tokens this service mints.
-    pub token_ttl_secs: u64,
+    pub mint_ttl_secs: u64,
 }
 
 impl Default for TenantAuthSettings {
@@ -196,7 +196,7 @@ impl Default for TenantAuthSettings {
             jwks_refetch_min_interval_ms: 10_000,
             jwks_max_age_secs: 3_600,
             jwks_timeout_ms: 2_000,
-            token_ttl_secs: 900,
+            mint_ttl_secs: 900,
         }
     }
 }
@@ -229,8 +229,8 @@ impl TenantAuthSettings {
         if self.jwks_timeout_ms == 0 {
             return Err(SettingsError::invalid("tenant_auth.jwks_timeout_ms", "must be > 0"));
         }
-        if !(1..=86_400).contains(&self.token_ttl_secs) {
-            return Err(SettingsError::invalid("tenant_auth.token_ttl_secs", "must be 1..=86400"));
+        if !(1..=86_400).contains(&self.mint_ttl_secs) {
+            return Err(SettingsError::invalid("tenant_auth.mint_ttl_secs", "must be 1..=86400"));
         }
         Ok(())
     }

@@ -655,11 +655,11 @@ impl TenantTokenSigner {
             issuer: settings.issuers.first().cloned(),
             audience: settings.audiences.first().cloned(),
             // Validated to 1..=86400.
-            ttl_secs: i64::try_from(settings.token_ttl_secs).unwrap_or(900),
+            ttl_secs: i64::try_from(settings.mint_ttl_secs).unwrap_or(900),
         }))
     }
 
-    /// A token for `org_id`, valid for `tenant_auth.token_ttl_secs` from now.
+    /// A token for `org_id`, valid for `tenant_auth.mint_ttl_secs` from now.
     pub fn mint(&self, org_id: &str) -> Result<MintedToken, jsonwebtoken::errors::Error> {
         let now = Utc::now().timestamp();
         let exp = now.saturating_add(self.ttl_secs);
