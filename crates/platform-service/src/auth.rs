@@ -41,7 +41,11 @@ fn check(req: &HttpRequest) -> Result<RequireAdmin, actix_web::Error> {
         return Err(reject("Admin routes are not configured"));
     }
     let presented = bearer(req).ok_or_else(|| reject("Missing bearer token"))?;
-    if is_admin_token(req, presented) { Ok(RequireAdmin) } else { Err(reject("Invalid bearer token")) }
+    if is_admin_token(req, presented) {
+        Ok(RequireAdmin)
+    } else {
+        Err(reject("Invalid bearer token"))
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header, trimmed.
@@ -56,6 +60,7 @@ pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
 
 /// Whether `presented` is the admin token (false when none is registered).
 pub(crate) fn is_admin_token(req: &HttpRequest, presented: &str) -> bool {
-    req.app_data::<web::Data<AdminToken>>()
-        .is_some_and(|expected| bool::from(presented.as_bytes().ct_eq(expected.0.expose_secret().as_bytes())))
+    req.app_data::<web::Data<AdminToken>>().is_some_and(|expected| {
+        bool::from(presented.as_bytes().ct_eq(expected.0.expose_secret().as_bytes()))
+    })
 }

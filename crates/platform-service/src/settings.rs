@@ -219,8 +219,7 @@ impl TenantAuthSettings {
                 format!("each secret must be at least {MIN_HS256_SECRET_BYTES} bytes"),
             ));
         }
-        if self.jwks_urls.iter().any(|u| !(u.starts_with("http://") || u.starts_with("https://")))
-        {
+        if self.jwks_urls.iter().any(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
             return Err(SettingsError::invalid(
                 "tenant_auth.jwks_urls",
                 "must be http:// or https:// URLs",

@@ -187,17 +187,16 @@ impl TenantAuth {
         validation.set_required_spec_claims(&["exp"]);
         validation.leeway = settings.leeway_secs;
         validation.validate_nbf = true;
+        // Configured iss / aud are required, not only checked when present.
         if !settings.issuers.is_empty() {
             validation.set_issuer(&settings.issuers);
+            validation.required_spec_claims.insert("iss".to_owned());
         }
         if settings.audiences.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&settings.audiences);
             validation.required_spec_claims.insert("aud".to_owned());
-        }
-        if !settings.issuers.is_empty() {
-            validation.required_spec_claims.insert("iss".to_owned());
         }
         let hmac = settings
             .hs256_secrets
@@ -280,8 +279,12 @@ impl TenantAuth {
         if claimed.iter().any(|c| c == org_id) {
             return Ok(Caller::Tenant { org_id: org_id.to_owned() });
         }
-        let external =
-            self.inner.directory.external_ids(org_id).await.map_err(TenantAuthError::Unavailable)?;
+        let external = self
+            .inner
+            .directory
+            .external_ids(org_id)
+            .await
+            .map_err(TenantAuthError::Unavailable)?;
         if claimed.iter().any(|c| external.contains(c)) {
             Ok(Caller::Tenant { org_id: org_id.to_owned() })
         } else {
@@ -365,7 +368,9 @@ fn first_verified<'a>(
                     return Err(TenantAuthError::Invalid("not valid yet"));
                 }
                 ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
-                    return Err(TenantAuthError::Invalid("a required claim is missing or malformed"));
+                    return Err(TenantAuthError::Invalid(
+                        "a required claim is missing or malformed",
+                    ));
                 }
                 _ => return Err(TenantAuthError::Invalid("malformed token")),
             },

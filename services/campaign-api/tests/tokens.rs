@@ -24,8 +24,9 @@ async fn an_operator_mints_a_short_lived_token_naming_the_organisation() {
     let verifier = TenantAuth::from_settings(&settings.common.tenant_auth).unwrap();
 
     // Act
-    let response =
-        app.admin(reqwest::Method::POST, "/api/admin/organisations/token-church/tokens", None).await;
+    let response = app
+        .admin(reqwest::Method::POST, "/api/admin/organisations/token-church/tokens", None)
+        .await;
     let status = response.status().as_u16();
     let cache_control = response.headers().get("cache-control").cloned();
     let body: Value = response.json().await.unwrap();

@@ -13,8 +13,8 @@ use chrono::Utc;
 use platform_redis::RedisClients;
 use platform_redis::messages::UsageEvent;
 use platform_redis::ratelimit::{RateLimit, RateLimiter};
-use platform_service::tenant::{ServiceOnly, TenantAccess, TenantAuth};
 use platform_service::RequireAdmin;
+use platform_service::tenant::{ServiceOnly, TenantAccess, TenantAuth};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 

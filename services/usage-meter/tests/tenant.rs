@@ -34,10 +34,7 @@ fn expect(case: &str, route: &str, (status, body): &(u16, Value), want: u16, cod
 async fn each_tenant_scoped_route_answers_by_token_org_expiry_and_key() {
     // Arrange: both key kinds rotated: only the new HS256 secret and the new RSA key (plus an
     // ES256 key) are configured; the old ones signed tokens that are still within their `exp`.
-    let keys = jwks_file(&[
-        (RSA_NEW, "rsa-new", Algorithm::RS256),
-        (EC, "ec-1", Algorithm::ES256),
-    ]);
+    let keys = jwks_file(&[(RSA_NEW, "rsa-new", Algorithm::RS256), (EC, "ec-1", Algorithm::ES256)]);
     let app = TestApp::spawn(
         "tenant-matrix",
         &[
@@ -56,21 +53,46 @@ async fn each_tenant_scoped_route_answers_by_token_org_expiry_and_key() {
     let valid = claims("t1", 600);
     let cases: Vec<(&str, Option<String>, u16, Option<&str>)> = vec![
         ("no token", None, 401, Some("unauthorized")),
-        ("another org's token", Some(hs256(NEW_SECRET, &claims("t2", 600))), 403, Some("forbidden")),
+        (
+            "another org's token",
+            Some(hs256(NEW_SECRET, &claims("t2", 600))),
+            403,
+            Some("forbidden"),
+        ),
         ("own HS256 token", Some(hs256(NEW_SECRET, &valid)), 200, None),
         ("service token", Some(TOKEN.to_owned()), 200, None),
-        ("expired token", Some(hs256(NEW_SECRET, &claims("t1", -3600))), 401, Some("token_expired")),
+        (
+            "expired token",
+            Some(hs256(NEW_SECRET, &claims("t1", -3600))),
+            401,
+            Some("token_expired"),
+        ),
         ("HS256 rotated-out secret", Some(hs256(OLD_SECRET, &valid)), 401, Some("invalid_token")),
         ("RS256 new key", Some(rs256(RSA_NEW, "rsa-new", &valid)), 200, None),
-        ("RS256 rotated-out key", Some(rs256(RSA_OLD, "rsa-old", &valid)), 401, Some("invalid_token")),
+        (
+            "RS256 rotated-out key",
+            Some(rs256(RSA_OLD, "rsa-old", &valid)),
+            401,
+            Some("invalid_token"),
+        ),
         (
             "RS256 old key under the new kid",
             Some(rs256(RSA_OLD, "rsa-new", &valid)),
             401,
             Some("invalid_token"),
         ),
-        ("RS256 expired", Some(rs256(RSA_NEW, "rsa-new", &claims("t1", -3600))), 401, Some("token_expired")),
-        ("RS256 another org", Some(rs256(RSA_NEW, "rsa-new", &claims("t2", 600))), 403, Some("forbidden")),
+        (
+            "RS256 expired",
+            Some(rs256(RSA_NEW, "rsa-new", &claims("t1", -3600))),
+            401,
+            Some("token_expired"),
+        ),
+        (
+            "RS256 another org",
+            Some(rs256(RSA_NEW, "rsa-new", &claims("t2", 600))),
+            403,
+            Some("forbidden"),
+        ),
         ("ES256 key", Some(es256(EC, "ec-1", &valid)), 200, None),
         ("not a JWT", Some("not-a-token".to_owned()), 401, Some("invalid_token")),
         (
@@ -308,8 +330,8 @@ async fn a_jwks_url_is_fetched_again_when_a_token_names_an_unknown_kid() {
 async fn unknown_kids_do_not_refetch_a_jwks_url_more_often_than_the_minimum_interval() {
     // Arrange: the default minimum interval (10 s) is far longer than the test.
     let idp = JwksServer::start(jwks(&[(RSA_NEW, "rsa-new", Algorithm::RS256)])).await;
-    let app = TestApp::spawn("tenant-jwks-interval", &[("APP__TENANT_AUTH__JWKS_URLS", &idp.url)])
-        .await;
+    let app =
+        TestApp::spawn("tenant-jwks-interval", &[("APP__TENANT_AUTH__JWKS_URLS", &idp.url)]).await;
     let valid = claims("u2", 600);
 
     // Act: a valid token, then five with made-up kids.
