@@ -34,7 +34,7 @@ help: ## List the targets
 	@echo "Variables: CARGO CARGO_FLAGS TEST_FLAGS PROFILE=debug|release REDIS_PORT=6379 PG_PORT=5432 BENCH=<name>"
 	@echo "           ADMIN_TOKEN=dev-admin-token READY_TIMEOUT=60 RUST_LOG=info"
 
-deps: ## Install missing Debian packages (redis-server, postgresql, curl) with apt-get
+deps: ## Install missing Debian packages (redis-server, postgresql, curl, chromium, chromium-driver) with apt-get
 	@bash scripts/deps.sh
 
 build: ## Build all service binaries (PROFILE=release for an optimised build)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the local run and the tests need, when they are missing.
 #
-#   scripts/deps.sh           redis-server, postgresql, curl
+#   scripts/deps.sh           redis-server, postgresql, curl, and chromium + chromium-driver
+#                             (the headless browser of usage-meter's dashboard test)
 #   scripts/deps.sh --bench   the same plus wrk (HTTP load generator for `make bench`) and
 #                             nodejs + npm (the Node webhook handler the webhook bench compares
 #                             against; its npm packages are installed by the bench into .run/)
@@ -17,7 +18,7 @@ for arg in "$@"; do
     case "$arg" in
         --bench) want_bench=1 ;;
         -h | --help)
-            sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -40,6 +41,8 @@ missing=()
 have_postgres || missing+=(postgresql)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+[[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
 if ((want_bench)); then
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     # The benches pin processes (taskset, util-linux) and find Postgres' backends (pgrep).
@@ -51,7 +54,7 @@ if ((want_bench)); then
 fi
 
 if ((${#missing[@]} == 0)); then
-    echo "deps: all present (redis-server, postgresql, curl$( ((want_bench)) && echo ', wrk, taskset, pgrep, node, npm'))"
+    echo "deps: all present (redis-server, postgresql, curl, chromium, chromedriver$( ((want_bench)) && echo ', wrk, taskset, pgrep, node, npm'))"
     exit 0
 fi
 
@@ -95,6 +98,8 @@ apt-get install -y -q --no-install-recommends "${missing[@]}"
 [[ -x /usr/bin/redis-server ]] || { echo "deps: /usr/bin/redis-server still missing" >&2; exit 1; }
 have_postgres || { echo "deps: no /usr/lib/postgresql/<major>/bin/{initdb,pg_ctl,postgres,psql}" >&2; exit 1; }
 command -v curl >/dev/null 2>&1 || { echo "deps: curl still missing" >&2; exit 1; }
+[[ -x /usr/bin/chromium ]] || { echo "deps: /usr/bin/chromium still missing" >&2; exit 1; }
+[[ -x /usr/bin/chromedriver ]] || { echo "deps: /usr/bin/chromedriver still missing" >&2; exit 1; }
 if ((want_bench)); then
     command -v wrk >/dev/null 2>&1 || { echo "deps: wrk still missing" >&2; exit 1; }
     command -v node >/dev/null 2>&1 || { echo "deps: node still missing" >&2; exit 1; }

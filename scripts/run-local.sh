@@ -252,6 +252,21 @@ fi
 
 # --- 7. summary --------------------------------------------------------------------------------
 rel() { printf '%s' "${1#"$REPO_ROOT"/}"; }
+
+# The demo organisation's usage dashboard: campaign-api mints a short-lived tenant token, which
+# goes in the link's fragment (#token=…): browsers never send the fragment to the server.
+mint_url="http://127.0.0.1:${SERVICE_PORT[campaign-api]}/api/admin/organisations/demo/tokens"
+dashboard_line="no demo organisation (DEMO_SEED=false?): mint a token with POST $mint_url"
+if minted="$(curl -fsS --max-time 5 -X POST -H "Authorization: Bearer $ADMIN_TOKEN" "$mint_url" 2>/dev/null)"; then
+    json_field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" <<<"$minted"; }
+    token="$(json_field token)"
+    org_id="$(json_field orgId)"
+    expires_at="$(json_field expiresAt)"
+    if [[ -n "$token" && -n "$org_id" ]]; then
+        dashboard_line="http://127.0.0.1:${SERVICE_PORT[usage-meter]}/dashboard/$org_id#token=$token"
+        dashboard_line+=$'\n'"             (demo organisation; the token expires at $expires_at; a new one: POST $mint_url)"
+    fi
+fi
 echo
 printf '%-26s %-40s %s\n' SERVICE URL LOG
 for name in "${SERVICES[@]}"; do
@@ -266,5 +281,6 @@ echo
 echo "Redis:       $redis_note; Postgres: $pg_note (data: $(rel "$PGDATA_DIR"))"
 echo "Databases:   ${DATABASES[*]} (e.g. postgres://postgres@127.0.0.1:$PG_PORT/campaign)"
 echo "Admin token: $ADMIN_TOKEN   (Authorization: Bearer $ADMIN_TOKEN)"
+echo "Dashboard:   $dashboard_line"
 echo "Try:         curl http://127.0.0.1:${SERVICE_PORT[campaign-api]}/readyz"
 echo "Logs:        make logs      Stop everything: make stop"

@@ -5,3 +5,5 @@
 //!   stream, campaign-api, the usage stream and usage-meter.
 //! - `tests/durability.rs`: donations acknowledged by webhook-ingest survive Redis losing
 //!   everything or the tail after its last snapshot, and are applied and counted once.
+//! - `tests/tenant_tokens.rs`: a tenant token minted by campaign-api opens usage-meter's reads of
+//!   that organisation only.

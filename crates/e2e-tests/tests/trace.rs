@@ -255,6 +255,7 @@ async fn a_donation_webhook_is_one_trace_from_webhook_ingest_through_campaign_ap
     let usage = eventually(|| async {
         let usage: Value = http
             .get(format!("{}/api/usage/{org_id}", usage_meter.base))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .ok()?

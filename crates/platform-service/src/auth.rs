@@ -36,20 +36,31 @@ fn check(req: &HttpRequest) -> Result<RequireAdmin, actix_web::Error> {
         let response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", message);
         InternalError::from_response(message.to_owned(), response).into()
     };
-    let Some(expected) = req.app_data::<web::Data<AdminToken>>() else {
+    if req.app_data::<web::Data<AdminToken>>().is_none() {
         tracing::error!("admin token is not registered; refusing admin request");
         return Err(reject("Admin routes are not configured"));
-    };
-    let presented = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| reject("Missing bearer token"))?;
-    let expected = expected.0.expose_secret().as_bytes();
-    if bool::from(presented.trim().as_bytes().ct_eq(expected)) {
+    }
+    let presented = bearer(req).ok_or_else(|| reject("Missing bearer token"))?;
+    if is_admin_token(req, presented) {
         Ok(RequireAdmin)
     } else {
         Err(reject("Invalid bearer token"))
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, trimmed.
+pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+/// Whether `presented` is the admin token (false when none is registered).
+pub(crate) fn is_admin_token(req: &HttpRequest, presented: &str) -> bool {
+    req.app_data::<web::Data<AdminToken>>().is_some_and(|expected| {
+        bool::from(presented.as_bytes().ct_eq(expected.0.expose_secret().as_bytes()))
+    })
 }

@@ -1,6 +1,7 @@
 //! Service plumbing shared by the five binaries: configuration, telemetry, the JSON error
-//! contract, health / readiness / metrics routes, the admin bearer-token guard, the HTTP edge
-//! (body deadline, CORS), and the `Application` that binds, serves and shuts down gracefully.
+//! contract, health / readiness / metrics routes, the admin bearer-token guard, tenant tokens,
+//! the HTTP edge (body deadline, CORS), and the `Application` that binds, serves and shuts down
+//! gracefully.
 
 pub mod app;
 pub mod auth;
@@ -12,9 +13,11 @@ pub mod health;
 pub mod metrics;
 pub mod settings;
 pub mod telemetry;
+pub mod tenant;
 
 pub use app::{AppContext, Application, Shutdown, connect_context};
 pub use auth::RequireAdmin;
 pub use error::{ErrorBody, error_response, server_error};
 pub use settings::{CommonSettings, DatabaseSettings, SettingsError};
 pub use telemetry::{TelemetryGuard, init_telemetry};
+pub use tenant::{Caller, ServiceOnly, TenantAccess, TenantAuth, TenantTokenSigner};

@@ -176,6 +176,99 @@ pub struct AuthSettings {
     pub admin_token: SecretString,
 }
 
+/// `[tenant_auth]`: tenant tokens, the bearer JWTs that let one organisation read its own data
+/// (checked by [`crate::tenant::TenantAuth`], minted by [`crate::tenant::TenantTokenSigner`]).
+/// With no key configured no tenant token is accepted and only the service token works.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantAuthSettings {
+    /// Where the organisation is in the claims, as a JSON pointer (`/org_id`, `/o/id`, …): each
+    /// identity provider puts it somewhere else. A string, a list of strings, or an object whose
+    /// keys are organisations.
+    pub org_claim: String,
+    /// Accepted `iss` values; empty: not checked.
+    #[serde(deserialize_with = "string_list")]
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values (the token must name one); empty: not checked.
+    #[serde(deserialize_with = "string_list")]
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// HS256 secrets, each accepted; the first signs the tokens this service mints. List the
+    /// new one first and keep the old one until its tokens expired to rotate without downtime.
+    #[serde(deserialize_with = "secret_list")]
+    pub hs256_secrets: Vec<SecretString>,
+    /// JWKS documents (RS256 / ES256 public keys) read at start.
+    #[serde(deserialize_with = "string_list")]
+    pub jwks_files: Vec<String>,
+    /// JWKS documents fetched over HTTP(S) on first use, again when a token names an unknown
+    /// `kid` (at most every `jwks_refetch_min_interval_ms`) and once older than `jwks_max_age_secs`.
+    #[serde(deserialize_with = "string_list")]
+    pub jwks_urls: Vec<String>,
+    pub jwks_refetch_min_interval_ms: u64,
+    pub jwks_max_age_secs: u64,
+    pub jwks_timeout_ms: u64,
+    /// Life of the tokens this service mints.
+    pub mint_ttl_secs: u64,
+}
+
+impl Default for TenantAuthSettings {
+    fn default() -> Self {
+        Self {
+            org_claim: "/org_id".to_owned(),
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway_secs: 30,
+            hs256_secrets: Vec::new(),
+            jwks_files: Vec::new(),
+            jwks_urls: Vec::new(),
+            jwks_refetch_min_interval_ms: 10_000,
+            jwks_max_age_secs: 3_600,
+            jwks_timeout_ms: 2_000,
+            mint_ttl_secs: 900,
+        }
+    }
+}
+
+/// Shortest accepted HS256 secret: the hash's own size (RFC 7518 §3.2).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+impl TenantAuthSettings {
+    /// Checks what the types cannot; the error names the setting.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !self.org_claim.starts_with('/') {
+            return Err(SettingsError::invalid(
+                "tenant_auth.org_claim",
+                "must be a JSON pointer such as \"/org_id\"",
+            ));
+        }
+        if self.hs256_secrets.iter().any(|s| s.expose_secret().len() < MIN_HS256_SECRET_BYTES) {
+            return Err(SettingsError::invalid(
+                "tenant_auth.hs256_secrets",
+                format!("each secret must be at least {MIN_HS256_SECRET_BYTES} bytes"),
+            ));
+        }
+        if self.jwks_urls.iter().any(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
+            return Err(SettingsError::invalid(
+                "tenant_auth.jwks_urls",
+                "must be http:// or https:// URLs",
+            ));
+        }
+        if self.jwks_timeout_ms == 0 {
+            return Err(SettingsError::invalid("tenant_auth.jwks_timeout_ms", "must be > 0"));
+        }
+        if !(1..=86_400).contains(&self.mint_ttl_secs) {
+            return Err(SettingsError::invalid("tenant_auth.mint_ttl_secs", "must be 1..=86400"));
+        }
+        Ok(())
+    }
+}
+
+/// [`string_list`] of secrets: one comma-separated `APP__…` value can carry several.
+fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SecretString>, D::Error> {
+    Ok(string_list(deserializer)?.into_iter().map(SecretString::from).collect())
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -214,6 +307,9 @@ pub struct CommonSettings {
     /// Named rate-limit policies (seed 001 defaults; entries here override or add).
     #[serde(default)]
     pub rate_limit: RateLimitSettings,
+    /// Tenant tokens (off unless keys are configured).
+    #[serde(default)]
+    pub tenant_auth: TenantAuthSettings,
 }
 
 impl CommonSettings {
@@ -268,6 +364,7 @@ impl CommonSettings {
                 "must be an http:// or https:// URL",
             ));
         }
+        self.tenant_auth.validate()?;
         self.rate_limit
             .validate()
             .map_err(|e| SettingsError::invalid("rate_limit", e.to_string()))?;

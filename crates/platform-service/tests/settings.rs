@@ -146,3 +146,44 @@ fn cors_origins_come_as_one_comma_separated_variable_and_must_be_bare_origins() 
     let error = relative_path.validate().unwrap_err();
     assert!(matches!(error, SettingsError::Invalid { key: "http.cors_paths", .. }), "{error}");
 }
+
+#[test]
+fn tenant_token_secrets_come_as_one_comma_separated_variable_stay_redacted_and_must_be_long() {
+    // Act
+    let absent: CommonSettings = load_from(DEFAULTS, None, None).unwrap();
+    let rotating: CommonSettings = load_from(
+        DEFAULTS,
+        None,
+        env(&[(
+            "APP__TENANT_AUTH__HS256_SECRETS",
+            "new-secret-0123456789abcdefghijklmnopq, old-secret-0123456789abcdefghijklmnopq",
+        )]),
+    )
+    .unwrap();
+    let short: CommonSettings =
+        load_from(DEFAULTS, None, env(&[("APP__TENANT_AUTH__HS256_SECRETS", "short")])).unwrap();
+    let bare_claim: CommonSettings =
+        load_from(DEFAULTS, None, env(&[("APP__TENANT_AUTH__ORG_CLAIM", "org_id")])).unwrap();
+
+    // Assert
+    assert!(absent.tenant_auth.hs256_secrets.is_empty(), "no secret unless configured");
+    assert_eq!(absent.tenant_auth.org_claim, "/org_id");
+    let secrets: Vec<_> =
+        rotating.tenant_auth.hs256_secrets.iter().map(|s| s.expose_secret().to_owned()).collect();
+    assert_eq!(
+        secrets,
+        ["new-secret-0123456789abcdefghijklmnopq", "old-secret-0123456789abcdefghijklmnopq"]
+    );
+    rotating.validate().unwrap();
+    assert!(!format!("{rotating:?}").contains("new-secret"), "secrets are redacted");
+    let invalid = short.validate().unwrap_err();
+    assert!(
+        matches!(invalid, SettingsError::Invalid { key: "tenant_auth.hs256_secrets", .. }),
+        "{invalid}"
+    );
+    let invalid = bare_claim.validate().unwrap_err();
+    assert!(
+        matches!(invalid, SettingsError::Invalid { key: "tenant_auth.org_claim", .. }),
+        "{invalid}"
+    );
+}

@@ -21,6 +21,8 @@ pub enum ApiError {
     SlugTaken,
     #[error("Nothing to update: the body names no field")]
     EmptyPatch,
+    #[error("Tenant tokens are not configured here (tenant_auth.hs256_secrets is empty)")]
+    TenantTokensDisabled,
     /// Postgres could not be reached (pool timeout, I/O): 503 so callers retry.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -43,6 +45,7 @@ impl ApiError {
             ApiError::Invalid { .. } => "invalid_input",
             ApiError::SlugTaken => "slug_taken",
             ApiError::EmptyPatch => "empty_update",
+            ApiError::TenantTokensDisabled => "tenant_tokens_disabled",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -83,7 +86,9 @@ impl ResponseError for ApiError {
             | ApiError::InvalidCampaignId
             | ApiError::Invalid { .. }
             | ApiError::EmptyPatch => StatusCode::BAD_REQUEST,
-            ApiError::OrganisationNotFound | ApiError::CampaignNotFound => StatusCode::NOT_FOUND,
+            ApiError::OrganisationNotFound
+            | ApiError::CampaignNotFound
+            | ApiError::TenantTokensDisabled => StatusCode::NOT_FOUND,
             ApiError::SlugTaken => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -15,6 +15,7 @@ pub mod live;
 pub mod pages;
 pub mod routes;
 pub mod storage;
+pub mod tokens;
 
 use std::time::Duration;
 
@@ -286,7 +287,9 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let limiter = context.rate_limiter.clone();
     let policy = settings.public.rate_limit_policy.clone();
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
+    let signer = platform_service::TenantTokenSigner::from_settings(&settings.common.tenant_auth)?;
     Ok(Application::build(&settings.common.http, admin_token, context, move |cfg| {
         routes::configure(cfg, state.clone(), &limiter, &policy, &usage);
+        tokens::configure(cfg, signer.clone());
     })?)
 }

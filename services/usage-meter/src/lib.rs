@@ -30,7 +30,7 @@ use platform_redis::streams::{ConsumerSettings, StartFrom, StreamConsumer};
 use platform_service::settings::{
     CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
 };
-use platform_service::{AppContext, Application, connect_context};
+use platform_service::{AppContext, Application, TenantAuth, connect_context};
 use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::task::JoinHandle;
@@ -234,7 +234,9 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
     let redis = context.redis.clone();
     let cancel = context.shutdown.token();
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
-    let routes = routes::configure(state.clone(), context.rate_limiter.clone());
+    // Organisations' external (IdP) ids are not known here yet: tokens must name the org id.
+    let tenant_auth = web::Data::new(TenantAuth::from_settings(&settings.common.tenant_auth)?);
+    let routes = routes::configure(state.clone(), context.rate_limiter.clone(), tenant_auth);
     let app = Application::build(&settings.common.http, admin_token, context, routes)?;
 
     let consumer_task = if usage.consumer_enabled {

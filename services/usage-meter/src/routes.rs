@@ -1,5 +1,10 @@
 //! HTTP routes: event intake, usage and top-consumer reads, bills, quota checks, the flush
 //! trigger and the dashboard page. Handlers parse input into domain types, then call storage.
+//!
+//! Who may call what: intake, quota checks, the flush and the cross-tenant top list need the
+//! service token; one organisation's usage, detail events and bill take its tenant token or the
+//! service token ([`TenantAccess`]); the dashboard page is a public shell that reads its token
+//! from the URL fragment and calls the API with it.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +14,7 @@ use platform_redis::RedisClients;
 use platform_redis::messages::UsageEvent;
 use platform_redis::ratelimit::{RateLimit, RateLimiter};
 use platform_service::RequireAdmin;
+use platform_service::tenant::{ServiceOnly, TenantAccess, TenantAuth};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
@@ -38,13 +44,16 @@ pub struct State {
 
 const DASHBOARD: &str = include_str!("../static/dashboard.html");
 
-/// Registers the routes; public reads go through the `api` rate-limit policy.
+/// Registers the routes; the `/api` reads go through the `api` rate-limit policy and `tenant_auth`
+/// checks their tokens.
 pub fn configure(
     state: web::Data<State>,
     limiter: RateLimiter,
+    tenant_auth: web::Data<TenantAuth>,
 ) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(state.clone())
+            .app_data(tenant_auth.clone())
             .route("/internal/usage/events", web::post().to(post_events))
             .route("/internal/usage/flush", web::post().to(post_flush))
             .route("/internal/quota/check", web::post().to(quota_check))
@@ -215,8 +224,9 @@ struct MonthQuery {
     tier: Option<String>,
 }
 
-#[tracing::instrument(skip(state, query))]
+#[tracing::instrument(skip(_access, state, query))]
 async fn usage(
+    _access: TenantAccess,
     state: web::Data<State>,
     org_id: web::Path<String>,
     query: web::Query<MonthQuery>,
@@ -232,8 +242,9 @@ async fn usage(
     })))
 }
 
-#[tracing::instrument(skip(state, query))]
+#[tracing::instrument(skip(_access, state, query))]
 async fn billing(
+    _access: TenantAccess,
     state: web::Data<State>,
     org_id: web::Path<String>,
     query: web::Query<MonthQuery>,
@@ -256,8 +267,10 @@ struct TopQuery {
     limit: Option<usize>,
 }
 
-#[tracing::instrument(skip(state, query))]
+/// Every organisation's id and volume: the service token only.
+#[tracing::instrument(skip(_service, state, query))]
 async fn top(
+    _service: ServiceOnly,
     state: web::Data<State>,
     query: web::Query<TopQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -303,6 +316,7 @@ struct LimitQuery {
 }
 
 async fn recent_events(
+    _access: TenantAccess,
     state: web::Data<State>,
     org_id: web::Path<String>,
     query: web::Query<LimitQuery>,
@@ -375,7 +389,13 @@ async fn quota_check(
     }))
 }
 
+/// The same public page for every organisation: it holds no data, and its script calls the API
+/// with the token from the URL fragment (which browsers never send to the server).
 async fn dashboard(org_id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     parse_org(&org_id)?;
-    Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(DASHBOARD))
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((actix_web::http::header::REFERRER_POLICY, "no-referrer"))
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .body(DASHBOARD))
 }

@@ -90,6 +90,14 @@ app.kubernetes.io/component: {{ .component | default "server" }}
 {{- $_ := set $data "APP__SIMPRO__COMPANY_ID" (toString $g.simpro.companyId) -}}
 {{- if and $svc.cronJob $svc.cronJob.enabled }}{{ $_ := set $data "APP__REFRESH__SCHEDULE_ENABLED" "false" }}{{ end -}}
 {{- end -}}
+{{- if $svc.tenantAuth -}}
+{{- $t := $g.tenantAuth -}}
+{{- $_ := set $data "APP__TENANT_AUTH__ORG_CLAIM" $t.orgClaim -}}
+{{- $_ := set $data "APP__TENANT_AUTH__ISSUERS" $t.issuers -}}
+{{- $_ := set $data "APP__TENANT_AUTH__AUDIENCES" $t.audiences -}}
+{{- $_ := set $data "APP__TENANT_AUTH__JWKS_URLS" $t.jwksUrls -}}
+{{- $_ := set $data "APP__TENANT_AUTH__MINT_TTL_SECS" (toString (int $t.mintTtlSecs)) -}}
+{{- end -}}
 {{- range $k, $v := $g.env }}{{ $_ := set $data $k (toString $v) }}{{ end -}}
 {{- range $k, $v := $svc.env }}{{ $_ := set $data $k (toString $v) }}{{ end -}}
 {{- toYaml $data -}}
@@ -132,6 +140,14 @@ app.kubernetes.io/component: {{ .component | default "server" }}
       name: {{ required "global.stripe.existingSecret is required" $g.stripe.existingSecret }}
       key: {{ $g.stripe.webhookSecretsKey }}
 {{- end }}
+{{- if $svc.tenantAuth }}
+{{- /* Required: without it the development secret of config/default.toml would be trusted. */}}
+- name: APP__TENANT_AUTH__HS256_SECRETS
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "global.tenantAuth.existingSecret is required" $g.tenantAuth.existingSecret }}
+      key: {{ $g.tenantAuth.hs256SecretsKey }}
+{{- end }}
 {{- if $svc.simpro }}
 - name: APP__SIMPRO__TOKEN
   valueFrom:
@@ -144,7 +160,7 @@ app.kubernetes.io/component: {{ .component | default "server" }}
 {{/* Names of the Secrets a service reads (hashed into checksum/secret-refs). */}}
 {{- define "platform.secretRefs" -}}
 {{- $g := .root.Values.global -}}
-{{- list $g.auth $g.redis $g.postgres $g.stripe $g.simpro | toJson -}}
+{{- list $g.auth $g.tenantAuth $g.redis $g.postgres $g.stripe $g.simpro | toJson -}}
 {{- end -}}
 
 {{- define "platform.probe" -}}

@@ -2,6 +2,8 @@
 //! with its own key prefix and database.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod tokens;
+
 use std::collections::HashMap;
 
 use platform_redis::{RedisClients, RedisSettings};
@@ -70,8 +72,18 @@ impl TestApp {
         (status, response.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// GET with the service token (the tenant-scoped and cross-tenant reads accept it).
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let response = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        self.get_as(path, Some(TOKEN)).await
+    }
+
+    /// GET with `token` as the bearer token, or none.
+    pub async fn get_as(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(serde_json::Value::Null))
     }
