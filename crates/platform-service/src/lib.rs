@@ -1,6 +1,7 @@
 //! Service plumbing shared by the five binaries: configuration, telemetry, the JSON error
 //! contract, health / readiness / metrics routes, the admin bearer-token guard, and the
-//! `Application` that binds, serves and shuts down gracefully.
+//! `Application` that binds, serves and shuts down gracefully, and the scrape-time metrics of the
+//! stream consumer groups (`stream_metrics`).
 
 pub mod app;
 pub mod auth;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod settings;
+pub mod stream_metrics;
 pub mod telemetry;
 
 pub use app::{AppContext, Application, Shutdown, connect_context};
