@@ -180,6 +180,11 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
     db::migrate(&pool).await?;
     let metrics = UsageMetrics::register(&context.metrics);
     let usage = &settings.usage;
+    context.metrics.register_stream_group(
+        &context.redis,
+        StreamName::UsageEvents,
+        &usage.consumer_group,
+    );
     let state = web::Data::new(State {
         redis: context.redis.clone(),
         db: Some(pool.clone()),
