@@ -188,10 +188,12 @@ impl StreamConsumer {
         }
     }
 
-    /// Reads and handles batches until the cancellation token fires: the batch in hand (and one
-    /// read ahead, if any) is finished, then it returns. A blocking read in progress is abandoned; anything it delivered
-    /// stays pending and is reclaimed by a peer after `claim_idle`. Redis errors are logged and
-    /// retried with backoff; only unusable settings end it with an error.
+    /// Takes this consumer's own pending entries, then reads and handles new batches until the
+    /// cancellation token fires: the batch in hand (and one read ahead, if any) is finished, then
+    /// it returns. A blocking read in progress is abandoned; anything it delivered stays pending,
+    /// taken first by this consumer name's next run or reclaimed by a peer after `claim_idle`.
+    /// Redis errors are logged and retried with backoff (a lost group is recreated); only
+    /// unusable settings end it with an error.
     pub async fn run<H: StreamHandler>(&self, handler: &H) -> Result<()> {
         self.settings.validate()?;
         // Blocking reads get their own connection so they never hold up a shared pool connection.

@@ -83,8 +83,10 @@ impl fmt::Display for HandlerError {
 /// `let () = tx.incr_by(key, n).await?;`, which only queues), and nothing for the others; return
 /// one outcome per entry, in order. Do not `exec` the transaction, and do not write those effects
 /// through another client. Reads go through your own clients (queued reads return nothing).
-/// Returning `Err` leaves the whole batch pending, so prefer per-entry outcomes for per-entry
-/// problems: one bad entry then does not hold back the rest.
+/// Returning `Err` leaves the whole batch pending (counted as a delivery), so prefer per-entry
+/// outcomes for per-entry problems: one bad entry then does not hold back the rest. Tell data
+/// errors ([`Outcome::DeadLetter`], at once, with the reason) from unavailable dependencies
+/// ([`Outcome::Unavailable`], retried without using up `max_deliveries`).
 pub trait StreamHandler: Send + Sync {
     /// The message body in `data`.
     type Body: DeserializeOwned + Send + Sync;
