@@ -1,4 +1,5 @@
-//! The Postgres pool: created lazily so a service starts (and reports not-ready) while Postgres is down.
+//! The Postgres pool (created lazily so a service starts, and reports not-ready, while Postgres is
+//! down) and the split of Postgres errors into permanent ones and outages.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,4 +19,25 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, SettingsError
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         .connect_lazy_with(options))
+}
+
+/// The reason Postgres (or sqlx, before sending) refused a statement for good, or `None` when
+/// the error may pass with time and the work should be retried.
+///
+/// Permanent: SQLSTATE class `22` (data exception: a value out of range, a NUL character in
+/// text, an invalid encoding) and `23` (integrity constraint violation), and a value sqlx could
+/// not encode. The same statement gets the same answer on every retry, so a stream consumer
+/// dead-letters the entry with this reason at once. Everything else (I/O, TLS, pool timeout or
+/// closed, server shutting down, serialization failure, deadlock, out of resources, a
+/// protocol or decoding problem) is treated as an outage.
+pub fn permanent_error(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code()?;
+            (code.starts_with("22") || code.starts_with("23"))
+                .then(|| format!("postgres refused it ({code}): {}", db.message()))
+        }
+        sqlx::Error::Encode(why) => Some(format!("value cannot be sent to postgres: {why}")),
+        _ => None,
+    }
 }

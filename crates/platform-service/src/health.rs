@@ -89,7 +89,7 @@ async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
 async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(metrics.encode())
+        .body(metrics.scrape().await)
 }
 
 async fn redis_health(ctx: web::Data<AppContext>) -> HttpResponse {

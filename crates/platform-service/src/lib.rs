@@ -1,7 +1,7 @@
 //! Service plumbing shared by the five binaries: configuration, telemetry, the JSON error
-//! contract, health / readiness / metrics routes, the admin bearer-token guard, tenant tokens,
-//! the HTTP edge (body deadline, CORS), and the `Application` that binds, serves and shuts down
-//! gracefully.
+//! contract, health / readiness / metrics routes (with the scrape-time metrics of the stream
+//! consumer groups, `stream_metrics`), the admin bearer-token guard, tenant tokens, the HTTP edge
+//! (body deadline, CORS), and the `Application` that binds, serves and shuts down gracefully.
 
 pub mod app;
 pub mod auth;
@@ -12,6 +12,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod settings;
+pub mod stream_metrics;
 pub mod telemetry;
 pub mod tenant;
 

@@ -4,11 +4,13 @@
 //! Services register their own metrics on [`Metrics::register`] while building; the request
 //! middleware records `http_requests_total` and `http_request_duration_seconds` by method, route
 //! pattern (never the raw path, to bound cardinality) and status. The rate limiter's counters are
-//! read at scrape time ([`RateLimitCollector`]).
+//! read at scrape time ([`RateLimitCollector`]), and so is the backlog of the stream consumer
+//! groups a service registers with [`Metrics::register_stream_group`]
+//! ([`crate::stream_metrics`]): `/metrics` serves [`Metrics::scrape`].
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -16,6 +18,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
 use platform_redis::ratelimit::RateLimiter;
+use platform_redis::{RedisClients, StreamName};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -26,6 +29,7 @@ use prometheus_client::registry::{Metric, Registry};
 use tracing::Instrument;
 
 use crate::app::AppContext;
+use crate::stream_metrics::{StreamGroupCollector, StreamGroups};
 
 /// Labels of the HTTP metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +50,9 @@ pub struct Metrics {
     registry: Arc<RwLock<Registry>>,
     requests: Family<HttpLabels, Counter>,
     durations: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    /// The consumer groups whose backlog is read at scrape time; created by the first
+    /// registration.
+    stream_groups: Arc<Mutex<Option<Arc<StreamGroups>>>>,
 }
 
 impl Metrics {
@@ -64,7 +71,12 @@ impl Metrics {
             "Time to produce the response",
             durations.clone(),
         );
-        Self { registry: Arc::new(RwLock::new(registry)), requests, durations }
+        Self {
+            registry: Arc::new(RwLock::new(registry)),
+            requests,
+            durations,
+            stream_groups: Arc::default(),
+        }
     }
 
     /// Registers a service metric; keep a clone of `metric` to update it.
@@ -80,7 +92,30 @@ impl Metrics {
             .register_collector(Box::new(collector));
     }
 
-    /// The Prometheus text exposition.
+    /// Reports the backlog of consumer group `group` on `stream` (lag, pending, oldest pending
+    /// age, dead letters; [`crate::stream_metrics`]), read from Redis on every scrape. Every
+    /// service that runs a stream consumer calls this once per group.
+    pub fn register_stream_group(&self, redis: &RedisClients, stream: StreamName, group: &str) {
+        let mut slot = self.stream_groups.lock().unwrap_or_else(|p| p.into_inner());
+        let groups = slot.get_or_insert_with(|| {
+            let groups = Arc::new(StreamGroups::default());
+            self.register_collector(StreamGroupCollector(groups.clone()));
+            groups
+        });
+        groups.add(redis, stream, group);
+    }
+
+    /// Reads what the scrape-time metrics need from Redis, then encodes: what `/metrics` serves.
+    pub async fn scrape(&self) -> String {
+        let groups = self.stream_groups.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(groups) = groups {
+            groups.refresh().await;
+        }
+        self.encode()
+    }
+
+    /// The Prometheus text exposition of the values held now (no Redis reads; see
+    /// [`Metrics::scrape`]).
     pub fn encode(&self) -> String {
         let mut text = String::new();
         let registry = self.registry.read().unwrap_or_else(|p| p.into_inner());

@@ -13,8 +13,15 @@
 //! Postgres commit and before `EXEC`, the redelivery finds the donation already stored and still
 //! applies the effects, once, from the stored row (which keeps the totals as of that donation).
 //! Duplicated events (same payment intent, any event id) and reordered ones therefore change
-//! nothing twice. Events without the metadata are someone else's payments and are acked as is;
-//! events naming an unknown campaign or the wrong organisation are dead-lettered with the reason.
+//! nothing twice. Events without the metadata are someone else's payments and are acked as is.
+//!
+//! Data errors are not outages. An event that can never be recorded is dead-lettered at once with
+//! the reason: a campaign that does not exist or belongs to another organisation, an amount that
+//! would overflow the campaign's totals, a value Postgres refuses (SQLSTATE class 22 or 23, e.g. a
+//! NUL character in the currency; `platform_service::database::permanent_error`). Any other
+//! Postgres error means Postgres is unavailable: the entry is left pending
+//! ([`Outcome::Unavailable`], retried after `claim_idle` without counting towards
+//! `max_deliveries`), and so are the batch's remaining donations, without another try.
 
 use std::time::Duration;
 
@@ -24,6 +31,7 @@ use platform_redis::keys::{Keys, StreamName};
 use platform_redis::messages::{CampaignUpdate, StripeEventMessage, UsageEvent};
 use platform_redis::once::OnceEffects;
 use platform_redis::streams::{HandlerError, Outcome, StreamEntry, StreamHandler};
+use platform_service::database::permanent_error;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -72,8 +80,14 @@ impl StreamHandler for DonationHandler {
         tx: &Transaction,
     ) -> Result<Vec<Outcome>, HandlerError> {
         let mut outcomes = Vec::with_capacity(batch.len());
+        // Once Postgres is found unavailable, the batch's other donations wait too.
+        let mut postgres_down = false;
         for entry in batch {
-            let outcome = self.handle_one(&entry.body, tx).instrument(entry.span.clone()).await?;
+            let outcome = self
+                .handle_one(&entry.body, tx, postgres_down)
+                .instrument(entry.span.clone())
+                .await?;
+            postgres_down |= outcome == Outcome::Unavailable;
             outcomes.push(outcome);
         }
         Ok(outcomes)
@@ -85,6 +99,7 @@ impl DonationHandler {
         &self,
         message: &StripeEventMessage,
         tx: &Transaction,
+        postgres_down: bool,
     ) -> Result<Outcome, HandlerError> {
         let event = match parse(message) {
             Ok(Parsed::Ignore(why)) => {
@@ -97,6 +112,9 @@ impl DonationHandler {
                 return Ok(Outcome::DeadLetter(reason));
             }
         };
+        if postgres_down {
+            return Ok(Outcome::Unavailable);
+        }
         let new = NewDonation {
             payment_intent_id: &event.payment_intent_id,
             stripe_event_id: &message.event_id,
@@ -111,11 +129,17 @@ impl DonationHandler {
                 tracing::warn!(event_id = %message.event_id, reason = %rejected, "donation dead-lettered");
                 return Ok(Outcome::DeadLetter(rejected.to_string()));
             }
-            // Postgres is down: leave the entry pending, it is retried after claim_idle.
-            Err(error) => {
-                tracing::warn!(event_id = %message.event_id, %error, "donation not recorded; retrying later");
-                return Ok(Outcome::Retry);
-            }
+            Err(error) => match permanent_error(&error) {
+                Some(reason) => {
+                    tracing::warn!(event_id = %message.event_id, reason, "donation dead-lettered");
+                    return Ok(Outcome::DeadLetter(format!("donation not recordable: {reason}")));
+                }
+                // Postgres is unavailable: the entry stays pending, retried after claim_idle.
+                None => {
+                    tracing::warn!(event_id = %message.event_id, %error, detail = ?error, "donation not recorded; postgres unavailable, retrying later");
+                    return Ok(Outcome::Unavailable);
+                }
+            },
         };
         if inserted {
             self.recorded.inc();

@@ -249,6 +249,11 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let mut consumer_settings = settings.stripe_events.consumer(StreamName::StripeEvents);
         consumer_settings.start_from = StartFrom::Beginning;
         let consumer = StreamConsumer::new(&redis, consumer_settings, stop.clone());
+        context.metrics.register_stream_group(
+            &redis,
+            StreamName::StripeEvents,
+            &consumer.settings().group,
+        );
         // Before serving, so events appended from now on are read by this group.
         if let Err(error) = consumer.ensure_group().await {
             tracing::warn!(%error, "stripe event consumer group not created yet; the worker retries");

@@ -222,12 +222,21 @@ pub enum DonationRejected {
     UnknownCampaign(Uuid),
     #[error("campaign {campaign} belongs to organisation {actual}, not {claimed}")]
     WrongOrganisation { campaign: Uuid, claimed: Uuid, actual: Uuid },
+    #[error(
+        "campaign {campaign}: adding {amount_cents} cents to its {raised_cents} raised (or one \
+         more donation to its {count}) would overflow the total"
+    )]
+    TotalsOverflow { campaign: Uuid, raised_cents: i64, amount_cents: i64, count: i64 },
 }
 
 /// Records a donation exactly once: the insert is keyed on the payment intent id, and the
 /// campaign's totals move in the same transaction only when the insert happened. The campaign row
 /// is locked first, so concurrent donations see each other's totals and only one can cross the
-/// goal. Returns the stored donation and whether this call inserted it.
+/// goal. Totals are added with checked arithmetic, in Rust and again in SQL (Postgres' `bigint`
+/// `+` fails rather than wraps): a donation that would overflow them is rejected, never
+/// saturated, so the totals always equal the sum of the donations. A donation already stored is
+/// returned as it is, whatever the totals now. Returns the stored donation and whether this call
+/// inserted it.
 #[tracing::instrument(skip(pool, donation), fields(payment_intent = donation.payment_intent_id))]
 pub async fn record_donation(
     pool: &PgPool,
@@ -251,32 +260,38 @@ pub async fn record_donation(
             actual: org_id,
         }));
     }
-    let raised_after = raised.saturating_add(donation.amount_cents);
-    let inserted = sqlx::query(
-        "INSERT INTO donations (payment_intent_id, campaign_id, amount_cents, currency, \
-           raised_after_cents, count_after, goal_crossed, stripe_event_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (payment_intent_id) DO NOTHING",
-    )
-    .bind(donation.payment_intent_id)
-    .bind(donation.campaign_id)
-    .bind(donation.amount_cents)
-    .bind(donation.currency)
-    .bind(raised_after)
-    .bind(count + 1)
-    .bind(raised < goal && raised_after >= goal)
-    .bind(donation.stripe_event_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
+    let totals = raised.checked_add(donation.amount_cents).zip(count.checked_add(1));
+    let inserted =
+        match totals {
+            Some((raised_after, count_after)) => sqlx::query(
+                "INSERT INTO donations (payment_intent_id, campaign_id, amount_cents, currency, \
+                   raised_after_cents, count_after, goal_crossed, stripe_event_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (payment_intent_id) DO NOTHING",
+            )
+            .bind(donation.payment_intent_id)
+            .bind(donation.campaign_id)
+            .bind(donation.amount_cents)
+            .bind(donation.currency)
+            .bind(raised_after)
+            .bind(count_after)
+            .bind(raised < goal && raised_after >= goal)
+            .bind(donation.stripe_event_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1,
+            // Not insertable; it may still be stored already (a redelivery).
+            None => false,
+        };
     if inserted {
         sqlx::query(
-            "UPDATE campaigns SET raised_cents = $2, donation_count = $3, updated_at = now() \
+            "UPDATE campaigns SET raised_cents = raised_cents + $2, \
+               donation_count = donation_count + 1, updated_at = now() \
              WHERE id = $1",
         )
         .bind(donation.campaign_id)
-        .bind(raised_after)
-        .bind(count + 1)
+        .bind(donation.amount_cents)
         .execute(&mut *tx)
         .await?;
     }
@@ -289,8 +304,20 @@ pub async fn record_donation(
          WHERE d.payment_intent_id = $1",
     )
     .bind(donation.payment_intent_id)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    let Some(stored) = stored else {
+        // Nothing stored and nothing inserted: only an overflow gets here.
+        return match totals {
+            None => Ok(Err(DonationRejected::TotalsOverflow {
+                campaign: donation.campaign_id,
+                raised_cents: raised,
+                amount_cents: donation.amount_cents,
+                count,
+            })),
+            Some(_) => Err(sqlx::Error::RowNotFound),
+        };
+    };
     tx.commit().await?;
     Ok(Ok((stored, inserted)))
 }

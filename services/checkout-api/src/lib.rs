@@ -259,6 +259,11 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let stripe =
         stripe::StripeService::new(&settings.stripe, redis.clone(), Arc::new(checkout.clone()))?;
     stripe.spawn_consumer(context.shutdown.token()).await;
+    context.metrics.register_stream_group(
+        &redis,
+        platform_redis::StreamName::StripeEvents,
+        &settings.stripe.events.group,
+    );
     let stripe = web::Data::new(stripe);
     let user_sessions = UserSessions::new(
         redis.role(Role::Sessions).clone(),

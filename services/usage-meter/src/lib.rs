@@ -218,6 +218,11 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
         let chain = platform_service::error::error_chain(&error);
         tracing::warn!(error = %chain, "first usage check and flush failed; retrying every interval");
     }
+    context.metrics.register_stream_group(
+        &context.redis,
+        StreamName::UsageEvents,
+        &usage.consumer_group,
+    );
     let state = web::Data::new(State {
         redis: context.redis.clone(),
         db: Some(pool.clone()),

@@ -1,7 +1,9 @@
-//! Shared test support: runs the real campaign-api on port 0 against real Redis and Postgres.
+//! Shared test support: runs the real campaign-api on port 0 against real Redis and Postgres, in
+//! this process ([`TestApp`]) or as the real binary in a child process ([`ProcessApp`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix_web::web;
@@ -40,38 +42,126 @@ impl Backends {
     }
 }
 
-pub struct TestApp {
+/// The settings every test app runs with (`APP__…` variables), `extra` winning. Each app gets a
+/// consumer name of its own, as replicas sharing a host must be configured.
+pub fn app_vars(backends: &Backends, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    static REPLICAS: AtomicUsize = AtomicUsize::new(0);
+    let replica = REPLICAS.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut vars = HashMap::from([
+        ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
+        ("APP__HTTP__WORKERS".to_owned(), "2".to_owned()),
+        ("APP__REDIS__URL".to_owned(), backends.redis_url.clone()),
+        ("APP__REDIS__KEY_PREFIX".to_owned(), backends.prefix.clone()),
+        ("APP__DATABASE__URL".to_owned(), backends.database_url.clone()),
+        ("APP__LIVE__KEEP_ALIVE_SECS".to_owned(), "1".to_owned()),
+        ("APP__LIVE__LIFECYCLE_TICK_MS".to_owned(), "200".to_owned()),
+        ("APP__USAGE__FLUSH_INTERVAL_MS".to_owned(), "100".to_owned()),
+        ("APP__STRIPE_EVENTS__BLOCK_MS".to_owned(), "200".to_owned()),
+        ("APP__STRIPE_EVENTS__CLAIM_IDLE_MS".to_owned(), "2000".to_owned()),
+        ("APP__STRIPE_EVENTS__CONSUMER".to_owned(), format!("test-replica-{replica}")),
+    ]);
+    for (key, value) in extra {
+        vars.insert((*key).to_owned(), (*value).to_owned());
+    }
+    vars
+}
+
+/// HTTP access to one running app (in this process or a child process).
+#[derive(Debug, Clone)]
+pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
+}
+
+pub struct TestApp {
+    pub api: Api,
     pub context: web::Data<AppContext>,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
 impl TestApp {
     pub async fn spawn(backends: &Backends, extra: &[(&str, &str)]) -> TestApp {
-        let mut vars = HashMap::from([
-            ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
-            ("APP__HTTP__WORKERS".to_owned(), "2".to_owned()),
-            ("APP__REDIS__URL".to_owned(), backends.redis_url.clone()),
-            ("APP__REDIS__KEY_PREFIX".to_owned(), backends.prefix.clone()),
-            ("APP__DATABASE__URL".to_owned(), backends.database_url.clone()),
-            ("APP__LIVE__KEEP_ALIVE_SECS".to_owned(), "1".to_owned()),
-            ("APP__LIVE__LIFECYCLE_TICK_MS".to_owned(), "200".to_owned()),
-            ("APP__USAGE__FLUSH_INTERVAL_MS".to_owned(), "100".to_owned()),
-            ("APP__STRIPE_EVENTS__BLOCK_MS".to_owned(), "200".to_owned()),
-            ("APP__STRIPE_EVENTS__CLAIM_IDLE_MS".to_owned(), "2000".to_owned()),
-        ]);
-        for (key, value) in extra {
-            vars.insert((*key).to_owned(), (*value).to_owned());
-        }
-        let settings = Settings::from_overrides(vars).unwrap();
+        let settings = Settings::from_overrides(app_vars(backends, extra)).unwrap();
         let app = build(settings).await.unwrap();
-        let base = format!("http://127.0.0.1:{}", app.port());
+        let api =
+            Api { base: format!("http://127.0.0.1:{}", app.port()), http: reqwest::Client::new() };
         let context = app.context();
         let server = tokio::spawn(app.run_until_stopped());
-        TestApp { base, http: reqwest::Client::new(), context, server: Some(server) }
+        TestApp { api, context, server: Some(server) }
     }
 
+    pub async fn stop(mut self) {
+        self.context.shutdown.trigger();
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+        }
+    }
+}
+
+/// The real `campaign-api` binary as a child process, killed (SIGKILL) when dropped.
+pub struct ProcessApp {
+    pub api: Api,
+    child: std::process::Child,
+}
+
+impl std::ops::Deref for ProcessApp {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl ProcessApp {
+    /// Starts the binary with the test settings on a free port and waits until it is ready.
+    pub async fn start(backends: &Backends, extra: &[(&str, &str)]) -> ProcessApp {
+        // reqwest needs the process-wide TLS provider (an in-process app would have set it).
+        platform_service::telemetry::install_crypto_provider();
+        let http = reqwest::Client::new();
+        let port = platform_testing::free_port().to_string();
+        let mut vars = app_vars(backends, extra);
+        vars.insert("APP__HTTP__PORT".to_owned(), port.clone());
+        vars.insert("APP__TELEMETRY__FILTER".to_owned(), "warn".to_owned());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_campaign-api"))
+            .envs(vars)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the campaign-api binary");
+        let app = ProcessApp { api: Api { base: format!("http://127.0.0.1:{port}"), http }, child };
+        let ready = eventually(600, || async {
+            let response = app.http.get(format!("{}/readyz", app.base)).send().await;
+            response.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(ready, "the campaign-api process did not become ready");
+        app
+    }
+
+    /// `kill -9`: no shutdown, no drain, nothing acked.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProcessApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Api {
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
     }
@@ -124,13 +214,6 @@ impl TestApp {
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, 201, "{body}");
         body["id"].as_str().unwrap().to_owned()
-    }
-
-    pub async fn stop(mut self) {
-        self.context.shutdown.trigger();
-        if let Some(server) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
-        }
     }
 }
 
@@ -210,4 +293,42 @@ pub async fn read_sse(
         }
     }
     text
+}
+
+/// The campaign-api group's dead-letter entries, oldest first, as field maps.
+pub async fn dead_letters(redis: &RedisClients) -> Vec<HashMap<String, String>> {
+    use platform_redis::fred::prelude::*;
+    let key = redis.keys().dead_letter_stream(StreamName::StripeEvents, "campaign-api");
+    let entries: Vec<(String, HashMap<String, String>)> =
+        redis.primary().xrange(&key, "-", "+", None).await.unwrap();
+    entries.into_iter().map(|(_, fields)| fields).collect()
+}
+
+/// Entries of the Stripe stream pending in the campaign-api group: (entry id, consumer,
+/// deliveries).
+pub async fn pending_stripe_entries(redis: &RedisClients) -> Vec<(String, String, u64)> {
+    use platform_redis::fred::prelude::*;
+    use platform_redis::fred::types::Value as RedisValue;
+    let key = redis.keys().stream(StreamName::StripeEvents);
+    let rows: RedisValue = redis
+        .primary()
+        .xpending(&key, "campaign-api", ("-", "+", 100u64))
+        .await
+        .unwrap_or(RedisValue::Null);
+    let rows = match rows {
+        RedisValue::Null => Vec::new(),
+        rows => rows.into_array(),
+    };
+    // One row may come back unwrapped.
+    let rows = if rows.first().is_some_and(|first| !first.is_array()) {
+        vec![RedisValue::Array(rows)]
+    } else {
+        rows
+    };
+    rows.into_iter()
+        .filter_map(|row| {
+            let row = row.into_array();
+            Some((row.first()?.as_string()?, row.get(1)?.as_string()?, row.get(3)?.as_u64()?))
+        })
+        .collect()
 }
