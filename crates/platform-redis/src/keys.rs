@@ -17,7 +17,7 @@
 //! | [`Keys::dead_letter_stream`] | stream | entries a consumer group gave up on, with the reason (stream slot) |
 //! | [`Keys::invalidation_channel`] | pub/sub | [`crate::messages::Invalidation`] for every replica's in-process cache |
 //! | [`Keys::campaign_updates_channel`] | pub/sub | [`crate::messages::CampaignUpdate`] of one campaign |
-//! | [`Keys::webhook_dedup`] | string | dedup marker of one Stripe event id: `processing:<token>` (`PX` short) then `done:<stream entry id>` (`PX` past Stripe's 3-day retry window); see [`crate::idempotency`] (stream slot) |
+//! | [`Keys::stream_group_checkpoints`] | hash | consumer group → entry id it acknowledged everything up to, kept by the stream's relay ([`crate::outbox`]) (stream slot) |
 //! | [`Keys::effects_marker`] | string | `1` with `PX`: the once-only effects of one id in one scope were applied ([`crate::once`]) (stream slot) |
 //! | [`Keys::customer_count`] | hash | the fresh unique-customer count and its metadata (count, totalInvoices, lastUpdated, fence…), with `PX` = the refresh TTL |
 //! | [`Keys::customer_count_last_good`] | hash | the same fields, kept longer (retention), so a failed refresh can keep serving the last count as stale |
@@ -56,7 +56,7 @@
 //! - both streams and their dead-letter streams (a handler's effects may append to the other
 //!   stream: campaign-api's donation effects append a usage event inside the Stripe consumer's
 //!   `MULTI`; dead-lettering is an `XADD` in the same `MULTI` as the `XACK`);
-//! - the webhook dedup markers (marked `done` in the script that appends to the Stripe stream);
+//! - the group checkpoints of a stream ([`crate::outbox`]: read with the stream in one script);
 //! - the once-only effect markers ([`crate::once`], queued with the `XACK`);
 //! - every usage-meter key: its recording script is queued with the usage stream's `XACK` and
 //!   touches the counters of all organisations in a batch, the top sets and the dirty hash.
@@ -203,12 +203,6 @@ impl Keys {
     /// Channel of live updates (donations, goal reached, ended) for one campaign.
     pub fn campaign_updates_channel(&self, campaign_id: &str) -> String {
         format!("{}:chan:campaign:{campaign_id}", self.root)
-    }
-
-    /// Dedup marker of one Stripe webhook event id (webhook-ingest), in the stream slot: the
-    /// script that sets it to `done` also appends to the Stripe stream.
-    pub fn webhook_dedup(&self, event_id: &str) -> String {
-        format!("{}:webhook:{{{STREAMS_HASH_TAG}}}:dedup:{event_id}", self.root)
     }
 
     /// The fresh unique-customer count (hash, expires with the refresh TTL).
@@ -361,7 +355,10 @@ mod tests {
         );
         assert_eq!(keys.invalidation_channel(), "app:v1:chan:invalidate");
         assert_eq!(keys.campaign_updates_channel("9"), "app:v1:chan:campaign:9");
-        assert_eq!(keys.webhook_dedup("evt_1"), "app:v1:webhook:{streams}:dedup:evt_1");
+        assert_eq!(
+            keys.stream_group_checkpoints(StreamName::StripeEvents),
+            "app:v1:stream:{streams}:stripe-events:checkpoints"
+        );
         assert_eq!(keys.effects_marker("donation", "pi_1"), "app:v1:once:{streams}:donation:pi_1");
         assert_eq!(keys.customer_count(), "app:v1:simpro:{customer-count}:count");
         assert_eq!(
@@ -408,7 +405,7 @@ mod tests {
             keys.stream(StreamName::UsageEvents),
             keys.dead_letter_stream(StreamName::StripeEvents, "campaign-api"),
             keys.dead_letter_stream(StreamName::UsageEvents, "usage-meter"),
-            keys.webhook_dedup("evt_1"),
+            keys.stream_group_checkpoints(StreamName::StripeEvents),
             keys.effects_marker("donation", "pi_1"),
             keys.usage_counters("o1", "2026-11"),
             keys.usage_events("o2"),

@@ -9,7 +9,6 @@ pub mod cache;
 pub mod client;
 pub mod direct;
 pub mod error;
-pub mod idempotency;
 pub mod keys;
 pub mod lock;
 pub mod lua;

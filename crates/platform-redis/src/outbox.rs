@@ -20,6 +20,7 @@ use crate::client::RedisClients;
 use crate::error::{RedisError, Result};
 use crate::keys::StreamName;
 use crate::messages::MESSAGE_VERSION;
+use crate::streams::{FIELD_DATA, FIELD_TRACEPARENT, FIELD_VERSION};
 
 /// The stream's last entry id and its groups, read in one script: `{}` when the stream does not
 /// exist, else `{last-generated-id, name1, last-delivered1, lowest-pending1 or '', …}`.
@@ -143,11 +144,12 @@ impl Relay {
         }
         let pipeline = self.clients.primary().next().pipeline();
         for entry in entries {
-            let mut fields = vec![("v", MESSAGE_VERSION.to_string())];
+            // The fields every stream entry has (crate::streams), the trace the row was recorded in.
+            let mut fields = vec![(FIELD_VERSION, MESSAGE_VERSION.to_string())];
             if let Some(traceparent) = &entry.traceparent {
-                fields.push(("traceparent", traceparent.clone()));
+                fields.push((FIELD_TRACEPARENT, traceparent.clone()));
             }
-            fields.push(("data", entry.data.clone()));
+            fields.push((FIELD_DATA, entry.data.clone()));
             let () = pipeline
                 .xadd(&self.key, false, ("MAXLEN", "~", self.max_len), entry_id(entry.seq), fields)
                 .await?;

@@ -11,7 +11,6 @@ use platform_redis::cache::{Cache, CacheSettings, CacheStatus, Tier};
 use platform_redis::fred::clients::Transaction;
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::{ClusterHash, CustomCommand};
-use platform_redis::idempotency::{self, Claim, Marker};
 use platform_redis::keys::STREAMS_HASH_TAG;
 use platform_redis::lock::{Lock, current_fence};
 use platform_redis::messages::{CampaignUpdate, UsageEvent};
@@ -19,8 +18,8 @@ use platform_redis::once::OnceEffects;
 use platform_redis::pubsub::{self, PubSub};
 use platform_redis::ratelimit::{DecisionSource, PolicySettings, RateLimitSettings, RateLimiter};
 use platform_redis::streams::{
-    ClaimedAppend, ConsumerSettings, HandlerError, Outcome, StartFrom, StreamConsumer, StreamEntry,
-    StreamHandler, StreamProducer,
+    ConsumerSettings, HandlerError, Outcome, StartFrom, StreamConsumer, StreamEntry, StreamHandler,
+    StreamProducer,
 };
 use platform_redis::usage::{UsageRecorder, UsageRecorderSettings};
 use platform_redis::{RedisClients, RedisMode, RedisSettings, StreamName};
@@ -269,49 +268,6 @@ async fn a_consumer_group_commits_effects_with_acks_dead_letters_and_reclaims_in
     assert_eq!(pending.into_array().first().and_then(Value::as_u64), Some(0));
     assert!(consumer.stats().reclaimed >= 5, "the dead consumer's entries were reclaimed");
     pubsub.stop().await;
-}
-
-#[tokio::test]
-async fn a_claimed_append_writes_the_entry_and_its_done_marker_once() {
-    // Arrange
-    let clients = clients("cluster-claimed").await;
-    let keys = clients.keys().clone();
-    let producer = StreamProducer::new(&clients, StreamName::StripeEvents, 1_000);
-    let marker = keys.webhook_dedup("evt_1");
-    let ttl = Duration::from_secs(60);
-    let Claim::Claimed { token } = idempotency::claim(&clients, &marker, ttl).await.unwrap() else {
-        panic!("a fresh marker is claimable");
-    };
-
-    // Act
-    let appended = producer.append_claimed(&Credit { amount: 1 }, &marker, &token, ttl).await;
-    let again = producer.append_claimed(&Credit { amount: 1 }, &marker, &token, ttl).await;
-    let reclaim = idempotency::claim(&clients, &marker, ttl).await.unwrap();
-    let released_marker = keys.webhook_dedup("evt_2");
-    let Claim::Claimed { token: released_token } =
-        idempotency::claim(&clients, &released_marker, ttl).await.unwrap()
-    else {
-        panic!("a fresh marker is claimable");
-    };
-    let released = idempotency::release(&clients, &released_marker, &released_token).await;
-    let lost = producer
-        .append_claimed(&Credit { amount: 2 }, &released_marker, &released_token, ttl)
-        .await;
-    idempotency::complete(&clients, &released_marker, "ignored", ttl).await.unwrap();
-
-    // Assert
-    let ClaimedAppend::Appended(id) = appended.unwrap() else {
-        panic!("the claim holder appends");
-    };
-    assert_eq!(again.unwrap(), ClaimedAppend::AlreadyDone(id.clone()));
-    assert_eq!(reclaim, Claim::Done(id));
-    assert!(released.unwrap());
-    assert_eq!(lost.unwrap(), ClaimedAppend::ClaimLost);
-    assert_eq!(
-        idempotency::peek(&clients, &released_marker).await.unwrap(),
-        Marker::Done("ignored".into())
-    );
-    assert_eq!(stream_len(&clients, producer.key()).await, 1);
 }
 
 #[tokio::test]

@@ -31,9 +31,10 @@ use platform_redis::keys::{Keys, StreamName};
 use platform_redis::messages::{CampaignUpdate, StripeEventMessage, UsageEvent};
 use platform_redis::once::OnceEffects;
 use platform_redis::streams::{HandlerError, Outcome, StreamEntry, StreamHandler};
+use platform_redis::stripe_event;
 use platform_service::database::permanent_error;
 use prometheus_client::metrics::counter::Counter;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -226,12 +227,12 @@ fn parse(message: &StripeEventMessage) -> Result<Parsed, String> {
     if message.event_type != "payment_intent.succeeded" {
         return Ok(Parsed::Ignore("not payment_intent.succeeded"));
     }
-    let raw: Value =
-        serde_json::from_str(&message.raw).map_err(|e| format!("raw event is not JSON: {e}"))?;
-    let object = &raw["data"]["object"];
-    let metadata = &object["metadata"];
+    // The contract webhook-ingest checked the event with: an entry it let through parses here.
+    let event = stripe_event::parse(message.raw.as_bytes())
+        .map_err(|rejected| format!("raw event breaks the event contract: {}", rejected.reason))?;
+    let object = event.object;
     let (Some(org), Some(campaign)) =
-        (metadata["org_id"].as_str(), metadata["campaign_id"].as_str())
+        (object.metadata.get("org_id"), object.metadata.get("campaign_id"))
     else {
         return Ok(Parsed::Ignore("no org_id / campaign_id metadata"));
     };
@@ -239,25 +240,22 @@ fn parse(message: &StripeEventMessage) -> Result<Parsed, String> {
         Uuid::parse_str(org).map_err(|_| format!("metadata.org_id `{org}` is not a UUID"))?;
     let campaign_id = Uuid::parse_str(campaign)
         .map_err(|_| format!("metadata.campaign_id `{campaign}` is not a UUID"))?;
-    let payment_intent_id = object["id"]
-        .as_str()
+    let payment_intent_id = object
+        .id
         .filter(|id| id.starts_with("pi_"))
-        .ok_or("data.object.id is not a payment intent id")?
-        .to_owned();
-    let amount_cents = object["amount_received"]
-        .as_i64()
+        .ok_or("data.object.id is not a payment intent id")?;
+    let amount_cents = object
+        .amount_received
         .filter(|amount| *amount > 0)
-        .or_else(|| object["amount"].as_i64())
+        .or(object.amount)
         .filter(|amount| *amount > 0)
         .ok_or("payment intent has no positive amount")?;
-    let currency = object["currency"].as_str().unwrap_or("usd").to_owned();
-    let payment_method = object["payment_method_types"][0].as_str().map(str::to_owned);
     Ok(Parsed::Donation(DonationEvent {
         payment_intent_id,
         org_id,
         campaign_id,
         amount_cents,
-        currency,
-        payment_method,
+        currency: object.currency.unwrap_or_else(|| "usd".to_owned()),
+        payment_method: object.payment_method_types.into_iter().next(),
     }))
 }

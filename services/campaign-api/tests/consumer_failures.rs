@@ -56,13 +56,18 @@ async fn a_donation_postgres_refuses_is_dead_lettered_at_once_with_its_reason_an
     let org = app.create_org("ruth").await;
     let campaign = app.create_campaign("ruth", "Organ", 100_000).await;
     assert_eq!(group_metric(&app, "stream_group_dead_letter_entries").await, Some(0.0));
+    // A rule of this database the event contract knows nothing about, so Postgres itself refuses.
+    let db = sqlx::PgPool::connect(&backends.database_url).await.unwrap();
+    sqlx::query("ALTER TABLE donations ADD CONSTRAINT three_letters CHECK (length(currency) = 3)")
+        .execute(&db)
+        .await
+        .unwrap();
 
-    // Act: a payment intent whose currency holds a NUL (Postgres refuses it in text), then a
-    // good one.
+    // Act: a payment intent whose currency Postgres refuses, then a good one.
     put_on_stripe_stream(
         &redis,
         &[
-            with_currency(donation_event("evt_nul", "pi_nul", &org, &campaign, 900), "us\u{0}d"),
+            with_currency(donation_event("evt_bad", "pi_bad", &org, &campaign, 900), "usdx"),
             donation_event("evt_ok", "pi_ok", &org, &campaign, 1_200),
         ],
     )
@@ -77,8 +82,8 @@ async fn a_donation_postgres_refuses_is_dead_lettered_at_once_with_its_reason_an
     assert!(settled, "dead letters {:?}", dead_letters(&redis).await);
     let dead = &dead_letters(&redis).await[0];
     assert_eq!(dead["deliveries"], "1", "{dead:?}");
-    assert!(dead["reason"].contains("postgres refused it (22021)"), "{dead:?}");
-    assert!(dead["data"].contains("pi_nul"), "{dead:?}");
+    assert!(dead["reason"].contains("postgres refused it (23514)"), "{dead:?}");
+    assert!(dead["data"].contains("pi_bad"), "{dead:?}");
     assert_eq!(stats(&app, &campaign).await["donationCount"], 1);
     assert!(pending_stripe_entries(&redis).await.is_empty());
     assert_eq!(group_metric(&app, "stream_group_dead_letter_entries").await, Some(1.0));
@@ -90,37 +95,49 @@ async fn a_donation_postgres_refuses_is_dead_lettered_at_once_with_its_reason_an
 #[tokio::test]
 async fn an_amount_that_would_overflow_the_total_is_dead_lettered_and_the_total_still_equals_the_donations()
  {
-    // Arrange
+    // Arrange: a campaign whose total is near the top of i64 (no amount the event contract lets
+    // through gets there in a test's lifetime, so it starts there, as its own first donation).
     let backends = Backends::new(RedisServer::shared().url(), "campaign-overflow").await;
     let app = TestApp::spawn(&backends, &[]).await;
     let redis = backends.redis().await;
     let org = app.create_org("boaz").await;
     let campaign = app.create_campaign("boaz", "Barn", 1_000).await;
+    let pool = sqlx::PgPool::connect(&backends.database_url).await.unwrap();
+    let start = i64::MAX - 1_000;
+    for statement in [
+        "INSERT INTO donations (payment_intent_id, campaign_id, amount_cents, currency,
+             raised_after_cents, count_after, goal_crossed, stripe_event_id)
+         VALUES ('pi_start', $1::uuid, $2, 'usd', $2, 1, true, 'evt_start')",
+        "UPDATE campaigns SET raised_cents = $2, donation_count = 1 WHERE id = $1::uuid",
+    ] {
+        sqlx::query(statement).bind(&campaign).bind(start).execute(&pool).await.unwrap();
+    }
 
-    // Act: the largest amount, one cent more, and the largest amount's redelivery.
+    // Act: one that fits, one that would overflow, and one the contract refuses (2^63 − 1).
     put_on_stripe_stream(
         &redis,
         &[
+            donation_event("evt_fits", "pi_fits", &org, &campaign, 500),
+            donation_event("evt_over", "pi_over", &org, &campaign, 600),
             donation_event("evt_max", "pi_max", &org, &campaign, i64::MAX),
-            donation_event("evt_one", "pi_one", &org, &campaign, 1),
-            donation_event("evt_max2", "pi_max", &org, &campaign, i64::MAX),
         ],
     )
     .await;
     let settled = eventually(600, || async {
-        dead_letters(&redis).await.len() == 1 && pending_stripe_entries(&redis).await.is_empty()
+        dead_letters(&redis).await.len() == 2 && pending_stripe_entries(&redis).await.is_empty()
     })
     .await;
 
-    // Assert: the cent is refused with the reason, never saturated into the total.
+    // Assert: refused with their reasons, never saturated into the total.
     assert!(settled, "dead letters {:?}", dead_letters(&redis).await);
-    let dead = &dead_letters(&redis).await[0];
-    assert!(dead["reason"].contains("would overflow the total"), "{dead:?}");
-    assert!(dead["data"].contains("pi_one"), "{dead:?}");
+    let dead = dead_letters(&redis).await;
+    assert!(dead[0]["reason"].contains("would overflow the total"), "{dead:?}");
+    assert!(dead[0]["data"].contains("pi_over"), "{dead:?}");
+    assert!(dead[1]["reason"].contains("amount"), "{dead:?}");
+    assert!(dead[1]["data"].contains("pi_max"), "{dead:?}");
     let stats = stats(&app, &campaign).await;
-    assert_eq!(stats["raisedCents"], i64::MAX, "{stats}");
-    assert_eq!(stats["donationCount"], 1, "{stats}");
-    let pool = sqlx::PgPool::connect(&backends.database_url).await.unwrap();
+    assert_eq!(stats["raisedCents"], start + 500, "{stats}");
+    assert_eq!(stats["donationCount"], 2, "{stats}");
     let (sum, raised): (String, String) = sqlx::query_as(
         "SELECT (SELECT sum(amount_cents) FROM donations WHERE campaign_id = $1::uuid)::text, \
            (SELECT raised_cents FROM campaigns WHERE id = $1::uuid)::text",
@@ -264,4 +281,30 @@ async fn a_process_killed_while_it_holds_an_entry_records_it_within_seconds_of_i
         1
     );
     second.kill();
+}
+
+#[tokio::test]
+async fn an_entry_against_the_event_contract_is_dead_lettered_at_once_without_touching_postgres() {
+    // Arrange: webhook-ingest never streams such an event; an entry appended by hand could.
+    let backends = Backends::new(RedisServer::shared().url(), "campaign-contract").await;
+    let app = TestApp::spawn(&backends, &[]).await;
+    let redis = backends.redis().await;
+    let org = app.create_org("naomi").await;
+    let campaign = app.create_campaign("naomi", "Roof", 100_000).await;
+
+    // Act
+    put_on_stripe_stream(
+        &redis,
+        &[with_currency(donation_event("evt_nul", "pi_nul", &org, &campaign, 900), "us\u{0}d")],
+    )
+    .await;
+    let settled = eventually(600, || async { dead_letters(&redis).await.len() == 1 }).await;
+
+    // Assert
+    assert!(settled);
+    let dead = &dead_letters(&redis).await[0];
+    assert_eq!(dead["deliveries"], "1", "{dead:?}");
+    assert!(dead["reason"].contains("NUL"), "{dead:?}");
+    assert_eq!(stats(&app, &campaign).await["donationCount"], 0);
+    app.stop().await;
 }

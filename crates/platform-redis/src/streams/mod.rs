@@ -19,11 +19,9 @@
 //! then carries it on as the next `traceparent`. The `stream.batch` span around one handler call
 //! serves entries of many traces, so it starts a trace of its own, linked to every entry span.
 //!
-//! # Appending once per operation id
-//! [`StreamProducer::append_claimed`] appends only while an idempotency marker
-//! ([`crate::idempotency`]) holds the caller's claim, and marks it `done:<entry id>` in the same
-//! script: a producer that must hand an external event (a Stripe webhook) to a stream exactly once
-//! cannot lose the marker after appending, nor append twice after its claim expired.
+//! # Appending once per outbox row
+//! A producer that must hand durable records to a stream exactly once (webhook-ingest's ledger)
+//! appends them at ids it chose ([`crate::outbox`]): Redis refuses an id it already passed.
 //!
 //! # Delivery and effects
 //! Delivery is at least once: an entry stays in the group's pending list (PEL) until acked, and
@@ -107,9 +105,8 @@
 //! # Redis Cluster
 //! A `MULTI` (and a script) must stay in one hash slot. Every stream key carries the hash tag of
 //! the stream slot ([`crate::keys::STREAMS_HASH_TAG`]), as do the dead-letter streams, the group
-//! checkpoints, the webhook dedup markers, the once-only effect markers and the usage-meter keys,
-//! so the `XACK`, the dead-letter `XADD`s, [`StreamProducer::append_claimed`] and the effects the
-//! services queue all commit in that one slot. A handler must queue effects only on such keys
+//! checkpoints, the once-only effect markers and the usage-meter keys, so the `XACK`, the
+//! dead-letter `XADD`s and the effects the services queue all commit in that one slot. A handler must queue effects only on such keys
 //! (built by [`crate::keys::Keys`] in the stream slot); an effect elsewhere makes Redis refuse the
 //! `EXEC` (`CROSSSLOT`), so the batch is retried and finally dead-lettered. `tests/cluster.rs`
 //! runs these paths against a real three-master cluster.
@@ -124,9 +121,9 @@ mod wire;
 pub use consumer::{ConsumerStats, StreamConsumer};
 pub use handler::{HandlerError, Outcome, StreamEntry, StreamHandler};
 pub use lag::{GroupLag, group_lag};
-pub use producer::{ClaimedAppend, StreamProducer, encode_entry};
+pub use producer::{StreamProducer, encode_entry};
 pub use settings::{ConsumerSettings, GroupSettings, StartFrom};
 
-const FIELD_VERSION: &str = "v";
-const FIELD_TRACEPARENT: &str = "traceparent";
-const FIELD_DATA: &str = "data";
+pub(crate) const FIELD_VERSION: &str = "v";
+pub(crate) const FIELD_TRACEPARENT: &str = "traceparent";
+pub(crate) const FIELD_DATA: &str = "data";
