@@ -272,6 +272,16 @@ impl FakeStripe {
         complete_session(&mut inner, session_id)
     }
 
+    /// What Stripe does to a session nobody paid in time (or whose delayed payment failed): it
+    /// becomes `expired` / `unpaid`. Returns false for an unknown session.
+    pub fn expire_checkout_session(&self, session_id: &str) -> bool {
+        let mut inner = self.shared.lock();
+        let Some(session) = inner.sessions.get_mut(session_id) else { return false };
+        session["status"] = json!("expired");
+        session["payment_status"] = json!("unpaid");
+        true
+    }
+
     /// Queues `faults` for `route` (a [`route`] name, or [`route::ANY`]); each request of that
     /// route consumes the next one.
     pub fn inject(&self, route: &str, faults: impl IntoIterator<Item = StripeFault>) {

@@ -162,3 +162,43 @@ async fn a_paid_checkout_session_on_the_stripe_stream_completes_its_checkout_ses
     assert!(completed, "{}", app.get(&cart_path).await.body);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_expired_checkout_session_on_the_stripe_stream_fails_its_checkout_session() {
+    // Arrange: a cart sent to Stripe Checkout, never paid; Stripe expires the session.
+    let backends = Backends::new("access-expired").await;
+    let app = TestApp::spawn(&backends, &[]).await;
+    let redis = backends.redis().await;
+    let cart = app
+        .service_create_session(json!({"userId": "u-x", "items": [{"sku": "mug", "quantity": 1}]}))
+        .await;
+    let cart_path = format!("/api/checkout/sessions/{}", cart["id"].as_str().unwrap());
+    let (status, created) = app.checkout(&json!({"checkoutSessionId": cart["id"]})).await;
+    assert_eq!(status, 200, "{created}");
+    let stripe_session = created["sessionId"].as_str().unwrap().to_owned();
+    assert!(backends.stripe.expire_checkout_session(&stripe_session));
+    let raw = json!({
+        "id": "evt_cs_expired",
+        "type": "checkout.session.expired",
+        "data": {"object": {"id": stripe_session, "object": "checkout.session"}},
+    });
+    let event = StripeEventMessage {
+        event_id: "evt_cs_expired".to_owned(),
+        event_type: "checkout.session.expired".to_owned(),
+        created: 1_700_000_000,
+        livemode: false,
+        api_version: None,
+        object_id: Some(stripe_session),
+        customer_id: created["customerId"].as_str().map(str::to_owned),
+        raw: raw.to_string(),
+    };
+
+    // Act
+    put_on_stripe_stream(&redis, &[event]).await;
+
+    // Assert
+    let failed =
+        eventually(200, || async { app.get(&cart_path).await.body["status"] == "failed" }).await;
+    assert!(failed, "{}", app.get(&cart_path).await.body);
+    app.stop().await;
+}

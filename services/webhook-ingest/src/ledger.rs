@@ -103,18 +103,19 @@ impl BatchOp for InsertBatch {
     async fn run(db: &PgPool, reqs: &[NewRow]) -> Result<Vec<Recorded>, sqlx::Error> {
         let text =
             |f: fn(&NewRow) -> Option<&str>| -> Vec<Option<&str>> { reqs.iter().map(f).collect() };
-        let mut tx = db.begin().await?;
-        // The transaction takes its id before any `seq`: the relay's gap rule (crate::relay)
-        // relies on a transaction holding a seq being visible in every later snapshot's xip.
-        sqlx::query("SELECT pg_current_xact_id()").execute(&mut *tx).await?;
+        // One statement, one commit. The transaction must take its id before its first `seq`
+        // (the relay's gap rule, crate::relay): CASE evaluates its condition before its result,
+        // so `pg_current_xact_id()` assigns the id ahead of the first `nextval`.
         // `xmax = 0` is true only for a row this statement inserted (the update sets xmax).
         let rows: Vec<RecordedRow> = sqlx::query_as(
             "INSERT INTO webhook_events
-                 (event_id, event_type, created, livemode, api_version, object_id, customer_id,
-                  status, reason, traceparent, raw)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bool[], $5::text[],
-                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                                  $11::text[])
+                 (seq, event_id, event_type, created, livemode, api_version, object_id,
+                  customer_id, status, reason, traceparent, raw)
+             SELECT CASE WHEN pg_current_xact_id() IS NOT NULL
+                         THEN nextval('webhook_events_seq') END, e.*
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bool[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $11::text[]) AS e
              ON CONFLICT (event_id) DO UPDATE SET deliveries = webhook_events.deliveries + 1
              RETURNING event_id, (xmax = 0) AS inserted, status, seq, reason",
         )
@@ -129,9 +130,8 @@ impl BatchOp for InsertBatch {
         .bind(text(|r| r.reason.as_deref()))
         .bind(text(|r| r.traceparent.as_deref()))
         .bind(text(|r| Some(&*r.raw)))
-        .fetch_all(&mut *tx)
+        .fetch_all(db)
         .await?;
-        tx.commit().await?;
         let mut found: HashMap<String, Recorded> = rows
             .into_iter()
             .map(|r| {

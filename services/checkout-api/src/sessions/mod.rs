@@ -417,6 +417,24 @@ impl Checkout {
         Ok(view.record)
     }
 
+    /// Moves the session to `target` because Stripe settled its payment; a session already
+    /// settled (an earlier event or the success page), expired or unknown is left as it is.
+    async fn settle_by_payment(
+        &self,
+        checkout_session_id: &str,
+        target: Status,
+    ) -> Result<(), CheckoutError> {
+        let Ok(id) = Uuid::parse_str(checkout_session_id) else { return Ok(()) };
+        match self.transition(id, target).await {
+            Ok(_) => {
+                tracing::info!(session_id = %id, status = ?target, "checkout session settled by its stripe payment");
+                Ok(())
+            }
+            Err(CheckoutError::InvalidTransition { .. } | CheckoutError::SessionNotFound) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Moves an open session to `target` (completed or failed).
     #[tracing::instrument(name = "checkout.transition", skip(self))]
     pub async fn transition(&self, id: Uuid, target: Status) -> Result<SessionView, CheckoutError> {
@@ -558,20 +576,14 @@ impl CartSource for Checkout {
         &'a self,
         checkout_session_id: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>> {
-        Box::pin(async move {
-            let Ok(id) = Uuid::parse_str(checkout_session_id) else { return Ok(()) };
-            match self.transition(id, Status::Completed).await {
-                Ok(_) => {
-                    tracing::info!(session_id = %id, "checkout session completed by its stripe payment");
-                    Ok(())
-                }
-                // Already completed by an earlier success page, or expired: nothing to do.
-                Err(CheckoutError::InvalidTransition { .. } | CheckoutError::SessionNotFound) => {
-                    Ok(())
-                }
-                Err(error) => Err(error),
-            }
-        })
+        Box::pin(self.settle_by_payment(checkout_session_id, Status::Completed))
+    }
+
+    fn payment_failed<'a>(
+        &'a self,
+        checkout_session_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>> {
+        Box::pin(self.settle_by_payment(checkout_session_id, Status::Failed))
     }
 
     fn price_items<'a>(

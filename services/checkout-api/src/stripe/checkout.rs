@@ -85,6 +85,14 @@ pub trait CartSource: fmt::Debug + Send + Sync {
         checkout_session_id: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>>;
 
+    /// Marks `checkout_session_id` failed because Stripe says its payment will not happen (the
+    /// Checkout session expired, or its delayed payment failed). Safe to repeat: a session
+    /// already settled (or gone) is left as it is.
+    fn payment_failed<'a>(
+        &'a self,
+        checkout_session_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>>;
+
     /// `items` priced by the catalog, as Stripe lines (400 `unknown_product`, `price_mismatch`,
     /// `invalid_quantity`).
     fn price_items<'a>(
@@ -124,6 +132,13 @@ impl CartSource for NoCarts {
     }
 
     fn paid<'a>(
+        &'a self,
+        _checkout_session_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn payment_failed<'a>(
         &'a self,
         _checkout_session_id: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<(), CheckoutError>> + Send + 'a>> {
@@ -328,11 +343,18 @@ impl StripeService {
         })
     }
 
-    /// Completes the checkout session a Stripe Checkout session was created from, when Stripe
-    /// says it is paid (a session fetched from Stripe, never a webhook payload). Safe to repeat.
-    pub async fn complete_if_paid(&self, session: &CheckoutSession) -> Result<(), CheckoutError> {
-        match checkout_session_of(session) {
-            Some(id) if session.payment_status.as_str() == "paid" => self.carts.paid(&id).await,
+    /// Settles the checkout session a Stripe Checkout session was created from, as Stripe says
+    /// (a session fetched from Stripe, never a webhook payload): completed when paid, failed when
+    /// the Checkout session expired or finished unpaid (a delayed payment that failed); left
+    /// open otherwise. Safe to repeat.
+    pub async fn settle_checkout(&self, session: &CheckoutSession) -> Result<(), CheckoutError> {
+        let Some(id) = checkout_session_of(session) else { return Ok(()) };
+        let status = session.status.as_ref().map(|s| s.as_str());
+        match (status, session.payment_status.as_str()) {
+            (_, "paid") => self.carts.paid(&id).await,
+            (Some("expired"), _) | (Some("complete"), "unpaid") => {
+                self.carts.payment_failed(&id).await
+            }
             _ => Ok(()),
         }
     }

@@ -1,7 +1,7 @@
 //! checkout-api's consumer of the Stripe event stream: the events of seed 003's list trigger
-//! `sync_stripe_data_to_redis` for their customer; a paid Checkout session (re-fetched from
-//! Stripe) completes the checkout session it was created from; every other event is acked and
-//! skipped.
+//! `sync_stripe_data_to_redis` for their customer; a Checkout session event re-fetches the
+//! session from Stripe and completes (paid) or fails (expired, delayed payment failed) the
+//! checkout session it was created from; every other event is acked and skipped.
 //!
 //! The event only names the customer (webhook-ingest's `customerId`, or `data.object.customer` of
 //! the raw event); the state comes from Stripe. Stripe or Redis unavailable → the entry is left
@@ -46,9 +46,13 @@ pub const SYNC_EVENTS: &[&str] = &[
     "payment_intent.canceled",
 ];
 
-/// The events whose Checkout session may complete a checkout session.
-pub const SETTLE_EVENTS: &[&str] =
-    &["checkout.session.completed", "checkout.session.async_payment_succeeded"];
+/// The events whose Checkout session may settle a checkout session (completed or failed).
+pub const SETTLE_EVENTS: &[&str] = &[
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "checkout.session.expired",
+];
 
 /// The stream handler.
 #[derive(Debug, Clone)]
@@ -126,10 +130,10 @@ impl StreamHandler for SyncOnEvent {
 }
 
 impl SyncOnEvent {
-    /// Completes the checkout session behind a paid Stripe Checkout session.
+    /// Settles the checkout session behind a Stripe Checkout session as Stripe says.
     async fn settle(&self, message: &StripeEventMessage, session_id: &str) -> Outcome {
         let result = match self.stripe.retrieve_checkout(session_id).await {
-            Ok(session) => self.stripe.complete_if_paid(&session).await,
+            Ok(session) => self.stripe.settle_checkout(&session).await,
             // Not ours (another account's test data) or deleted: nothing to complete.
             Err(CheckoutError::StripeSessionNotFound) => Ok(()),
             Err(error) => Err(error),

@@ -109,7 +109,7 @@ async fn checkout_success(
     // The checkout session this payment was for is completed once Stripe says paid; a failure
     // here must not hide the purchase from the buyer (the Stripe event retries it).
     let checkout_session_id = checkout_session_of(&session);
-    if let Err(error) = stripe.complete_if_paid(&session).await {
+    if let Err(error) = stripe.settle_checkout(&session).await {
         tracing::warn!(checkout_session_id = checkout_session_id.as_deref().unwrap_or_default(), error = %platform_service::error::error_chain(&error), "checkout session not marked completed; its stripe event or the next success page retries");
     }
     // Eager sync: the buyer sees the new state now, not when the webhook arrives.
