@@ -196,6 +196,15 @@ pub async fn outbox_after(
     .await
 }
 
+/// The highest `seq` the ledger has handed out (0 before the first).
+pub async fn sequence_top(db: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM webhook_events_seq",
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// The relay's durable position on `stream` (0 before its first append).
 pub async fn relayed_seq(db: &PgPool, stream: &str) -> Result<i64, sqlx::Error> {
     let seq: Option<i64> =

@@ -86,6 +86,8 @@ struct Position {
     last_checkpoint: Option<Instant>,
     /// A gap in `seq` at this value, seen by a snapshot with this `xmax`.
     gap: Option<(i64, i64)>,
+    /// Whether the stream's ids were compared with the ledger's sequence since leading.
+    ids_checked: bool,
 }
 
 impl Relay {
@@ -220,6 +222,20 @@ impl Relay {
     /// Where this tick appends from; on a loss, heals the groups first.
     async fn start(&self, state: &StreamState, position: &mut Position) -> Result<i64, RelayError> {
         let last = i64::try_from(state.last).unwrap_or(i64::MAX);
+        if !position.ids_checked {
+            // Entries above anything the ledger numbered (a stream written by another producer)
+            // would make Redis refuse every append after them: say so once, loudly.
+            let top = ledger::sequence_top(&self.db).await?;
+            if last > top {
+                tracing::error!(
+                    stream = self.name,
+                    stream_last = last,
+                    ledger_top = top,
+                    "the stream holds entry ids above every ledger seq; nothing can be appended after them until the stream is drained and deleted"
+                );
+            }
+            position.ids_checked = true;
+        }
         if last >= position.relayed && last > 0 {
             return Ok(last);
         }
