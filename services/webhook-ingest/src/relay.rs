@@ -274,18 +274,16 @@ impl Relay {
         if !due {
             return Ok(());
         }
-        // A group position past what was ever relayed is not ours to trust (a stream restored
-        // with entries of another writer): it counts as the relayed position at most.
+        // A group can only have acknowledged entries this relay appended: up to the stream's
+        // last id while that is a ledger seq, else (ids of another writer) up to the durable
+        // position. Anything past that is clamped, so a refill never skips a row.
+        let top = ledger::sequence_top(&self.db).await?;
+        let last = i64::try_from(state.last).unwrap_or(i64::MAX);
+        let ours = if last <= top { position.relayed.max(last) } else { position.relayed };
         let seen: Vec<(String, i64)> = state
             .groups
             .iter()
-            .map(|g| {
-                (
-                    g.name.clone(),
-                    (i64::try_from(g.checkpoint).unwrap_or(i64::MAX))
-                        .min(position.relayed.max(i64::try_from(state.last).unwrap_or(0))),
-                )
-            })
+            .map(|g| (g.name.clone(), i64::try_from(g.checkpoint).unwrap_or(i64::MAX).min(ours)))
             .collect();
         let durable = ledger::save_checkpoints(&self.db, self.name, &seen).await?;
         position.groups = durable.into_iter().collect();

@@ -219,3 +219,33 @@ async fn two_replicas_relay_every_event_once_in_ledger_order() {
             .unwrap();
     assert_eq!(first.streamed_ids().await, ledger_order);
 }
+
+#[tokio::test]
+async fn a_stream_holding_another_writers_ids_is_refilled_for_its_group_once_deleted() {
+    // Arrange: a group that read and acknowledged an entry webhook-ingest never wrote (a
+    // time-based id, far above any ledger seq); then two deliveries Redis cannot take after it.
+    let redis = RedisServer::start().unwrap();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    let primary = app.redis.primary();
+    let () = primary.xgroup_create(app.stream_key(), "g", "$", true).await.unwrap();
+    let _: String = primary.xadd(app.stream_key(), false, None, "*", ("data", "{}")).await.unwrap();
+    let foreign: XReadResponse<String, String, String, String> =
+        primary.xreadgroup_map("g", "c", None, None, false, app.stream_key(), ">").await.unwrap();
+    let foreign_ids: Vec<String> = foreign.into_values().flatten().map(|(id, _)| id).collect();
+    let _: i64 = primary.xack(app.stream_key(), "g", foreign_ids).await.unwrap();
+    let ids = deliver_new(&app, 2).await;
+    eventually("the group's checkpoint is stored", || async {
+        durable_checkpoint(&app, "g").await.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(app.stream().await.len(), 1, "nothing can be appended after the foreign id");
+
+    // Act: the operator deletes the drained stream.
+    let _: i64 = primary.del(app.stream_key()).await.unwrap();
+
+    // Assert: the group comes back and gets both events.
+    app.stream_has(2).await;
+    let read: Vec<String> = read_group(&app, "g").await.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(read, ids);
+}
