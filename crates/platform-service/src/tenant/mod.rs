@@ -13,23 +13,27 @@
 //! [`TenantTokenSigner`] mints short-lived HS256 tokens with the first configured secret.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderValue, WWW_AUTHENTICATE};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
-use chrono::{DateTime, Utc};
 use futures::future::{BoxFuture, LocalBoxFuture};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::ExposeSecret;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::auth;
 use crate::error::{error_response, server_error};
 use crate::settings::TenantAuthSettings;
+
+mod jwks;
+mod signer;
+
+use jwks::{FetchState, PublicKey, RemoteKeys, matching, parse_jwks};
+pub use signer::{MintedToken, TenantTokenSigner};
 
 /// The path segment tenant-scoped routes name the organisation with: `/api/usage/{org_id}`.
 pub const ORG_PATH_PARAM: &str = "org_id";
@@ -144,14 +148,6 @@ pub enum TenantAuthSetupError {
     Secret(#[source] jsonwebtoken::errors::Error),
     #[error("tenant_auth.jwks_urls: cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
-}
-
-/// A public key of a JWKS, with what it may verify.
-#[derive(Clone)]
-struct PublicKey {
-    kid: Option<String>,
-    alg: Algorithm,
-    key: DecodingKey,
 }
 
 /// The checker of tenant tokens; register it as `web::Data<TenantAuth>` on the app.
@@ -395,171 +391,6 @@ fn organisations(claim: Option<&Value>) -> Vec<String> {
     }
 }
 
-fn matching(keys: &[PublicKey], kid: Option<&str>, alg: Algorithm) -> Vec<PublicKey> {
-    keys.iter()
-        .filter(|k| k.alg == alg && (kid.is_none() || k.kid.as_deref() == kid))
-        .cloned()
-        .collect()
-}
-
-/// The RS256 / ES256 signing keys of a JWKS document; keys of other kinds or uses are skipped
-/// (one the crate cannot read does not hide the others).
-fn parse_jwks(text: &str) -> Result<Vec<PublicKey>, String> {
-    let document: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let Some(entries) = document.get("keys").and_then(Value::as_array) else {
-        return Err("not a JWKS document (no \"keys\" array)".to_owned());
-    };
-    let mut keys = Vec::new();
-    for entry in entries {
-        let Ok(jwk) = serde_json::from_value::<Jwk>(entry.clone()) else {
-            continue;
-        };
-        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-            continue;
-        }
-        let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
-            (Some(KeyAlgorithm::RS256), AlgorithmParameters::RSA(_))
-            | (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
-            (Some(KeyAlgorithm::ES256), AlgorithmParameters::EllipticCurve(ec))
-            | (None, AlgorithmParameters::EllipticCurve(ec))
-                if ec.curve == EllipticCurve::P256 =>
-            {
-                Algorithm::ES256
-            }
-            _ => continue,
-        };
-        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
-            continue;
-        };
-        keys.push(PublicKey { kid: jwk.common.key_id.clone(), alg, key });
-    }
-    Ok(keys)
-}
-
-#[derive(Debug, Default)]
-struct FetchState {
-    /// Last attempt, successful or not: unknown `kid`s refetch at most every `min_interval`.
-    attempted: Option<Instant>,
-    /// Last time every URL answered: keys older than `max_age` are fetched again.
-    succeeded: Option<Instant>,
-}
-
-/// Keys from JWKS URLs, one list per URL (a URL that fails keeps its last keys).
-struct RemoteKeys {
-    urls: Vec<String>,
-    http: reqwest::Client,
-    keys: RwLock<Vec<Vec<PublicKey>>>,
-    state: std::sync::Mutex<FetchState>,
-    /// Held while fetching: one fetch at a time.
-    fetching: tokio::sync::Mutex<()>,
-    min_interval: Duration,
-    max_age: Duration,
-}
-
-impl RemoteKeys {
-    fn fresh_copy(&self) -> Self {
-        Self {
-            urls: self.urls.clone(),
-            http: self.http.clone(),
-            keys: RwLock::new(vec![Vec::new(); self.urls.len()]),
-            state: std::sync::Mutex::new(FetchState::default()),
-            fetching: tokio::sync::Mutex::new(()),
-            min_interval: self.min_interval,
-            max_age: self.max_age,
-        }
-    }
-
-    fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Vec<PublicKey> {
-        let keys = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        keys.iter().flat_map(|list| matching(list, kid, alg)).collect()
-    }
-
-    /// Matching keys; fetches first when never fetched, when the keys are older than `max_age`,
-    /// or when nothing matches a named `kid` (`known_elsewhere`: a file key does). One fetch at
-    /// a time; a request that waited for it looks again before fetching itself.
-    async fn matching(
-        &self,
-        kid: Option<&str>,
-        alg: Algorithm,
-        known_elsewhere: bool,
-    ) -> Result<Vec<PublicKey>, TenantAuthError> {
-        let keys = self.lookup(kid, alg);
-        let unknown_kid = kid.is_some() && keys.is_empty() && !known_elsewhere;
-        if !self.should_fetch(unknown_kid) {
-            return Ok(keys);
-        }
-        let _one_fetch = self.fetching.lock().await;
-        let keys = self.lookup(kid, alg);
-        let unknown_kid = kid.is_some() && keys.is_empty() && !known_elsewhere;
-        if !self.should_fetch(unknown_kid) {
-            return Ok(keys);
-        }
-        let now = Instant::now();
-        self.state().attempted = Some(now);
-        let mut first_error = None;
-        for (index, url) in self.urls.iter().enumerate() {
-            match self.fetch(url).await {
-                Ok(fetched) => {
-                    let mut keys =
-                        self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if let Some(slot) = keys.get_mut(index) {
-                        *slot = fetched;
-                    }
-                }
-                Err(error) => {
-                    let chain = crate::error::error_chain(error.as_ref());
-                    tracing::warn!(url = %url, error = %chain, "JWKS fetch failed; keeping its last keys");
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
-        if first_error.is_none() {
-            self.state().succeeded = Some(now);
-        }
-        let keys = self.lookup(kid, alg);
-        let have_any = self
-            .keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .any(|list| !list.is_empty());
-        match first_error {
-            // No key at all to judge the token by: a retry may succeed, so not a 401.
-            Some(error) if !have_any && !known_elsewhere => {
-                Err(TenantAuthError::Unavailable(anyhow::anyhow!(error)))
-            }
-            _ => Ok(keys),
-        }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, FetchState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Never fetched, older than `max_age`, or an unknown `kid`; and not attempted within
-    /// `min_interval` (so tokens with made-up `kid`s cannot make this service hammer the URL).
-    fn should_fetch(&self, unknown_kid: bool) -> bool {
-        let state = self.state();
-        let now = Instant::now();
-        let stale = state.succeeded.is_none_or(|at| now.duration_since(at) >= self.max_age);
-        let may_retry =
-            state.attempted.is_none_or(|at| now.duration_since(at) >= self.min_interval);
-        (stale || unknown_kid) && may_retry
-    }
-
-    #[tracing::instrument(name = "jwks.fetch", skip(self))]
-    async fn fetch(
-        &self,
-        url: &str,
-    ) -> Result<Vec<PublicKey>, Box<dyn std::error::Error + Send + Sync + 'static>> {
-        let response = self.http.get(url).send().await?.error_for_status()?;
-        let text = response.text().await?;
-        let keys = parse_jwks(&text)?;
-        tracing::info!(keys = keys.len(), "JWKS fetched");
-        Ok(keys)
-    }
-}
-
 /// Extractor of tenant-scoped routes: the caller may read the organisation named by the route's
 /// `{org_id}` segment ([`TenantAuth::authorize`]).
 #[derive(Debug, Clone)]
@@ -608,103 +439,6 @@ fn registered(req: &HttpRequest) -> Result<web::Data<TenantAuth>, TenantAuthErro
         .ok_or(TenantAuthError::Misconfigured("TenantAuth is not registered as app data"))
 }
 
-/// Mints HS256 tenant tokens with the first configured secret, the organisation at the
-/// configured claim pointer, and `iss` / `aud` when configured.
-#[derive(Clone)]
-pub struct TenantTokenSigner {
-    key: EncodingKey,
-    org_claim: String,
-    issuer: Option<String>,
-    audience: Option<String>,
-    ttl_secs: i64,
-}
-
-impl std::fmt::Debug for TenantTokenSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TenantTokenSigner")
-            .field("org_claim", &self.org_claim)
-            .field("ttl_secs", &self.ttl_secs)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A minted token and when it expires.
-#[derive(Clone)]
-pub struct MintedToken {
-    pub token: String,
-    pub expires_at: DateTime<Utc>,
-}
-
-impl std::fmt::Debug for MintedToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MintedToken")
-            .field("token", &"[REDACTED]")
-            .field("expires_at", &self.expires_at)
-            .finish()
-    }
-}
-
-impl TenantTokenSigner {
-    /// `None` when no HS256 secret is configured (this service then mints nothing).
-    pub fn from_settings(
-        settings: &TenantAuthSettings,
-    ) -> Result<Option<Self>, TenantAuthSetupError> {
-        let Some(secret) = settings.hs256_secrets.first() else {
-            return Ok(None);
-        };
-        let key = EncodingKey::from_secret(secret.expose_secret().as_bytes())
-            .map_err(TenantAuthSetupError::Secret)?;
-        Ok(Some(Self {
-            key,
-            org_claim: settings.org_claim.clone(),
-            issuer: settings.issuers.first().cloned(),
-            audience: settings.audiences.first().cloned(),
-            // Validated to 1..=86400.
-            ttl_secs: i64::try_from(settings.mint_ttl_secs).unwrap_or(900),
-        }))
-    }
-
-    /// A token for `org_id`, valid for `tenant_auth.mint_ttl_secs` from now.
-    pub fn mint(&self, org_id: &str) -> Result<MintedToken, jsonwebtoken::errors::Error> {
-        let now = Utc::now().timestamp();
-        let exp = now.saturating_add(self.ttl_secs);
-        let mut claims = Map::new();
-        claims.insert("iat".to_owned(), now.into());
-        claims.insert("exp".to_owned(), exp.into());
-        if let Some(issuer) = &self.issuer {
-            claims.insert("iss".to_owned(), issuer.clone().into());
-        }
-        if let Some(audience) = &self.audience {
-            claims.insert("aud".to_owned(), audience.clone().into());
-        }
-        insert_at_pointer(&mut claims, &self.org_claim, Value::String(org_id.to_owned()));
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)?;
-        let expires_at = DateTime::from_timestamp(exp, 0).unwrap_or_else(Utc::now);
-        Ok(MintedToken { token, expires_at })
-    }
-}
-
-/// Puts `value` at a JSON pointer, creating the objects on the way (`/o/id` → `{"o":{"id":…}}`).
-fn insert_at_pointer(claims: &mut Map<String, Value>, pointer: &str, value: Value) {
-    let parts: Vec<String> =
-        pointer.split('/').skip(1).map(|p| p.replace("~1", "/").replace("~0", "~")).collect();
-    let Some((last, path)) = parts.split_last() else {
-        return;
-    };
-    let mut node = claims;
-    for part in path {
-        let entry = node.entry(part.clone()).or_insert_with(|| Value::Object(Map::new()));
-        if !entry.is_object() {
-            *entry = Value::Object(Map::new());
-        }
-        let Value::Object(next) = entry else {
-            return;
-        };
-        node = next;
-    }
-    node.insert(last.clone(), value);
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -724,15 +458,5 @@ mod tests {
         assert_eq!(organisations(claims.pointer("/organization")), ["o4"]);
         assert!(organisations(claims.pointer("/empty")).is_empty());
         assert!(organisations(claims.pointer("/missing")).is_empty());
-    }
-
-    #[test]
-    fn a_minted_claim_lands_at_its_pointer_with_escapes() {
-        let mut claims = Map::new();
-        insert_at_pointer(&mut claims, "/o/id", "a".into());
-        insert_at_pointer(&mut claims, "/https:~1~1example.com~1org", "b".into());
-        let claims = Value::Object(claims);
-        assert_eq!(claims.pointer("/o/id"), Some(&Value::from("a")));
-        assert_eq!(claims["https://example.com/org"], "b");
     }
 }
