@@ -4,34 +4,20 @@
 //! "stopped" by shutting its app down and "started" by building it again on the same database.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+mod common;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::{ADMIN_TOKEN, Running, serve};
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::CustomCommand;
 use platform_redis::{RedisClients, RedisSettings};
-use platform_service::Shutdown;
 use platform_service::settings::ServiceSettings;
 use platform_testing::{PostgresServer, RedisServer, eventually, unique_prefix};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
 
-const ADMIN_TOKEN: &str = "dev-admin-token";
 const WEBHOOK_SECRET: &str = "whsec_e2e";
-
-struct Running {
-    base: String,
-    shutdown: Shutdown,
-    server: JoinHandle<std::io::Result<()>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.trigger();
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.server).await;
-    }
-}
 
 /// The three services' shared Redis and prefix, and each one's own database.
 struct Stack {
@@ -58,16 +44,7 @@ impl Stack {
     }
 
     fn settings<S: ServiceSettings>(&self, database: &str, extra: &[(&str, &str)]) -> S {
-        let mut vars = HashMap::from([
-            ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
-            ("APP__HTTP__WORKERS".to_owned(), "1".to_owned()),
-            ("APP__REDIS__URL".to_owned(), self.redis.url()),
-            ("APP__REDIS__KEY_PREFIX".to_owned(), self.prefix.clone()),
-            ("APP__DATABASE__URL".to_owned(), database.to_owned()),
-            ("APP__RATE_LIMIT__ENABLED".to_owned(), "false".to_owned()),
-        ]);
-        vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        S::from_overrides(vars).unwrap()
+        common::settings(&self.redis.url(), &self.prefix, database, extra)
     }
 
     async fn webhook_ingest(&self) -> Running {
@@ -78,23 +55,17 @@ impl Stack {
                 ("APP__WEBHOOK__RELAY_CHECKPOINT_MS", "200"),
             ],
         );
-        let app = webhook_ingest::build(settings).await.unwrap();
-        running(app)
+        serve!(webhook_ingest::build(settings).await.unwrap())
     }
 
     async fn campaign_api(&self) -> Running {
         let settings = self.settings(&self.campaign_db, &[("APP__STRIPE_EVENTS__BLOCK_MS", "100")]);
-        running(campaign_api::build(settings).await.unwrap())
+        serve!(campaign_api::build(settings).await.unwrap())
     }
 
     async fn usage_meter(&self) -> Running {
         let settings = self.settings(&self.usage_db, &[("APP__USAGE__BLOCK_MS", "100")]);
-        let app = usage_meter::build(settings).await.unwrap();
-        Running {
-            base: format!("http://127.0.0.1:{}", app.port()),
-            shutdown: app.context().shutdown.clone(),
-            server: tokio::spawn(app.run_until_stopped()),
-        }
+        serve!(usage_meter::build(settings).await.unwrap())
     }
 
     /// Delivers `count` donations of 100 cents, each its own event and payment intent.
@@ -182,14 +153,6 @@ impl Stack {
             .custom(CustomCommand::new_static(command, None, false), Vec::<String>::new())
             .await
             .unwrap();
-    }
-}
-
-fn running(app: platform_service::Application) -> Running {
-    Running {
-        base: format!("http://127.0.0.1:{}", app.port()),
-        shutdown: app.context().shutdown.clone(),
-        server: tokio::spawn(app.run_until_stopped()),
     }
 }
 

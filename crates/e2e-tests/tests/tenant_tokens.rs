@@ -4,40 +4,16 @@
 //! default tenant-token settings (the shared development secret), as `make run` starts them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+mod common;
 
-use platform_service::Shutdown;
+use common::{ADMIN_TOKEN, serve};
 use platform_service::settings::ServiceSettings;
 use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
-
-const ADMIN_TOKEN: &str = "dev-admin-token";
-
-struct Running {
-    base: String,
-    shutdown: Shutdown,
-    server: JoinHandle<std::io::Result<()>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.trigger();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.server).await;
-    }
-}
 
 async fn settings<S: ServiceSettings>(prefix: &str) -> S {
     let database = PostgresServer::shared().create_database().await.unwrap();
-    S::from_overrides(HashMap::from([
-        ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
-        ("APP__HTTP__WORKERS".to_owned(), "1".to_owned()),
-        ("APP__REDIS__URL".to_owned(), RedisServer::shared().url()),
-        ("APP__REDIS__KEY_PREFIX".to_owned(), prefix.to_owned()),
-        ("APP__DATABASE__URL".to_owned(), database.url),
-        ("APP__RATE_LIMIT__ENABLED".to_owned(), "false".to_owned()),
-    ]))
-    .unwrap()
+    common::settings(&RedisServer::shared().url(), prefix, &database.url, &[])
 }
 
 async fn create_org(http: &reqwest::Client, campaign_api: &str, slug: &str) -> String {
@@ -58,18 +34,8 @@ async fn create_org(http: &reqwest::Client, campaign_api: &str, slug: &str) -> S
 async fn a_token_minted_by_campaign_api_opens_usage_meter_for_its_organisation_only() {
     // Arrange
     let prefix = unique_prefix("e2e-tenant-tokens");
-    let campaign = campaign_api::build(settings(&prefix).await).await.unwrap();
-    let campaign = Running {
-        base: format!("http://127.0.0.1:{}", campaign.port()),
-        shutdown: campaign.context().shutdown.clone(),
-        server: tokio::spawn(campaign.run_until_stopped()),
-    };
-    let usage = usage_meter::build(settings(&prefix).await).await.unwrap();
-    let usage = Running {
-        base: format!("http://127.0.0.1:{}", usage.port()),
-        shutdown: usage.context().shutdown.clone(),
-        server: tokio::spawn(usage.run_until_stopped()),
-    };
+    let campaign = serve!(campaign_api::build(settings(&prefix).await).await.unwrap());
+    let usage = serve!(usage_meter::build(settings(&prefix).await).await.unwrap());
     let http = reqwest::Client::new();
     let own = create_org(&http, &campaign.base, "tenant-church").await;
     let other = create_org(&http, &campaign.base, "other-church").await;

@@ -24,81 +24,43 @@
 //! disables them (e.g. `RUST_LOG=warn`) makes it fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::{ADMIN_TOKEN, Running, serve};
 use platform_redis::fred::prelude::*;
 use platform_redis::{RedisClients, RedisSettings, StreamName};
-use platform_service::Shutdown;
 use platform_service::settings::{LogFormat, ServiceSettings, TelemetrySettings};
 use platform_service::telemetry::{TelemetryGuard, init_test_telemetry};
 use platform_testing::{OtlpReceiver, PostgresServer, ReceivedSpan, RedisServer, unique_prefix};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
-const ADMIN_TOKEN: &str = "dev-admin-token";
 const WEBHOOK_SECRET: &str = "whsec_e2e";
 /// Bounded waits: this many polls, 100 ms apart.
 const POLLS: usize = 300;
 
-/// One app serving on a free port.
-struct Running {
-    base: String,
-    shutdown: Shutdown,
-    server: JoinHandle<std::io::Result<()>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.trigger();
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.server).await;
-    }
-}
-
-/// `APP__…` overrides every app gets: port 0, the shared Redis and prefix, its own database.
+/// The shared Redis and prefix, and a database of its own.
 async fn settings<S: ServiceSettings>(prefix: &str, extra: &[(&str, &str)]) -> S {
     let database = PostgresServer::shared().create_database().await.unwrap();
-    let mut vars = HashMap::from([
-        ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
-        ("APP__HTTP__WORKERS".to_owned(), "1".to_owned()),
-        ("APP__REDIS__URL".to_owned(), RedisServer::shared().url()),
-        ("APP__REDIS__KEY_PREFIX".to_owned(), prefix.to_owned()),
-        ("APP__DATABASE__URL".to_owned(), database.url),
-        ("APP__RATE_LIMIT__ENABLED".to_owned(), "false".to_owned()),
-    ]);
-    vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    S::from_overrides(vars).unwrap()
+    common::settings(&RedisServer::shared().url(), prefix, &database.url, extra)
 }
 
 async fn start_webhook_ingest(prefix: &str) -> Running {
     let settings = settings(prefix, &[("APP__WEBHOOK__SECRETS", WEBHOOK_SECRET)]).await;
-    let app = webhook_ingest::build(settings).await.unwrap();
-    Running {
-        base: format!("http://127.0.0.1:{}", app.port()),
-        shutdown: app.context().shutdown.clone(),
-        server: tokio::spawn(app.run_until_stopped()),
-    }
+    serve!(webhook_ingest::build(settings).await.unwrap())
 }
 
 async fn start_campaign_api(prefix: &str) -> Running {
     let settings = settings(prefix, &[("APP__STRIPE_EVENTS__BLOCK_MS", "100")]).await;
-    let app = campaign_api::build(settings).await.unwrap();
-    Running {
-        base: format!("http://127.0.0.1:{}", app.port()),
-        shutdown: app.context().shutdown.clone(),
-        server: tokio::spawn(app.run_until_stopped()),
-    }
+    serve!(campaign_api::build(settings).await.unwrap())
 }
 
 async fn start_usage_meter(prefix: &str) -> Running {
     let settings = settings(prefix, &[("APP__USAGE__BLOCK_MS", "100")]).await;
-    let app = usage_meter::build(settings).await.unwrap();
-    Running {
-        base: format!("http://127.0.0.1:{}", app.port()),
-        shutdown: app.context().shutdown.clone(),
-        server: tokio::spawn(app.run_until_stopped()),
-    }
+    serve!(usage_meter::build(settings).await.unwrap())
 }
 
 /// Creates an organisation and an active campaign through campaign-api's admin routes; returns
