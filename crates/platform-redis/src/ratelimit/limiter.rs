@@ -16,7 +16,7 @@ use super::script::Scripts;
 use super::settings::{PolicySettings, RateLimitSettings};
 use super::window::Outcome;
 use crate::client::{RedisClients, Role};
-use crate::error::Result;
+use crate::error::{RedisError, Result};
 
 struct Inner {
     scripts: Scripts,
@@ -203,14 +203,8 @@ impl RateLimiter {
                 self.inner.fallback.leave();
                 self.finish(policy, identifier, outcome, DecisionSource::Redis, now)
             }
-            Err(error) if error.is_unavailable() => {
-                self.inner.fallback.enter(&error);
-                self.fallback_decision(policy, identifier, now_ms, now)
-            }
             Err(error) => {
-                // Not an outage but a bug or a foreign value under our key: still limit, loudly.
-                tracing::error!(%error, policy = %policy.name, "rate-limit script failed; deciding in process");
-                self.fallback_decision(policy, identifier, now_ms, now)
+                self.script_failed("rate-limit script", &error, policy, identifier, now_ms, now)
             }
         }
     }
@@ -263,13 +257,9 @@ impl RateLimiter {
                     source: DecisionSource::Redis,
                 }
             }
-            Err(error) if error.is_unavailable() => {
-                self.inner.fallback.enter(&error);
-                self.fallback_decision(policy, identifier, now_ms, now)
-            }
             Err(error) => {
-                tracing::error!(%error, policy = %policy.name, "rate-limit lease script failed; deciding in process");
-                self.fallback_decision(policy, identifier, now_ms, now)
+                let what = "rate-limit lease script";
+                self.script_failed(what, &error, policy, identifier, now_ms, now)
             }
         }
     }
@@ -308,6 +298,26 @@ impl RateLimiter {
                 }
             }
         });
+    }
+
+    /// The decision after script `what` failed: in process either way, after switching to
+    /// fallback when Redis is unreachable; anything else is not an outage but a bug or a foreign
+    /// value under our key, so it is logged loudly.
+    fn script_failed(
+        &self,
+        what: &str,
+        error: &RedisError,
+        policy: &Policy,
+        identifier: &str,
+        now_ms: u64,
+        now: Instant,
+    ) -> Decision {
+        if error.is_unavailable() {
+            self.inner.fallback.enter(error);
+        } else {
+            tracing::error!(%error, policy = %policy.name, "{what} failed; deciding in process");
+        }
+        self.fallback_decision(policy, identifier, now_ms, now)
     }
 
     fn fallback_decision(

@@ -16,11 +16,28 @@
 
 use std::collections::HashMap;
 
+/// The end both scripts share: `reset` (ms) from `remaining`, `current` and `previous` after
+/// the decision, as the module doc gives it.
+macro_rules! reset_lua {
+    () => {
+        r#"local reset
+if remaining > 0 then
+  reset = window - elapsed
+elseif current >= limit then
+  reset = (window - elapsed) + window - math.floor((limit - 1) * window / current)
+else
+  reset = window - math.floor((limit - 1 - current) * window / previous) - elapsed
+end
+"#
+    };
+}
+
 /// The Redis side. `KEYS[1]` = current window counter, `KEYS[2]` = previous window counter
 /// (same hash tag); `ARGV` = limit, window ms, ms elapsed in the current window (from the caller's
 /// clock, which also chose the window index of the keys). Returns `{allowed, limit, remaining,
 /// reset_ms}`. The counter lives two windows: it is read as "previous" during the next one.
-pub(crate) const SLIDING_WINDOW_LUA: &str = r#"
+pub(crate) const SLIDING_WINDOW_LUA: &str = concat!(
+    r#"
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local elapsed = tonumber(ARGV[3])
@@ -35,16 +52,10 @@ if current < limit and prev_weighted <= (limit - 1 - current) * window then
 end
 local remaining = math.floor(((limit - current) * window - prev_weighted) / window)
 if remaining < 0 then remaining = 0 end
-local reset
-if remaining > 0 then
-  reset = window - elapsed
-elseif current >= limit then
-  reset = (window - elapsed) + window - math.floor((limit - 1) * window / current)
-else
-  reset = window - math.floor((limit - 1 - current) * window / previous) - elapsed
-end
-return {allowed, limit, remaining, reset}
-"#;
+"#,
+    reset_lua!(),
+    "return {allowed, limit, remaining, reset}\n"
+);
 
 /// The leasing variant of [`SLIDING_WINDOW_LUA`] (same keys, same arithmetic). `ARGV` = limit,
 /// window ms, ms elapsed, tokens wanted, expected replicas, tokens given back, and which key they
@@ -54,7 +65,8 @@ return {allowed, limit, remaining, reset}
 /// `min(wanted, max(1, room / replicas))` (0 when `room` is 0) by adding them to the current
 /// count. Returns `{granted, limit, remaining after the grant, reset_ms}`, `reset_ms` as the exact
 /// script computes it for the new count.
-pub(crate) const LEASE_LUA: &str = r#"
+pub(crate) const LEASE_LUA: &str = concat!(
+    r#"
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local elapsed = tonumber(ARGV[3])
@@ -79,16 +91,10 @@ if room > 0 then
   redis.call('PEXPIRE', KEYS[1], 2 * window)
 end
 local remaining = room - granted
-local reset
-if remaining > 0 then
-  reset = window - elapsed
-elseif current >= limit then
-  reset = (window - elapsed) + window - math.floor((limit - 1) * window / current)
-else
-  reset = window - math.floor((limit - 1 - current) * window / previous) - elapsed
-end
-return {granted, limit, remaining, reset}
-"#;
+"#,
+    reset_lua!(),
+    "return {granted, limit, remaining, reset}\n"
+);
 
 /// One decision of the algorithm, before it is dressed as a [`super::Decision`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
