@@ -13,6 +13,7 @@ pub mod keys;
 pub mod lock;
 pub mod lua;
 pub mod messages;
+mod middleware;
 pub mod once;
 pub mod outbox;
 pub mod pubsub;

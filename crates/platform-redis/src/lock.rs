@@ -18,9 +18,9 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use backon::{ExponentialBuilder, Retryable};
 use fred::prelude::*;
 use fred::types::scripts::Script;
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::RedisClients;
@@ -107,20 +107,44 @@ impl Lock {
         max_wait: Duration,
     ) -> Result<Option<LockGuard>> {
         let deadline = Instant::now() + max_wait;
-        let mut pause_ms: u64 = 10;
-        loop {
-            if let Some(guard) = Self::acquire(clients, name, ttl).await? {
-                return Ok(Some(guard));
+        let attempt = || async {
+            match Self::acquire(clients, name, ttl).await {
+                Ok(Some(guard)) => Ok(guard),
+                Ok(None) => Err(Attempt::Held),
+                Err(error) => Err(Attempt::Failed(error)),
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            let jittered = rand::rng().random_range(pause_ms / 2..=pause_ms);
-            tokio::time::sleep(Duration::from_millis(jittered).min(left)).await;
-            pause_ms = (pause_ms * 2).min(250);
+        };
+        let taken = attempt
+            .retry(WAIT_BACKOFF)
+            .when(|failed| matches!(failed, Attempt::Held))
+            // The last pause ends at the deadline, and one more try follows it.
+            .adjust(|_, pause| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                pause.filter(|_| !left.is_zero()).map(|pause| pause.min(left))
+            })
+            .await;
+        match taken {
+            Ok(guard) => Ok(Some(guard)),
+            Err(Attempt::Held) => Ok(None),
+            Err(Attempt::Failed(error)) => Err(error),
         }
     }
+}
+
+/// Pauses between tries of [`Lock::acquire_with_wait`]: jittered within [p/2, p) for p = 10 ms,
+/// doubling up to 250 ms (backon's jitter adds up to one more delay to each).
+const WAIT_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(5))
+    .with_max_delay(Duration::from_millis(125))
+    .with_jitter()
+    .without_max_times();
+
+/// Why one try of [`Lock::acquire_with_wait`] did not take the lock.
+enum Attempt {
+    /// Someone else holds it: try again after a pause.
+    Held,
+    /// Redis failed: give up with the error.
+    Failed(crate::error::RedisError),
 }
 
 /// The fencing number of the newest acquisition of lock `name` (0 if it was never taken). A holder

@@ -1,4 +1,4 @@
-//! The producer side of usage metering (seed 000 §3.3): a bounded in-memory buffer of
+//! The producer side of usage metering: a bounded in-memory buffer of
 //! [`UsageEvent`]s appended to the usage stream in batches, and actix middleware that records one
 //! `api_request` per request of an organisation.
 //!
@@ -28,11 +28,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::middleware::Next;
 use actix_web::{Error, HttpRequest};
-use futures::future::{LocalBoxFuture, Ready, ready};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::future::{Ready, ready};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::RedisClients;
 use crate::keys::StreamName;
 use crate::messages::UsageEvent;
+use crate::middleware::{self, FnService};
 use crate::ratelimit::Denied;
 use crate::streams::StreamProducer;
 
@@ -193,6 +196,15 @@ impl UsageRecorder {
     }
 }
 
+/// The longest pause between two failed appends.
+const APPEND_PAUSE_MAX: Duration = Duration::from_secs(3);
+
+/// Pauses between failed appends while Redis is away: 100 ms, doubling up to 3 s.
+const APPEND_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(APPEND_PAUSE_MAX)
+    .without_max_times();
+
 async fn send_loop(
     producer: StreamProducer,
     mut receiver: mpsc::Receiver<UsageEvent>,
@@ -202,7 +214,8 @@ async fn send_loop(
 ) {
     let batch_size = settings.batch_size.max(1);
     let mut batch: Vec<UsageEvent> = Vec::with_capacity(batch_size);
-    let mut failures: u32 = 0;
+    // The pauses of the current run of failures; a success starts them over.
+    let mut pauses: Option<ExponentialBackoff> = None;
     loop {
         let mut linger = true;
         if batch.is_empty() {
@@ -239,12 +252,13 @@ async fn send_loop(
         match producer.append_all(&batch).await {
             Ok(_) => {
                 batch.clear();
-                failures = 0;
+                pauses = None;
             }
             Err(error) => {
-                failures = failures.saturating_add(1);
-                let pause =
-                    Duration::from_millis(50u64 << failures.min(6)).min(Duration::from_secs(3));
+                let pause = pauses
+                    .get_or_insert_with(|| APPEND_BACKOFF.build())
+                    .next()
+                    .unwrap_or(APPEND_PAUSE_MAX);
                 tracing::warn!(%error, pending = batch.len(), pause_ms = pause.as_millis() as u64, "appending usage events failed; keeping them for a retry");
                 tokio::select! {
                     () = cancel.cancelled() => break,
@@ -333,95 +347,71 @@ impl TrackUsage {
 impl<S, B> Transform<S, ServiceRequest> for TrackUsage
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: 'static,
+    B: MessageBody + 'static,
 {
     type Response = ServiceResponse<B>;
     type Error = Error;
-    type Transform = TrackUsageMiddleware<S>;
+    type Transform = FnService<B>;
     type InitError = ();
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(TrackUsageMiddleware { service: Rc::new(service), config: Rc::new(self.clone()) }))
+        // Shared by `Rc`: cloning the recorder per request would count its `Arc`s and channel
+        // sender up and down, cache lines every worker thread fights over.
+        let config = Rc::new(self.clone());
+        ready(middleware::wrap(service, move |req, next| {
+            Box::pin(track(Rc::clone(&config), req, next))
+        }))
     }
 }
 
-/// The per-worker service built by [`TrackUsage`].
-pub struct TrackUsageMiddleware<S> {
-    service: Rc<S>,
-    /// Shared by `Rc`: cloning the recorder per request would count its `Arc`s and channel
-    /// sender up and down, cache lines every worker thread fights over.
+/// One request: the inner service, then its usage recorded (or counted) for its organisation.
+async fn track<B>(
     config: Rc<TrackUsage>,
-}
-
-impl<S> fmt::Debug for TrackUsageMiddleware<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrackUsageMiddleware").finish_non_exhaustive()
-    }
-}
-
-impl<S, B> Service<ServiceRequest> for TrackUsageMiddleware<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: 'static,
-{
-    type Response = ServiceResponse<B>;
-    type Error = Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    forward_ready!(service);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let service = Rc::clone(&self.service);
-        let config = Rc::clone(&self.config);
-        let org = (config.org)(&req);
-        if config.aggregated {
-            return Box::pin(async move {
-                let response = service.call(req).await?;
-                let recorder = &config.recorder;
-                if count_denied(recorder, &response, org.as_deref(), config.denied_org.as_ref()) {
-                    return Ok(response);
-                }
-                if let Some(org_id) = org {
-                    recorder.count(&org_id, "api_request", 1);
-                } else if let Some(UsageOrg(org_id)) = response.response().extensions().get() {
-                    recorder.count(org_id, "api_request", 1);
-                }
-                Ok(response)
-            });
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<B>, Error> {
+    let org = (config.org)(&req);
+    let recorder = &config.recorder;
+    if config.aggregated {
+        let response = next.call(req).await?;
+        if count_denied(recorder, &response, org.as_deref(), config.denied_org.as_ref()) {
+            return Ok(response);
         }
-        let method = req.method().to_string();
-        let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-        Box::pin(async move {
-            let response = service.call(req).await?;
-            let recorder = &config.recorder;
-            if count_denied(recorder, &response, org.as_deref(), config.denied_org.as_ref()) {
-                return Ok(response);
-            }
-            let org = org.or_else(|| {
-                response.response().extensions().get::<UsageOrg>().map(|org| org.0.clone())
-            });
-            if let Some(org_id) = org {
-                recorder.record(UsageEvent {
-                    org_id,
-                    metric: "api_request".to_owned(),
-                    value: 1,
-                    occurred_at: Some(chrono::Utc::now().to_rfc3339()),
-                    idempotency_key: None,
-                    metadata: Some(serde_json::json!({
-                        "path": route,
-                        "method": method,
-                        "status": response.status().as_u16(),
-                    })),
-                });
-            }
-            Ok(response)
-        })
+        if let Some(org_id) = org {
+            recorder.count(&org_id, "api_request", 1);
+        } else if let Some(UsageOrg(org_id)) = response.response().extensions().get() {
+            recorder.count(org_id, "api_request", 1);
+        }
+        return Ok(response);
     }
+    let method = req.method().to_string();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.call(req).await?;
+    if count_denied(recorder, &response, org.as_deref(), config.denied_org.as_ref()) {
+        return Ok(response);
+    }
+    let org =
+        org.or_else(|| response.response().extensions().get::<UsageOrg>().map(|org| org.0.clone()));
+    if let Some(org_id) = org {
+        recorder.record(UsageEvent {
+            org_id,
+            metric: "api_request".to_owned(),
+            value: 1,
+            occurred_at: Some(chrono::Utc::now().to_rfc3339()),
+            idempotency_key: None,
+            metadata: Some(serde_json::json!({
+                "path": route,
+                "method": method,
+                "status": response.status().as_u16(),
+            })),
+        });
+    }
+    Ok(response)
 }
 
 /// A request the rate limiter refused ([`Denied`]) is not usage: it is tallied as `rate_limited`
-/// for its organisation (the seed's "rate limit hits per church"), always aggregated so a flood
+/// for its organisation (rate-limit hits per organisation), always aggregated so a flood
 /// of refusals cannot flood the stream. True when the response was such a refusal.
 fn count_denied<B>(
     recorder: &UsageRecorder,

@@ -154,6 +154,17 @@ fn settings(group: &str) -> ConsumerSettings {
     }
 }
 
+/// A worker of `settings` and the token that stops it; its group exists.
+async fn worker_with_group(
+    clients: &RedisClients,
+    settings: ConsumerSettings,
+) -> (StreamConsumer, CancellationToken) {
+    let stop = CancellationToken::new();
+    let consumer = StreamConsumer::new(clients, settings, stop.clone());
+    consumer.ensure_group().await.unwrap();
+    (consumer, stop)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_consumers_entries_are_reclaimed_and_applied_exactly_once() {
     // Arrange: 500 credits, a group, and two consumers that die holding entries.
@@ -223,9 +234,7 @@ async fn a_dead_consumers_entries_are_reclaimed_and_applied_exactly_once() {
 async fn poison_entries_go_to_the_dead_letter_stream_and_the_worker_goes_on() {
     // Arrange: good entries around three kinds of poison.
     let clients = clients("streams-poison").await;
-    let stop = CancellationToken::new();
-    let consumer = StreamConsumer::new(&clients, settings("meter"), stop.clone());
-    consumer.ensure_group().await.unwrap();
+    let (consumer, stop) = worker_with_group(&clients, settings("meter")).await;
     let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
     let key = consumer.stream_key().to_owned();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -289,13 +298,9 @@ async fn poison_entries_go_to_the_dead_letter_stream_and_the_worker_goes_on() {
 async fn entries_retried_past_max_deliveries_or_rejected_by_the_handler_are_dead_lettered() {
     // Arrange: one entry the handler always retries, one it rejects, two good ones.
     let clients = clients("streams-max-deliveries").await;
-    let stop = CancellationToken::new();
-    let consumer = StreamConsumer::new(
-        &clients,
-        ConsumerSettings { max_deliveries: 2, ..settings("meter") },
-        stop.clone(),
-    );
-    consumer.ensure_group().await.unwrap();
+    let (consumer, stop) =
+        worker_with_group(&clients, ConsumerSettings { max_deliveries: 2, ..settings("meter") })
+            .await;
     let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
     let ids = producer
         .append_all(&[
@@ -388,13 +393,8 @@ impl StreamHandler for StopMidBatchHandler {
 async fn a_cancelled_worker_finishes_its_current_batch_before_returning() {
     // Arrange
     let clients = clients("streams-finish-batch").await;
-    let stop = CancellationToken::new();
-    let consumer = StreamConsumer::new(
-        &clients,
-        ConsumerSettings { batch_size: 10, ..settings("meter") },
-        stop.clone(),
-    );
-    consumer.ensure_group().await.unwrap();
+    let (consumer, stop) =
+        worker_with_group(&clients, ConsumerSettings { batch_size: 10, ..settings("meter") }).await;
     let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
     producer.append_all(&vec![Credit { amount: 1 }; 30]).await.unwrap();
     let handler = StopMidBatchHandler {
@@ -449,9 +449,7 @@ async fn commit_order(clients: &RedisClients) -> Vec<String> {
 async fn an_overlapping_worker_commits_every_batch_once_and_in_stream_order() {
     // Arrange: 40 full batches, so the worker reads ahead and commits in the background.
     let clients = clients("streams-overlap").await;
-    let stop = CancellationToken::new();
-    let consumer = StreamConsumer::new(&clients, settings("meter"), stop.clone());
-    consumer.ensure_group().await.unwrap();
+    let (consumer, stop) = worker_with_group(&clients, settings("meter")).await;
     let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
     let credits: Vec<Credit> = (1..=2000).map(|amount| Credit { amount }).collect();
     let ids = producer.append_all(&credits).await.unwrap();
@@ -484,8 +482,7 @@ async fn an_overlapping_worker_commits_every_batch_once_and_in_stream_order() {
 async fn a_cancelled_overlapping_worker_also_finishes_the_batch_it_read_ahead() {
     // Arrange: three full batches; the handler cancels during the first.
     let clients = clients("streams-overlap-stop").await;
-    let stop = CancellationToken::new();
-    let consumer = StreamConsumer::new(
+    let (consumer, stop) = worker_with_group(
         &clients,
         // No claim pass falls due during the test (it would run instead of the read-ahead).
         ConsumerSettings {
@@ -493,9 +490,8 @@ async fn a_cancelled_overlapping_worker_also_finishes_the_batch_it_read_ahead() 
             claim_idle: Duration::from_secs(60),
             ..settings("meter")
         },
-        stop.clone(),
-    );
-    consumer.ensure_group().await.unwrap();
+    )
+    .await;
     let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
     producer.append_all(&vec![Credit { amount: 1 }; 30]).await.unwrap();
     let handler = OverlappingHandler {
@@ -690,17 +686,15 @@ async fn a_restarted_consumer_first_takes_its_own_pending_entries_then_new_ones(
     // Arrange: "replica-1" read entries 1..=3 and died holding them; 4 arrived since. The
     // claim idle is far longer than the test: only taking its own entries can finish them.
     let clients = clients("streams-own-pending").await;
-    let stop = CancellationToken::new();
-    let consumer = StreamConsumer::new(
+    let (consumer, stop) = worker_with_group(
         &clients,
         ConsumerSettings {
             consumer: "replica-1".into(),
             claim_idle: Duration::from_secs(600),
             ..settings("meter")
         },
-        stop.clone(),
-    );
-    consumer.ensure_group().await.unwrap();
+    )
+    .await;
     append_with_ids(&clients, 1..=3).await;
     let _: Value = clients
         .primary()
@@ -750,13 +744,9 @@ impl StreamHandler for FlakyDependency {
 async fn entries_held_back_by_an_outage_are_retried_without_counting_towards_max_deliveries() {
     // Arrange: an outage lasting twice as many attempts as max_deliveries allows.
     let clients = clients("streams-outage").await;
-    let stop = CancellationToken::new();
-    let consumer = StreamConsumer::new(
-        &clients,
-        ConsumerSettings { max_deliveries: 2, ..settings("meter") },
-        stop.clone(),
-    );
-    consumer.ensure_group().await.unwrap();
+    let (consumer, stop) =
+        worker_with_group(&clients, ConsumerSettings { max_deliveries: 2, ..settings("meter") })
+            .await;
     append_with_ids(&clients, [1, 2]).await;
     let handler =
         FlakyDependency { outages: 4, attempts: AtomicUsize::new(0), inner: recording(&clients) };

@@ -3,9 +3,10 @@
 //! Only `Customer.ID` of each invoice is decoded (serde skips every other field), so a page costs
 //! its bytes while it is parsed and eight bytes per invoice afterwards.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use rand::Rng;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, RETRY_AFTER};
@@ -172,44 +173,54 @@ impl SimproClient {
         deadline: Instant,
         retries: &AtomicU64,
     ) -> Result<PageData, PageError> {
-        let mut attempt = 1;
-        loop {
-            let error = match self.fetch_page(page).await {
-                Ok(data) => return Ok(data),
-                Err(error) => error,
-            };
-            if !error.is_retryable() {
-                return Err(PageError::Fatal { page, source: error });
-            }
-            if attempt >= self.max_attempts {
-                return Err(PageError::Exhausted { page, attempts: attempt, source: error });
-            }
-            let wait = self.wait_before_retry(attempt, &error);
+        let attempts = AtomicU32::new(0);
+        let past_deadline = AtomicBool::new(false);
+        // Before try n: random in [half, full] of min(backoff_max, backoff_base * 2^(n-1)).
+        // backon's jitter adds up to one more delay to each, so it is given the halves.
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(self.backoff_base / 2)
+            .with_max_delay(self.backoff_max / 2)
+            .with_jitter()
+            .with_max_times(usize::try_from(self.max_attempts.saturating_sub(1)).unwrap_or(0));
+        let fetched = (|| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            self.fetch_page(page)
+        })
+        .retry(backoff)
+        .when(FetchError::is_retryable)
+        .adjust(|error, backoff| {
+            let wait = self.wait_before_retry(backoff?, error);
             if Instant::now() + wait >= deadline {
-                return Err(PageError::Deadline { page, source: error });
+                past_deadline.store(true, Ordering::Relaxed);
+                return None;
             }
+            Some(wait)
+        })
+        .notify(|error, wait| {
+            let attempt = attempts.load(Ordering::Relaxed);
             tracing::warn!(page, attempt, wait_ms = wait.as_millis() as u64, error = %error, "simPRO page failed; retrying");
             retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(wait).await;
-            attempt += 1;
-        }
+        })
+        .await;
+        fetched.map_err(|source| {
+            if !source.is_retryable() {
+                PageError::Fatal { page, source }
+            } else if past_deadline.load(Ordering::Relaxed) {
+                PageError::Deadline { page, source }
+            } else {
+                PageError::Exhausted { page, attempts: attempts.load(Ordering::Relaxed), source }
+            }
+        })
     }
 
-    /// Full-jitter-ish backoff in [half, full] of `base * 2^(attempt-1)` (capped); a server's
-    /// `Retry-After` wins when longer, plus a little jitter so throttled pages do not return together.
-    fn wait_before_retry(&self, attempt: u32, error: &FetchError) -> Duration {
-        let exponential = self
-            .backoff_base
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(self.backoff_max);
-        let full = u64::try_from(exponential.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut rng = rand::rng();
-        let backoff = Duration::from_millis(rng.random_range(full / 2..=full));
+    /// The jittered `backoff`, or a server's `Retry-After` when longer, plus a little jitter so
+    /// throttled pages do not return together.
+    fn wait_before_retry(&self, backoff: Duration, error: &FetchError) -> Duration {
         match error {
             FetchError::Status { retry_after: Some(after), .. } => {
                 let spread = u64::try_from(self.backoff_base.as_millis()).unwrap_or(0).max(1);
                 let after = (*after).min(self.max_retry_after)
-                    + Duration::from_millis(rng.random_range(0..=spread));
+                    + Duration::from_millis(rand::rng().random_range(0..=spread));
                 after.max(backoff)
             }
             _ => backoff,

@@ -4,14 +4,19 @@ use std::fmt;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::body::EitherBody;
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use actix_web::middleware::Next;
 use actix_web::{Error, HttpResponse};
-use futures::future::{LocalBoxFuture, Ready, ready};
+use futures::future::{Ready, ready};
 
-use super::{Decision, Policy, RateLimiter, describe_window};
+use super::decision::Decision;
+use super::limiter::RateLimiter;
+use super::policy::Policy;
+use crate::middleware::{self, FnService};
 
 type KeyFn = Arc<dyn Fn(&ServiceRequest) -> Option<String> + Send + Sync>;
 
@@ -82,11 +87,11 @@ impl RateLimit {
 impl<S, B> Transform<S, ServiceRequest> for RateLimit
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: 'static,
+    B: MessageBody + 'static,
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
-    type Transform = RateLimitMiddleware<S>;
+    type Transform = FnService<EitherBody<B>>;
     type InitError = ();
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
@@ -100,20 +105,48 @@ where
             policy.settings.limit,
             describe_window(policy.settings.window_secs)
         );
-        ready(Ok(RateLimitMiddleware {
-            service: Rc::new(service),
-            config: Rc::new(Config {
-                limiter: self.limiter.clone(),
-                limit: HeaderValue::from(policy.settings.limit),
-                policy,
-                key: self.key.clone(),
-                trust_x_forwarded_for: self.trust_x_forwarded_for,
-                message,
-            }),
+        let config = Rc::new(Config {
+            limiter: self.limiter.clone(),
+            limit: HeaderValue::from(policy.settings.limit),
+            policy,
+            key: self.key.clone(),
+            trust_x_forwarded_for: self.trust_x_forwarded_for,
+            message,
+        });
+        ready(middleware::wrap(service, move |req, next| {
+            Box::pin(limit(Rc::clone(&config), req, next))
         }))
     }
 }
 
+/// One request through the policy: the inner service when allowed, a 429 when not, and the
+/// `X-RateLimit-*` headers on either.
+async fn limit<B: MessageBody>(
+    config: Rc<Config>,
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+    if !config.limiter.is_enabled() {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    let identifier = config.identifier(&req);
+    let decision = config.limiter.check_policy(&config.policy, &identifier).await;
+    let mut response = if decision.allowed {
+        next.call(req).await?.map_into_left_body()
+    } else {
+        let retry_after = decision.retry_after.unwrap_or(decision.reset_after);
+        let body = serde_json::json!({ "error": config.message, "code": "rate_limited" });
+        let mut denied = HttpResponse::TooManyRequests()
+            .insert_header((RETRY_AFTER, HeaderValue::from(ceil_secs(retry_after))))
+            .json(body);
+        denied.extensions_mut().insert(Denied);
+        req.into_response(denied).map_into_right_body()
+    };
+    set_headers(response.headers_mut(), &config.limit, &decision);
+    Ok(response)
+}
+
+/// What [`RateLimit`] resolved when the worker started: one worker's copy.
 struct Config {
     limiter: RateLimiter,
     /// `X-RateLimit-Limit`, the same on every response; this worker's own copy.
@@ -149,63 +182,37 @@ impl Config {
     }
 }
 
-/// The per-worker service built by [`RateLimit`].
-pub struct RateLimitMiddleware<S> {
-    service: Rc<S>,
-    config: Rc<Config>,
-}
-
-impl<S> fmt::Debug for RateLimitMiddleware<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimitMiddleware")
-            .field("policy", &self.config.policy.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, B> Service<ServiceRequest> for RateLimitMiddleware<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    forward_ready!(service);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let service = Rc::clone(&self.service);
-        let config = Rc::clone(&self.config);
-        Box::pin(async move {
-            if !config.limiter.is_enabled() {
-                return Ok(service.call(req).await?.map_into_left_body());
-            }
-            let identifier = config.identifier(&req);
-            let decision = config.limiter.check_policy(&config.policy, &identifier).await;
-            let mut response = if decision.allowed {
-                service.call(req).await?.map_into_left_body()
-            } else {
-                let retry_after = decision.retry_after.unwrap_or(decision.reset_after);
-                let body = serde_json::json!({ "error": config.message, "code": "rate_limited" });
-                let mut denied = HttpResponse::TooManyRequests()
-                    .insert_header((RETRY_AFTER, HeaderValue::from(ceil_secs(retry_after))))
-                    .json(body);
-                denied.extensions_mut().insert(Denied);
-                req.into_response(denied).map_into_right_body()
-            };
-            set_headers(response.headers_mut(), &config.limit, &decision);
-            Ok(response)
-        })
-    }
-}
-
 fn set_headers(headers: &mut HeaderMap, limit: &HeaderValue, decision: &Decision) {
     headers.insert(LIMIT, limit.clone());
     headers.insert(REMAINING, HeaderValue::from(decision.remaining));
     headers.insert(RESET, HeaderValue::from(ceil_secs(decision.reset_after)));
 }
 
-fn ceil_secs(duration: std::time::Duration) -> u64 {
+fn ceil_secs(duration: Duration) -> u64 {
     duration.as_millis().div_ceil(1_000).try_into().unwrap_or(u64::MAX)
+}
+
+/// "minute", "15 minutes", "second", … for error messages.
+fn describe_window(window_secs: u64) -> String {
+    for (unit_secs, unit) in [(86_400, "day"), (3_600, "hour"), (60, "minute")] {
+        if window_secs.is_multiple_of(unit_secs) {
+            let n = window_secs / unit_secs;
+            return if n == 1 { unit.to_owned() } else { format!("{n} {unit}s") };
+        }
+    }
+    if window_secs == 1 { "second".to_owned() } else { format!("{window_secs} seconds") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_read_as_words() {
+        assert_eq!(describe_window(1), "second");
+        assert_eq!(describe_window(60), "minute");
+        assert_eq!(describe_window(900), "15 minutes");
+        assert_eq!(describe_window(3600), "hour");
+        assert_eq!(describe_window(90), "90 seconds");
+    }
 }

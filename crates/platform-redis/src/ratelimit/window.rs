@@ -1,6 +1,5 @@
 //! The sliding-window arithmetic, once in Lua (for Redis) and once in Rust (for the in-process
-//! fallback), its leasing variant, plus the bounded in-process maps: blocked identifiers, leases
-//! and fallback windows.
+//! fallback), its leasing variant, and the bounded fallback windows ([`LocalWindows`]).
 //!
 //! Both implementations work on integers scaled by the window length `W` (ms), so they agree to
 //! the millisecond and Lua's doubles stay exact (settings validation keeps `limit * W < 2^53`).
@@ -16,13 +15,29 @@
 //!   previous count (`(W - e) + W - floor((limit - 1) * W / c)`).
 
 use std::collections::HashMap;
-use std::time::Instant;
+
+/// The end both scripts share: `reset` (ms) from `remaining`, `current` and `previous` after
+/// the decision, as the module doc gives it.
+macro_rules! reset_lua {
+    () => {
+        r#"local reset
+if remaining > 0 then
+  reset = window - elapsed
+elseif current >= limit then
+  reset = (window - elapsed) + window - math.floor((limit - 1) * window / current)
+else
+  reset = window - math.floor((limit - 1 - current) * window / previous) - elapsed
+end
+"#
+    };
+}
 
 /// The Redis side. `KEYS[1]` = current window counter, `KEYS[2]` = previous window counter
 /// (same hash tag); `ARGV` = limit, window ms, ms elapsed in the current window (from the caller's
 /// clock, which also chose the window index of the keys). Returns `{allowed, limit, remaining,
 /// reset_ms}`. The counter lives two windows: it is read as "previous" during the next one.
-pub(crate) const SLIDING_WINDOW_LUA: &str = r#"
+pub(crate) const SLIDING_WINDOW_LUA: &str = concat!(
+    r#"
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local elapsed = tonumber(ARGV[3])
@@ -37,16 +52,10 @@ if current < limit and prev_weighted <= (limit - 1 - current) * window then
 end
 local remaining = math.floor(((limit - current) * window - prev_weighted) / window)
 if remaining < 0 then remaining = 0 end
-local reset
-if remaining > 0 then
-  reset = window - elapsed
-elseif current >= limit then
-  reset = (window - elapsed) + window - math.floor((limit - 1) * window / current)
-else
-  reset = window - math.floor((limit - 1 - current) * window / previous) - elapsed
-end
-return {allowed, limit, remaining, reset}
-"#;
+"#,
+    reset_lua!(),
+    "return {allowed, limit, remaining, reset}\n"
+);
 
 /// The leasing variant of [`SLIDING_WINDOW_LUA`] (same keys, same arithmetic). `ARGV` = limit,
 /// window ms, ms elapsed, tokens wanted, expected replicas, tokens given back, and which key they
@@ -56,7 +65,8 @@ return {allowed, limit, remaining, reset}
 /// `min(wanted, max(1, room / replicas))` (0 when `room` is 0) by adding them to the current
 /// count. Returns `{granted, limit, remaining after the grant, reset_ms}`, `reset_ms` as the exact
 /// script computes it for the new count.
-pub(crate) const LEASE_LUA: &str = r#"
+pub(crate) const LEASE_LUA: &str = concat!(
+    r#"
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local elapsed = tonumber(ARGV[3])
@@ -81,16 +91,10 @@ if room > 0 then
   redis.call('PEXPIRE', KEYS[1], 2 * window)
 end
 local remaining = room - granted
-local reset
-if remaining > 0 then
-  reset = window - elapsed
-elseif current >= limit then
-  reset = (window - elapsed) + window - math.floor((limit - 1) * window / current)
-else
-  reset = window - math.floor((limit - 1 - current) * window / previous) - elapsed
-end
-return {granted, limit, remaining, reset}
-"#;
+"#,
+    reset_lua!(),
+    "return {granted, limit, remaining, reset}\n"
+);
 
 /// One decision of the algorithm, before it is dressed as a [`super::Decision`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,165 +137,6 @@ pub(crate) fn decide(
         allowed,
         remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
         reset_ms: u64::try_from(reset).unwrap_or(u64::MAX),
-    }
-}
-
-/// Identifiers denied recently, each until the instant its decision said it may retry. Bounded:
-/// when full (after dropping expired entries) a new identifier is simply not remembered, which
-/// costs it a Redis round trip per request but never a wrong answer.
-#[derive(Debug)]
-pub(crate) struct BlockedCache {
-    until: HashMap<String, Instant>,
-    capacity: usize,
-}
-
-impl BlockedCache {
-    pub fn new(capacity: usize) -> Self {
-        Self { until: HashMap::new(), capacity }
-    }
-
-    /// The instant `identifier` is blocked until, if that is still in the future.
-    pub fn blocked_until(&mut self, identifier: &str, now: Instant) -> Option<Instant> {
-        match self.until.get(identifier) {
-            Some(until) if *until > now => Some(*until),
-            Some(_) => {
-                self.until.remove(identifier);
-                None
-            }
-            None => None,
-        }
-    }
-
-    pub fn block(&mut self, identifier: &str, until: Instant, now: Instant) {
-        if self.until.len() >= self.capacity && !self.until.contains_key(identifier) {
-            self.until.retain(|_, u| *u > now);
-            if self.until.len() >= self.capacity {
-                return;
-            }
-        }
-        self.until.insert(identifier.to_owned(), until);
-    }
-
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.until.len()
-    }
-}
-
-/// Tokens of one identifier this replica took from Redis and spends locally.
-#[derive(Debug, Clone, Copy)]
-struct Lease {
-    /// The fixed window the tokens were counted in; they are never spent in another.
-    window_index: u64,
-    /// Tokens not yet spent.
-    tokens: u32,
-    /// What Redis said remained for everyone right after the grant.
-    shared_remaining: u32,
-    /// When the lease stops being spent (its unspent tokens are then given back).
-    expires: Instant,
-    /// The reset instant Redis' answer implied.
-    reset_at: Instant,
-}
-
-/// A lease answer: the remaining estimate and the reset instant for the headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Spent {
-    pub remaining: u32,
-    pub reset_at: Instant,
-    /// This token took the lease down to its refill mark: the caller should take the next lease
-    /// now, in the background, so no request waits for it.
-    pub refill: bool,
-}
-
-/// Leases held by this replica, per identifier. Bounded: when full (after dropping dead leases)
-/// no new lease is remembered, and callers ask Redis for one token at a time (exact mode).
-#[derive(Debug)]
-pub(crate) struct Leases {
-    held: HashMap<String, Lease>,
-    capacity: usize,
-    /// Spending down to this many tokens asks for the next lease ahead of need (0 = never).
-    refill_at: u32,
-}
-
-impl Leases {
-    pub fn new(capacity: usize, refill_at: u32) -> Self {
-        Self { held: HashMap::new(), capacity, refill_at }
-    }
-
-    /// Spends one token of a live lease of `identifier` in `window_index`, if there is one.
-    pub fn spend(&mut self, identifier: &str, window_index: u64, now: Instant) -> Option<Spent> {
-        let lease = self.held.get_mut(identifier)?;
-        if lease.window_index != window_index || lease.expires <= now || lease.tokens == 0 {
-            return None;
-        }
-        lease.tokens -= 1;
-        // Only the token that reaches the mark asks (a grant lifts the count above it again, so
-        // at most one refill per lease is in flight), and only while Redis had room to give.
-        let refill =
-            self.refill_at > 0 && lease.tokens == self.refill_at && lease.shared_remaining > 0;
-        Some(Spent {
-            remaining: lease.shared_remaining.saturating_add(lease.tokens),
-            reset_at: lease.reset_at,
-            refill,
-        })
-    }
-
-    /// Removes the dead lease of `identifier` (expired, of another window or empty) and returns
-    /// its unspent tokens with their window, to be given back to Redis with the next grant.
-    pub fn take_back(&mut self, identifier: &str) -> Option<(u64, u32)> {
-        let lease = self.held.remove(identifier)?;
-        (lease.tokens > 0).then_some((lease.window_index, lease.tokens))
-    }
-
-    /// Whether a new identifier's lease could be remembered now.
-    pub fn has_room(&mut self, identifier: &str, now: Instant) -> bool {
-        if self.held.len() < self.capacity || self.held.contains_key(identifier) {
-            return true;
-        }
-        self.held.retain(|_, lease| lease.expires > now && lease.tokens > 0);
-        self.held.len() < self.capacity
-    }
-
-    /// Records `tokens` granted in `window_index` and not spent yet, and returns the remaining
-    /// estimate. A grant for the same window as the held lease (a refill ahead of need, or a
-    /// concurrent one) adds to its tokens.
-    pub fn grant(
-        &mut self,
-        identifier: &str,
-        window_index: u64,
-        tokens: u32,
-        shared_remaining: u32,
-        expires: Instant,
-        reset_at: Instant,
-    ) -> u32 {
-        let lease = self.held.entry(identifier.to_owned()).or_insert(Lease {
-            window_index,
-            tokens: 0,
-            shared_remaining,
-            expires,
-            reset_at,
-        });
-        if lease.window_index > window_index {
-            // A grant that was in flight while the window turned: the newer lease stays. (Its
-            // tokens were counted in a window that is over; the sliding estimate weighs them less
-            // every millisecond.)
-            return shared_remaining;
-        }
-        if lease.window_index < window_index {
-            // A lease of an older window still here (a concurrent refill): its tokens are dead.
-            lease.tokens = 0;
-            lease.window_index = window_index;
-        }
-        lease.tokens = lease.tokens.saturating_add(tokens);
-        lease.shared_remaining = shared_remaining;
-        lease.expires = expires;
-        lease.reset_at = reset_at;
-        shared_remaining.saturating_add(lease.tokens)
-    }
-
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.held.len()
     }
 }
 
@@ -355,7 +200,6 @@ impl LocalWindows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_fresh_window_allows_exactly_limit_then_waits_for_one_slot_to_decay() {
@@ -412,72 +256,5 @@ mod tests {
         windows.decide("b", 3, 1_000, 12_100);
         windows.decide("c", 3, 1_000, 12_100);
         assert_eq!(windows.len(), 2);
-    }
-
-    #[test]
-    fn a_lease_is_spent_in_its_window_only_and_gives_back_what_is_left() {
-        let now = Instant::now();
-        let later = now + Duration::from_secs(1);
-        let mut leases = Leases::new(1, 0);
-        // 5 granted, one taken by the caller; Redis had 20 left for everyone after the grant.
-        assert_eq!(leases.grant("a", 7, 4, 20, later, later), 24);
-        assert_eq!(leases.spend("a", 7, now).map(|s| s.remaining), Some(23));
-        // Another window, or past expiry: not spent.
-        assert_eq!(leases.spend("a", 8, now), None);
-        assert_eq!(leases.spend("a", 7, later), None);
-        assert!(!leases.has_room("b", now));
-        assert_eq!(leases.take_back("a"), Some((7, 3)));
-        assert_eq!(leases.len(), 0);
-        assert!(leases.has_room("b", now));
-    }
-
-    #[test]
-    fn the_token_that_reaches_the_refill_mark_asks_for_the_next_lease_once() {
-        let now = Instant::now();
-        let later = now + Duration::from_secs(1);
-        let mut leases = Leases::new(1, 2);
-        leases.grant("a", 7, 4, 20, later, later);
-        let asks = |leases: &mut Leases| leases.spend("a", 7, now).map(|s| s.refill);
-        // 4 → 3: above the mark; 3 → 2: the mark; 2 → 1, 1 → 0: a refill is already asked for.
-        assert_eq!(asks(&mut leases), Some(false));
-        assert_eq!(asks(&mut leases), Some(true));
-        assert_eq!(asks(&mut leases), Some(false));
-        // The refill lands: its tokens add up, and spending down asks again at the mark.
-        assert_eq!(leases.grant("a", 7, 4, 16, later, later), 21);
-        let refills: Vec<_> = (0..5).filter_map(|_| asks(&mut leases)).collect();
-        assert_eq!(refills, vec![false, false, true, false, false]);
-        // Redis had no room left at the last grant: nothing to ask for.
-        leases.grant("a", 7, 3, 0, later, later);
-        let refills: Vec<_> = (0..3).filter_map(|_| asks(&mut leases)).collect();
-        assert_eq!(refills, vec![false, false, false]);
-    }
-
-    #[test]
-    fn a_grant_that_lands_after_the_window_turned_leaves_the_newer_lease_alone() {
-        let now = Instant::now();
-        let later = now + Duration::from_secs(1);
-        let mut leases = Leases::new(1, 0);
-        leases.grant("a", 8, 5, 50, later, later);
-        // A refill sent in window 7 answers late: window 8's lease keeps its tokens.
-        assert_eq!(leases.grant("a", 7, 9, 40, later, later), 40);
-        assert_eq!(leases.spend("a", 8, now).map(|s| s.remaining), Some(54));
-        // The other way round, the older lease's tokens are dead.
-        leases.grant("a", 9, 2, 30, later, later);
-        assert_eq!(leases.take_back("a"), Some((9, 2)));
-    }
-
-    #[test]
-    fn the_blocked_cache_forgets_expired_entries_and_never_grows_past_its_bound() {
-        let now = Instant::now();
-        let mut cache = BlockedCache::new(1);
-        cache.block("a", now + Duration::from_secs(1), now);
-        cache.block("b", now + Duration::from_secs(1), now);
-        assert_eq!(cache.len(), 1);
-        assert!(cache.blocked_until("a", now).is_some());
-        assert!(cache.blocked_until("b", now).is_none());
-        let later = now + Duration::from_secs(2);
-        assert!(cache.blocked_until("a", later).is_none());
-        cache.block("b", later + Duration::from_secs(1), later);
-        assert!(cache.blocked_until("b", later).is_some());
     }
 }
