@@ -65,7 +65,7 @@ lint: ## Check formatting (rustfmt) and lints (clippy, warnings are errors)
 fmt: ## Format all code with rustfmt
 	$(CARGO) fmt --all
 
-bench: ## Benchmarks: criterion micro-benches, then each service's load run (wrk on loopback); see docs/benchmarks.md
+bench: ## Benchmarks: criterion micro-benches, then each service's load run (wrk on loopback); BENCH=compare BASE=<rev>: the hot reads of <rev> vs the working tree; see docs/benchmarks.md
 	@bash scripts/deps.sh --bench
 	@bash scripts/bench/run-all.sh $(BENCH)
 

@@ -7,6 +7,16 @@
 #                                   not the disk (webhook-ingest, whose durable write is the
 #                                   point, starts its own).
 #   APP_PID=$!                      after starting the service, so the exit trap stops it.
+#   bench_service_env SERVICE PORT DATABASE [REDIS_DB]
+#                                   BENCH_ENV: the settings campaign-api and checkout-api run
+#                                   with under bench (private backends, demo seed, warn logs,
+#                                   api rate limit raised to 1 000 000 a second).
+#   bench_start_app LOG URL CMD…    starts CMD in the background (its pid in APP_PID and
+#                                   BENCH_PIDS, both stopped on exit), waits for URL/readyz.
+#   bench_layout split|shared       pins the backends; sets APP_PREFIX (taskset or nothing) for
+#                                   the service and WRK (wrk under taskset, its threads).
+#   bench_wrk ARGS…                 one wrk run of ${WRK[@]} -c$CONNECTIONS -d$DURATION; prints
+#                                   "req/s p50_ms p99_ms non2xx steal%".
 #   bench_pin_backends CPUS         pins redis-server and Postgres (every thread, and the
 #                                   backends Postgres forks later) to CPUS, a taskset list.
 #   steal_mark; …; steal_since      percent of CPU time the hypervisor gave other guests meanwhile
@@ -17,9 +27,10 @@ bench_free_port() {
 }
 
 bench_cleanup() {
-    if [[ -n "${APP_PID:-}" ]]; then
-        kill "$APP_PID" 2>/dev/null && wait "$APP_PID" 2>/dev/null || true
-    fi
+    local pid
+    for pid in ${APP_PID:-} ${BENCH_PIDS[@]+"${BENCH_PIDS[@]}"}; do
+        kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+    done
     as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
     if [[ -f "$WORK/redis.pid" ]]; then kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true; fi
     rm -rf "$WORK"
@@ -68,4 +79,65 @@ bench_backends() {
     as_pg_user "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
         -o "-p $PG_P -k $WORK/pg -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
     "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_P" -U postgres -c "CREATE DATABASE $database" >/dev/null
+}
+
+bench_service_env() {
+    local service=$1 port=$2 database=$3 redis_db=${4:-0}
+    BENCH_ENV=(
+        "APP__HTTP__PORT=$port" "APP__REDIS__URL=redis://127.0.0.1:$REDIS_P/$redis_db"
+        "APP__DATABASE__URL=postgres://postgres@127.0.0.1:$PG_P/$database"
+        "APP__AUTH__ADMIN_TOKEN=${TOKEN:-bench-admin-token}" APP__DEMO__SEED=true
+        APP__TELEMETRY__FILTER=warn "APP__RATE_LIMIT__ENABLED=${RL_ENABLED:-true}"
+        APP__RATE_LIMIT__POLICIES__API__LIMIT=1000000 APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS=1
+    )
+    # campaign-api's lease: see campaign-api.sh (LEASE).
+    [[ $service == campaign-api ]] && BENCH_ENV+=("APP__RATE_LIMIT__POLICIES__API__LEASE=${LEASE:-1000}")
+    return 0
+}
+
+bench_start_app() {
+    local log=$1 url=$2
+    shift 2
+    "$@" >>"$log" 2>&1 &
+    APP_PID=$!
+    BENCH_PIDS+=("$APP_PID")
+    for _ in $(seq 100); do
+        curl -fs "$url/readyz" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    cat "$log"
+    die "$* did not become ready"
+}
+
+bench_layout() {
+    local cpus server client
+    cpus=$(nproc)
+    server="0-$((cpus / 2 - 1))"
+    client="$((cpus / 2))-$((cpus - 1))"
+    if [[ $1 == split ]]; then
+        bench_pin_backends "$server"
+        APP_PREFIX=(taskset -c "$server")
+        WRK=(taskset -c "$client" wrk -t"$((cpus - cpus / 2))")
+        LAYOUT_NOTE="service, Redis, Postgres on CPUs $server; wrk -t$((cpus - cpus / 2)) on CPUs $client"
+    else
+        bench_pin_backends "0-$((cpus - 1))"
+        APP_PREFIX=()
+        WRK=(wrk -t"${THREADS:-2}")
+        LAYOUT_NOTE="everything on CPUs 0-$((cpus - 1)); wrk -t${THREADS:-2}"
+    fi
+}
+
+bench_wrk() {
+    steal_mark
+    "${WRK[@]}" -c"${CONNECTIONS:-64}" -d"${DURATION:-10s}" --latency "$@" | tee -a "$WORK/wrk.txt" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+def pct(p):
+    m = re.search(p + r"%\s+([\d.]+)(us|ms|s)", text)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+p50, p99 = pct("50"), pct("99")
+print(f"{rps:.0f} {p50:.2f} {p99:.2f} {errors.group(1) if errors else 0}", end=" ")'
+    steal_since
 }

@@ -32,14 +32,10 @@ THREADS="${THREADS:-2}"
 LAYOUTS="${LAYOUTS:-split shared}"
 ROUNDS="${ROUNDS:-3}"
 CPUS="$(nproc)"
-SERVER_CPUS="0-$((CPUS / 2 - 1))"
-CLIENT_CPUS="$((CPUS / 2))-$((CPUS - 1))"
-CLIENT_THREADS=$((CPUS - CPUS / 2))
 COLD_SAMPLES="${COLD_SAMPLES:-100}"
 WRITE_EVERY="${WRITE_EVERY:-100}"
 RATE_LIMIT="${RATE_LIMIT:-on}"
 LEASE="${LEASE:-1000}"
-LEASE_ENV=("APP__RATE_LIMIT__POLICIES__API__LEASE=$LEASE")
 RL_ENABLED=true
 [[ "$RATE_LIMIT" == off ]] && RL_ENABLED=false
 TOKEN="bench-admin-token"
@@ -59,19 +55,8 @@ bench_backends campaign campaign
 # start_app [COMMAND PREFIX…]: the service (under the prefix, e.g. taskset), ready to serve.
 start_app() {
     log "starting campaign-api on $APP_P $*"
-    APP__HTTP__PORT="$APP_P" APP__REDIS__URL="redis://127.0.0.1:$REDIS_P" \
-        APP__DATABASE__URL="postgres://postgres@127.0.0.1:$PG_P/campaign" \
-        APP__AUTH__ADMIN_TOKEN="$TOKEN" APP__DEMO__SEED=true APP__TELEMETRY__FILTER=warn \
-        APP__RATE_LIMIT__ENABLED="$RL_ENABLED" APP__RATE_LIMIT__POLICIES__API__LIMIT=1000000 APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS=1 \
-        env "${LEASE_ENV[@]}" "$@" "$TARGET_DIR/release/campaign-api" >>"$WORK/app.log" 2>&1 &
-    # shellcheck disable=SC2034 # read by bench_cleanup (backends.sh)
-    APP_PID=$!
-    for _ in $(seq 100); do
-        curl -fs "$BASE/readyz" >/dev/null 2>&1 && return
-        sleep 0.1
-    done
-    cat "$WORK/app.log"
-    die "campaign-api did not become ready"
+    bench_service_env campaign-api "$APP_P" campaign
+    bench_start_app "$WORK/app.log" "$BASE" env "${BENCH_ENV[@]}" "$@" "$TARGET_DIR/release/campaign-api"
 }
 
 stop_app() {
@@ -83,42 +68,20 @@ stop_app() {
 BASE="http://127.0.0.1:$APP_P"
 ACTIVE="$BASE/api/public/campaigns/demo/active"
 
-# wrk summary → "rps p99_ms non2xx steal%"; WRK is the command (taskset prefix, threads).
-run_wrk() {
-    steal_mark
-    "${WRK[@]}" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" | tee -a "$WORK/wrk.txt" | python3 -c '
-import re, sys
-text = sys.stdin.read()
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-m = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
-p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"{rps:.0f} {p99:.2f} {errors.group(1) if errors else 0}", end=" ")'
-    steal_since
-}
-
 declare -A WARM
 ERRORS=0
 LAST_LAYOUT="${LAYOUTS##* }"
 for layout in $LAYOUTS; do
-    if [[ "$layout" == split ]]; then
-        bench_pin_backends "$SERVER_CPUS"
-        start_app taskset -c "$SERVER_CPUS"
-        WRK=(taskset -c "$CLIENT_CPUS" wrk -t"$CLIENT_THREADS")
-        WARM[$layout]="service, Redis, Postgres on CPUs $SERVER_CPUS; wrk -t$CLIENT_THREADS on CPUs $CLIENT_CPUS"
-    else
-        bench_pin_backends "0-$((CPUS - 1))"
-        start_app
-        WRK=(wrk -t"$THREADS")
-        WARM[$layout]="everything on CPUs 0-$((CPUS - 1)); wrk -t$THREADS"
-    fi
+    bench_layout "$layout"
+    start_app ${APP_PREFIX[@]+"${APP_PREFIX[@]}"}
+    WARM[$layout]="$LAYOUT_NOTE"
     log "warm-up ($layout layout)"
     "${WRK[@]}" -c"$CONNECTIONS" -d2s "$ACTIVE" >/dev/null
     : >"$WORK/warm-$layout.txt"
     for round in $(seq "$ROUNDS"); do
         log "round $round/$ROUNDS ($layout layout): wrk /healthz, then /api/public/campaigns/demo/active"
-        read -r H_RPS H_P99 H_ERR H_STEAL < <(run_wrk "$BASE/healthz")
-        read -r A_RPS A_P99 A_ERR A_STEAL < <(run_wrk "$ACTIVE")
+        read -r H_RPS _ H_P99 H_ERR H_STEAL < <(bench_wrk "$BASE/healthz")
+        read -r A_RPS _ A_P99 A_ERR A_STEAL < <(bench_wrk "$ACTIVE")
         ERRORS=$((ERRORS + H_ERR + A_ERR))
         echo "$H_RPS $H_P99 $H_STEAL $A_RPS $A_P99 $A_STEAL" >>"$WORK/warm-$layout.txt"
     done
@@ -181,7 +144,7 @@ for line in sys.stdin:
 print(counts["HIT"], counts["MISS"], counts["STALE"], counts.get("COMPUTE", 0))'
 }
 read -r HIT0 MISS0 STALE0 COMP0 < <(cache_counts)
-read -r M_RPS _ M_ERR M_STEAL < <(run_wrk -s "$WORK/mixed.lua" "$BASE")
+read -r M_RPS _ _ M_ERR M_STEAL < <(bench_wrk -s "$WORK/mixed.lua" "$BASE")
 read -r HIT1 MISS1 STALE1 COMP1 < <(cache_counts)
 HITS=$((HIT1 - HIT0 + STALE1 - STALE0))
 READS=$((HITS + MISS1 - MISS0))

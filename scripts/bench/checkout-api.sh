@@ -30,19 +30,9 @@ log "building checkout-api (release)"
 bench_backends checkout checkout
 
 log "starting checkout-api on $APP_P"
-APP__HTTP__PORT="$APP_P" APP__REDIS__URL="redis://127.0.0.1:$REDIS_P" \
-    APP__DATABASE__URL="postgres://postgres@127.0.0.1:$PG_P/checkout" \
-    APP__AUTH__ADMIN_TOKEN="$TOKEN" APP__TELEMETRY__FILTER=warn APP__DEMO__SEED=true \
-    APP__RATE_LIMIT__ENABLED="$RL_ENABLED" APP__RATE_LIMIT__POLICIES__API__LIMIT=1000000 APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS=1 \
-    "$TARGET_DIR/release/checkout-api" >"$WORK/app.log" 2>&1 &
-# shellcheck disable=SC2034 # read by bench_cleanup (backends.sh)
-APP_PID=$!
 BASE="http://127.0.0.1:$APP_P"
-for _ in $(seq 100); do
-    curl -fs "$BASE/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -fs "$BASE/readyz" >/dev/null || { cat "$WORK/app.log"; die "checkout-api did not become ready"; }
+bench_service_env checkout-api "$APP_P" checkout
+bench_start_app "$WORK/app.log" "$BASE" env "${BENCH_ENV[@]}" "$TARGET_DIR/release/checkout-api"
 
 BODY='{"userId":"bench","items":[{"sku":"tea","name":"Tea","unitAmountCents":1250,"quantity":2},{"sku":"mug","name":"Mug","unitAmountCents":500,"quantity":1}],"couponCode":"WELCOME10","deliveryDistanceKm":7}'
 SESSION="$(curl -fs -H 'Content-Type: application/json' -d "$BODY" "$BASE/api/checkout/sessions" \
@@ -54,28 +44,16 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '$BODY'
 LUA
 
-# wrk summary → "rps p99_ms non2xx"
-run_wrk() {
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" | tee -a "$WORK/wrk.txt" | python3 -c '
-import re, sys
-text = sys.stdin.read()
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-def pct(p):
-    m = re.search(p + r"%\s+([\d.]+)(us|ms|s)", text)
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-p50, p99 = pct("50"), pct("99")
-print(f"{rps:.0f} {p50:.2f} {p99:.2f} {errors.group(1) if errors else 0}")'
-}
+WRK=(wrk -t"$THREADS")
 
 log "warm-up"
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$READ" >/dev/null
 log "wrk /healthz ($DURATION, $CONNECTIONS connections)"
-read -r H_RPS H_P50 H_P99 H_ERR < <(run_wrk "$BASE/healthz")
+read -r H_RPS H_P50 H_P99 H_ERR _ < <(bench_wrk "$BASE/healthz")
 log "wrk GET session"
-read -r R_RPS R_P50 R_P99 R_ERR < <(run_wrk "$READ")
+read -r R_RPS R_P50 R_P99 R_ERR _ < <(bench_wrk "$READ")
 log "wrk POST session"
-read -r C_RPS C_P50 C_P99 C_ERR < <(run_wrk -s "$WORK/create.lua" "$BASE/api/checkout/sessions")
+read -r C_RPS C_P50 C_P99 C_ERR _ < <(bench_wrk -s "$WORK/create.lua" "$BASE/api/checkout/sessions")
 RATIO="$(python3 -c "print(f'{$R_RPS / $H_RPS:.2f}')")"
 CREATE_RATIO="$(python3 -c "print(f'{$C_RPS / $H_RPS:.2f}')")"
 STATS="$(curl -fs -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \

@@ -6,6 +6,8 @@
 #   scripts/bench/run-all.sh                 everything
 #   scripts/bench/run-all.sh criterion       only the cargo benches
 #   scripts/bench/run-all.sh campaign-api    only that service's script
+#   BASE=<rev> scripts/bench/run-all.sh compare   the hot reads of <rev> against the working
+#                                            tree (compare.sh; not part of "everything")
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -21,7 +23,8 @@ fi
 shopt -s nullglob
 for script in scripts/bench/*.sh; do
     name=$(basename "$script" .sh)
-    [[ $name == run-all ]] && continue
+    [[ $name == run-all || $name == backends ]] && continue
+    [[ $name == compare && $only != compare ]] && continue
     [[ $only == all || $only == "$name" ]] || continue
     echo "=== bench: $name ==="
     bash "$script" 2>&1 | tee "$out/$name.txt"

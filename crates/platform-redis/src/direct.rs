@@ -14,8 +14,11 @@
 //!   the direct connection is not up.
 //! - No retries and no queueing while disconnected: a request on a connection that drops fails
 //!   with an I/O error (callers treat it like any unreachable Redis). The next
-//!   [`crate::RolePool::direct`] after `reconnect` backoff starts a new connection in the
-//!   background and answers `None` until it is up.
+//!   [`crate::RolePool::direct`] after the reconnect backoff (`backon`'s exponential one, capped
+//!   at `reconnect_max_delay_ms`) starts a new connection in the background and answers `None`
+//!   until it is up.
+//! - Frames are encoded and decoded by `redis-protocol` (the codec fred itself uses); this module
+//!   only moves them.
 //! - A request without its replies after `command_timeout_ms` fails with a timeout and closes the
 //!   connection (failing what queued behind it): a server that slow is treated as gone, so reads
 //!   go to the fred pool, which has its own timeouts and reconnection, until a fresh connection is
@@ -27,7 +30,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use fred::bytes::{Buf, Bytes, BytesMut};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use fred::bytes::BytesMut;
 use fred::error::{Error as FredError, ErrorKind};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +39,10 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::error::{RedisError, Result};
+
+mod reply;
+pub use reply::Reply;
+use reply::{encode, parse};
 
 /// Where a direct connection goes and how it logs in.
 pub(crate) struct DirectEndpoint {
@@ -53,45 +61,14 @@ pub(crate) struct DirectTimings {
     pub reconnect_max_delay: Duration,
 }
 
-/// One reply, as RESP2 has them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// `+OK` and the like.
-    Status(Bytes),
-    /// `-ERR ...`: the command failed; the text starts with the error code.
-    Error(String),
-    Integer(i64),
-    /// A bulk string, `None` for the null bulk string (a missing key).
-    Bulk(Option<Bytes>),
-    /// `None` for the null array.
-    Array(Option<Vec<Reply>>),
-}
-
-impl Reply {
-    /// The reply as an error when it is one.
-    pub fn into_result(self) -> Result<Reply> {
-        match self {
-            Reply::Error(text) => {
-                Err(RedisError::Command(FredError::new(ErrorKind::Unknown, text)))
-            }
-            other => Ok(other),
-        }
-    }
-
-    /// An array of integers (what the rate-limit scripts return) as numbers.
-    pub fn into_integers(self) -> Result<Vec<i64>> {
-        let unexpected =
-            |reply: &Reply| RedisError::Unexpected(format!("expected integers, got {reply:?}"));
-        match self.into_result()? {
-            Reply::Array(Some(items)) => items
-                .into_iter()
-                .map(|item| match item {
-                    Reply::Integer(value) => Ok(value),
-                    other => Err(unexpected(&other)),
-                })
-                .collect(),
-            other => Err(unexpected(&other)),
-        }
+impl DirectTimings {
+    /// Delays between failed connection attempts: 100 ms, doubling, capped, never giving up.
+    fn backoff(&self) -> ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(self.reconnect_max_delay)
+            .without_max_times()
+            .build()
     }
 }
 
@@ -125,8 +102,10 @@ struct State {
     pending: VecDeque<Arc<Pending>>,
     /// The connection task, when it waits for something to write.
     writer: Option<Waker>,
-    /// Connection attempts failed in a row (for the backoff).
+    /// Connection attempts failed in a row.
     failures: u32,
+    /// Delays before the next attempts, restarted by a connection that comes up.
+    backoff: ExponentialBackoff,
     /// Counts connections, so that a late timeout cannot close the next one.
     generation: u64,
     /// Tells the current connection's task to give it up (a request timed out).
@@ -198,6 +177,7 @@ impl DirectConnection {
                     pending: VecDeque::new(),
                     writer: None,
                     failures: 0,
+                    backoff: timings.backoff(),
                     generation: 0,
                     close: Arc::new(Notify::new()),
                 }),
@@ -244,7 +224,7 @@ impl DirectConnection {
                 return Err(io_error("the direct redis connection is not up"));
             }
             for command in commands {
-                encode(&mut state.out, command);
+                encode(&mut state.out, command).map_err(RedisError::Command)?;
             }
             state.pending.push_back(pending.clone());
             if let Some(writer) = state.writer.take() {
@@ -318,6 +298,7 @@ async fn run(shared: Arc<Shared>) {
                 state.link = Link::Up;
                 state.generation += 1;
                 state.close = close.clone();
+                state.backoff = shared.timings.backoff();
                 std::mem::take(&mut state.failures) > 0
             };
             if was_failing {
@@ -335,8 +316,7 @@ async fn run(shared: Arc<Shared>) {
     let waiting = {
         let mut state = lock(&shared.state);
         state.failures = state.failures.saturating_add(1);
-        let backoff = Duration::from_millis(50u64 << state.failures.min(10))
-            .min(shared.timings.reconnect_max_delay);
+        let backoff = state.backoff.next().unwrap_or(shared.timings.reconnect_max_delay);
         state.link = Link::Down { retry_at: Instant::now() + backoff };
         state.out.clear();
         state.writer = None;
@@ -357,13 +337,13 @@ async fn connect(endpoint: &DirectEndpoint, timeout: Duration) -> Result<TcpStre
         if let Some(password) = &endpoint.password {
             let password = password.expose_secret().as_bytes();
             match &endpoint.username {
-                Some(user) => encode(&mut hello, &[b"AUTH", user.as_bytes(), password]),
-                None => encode(&mut hello, &[b"AUTH", password]),
+                Some(user) => encode(&mut hello, &[b"AUTH", user.as_bytes(), password])?,
+                None => encode(&mut hello, &[b"AUTH", password])?,
             }
             expected += 1;
         }
         if let Some(database) = endpoint.database {
-            encode(&mut hello, &[b"SELECT", database.to_string().as_bytes()]);
+            encode(&mut hello, &[b"SELECT", database.to_string().as_bytes()])?;
             expected += 1;
         }
         stream.write_all(&hello).await?;
@@ -438,222 +418,18 @@ async fn serve(shared: &Shared, mut stream: TcpStream, close: &Notify) -> FredEr
     result.err().unwrap_or_else(|| FredError::new(ErrorKind::IO, "the connection ended"))
 }
 
-/// Appends one command in RESP (an array of bulk strings).
-fn encode(out: &mut BytesMut, args: &[&[u8]]) {
-    let mut digits = [0; 20];
-    out.extend_from_slice(b"*");
-    out.extend_from_slice(format_len(&mut digits, args.len()));
-    out.extend_from_slice(b"\r\n");
-    for arg in args {
-        out.extend_from_slice(b"$");
-        out.extend_from_slice(format_len(&mut digits, arg.len()));
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// `value` in decimal, written into the end of `buffer`.
-fn format_len(buffer: &mut [u8; 20], mut value: usize) -> &[u8] {
-    let mut start = buffer.len();
-    loop {
-        start -= 1;
-        buffer[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            return &buffer[start..];
-        }
-    }
-}
-
-/// Deepest array nesting accepted in a reply (ours are flat; this bounds a corrupt stream).
-const MAX_DEPTH: usize = 8;
-/// Longest bulk string Redis sends (`proto-max-bulk-len`).
-const MAX_BULK: usize = 512 * 1024 * 1024;
-
-/// Takes one complete reply off the front of `input`, `None` while it is incomplete.
-fn parse(input: &mut BytesMut) -> Result<Option<Reply>, FredError> {
-    let Some(len) = measure(input, 0, 0)? else {
-        return Ok(None);
-    };
-    let mut frame = input.split_to(len).freeze();
-    Ok(Some(decode(&mut frame)?))
-}
-
-/// The length of the complete reply starting at `at`, `None` while it is incomplete.
-fn measure(input: &[u8], at: usize, depth: usize) -> Result<Option<usize>, FredError> {
-    let Some((kind, line, next)) = line(input, at)? else {
-        return Ok(None);
-    };
-    match kind {
-        b'+' | b'-' | b':' => Ok(Some(next - at)),
-        b'$' => match length(line)? {
-            None => Ok(Some(next - at)),
-            Some(len) if next + len + 2 <= input.len() => Ok(Some(next + len + 2 - at)),
-            Some(_) => Ok(None),
-        },
-        b'*' => {
-            if depth >= MAX_DEPTH {
-                return Err(protocol("a reply nested too deep"));
-            }
-            let mut end = next;
-            for _ in 0..length(line)?.unwrap_or(0) {
-                match measure(input, end, depth + 1)? {
-                    Some(len) => end += len,
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some(end - at))
-        }
-        _ => Err(protocol("a reply of an unknown type")),
-    }
-}
-
-/// One line of a reply: its type byte, the rest of it, and where the next line starts.
-type Line<'a> = (u8, &'a [u8], usize);
-
-/// The line at `at`, once it is complete.
-fn line(input: &[u8], at: usize) -> Result<Option<Line<'_>>, FredError> {
-    let Some(rest) = input.get(at..) else {
-        return Ok(None);
-    };
-    let Some(end) = rest.windows(2).position(|pair| pair == b"\r\n") else {
-        return Ok(None);
-    };
-    match rest.first() {
-        Some(&kind) if end > 0 => Ok(Some((kind, &rest[1..end], at + end + 2))),
-        _ => Err(protocol("an empty reply line")),
-    }
-}
-
-/// A bulk or array length: `None` for -1 (null).
-fn length(line: &[u8]) -> Result<Option<usize>, FredError> {
-    if line == b"-1" {
-        return Ok(None);
-    }
-    usize::try_from(integer(line)?)
-        .ok()
-        .filter(|len| *len <= MAX_BULK)
-        .map(Some)
-        .ok_or_else(|| protocol("a length out of range"))
-}
-
-fn integer(line: &[u8]) -> Result<i64, FredError> {
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .ok_or_else(|| protocol("a number that does not parse"))
-}
-
-/// Decodes the complete reply at the front of `frame` (checked by [`measure`]).
-fn decode(frame: &mut Bytes) -> Result<Reply, FredError> {
-    let end = frame
-        .windows(2)
-        .position(|pair| pair == b"\r\n")
-        .ok_or_else(|| protocol("a truncated reply"))?;
-    let head = frame.split_to(end + 2);
-    let kind = head[0];
-    let line = &head[1..end];
-    Ok(match kind {
-        b'+' => Reply::Status(head.slice(1..end)),
-        b'-' => Reply::Error(String::from_utf8_lossy(line).into_owned()),
-        b':' => Reply::Integer(integer(line)?),
-        b'$' => match length(line)? {
-            None => Reply::Bulk(None),
-            Some(len) => {
-                let value = frame.split_to(len);
-                frame.advance(2);
-                Reply::Bulk(Some(value))
-            }
-        },
-        b'*' => match length(line)? {
-            None => Reply::Array(None),
-            Some(len) => {
-                Reply::Array(Some((0..len).map(|_| decode(frame)).collect::<Result<Vec<_>, _>>()?))
-            }
-        },
-        _ => return Err(protocol("a reply of an unknown type")),
-    })
-}
-
-fn protocol(details: &'static str) -> FredError {
-    FredError::new(ErrorKind::Protocol, details)
-}
-
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
-    fn parse_all(bytes: &[u8]) -> Vec<Reply> {
-        let mut input = BytesMut::from(bytes);
-        let mut replies = Vec::new();
-        while let Some(reply) = parse(&mut input).unwrap() {
-            replies.push(reply);
-        }
-        assert!(input.is_empty(), "bytes left after the last complete reply");
-        replies
-    }
-
     #[test]
-    fn commands_are_arrays_of_bulk_strings() {
-        let mut out = BytesMut::new();
-        encode(&mut out, &[b"GET", b"a key"]);
-        encode(&mut out, &[b"PEXPIRE", b"k", b"1800000"]);
-        assert_eq!(
-            &out[..],
-            b"*2\r\n$3\r\nGET\r\n$5\r\na key\r\n*3\r\n$7\r\nPEXPIRE\r\n$1\r\nk\r\n$7\r\n1800000\r\n"
-        );
-    }
-
-    #[test]
-    fn every_reply_type_parses_and_bulk_strings_may_hold_line_breaks() {
-        let replies = parse_all(
-            b"+OK\r\n-WRONGTYPE Operation against a key\r\n:-42\r\n$4\r\na\r\nb\r\n$-1\r\n$0\r\n\r\n*2\r\n:1\r\n*1\r\n$1\r\nx\r\n*-1\r\n",
-        );
-        assert_eq!(
-            replies,
-            vec![
-                Reply::Status(Bytes::from_static(b"OK")),
-                Reply::Error("WRONGTYPE Operation against a key".into()),
-                Reply::Integer(-42),
-                Reply::Bulk(Some(Bytes::from_static(b"a\r\nb"))),
-                Reply::Bulk(None),
-                Reply::Bulk(Some(Bytes::new())),
-                Reply::Array(Some(vec![
-                    Reply::Integer(1),
-                    Reply::Array(Some(vec![Reply::Bulk(Some(Bytes::from_static(b"x")))])),
-                ])),
-                Reply::Array(None),
-            ]
-        );
-    }
-
-    #[test]
-    fn an_incomplete_reply_waits_for_its_last_byte() {
-        let whole: &[u8] = b"*2\r\n$5\r\nhello\r\n:7\r\n";
-        for cut in 0..whole.len() {
-            let mut input = BytesMut::from(&whole[..cut]);
-            assert_eq!(parse(&mut input).unwrap(), None, "parsed a reply cut at {cut}");
-            assert_eq!(input.len(), cut, "consumed bytes of an incomplete reply");
-        }
-        assert_eq!(parse_all(whole).len(), 1);
-    }
-
-    #[test]
-    fn a_corrupt_stream_is_an_error_not_a_panic() {
-        for bad in [&b"?what\r\n"[..], b"$abc\r\n", b"$-5\r\n", b":12x\r\n", b"\r\n"] {
-            assert!(parse(&mut BytesMut::from(bad)).is_err(), "{bad:?} parsed");
-        }
-        let deep = "*1\r\n".repeat(MAX_DEPTH + 1) + ":1\r\n";
-        assert!(parse(&mut BytesMut::from(deep.as_bytes())).is_err());
-    }
-
-    #[test]
-    fn an_error_reply_is_a_command_error_that_does_not_mean_unavailable() {
-        let error = Reply::Error("WRONGTYPE Operation against a key".into()).into_result();
-        assert!(matches!(&error, Err(e) if !e.is_unavailable()));
-        let busy = Reply::Error("LOADING Redis is loading the dataset".into()).into_result();
-        assert!(matches!(&busy, Err(e) if e.is_unavailable()));
+    fn the_reconnect_backoff_doubles_up_to_its_cap() {
+        let timings = DirectTimings {
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            reconnect_max_delay: Duration::from_millis(500),
+        };
+        let delays: Vec<u128> = timings.backoff().take(6).map(|d| d.as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 500, 500, 500]);
     }
 }
