@@ -1,7 +1,11 @@
 """Checks that APP__<SECTION>__<KEY> variables name settings the service really has.
 
-A variable is known when services/<service>/config/default.toml has the section and the key,
-either set or as a commented example (`# otlp_endpoint = …`, `# [redis.cache] url = …`).
+A variable is known when the service's configuration has the section and the key, either set or
+as a commented example (`# otlp_endpoint = …`, `# [redis.cache] url = …`). A service's
+configuration is two files, layered as the service loads them: the defaults every service shares
+(crates/platform-service/config/common.toml), then services/<service>/config/default.toml. The
+shared [database] section counts only for services whose own file has [database] (those with a
+Postgres database).
 Keys that other issues are still adding to a service are listed in pending-config-keys.txt: they
 are reported as pending (not errors) until the service's default.toml has them, and reported as
 stale once it has (so the list shrinks to nothing).
@@ -15,6 +19,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PENDING_FILE = HERE / "pending-config-keys.txt"
+COMMON_FILE = Path("crates") / "platform-service" / "config" / "common.toml"
+# Shared sections only some services have: known for a service whose own file has the section.
+OPTIONAL_COMMON_SECTIONS = {"database"}
 ENV_RE = re.compile(r"^APP__([A-Z0-9_]+?)__([A-Z0-9_]+(?:__[A-Z0-9_]+)*)$")
 
 
@@ -33,14 +40,22 @@ class ConfigKeys:
         self.repo = repo
         self.pending = load_pending()
         self.used_pending: set[tuple[str, str]] = set()
-        self._cache: dict[str, tuple[dict, str] | None] = {}
+        self._cache: dict[str, tuple[dict, list[str]] | None] = {}
+        self._common_text = (repo / COMMON_FILE).read_text()
 
     def _load(self, service: str):
+        """The service's merged settings tree and the texts of its two files, or None."""
         if service not in self._cache:
             path = self.repo / "services" / service / "config" / "default.toml"
             if path.exists():
-                text = path.read_text()
-                self._cache[service] = (tomllib.loads(text), text)
+                own_text = path.read_text()
+                own = tomllib.loads(own_text)
+                common = tomllib.loads(self._common_text)
+                common_text = self._common_text
+                for section in OPTIONAL_COMMON_SECTIONS - own.keys():
+                    common.pop(section, None)
+                    common_text = _without_section(common_text, section)
+                self._cache[service] = (_merge(common, own), [common_text, own_text])
             else:
                 self._cache[service] = None
         return self._cache[service]
@@ -49,7 +64,7 @@ class ConfigKeys:
         loaded = self._load(service)
         if loaded is None:
             return False
-        data, text = loaded
+        data, texts = loaded
         m = ENV_RE.match(var)
         if not m:
             return False
@@ -62,7 +77,7 @@ class ConfigKeys:
                 continue
             if i == 0:
                 return False
-            return self._commented(text, parts[:i], parts[i:])
+            return any(self._commented(text, parts[:i], parts[i:]) for text in texts)
         return True
 
     @staticmethod
@@ -84,7 +99,23 @@ class ConfigKeys:
         if (service, var) in self.pending:
             self.used_pending.add((service, var))
             return "pending"
-        return f"{service}: {var} is not a setting of {service} (no such key in services/{service}/config/default.toml)"
+        return f"{service}: {var} is not a setting of {service} (no such key in services/{service}/config/default.toml or {COMMON_FILE})"
 
     def stale_pending(self) -> list[str]:
         return sorted(f"{s} {v}" for s, v in self.pending if self._load(s) and self.known(s, v))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """`over` layered on `base`, tables merged key by key (as the service's loader does)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _without_section(text: str, section: str) -> str:
+    """`text` without the [section] table (and its commented examples)."""
+    return re.sub(rf"^\[{re.escape(section)}\]\s*$.*?(?=^\[|\Z)", "", text, flags=re.M | re.S)

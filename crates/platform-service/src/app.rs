@@ -4,7 +4,7 @@
 //! Shutdown order, so that rolling updates lose no request: the signal flips `/readyz` to 503
 //! (draining), waits `http.drain_delay_ms` for load balancers to notice, then stops accepting and
 //! gives in-flight requests `http.shutdown_timeout_secs`; background workers watch the same
-//! [`Shutdown`] token and finish their current batch.
+//! [`Shutdown`](crate::context::Shutdown) token and finish their current batch.
 //!
 //! The edge every request passes, outermost first: closing connections whose body was left
 //! unfinished ([`close_unfinished`]), JSON error bodies ([`json_errors`]), CORS for listed origins
@@ -13,101 +13,21 @@
 //! (`http.max_connections_per_worker`).
 
 use std::net::TcpListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
-use platform_redis::RedisClients;
-use platform_redis::ratelimit::{LimiterMode, RateLimiter};
 use secrecy::SecretString;
-use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::AdminToken;
 use crate::body_timeout::{BodyTimeout, close_unfinished};
+use crate::context::AppContext;
 use crate::cors::{CorsPolicy, only_for_allowed_origins};
 use crate::error::{configure_extractors, json_errors, no_route};
-use crate::health::{self, FallbackStatus};
-use crate::metrics::{Metrics, RateLimitCollector, observe_requests};
+use crate::health;
+use crate::metrics::observe_requests;
 use crate::settings::HttpSettings;
-
-/// The process-wide stop signal: draining flag for `/readyz`, cancellation for workers.
-#[derive(Debug, Clone, Default)]
-pub struct Shutdown {
-    token: CancellationToken,
-    draining: Arc<AtomicBool>,
-}
-
-impl Shutdown {
-    /// True from the stop signal on.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-    /// A token background workers select on; cancelled when the service stops.
-    pub fn token(&self) -> CancellationToken {
-        self.token.child_token()
-    }
-    /// Starts the stop sequence, as SIGTERM would.
-    pub fn trigger(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-        self.token.cancel();
-    }
-    /// Resolves once the stop sequence has started.
-    pub async fn triggered(&self) {
-        self.token.cancelled().await;
-    }
-}
-
-/// What the common routes and the services' handlers share.
-pub struct AppContext {
-    pub service: &'static str,
-    pub redis: RedisClients,
-    /// Named policies from `[rate_limit]`; wrap routes with `RateLimit::new(limiter, "api")`.
-    pub rate_limiter: RateLimiter,
-    /// The service's Postgres pool, when it has a database.
-    pub db: Option<PgPool>,
-    pub metrics: Metrics,
-    pub shutdown: Shutdown,
-    /// Components that report their in-process fallback in `/api/health/redis`.
-    pub fallbacks: Vec<Arc<dyn FallbackStatus>>,
-    /// What `/readyz` requires (`http.ready_requires`); every check is reported regardless.
-    pub ready_requires: Vec<String>,
-}
-
-impl std::fmt::Debug for AppContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppContext").field("service", &self.service).finish_non_exhaustive()
-    }
-}
-
-impl AppContext {
-    pub fn new(
-        service: &'static str,
-        redis: RedisClients,
-        rate_limiter: RateLimiter,
-        db: Option<PgPool>,
-    ) -> Self {
-        let limiter = rate_limiter.clone();
-        let fallbacks = vec![health::fallback_status("rateLimiter", move || {
-            limiter.mode() == LimiterMode::Fallback
-        })];
-        let metrics = Metrics::new(service);
-        metrics.register_collector(RateLimitCollector(rate_limiter.clone()));
-        Self {
-            service,
-            redis,
-            rate_limiter,
-            db,
-            metrics,
-            shutdown: Shutdown::default(),
-            fallbacks,
-            ready_requires: crate::settings::READY_DEPENDENCIES.map(str::to_owned).to_vec(),
-        }
-    }
-}
 
 /// A bound, not yet running HTTP server.
 pub struct Application {
@@ -225,22 +145,4 @@ async fn stop_signal() -> &'static str {
             "SIGINT"
         }
     }
-}
-
-/// Connects what every service needs (Redis pools, the rate limiter, and the Postgres pool when
-/// `database` is given) and returns the context for [`Application::build`]. Neither dependency
-/// has to be up: Redis reconnects in the background and the Postgres pool connects on first use.
-pub async fn connect_context(
-    service: &'static str,
-    common: &crate::settings::CommonSettings,
-    database: Option<&crate::settings::DatabaseSettings>,
-) -> anyhow::Result<AppContext> {
-    // Before any TLS client exists (tests build services without `init_telemetry`).
-    crate::telemetry::install_crypto_provider();
-    let redis = RedisClients::connect(&common.redis).await?;
-    let rate_limiter = RateLimiter::new(&redis, &common.rate_limit)?;
-    let db = database.map(crate::database::connect_lazy).transpose()?;
-    let mut context = AppContext::new(service, redis, rate_limiter, db);
-    context.ready_requires.clone_from(&common.http.ready_requires);
-    Ok(context)
 }

@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::error_response;
 
-/// The expected token, registered as app data by [`crate::app::Application`].
+/// The expected token, registered as app data by `Application::build`.
 #[derive(Debug, Clone)]
 pub struct AdminToken(pub SecretString);
 

@@ -8,7 +8,6 @@
 //! seed 001 report: connected, latency, memory, and `mode: redis | fallback` with the components
 //! currently running on their in-process fallback.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
@@ -16,18 +15,10 @@ use fred::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::app::AppContext;
+use crate::context::AppContext;
+pub use crate::context::{FallbackStatus, fallback_status};
 use crate::error::error_chain;
 use crate::metrics::Metrics;
-
-/// Something that can run on an in-process fallback when Redis is unreachable (rate limiter,
-/// session store, …); reported by `/api/health/redis`.
-pub trait FallbackStatus: Send + Sync {
-    /// Short name, e.g. `rateLimiter`.
-    fn component(&self) -> &'static str;
-    /// True while the component is serving from its fallback.
-    fn in_fallback(&self) -> bool;
-}
 
 /// Registers the common routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -128,21 +119,4 @@ async fn memory_info(ctx: &AppContext) -> Option<serde_json::Value> {
         "maxBytes": field("maxmemory").and_then(|v| v.parse::<u64>().ok()),
         "policy": field("maxmemory_policy"),
     }))
-}
-
-/// A [`FallbackStatus`] from a closure.
-pub fn fallback_status(
-    component: &'static str,
-    probe: impl Fn() -> bool + Send + Sync + 'static,
-) -> Arc<dyn FallbackStatus> {
-    struct Probe<F>(&'static str, F);
-    impl<F: Fn() -> bool + Send + Sync> FallbackStatus for Probe<F> {
-        fn component(&self) -> &'static str {
-            self.0
-        }
-        fn in_fallback(&self) -> bool {
-            (self.1)()
-        }
-    }
-    Arc::new(Probe(component, probe))
 }

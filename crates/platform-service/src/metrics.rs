@@ -28,7 +28,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 use tracing::Instrument;
 
-use crate::app::AppContext;
 use crate::stream_metrics::{StreamGroupCollector, StreamGroups};
 
 /// Labels of the HTTP metrics.
@@ -47,6 +46,8 @@ fn latency_histogram() -> Histogram {
 /// The registry and the HTTP metrics. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Metrics {
+    /// The `service` label of every metric, and of each request's span.
+    service: &'static str,
     registry: Arc<RwLock<Registry>>,
     requests: Family<HttpLabels, Counter>,
     durations: Family<HttpLabels, Histogram, fn() -> Histogram>,
@@ -72,11 +73,17 @@ impl Metrics {
             durations.clone(),
         );
         Self {
+            service,
             registry: Arc::new(RwLock::new(registry)),
             requests,
             durations,
             stream_groups: Arc::default(),
         }
+    }
+
+    /// The service these metrics describe.
+    pub fn service(&self) -> &'static str {
+        self.service
     }
 
     /// Registers a service metric; keep a clone of `metric` to update it.
@@ -204,7 +211,7 @@ fn route_pattern(req: &ServiceRequest) -> String {
 /// Middleware (`middleware::from_fn(observe_requests)`): one span per request, child of the
 /// caller's `traceparent` when present, and the HTTP metrics.
 ///
-/// The span carries `service` (the [`AppContext`] name): the exporter's resource already names the
+/// The span carries `service` (the [`Metrics`] service label): the exporter's resource already names the
 /// process, but JSON log lines of the request and tests running several services in one process
 /// (one global subscriber) need it on the span itself.
 pub async fn observe_requests(
@@ -213,7 +220,8 @@ pub async fn observe_requests(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let route = route_pattern(&req);
     let method = req.method().to_string();
-    let service = req.app_data::<web::Data<AppContext>>().map_or("unknown", |c| c.service);
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    let service = metrics.as_ref().map_or("unknown", |m| m.service());
     let span = tracing::info_span!(
         "http_request",
         service,
@@ -223,7 +231,6 @@ pub async fn observe_requests(
     );
     let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
     platform_redis::trace::set_parent_from(&span, traceparent);
-    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
 
     let started = Instant::now();
     let response = next.call(req).instrument(span.clone()).await?;

@@ -1,9 +1,17 @@
 //! Layered configuration: embedded commented defaults, then an environment file, then `APP__…` variables.
 //!
 //! Order (later wins):
-//! 1. the service's `config/default.toml`, compiled into the binary so it runs from any directory;
-//! 2. the file named by `APP_CONFIG_FILE`, or else `config/<APP_ENVIRONMENT>.toml` when it exists;
-//! 3. environment variables `APP__<SECTION>__<KEY>` (e.g. `APP__REDIS__URL`, `APP__HTTP__PORT`).
+//! 1. [`COMMON_DEFAULTS`] (`config/common.toml` of this crate): the sections every service shares;
+//! 2. the service's `config/default.toml`: its own sections and the shared values it sets
+//!    differently (both compiled into the binary, so it runs from any directory);
+//! 3. the file named by `APP_CONFIG_FILE`, or else `config/<APP_ENVIRONMENT>.toml` when it exists;
+//! 4. environment variables `APP__<SECTION>__<KEY>` (e.g. `APP__REDIS__URL`, `APP__HTTP__PORT`).
+//!
+//! Defaults are written once, in those TOML files: the settings structs of this crate and of the
+//! services have no `Default` or serde defaults of their own, so a key missing from every layer is
+//! an error naming it. The files are commented for operators, and the deployment checks read the
+//! keys from them. (platform-redis's settings types keep code defaults: that library is also used
+//! without any configuration file.)
 //!
 //! Secrets are [`SecretString`]s: their `Debug` prints `[REDACTED]`, so logging a settings struct
 //! never leaks them. Every service validates its settings right after loading; the error names the
@@ -35,6 +43,9 @@ impl SettingsError {
     }
 }
 
+/// The shared sections' defaults, layered under every service's own file.
+pub const COMMON_DEFAULTS: &str = include_str!("../config/common.toml");
+
 /// Loads `T` from the layers described in the module doc. `defaults` is the service's embedded
 /// `config/default.toml`.
 pub fn load<T: DeserializeOwned>(defaults: &str) -> Result<T, SettingsError> {
@@ -45,14 +56,17 @@ pub fn load<T: DeserializeOwned>(defaults: &str) -> Result<T, SettingsError> {
     load_from(defaults, file, None)
 }
 
-/// [`load`] with its inputs explicit: the optional file (path, required) and, instead of the
-/// process environment, a map of `APP__…` variables (for tests).
+/// [`load`] with its inputs explicit: the service's defaults (layered over [`COMMON_DEFAULTS`]), the
+/// optional file (path, required) and, instead of the process environment, a map of `APP__…`
+/// variables (for tests).
 pub fn load_from<T: DeserializeOwned>(
     defaults: &str,
     file: Option<(String, bool)>,
     env: Option<HashMap<String, String>>,
 ) -> Result<T, SettingsError> {
-    let mut builder = Config::builder().add_source(File::from_str(defaults, FileFormat::Toml));
+    let mut builder = Config::builder()
+        .add_source(File::from_str(COMMON_DEFAULTS, FileFormat::Toml))
+        .add_source(File::from_str(defaults, FileFormat::Toml));
     if let Some((path, required)) = file {
         builder = builder.add_source(File::with_name(&path).required(required));
     }
@@ -74,51 +88,40 @@ pub struct HttpSettings {
     pub host: String,
     pub port: u16,
     /// Worker threads; 0 means one per core.
-    #[serde(default)]
     pub workers: usize,
     /// After SIGTERM, how long `/readyz` says "draining" before the listener closes, so load
     /// balancers stop sending traffic first (Kubernetes: keep below terminationGracePeriodSeconds).
-    #[serde(default)]
     pub drain_delay_ms: u64,
     /// How long in-flight requests get to finish once the listener closed.
-    #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_secs: u64,
     /// Largest accepted request body.
-    #[serde(default = "default_body_limit")]
     pub body_limit_bytes: usize,
     /// Dependencies `/readyz` requires (`redis`, `postgres`). A service that keeps serving on a
     /// fallback without one leaves it out, so Kubernetes keeps routing to it during that outage
     /// (the checks are reported either way).
-    #[serde(default = "default_ready_requires", deserialize_with = "string_list")]
+    #[serde(deserialize_with = "string_list")]
     pub ready_requires: Vec<String>,
     /// Longest time a request body may take to arrive, counted from when its headers were read;
     /// past it the request is answered 408 and the connection closed (slow senders cannot hold
     /// connections open).
-    #[serde(default = "default_body_timeout")]
     pub body_timeout_ms: u64,
     /// Longest time the request line and headers may take to arrive (a slower client gets 408
     /// from the HTTP layer and is disconnected).
-    #[serde(default = "default_header_timeout")]
     pub header_timeout_ms: u64,
     /// Concurrent connections each worker thread serves; further ones wait in the listen backlog.
-    #[serde(default = "default_max_connections_per_worker")]
     pub max_connections_per_worker: usize,
     /// Browser origins (`https://shop.example.com`) allowed to call the routes in `cors_paths`
     /// with credentials. Empty: no CORS headers at all.
-    #[serde(default, deserialize_with = "string_list")]
+    #[serde(deserialize_with = "string_list")]
     pub cors_allowed_origins: Vec<String>,
     /// Paths CORS applies to: an entry ending in `/` covers everything below it, any other entry
     /// that exact path. Each service lists its public read, live and checkout routes.
-    #[serde(default, deserialize_with = "string_list")]
+    #[serde(deserialize_with = "string_list")]
     pub cors_paths: Vec<String>,
 }
 
 /// What `/readyz` may require.
 pub const READY_DEPENDENCIES: [&str; 2] = ["redis", "postgres"];
-
-fn default_ready_requires() -> Vec<String> {
-    READY_DEPENDENCIES.iter().map(|d| (*d).to_owned()).collect()
-}
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -137,37 +140,12 @@ pub fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Str
     Ok(items.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
 }
 
-fn default_shutdown_timeout() -> u64 {
-    20
-}
-fn default_body_limit() -> usize {
-    1024 * 1024
-}
-fn default_body_timeout() -> u64 {
-    10_000
-}
-fn default_header_timeout() -> u64 {
-    5_000
-}
-fn default_max_connections_per_worker() -> usize {
-    25_000
-}
-
 /// `[database]`: the service's own Postgres database.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
     pub url: SecretString,
-    #[serde(default = "default_max_connections")]
     pub max_connections: u32,
-    #[serde(default = "default_acquire_timeout")]
     pub acquire_timeout_ms: u64,
-}
-
-fn default_max_connections() -> u32 {
-    10
-}
-fn default_acquire_timeout() -> u64 {
-    2_000
 }
 
 /// `[auth]`: the bearer token of admin and service-to-service routes.
@@ -177,10 +155,10 @@ pub struct AuthSettings {
 }
 
 /// `[tenant_auth]`: tenant tokens, the bearer JWTs that let one organisation read its own data
-/// (checked by [`crate::tenant::TenantAuth`], minted by [`crate::tenant::TenantTokenSigner`]).
+/// (checked by `TenantAuth`, minted by `TenantTokenSigner`, both in the `tenant` module).
 /// With no key configured no tenant token is accepted and only the service token works.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct TenantAuthSettings {
     /// Where the organisation is in the claims, as a JSON pointer (`/org_id`, `/o/id`, …): each
     /// identity provider puts it somewhere else. A string, a list of strings, or an object whose
@@ -210,24 +188,6 @@ pub struct TenantAuthSettings {
     pub jwks_timeout_ms: u64,
     /// Life of the tokens this service mints.
     pub mint_ttl_secs: u64,
-}
-
-impl Default for TenantAuthSettings {
-    fn default() -> Self {
-        Self {
-            org_claim: "/org_id".to_owned(),
-            issuers: Vec::new(),
-            audiences: Vec::new(),
-            leeway_secs: 30,
-            hs256_secrets: Vec::new(),
-            jwks_files: Vec::new(),
-            jwks_urls: Vec::new(),
-            jwks_refetch_min_interval_ms: 10_000,
-            jwks_max_age_secs: 3_600,
-            jwks_timeout_ms: 2_000,
-            mint_ttl_secs: 900,
-        }
-    }
 }
 
 /// Shortest accepted HS256 secret: the hash's own size (RFC 7518 §3.2).
@@ -265,16 +225,17 @@ impl TenantAuthSettings {
 }
 
 /// [`string_list`] of secrets: one comma-separated `APP__…` value can carry several.
-fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SecretString>, D::Error> {
+pub fn secret_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<SecretString>, D::Error> {
     Ok(string_list(deserializer)?.into_iter().map(SecretString::from).collect())
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One JSON object a line (containers, log shippers).
-    #[default]
     Json,
     /// Human-readable lines (a terminal).
     Pretty,
@@ -283,18 +244,11 @@ pub enum LogFormat {
 /// `[telemetry]`: logs and traces.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TelemetrySettings {
-    #[serde(default)]
     pub format: LogFormat,
     /// `EnvFilter` directives; `RUST_LOG` wins when set.
-    #[serde(default = "default_filter")]
     pub filter: String,
     /// OTLP/HTTP endpoint (e.g. `http://otel-collector:4318`); traces are exported only when set.
-    #[serde(default)]
     pub otlp_endpoint: Option<String>,
-}
-
-fn default_filter() -> String {
-    "info".into()
 }
 
 /// Sections every service has. Services embed it with `#[serde(flatten)]`.
@@ -305,10 +259,8 @@ pub struct CommonSettings {
     pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
     /// Named rate-limit policies (seed 001 defaults; entries here override or add).
-    #[serde(default)]
     pub rate_limit: RateLimitSettings,
-    /// Tenant tokens (off unless keys are configured).
-    #[serde(default)]
+    /// Tenant tokens (accepted only where keys are configured).
     pub tenant_auth: TenantAuthSettings,
 }
 
@@ -405,6 +357,9 @@ impl DatabaseSettings {
 pub trait ServiceSettings: DeserializeOwned + Sized {
     /// The service's embedded `config/default.toml`.
     const DEFAULTS: &'static str;
+
+    /// The shared sections (telemetry, http, …) of these settings.
+    fn common(&self) -> &CommonSettings;
 
     /// Checks what the types cannot; the error names the setting.
     fn validate(&self) -> Result<(), SettingsError>;

@@ -1,9 +1,10 @@
-//! Layered settings: embedded defaults, then a file, then `APP__…` variables; validation names the key.
+//! Layered settings: the shared defaults, a service's defaults, then a file, then `APP__…`
+//! variables; a missing or bad setting is named.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 
-use platform_service::settings::{CommonSettings, SettingsError, load_from};
+use platform_service::settings::{CommonSettings, LogFormat, SettingsError, load_from};
 use secrecy::ExposeSecret;
 
 const DEFAULTS: &str = r#"
@@ -61,7 +62,8 @@ fn a_bad_setting_is_named_in_the_error() {
         load_from(DEFAULTS, None, env(&[("APP__HTTP__PORT", "eighty")]));
     let short_token: CommonSettings =
         load_from(DEFAULTS, None, env(&[("APP__AUTH__ADMIN_TOKEN", "short")])).unwrap();
-    let missing = load_from::<CommonSettings>("[http]\nhost=\"x\"\nport=1\n", None, None);
+    // Every shared key has a default except the port, which each service sets.
+    let missing = load_from::<CommonSettings>("", None, None);
 
     // Assert
     let message = wrong_type.unwrap_err().to_string();
@@ -69,7 +71,7 @@ fn a_bad_setting_is_named_in_the_error() {
     let invalid = short_token.validate().unwrap_err();
     assert!(matches!(invalid, SettingsError::Invalid { key: "auth.admin_token", .. }), "{invalid}");
     let message = missing.unwrap_err().to_string();
-    assert!(message.contains("redis") || message.contains("auth"), "{message}");
+    assert!(message.contains("port"), "{message}");
 }
 
 #[test]
@@ -150,7 +152,8 @@ fn cors_origins_come_as_one_comma_separated_variable_and_must_be_bare_origins() 
 #[test]
 fn tenant_token_secrets_come_as_one_comma_separated_variable_stay_redacted_and_must_be_long() {
     // Act
-    let absent: CommonSettings = load_from(DEFAULTS, None, None).unwrap();
+    let emptied: CommonSettings =
+        load_from(DEFAULTS, None, env(&[("APP__TENANT_AUTH__HS256_SECRETS", "")])).unwrap();
     let rotating: CommonSettings = load_from(
         DEFAULTS,
         None,
@@ -166,8 +169,9 @@ fn tenant_token_secrets_come_as_one_comma_separated_variable_stay_redacted_and_m
         load_from(DEFAULTS, None, env(&[("APP__TENANT_AUTH__ORG_CLAIM", "org_id")])).unwrap();
 
     // Assert
-    assert!(absent.tenant_auth.hs256_secrets.is_empty(), "no secret unless configured");
-    assert_eq!(absent.tenant_auth.org_claim, "/org_id");
+    assert!(emptied.tenant_auth.hs256_secrets.is_empty(), "an empty variable means no secret");
+    emptied.validate().unwrap();
+    assert_eq!(emptied.tenant_auth.org_claim, "/org_id");
     let secrets: Vec<_> =
         rotating.tenant_auth.hs256_secrets.iter().map(|s| s.expose_secret().to_owned()).collect();
     assert_eq!(
@@ -186,4 +190,21 @@ fn tenant_token_secrets_come_as_one_comma_separated_variable_stay_redacted_and_m
         matches!(invalid, SettingsError::Invalid { key: "tenant_auth.org_claim", .. }),
         "{invalid}"
     );
+}
+
+#[test]
+fn the_shared_defaults_are_complete_once_a_service_sets_its_port() {
+    // Act
+    let settings: CommonSettings = load_from("[http]\nport = 8080\n", None, None).unwrap();
+
+    // Assert
+    settings.validate().unwrap();
+    assert_eq!(settings.http.host, "127.0.0.1");
+    assert_eq!(settings.http.shutdown_timeout_secs, 20);
+    assert_eq!(settings.http.body_limit_bytes, 1_048_576);
+    assert_eq!(settings.telemetry.filter, "info");
+    assert_eq!(settings.telemetry.format, LogFormat::Json);
+    assert!(settings.telemetry.otlp_endpoint.is_none());
+    assert!(settings.rate_limit.enabled);
+    assert_eq!(settings.tenant_auth.mint_ttl_secs, 900);
 }

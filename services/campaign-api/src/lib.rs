@@ -8,6 +8,7 @@
 //! counted by the shared `platform_redis::usage` recorder; `domain` holds the validated types
 //! and views.
 
+pub mod config;
 pub mod domain;
 pub mod donations;
 pub mod error;
@@ -24,162 +25,20 @@ use anyhow::Context as _;
 use platform_redis::cache::{Cache, CacheSettings};
 use platform_redis::keys::StreamName;
 use platform_redis::pubsub::PubSub;
-use platform_redis::streams::{GroupSettings, StartFrom, StreamConsumer};
+use platform_redis::streams::{StartFrom, StreamConsumer};
 use platform_redis::usage::{UsageRecorder, UsageRecorderSettings};
 use platform_service::health::fallback_status;
-use platform_service::settings::{
-    CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
-};
 use platform_service::{Application, connect_context};
 use secrecy::SecretString;
-use serde::Deserialize;
 
 use crate::donations::DonationHandler;
 use crate::pages::Pages;
 use crate::routes::{ServiceMetrics, State};
 
+pub use config::Settings;
+
 /// The service name in logs, traces and metrics.
 pub const SERVICE: &str = "campaign-api";
-
-/// This service's configuration.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Settings {
-    #[serde(flatten)]
-    pub common: CommonSettings,
-    pub database: DatabaseSettings,
-    #[serde(default)]
-    pub cache: CampaignCacheSettings,
-    #[serde(default)]
-    pub public: PublicSettings,
-    #[serde(default)]
-    pub usage: UsageSettings,
-    #[serde(default)]
-    pub live: LiveSettings,
-    #[serde(default)]
-    pub stripe_events: GroupSettings,
-    #[serde(default)]
-    pub demo: DemoSettings,
-}
-
-/// `[cache]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CampaignCacheSettings {
-    /// false: every read goes to Postgres (`X-Cache: MISS`).
-    pub enabled: bool,
-    /// Life of a cached page in Redis, and the `Cache-Control: max-age`.
-    pub ttl_seconds: u64,
-    /// Bound of the in-process tier; 0 disables it.
-    pub l1_max_entries: usize,
-    /// Longest life of an in-process copy.
-    pub l1_ttl_max_ms: u64,
-    /// XFetch beta of the early refresh (0 = never early).
-    pub early_refresh_beta: f64,
-}
-
-impl Default for CampaignCacheSettings {
-    fn default() -> Self {
-        let shared = CacheSettings::default();
-        Self {
-            enabled: true,
-            ttl_seconds: 300,
-            l1_max_entries: shared.l1_max_entries,
-            l1_ttl_max_ms: u64::try_from(shared.l1_ttl_max.as_millis()).unwrap_or(30_000),
-            early_refresh_beta: shared.early_refresh_beta,
-        }
-    }
-}
-
-/// `[usage]`: `api_request` counting (the shared [`UsageRecorder`]'s tallies).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct UsageSettings {
-    /// How often counted requests are appended to the usage stream.
-    pub flush_interval_ms: u64,
-    /// Most organisations counted between two successful flushes.
-    pub max_orgs: usize,
-    /// Approximate cap (`MAXLEN ~`) of the usage stream.
-    pub stream_max_len: usize,
-}
-
-impl Default for UsageSettings {
-    fn default() -> Self {
-        Self { flush_interval_ms: 1_000, max_orgs: 10_000, stream_max_len: 1_000_000 }
-    }
-}
-
-/// `[public]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PublicSettings {
-    /// Rate-limit policy (from `[rate_limit]`) of the public routes, per organisation.
-    pub rate_limit_policy: String,
-}
-
-impl Default for PublicSettings {
-    fn default() -> Self {
-        Self { rate_limit_policy: "api".to_owned() }
-    }
-}
-
-/// `[live]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LiveSettings {
-    /// Seconds between SSE keep-alive comments (also how soon a gone client is noticed).
-    pub keep_alive_secs: u64,
-    /// How often campaign starts and ends are looked for.
-    pub lifecycle_tick_ms: u64,
-}
-
-impl Default for LiveSettings {
-    fn default() -> Self {
-        Self { keep_alive_secs: 15, lifecycle_tick_ms: 5_000 }
-    }
-}
-
-/// `[demo]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DemoSettings {
-    /// Seed the `demo` organisation with active campaigns at start.
-    pub seed: bool,
-}
-
-impl ServiceSettings for Settings {
-    const DEFAULTS: &'static str = include_str!("../config/default.toml");
-
-    fn validate(&self) -> Result<(), SettingsError> {
-        self.common.validate()?;
-        self.database.validate()?;
-        if self.cache.ttl_seconds == 0 {
-            return Err(SettingsError::invalid("cache.ttl_seconds", "must be > 0"));
-        }
-        if self.live.keep_alive_secs == 0 {
-            return Err(SettingsError::invalid("live.keep_alive_secs", "must be > 0"));
-        }
-        if self.live.lifecycle_tick_ms == 0 {
-            return Err(SettingsError::invalid("live.lifecycle_tick_ms", "must be > 0"));
-        }
-        if self.usage.flush_interval_ms == 0 {
-            return Err(SettingsError::invalid("usage.flush_interval_ms", "must be > 0"));
-        }
-        if self.stripe_events.enabled {
-            self.stripe_events
-                .consumer(StreamName::StripeEvents)
-                .validate()
-                .map_err(|e| SettingsError::invalid("stripe_events", e.to_string()))?;
-        }
-        if !self.common.rate_limit.effective_policies().contains_key(&self.public.rate_limit_policy)
-        {
-            return Err(SettingsError::invalid(
-                "public.rate_limit_policy",
-                format!("no rate-limit policy named `{}`", self.public.rate_limit_policy),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Connects the dependencies, migrates, starts the background workers (invalidation listener,
 /// Stripe consumer, usage flusher, lifecycle ticker) and binds the HTTP server (not yet serving).

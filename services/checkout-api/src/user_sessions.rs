@@ -31,7 +31,7 @@ use crate::metrics::CheckoutMetrics;
 
 /// `[user_sessions]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct UserSessionSettings {
     /// Life of a session from its creation (or login).
     pub ttl_secs: u64,
@@ -43,18 +43,6 @@ pub struct UserSessionSettings {
     pub memory_max_entries: usize,
     /// Rate-limit policy of guest session creation.
     pub guest_rate_limit_policy: String,
-}
-
-impl Default for UserSessionSettings {
-    fn default() -> Self {
-        Self {
-            ttl_secs: 24 * 3600,
-            cookie_name: "checkout_sid".to_owned(),
-            cookie_secure: true,
-            memory_max_entries: 10_000,
-            guest_rate_limit_policy: "guest_checkout".to_owned(),
-        }
-    }
 }
 
 /// Guest or signed-in user.

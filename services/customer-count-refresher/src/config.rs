@@ -1,12 +1,39 @@
-//! The service's own settings sections: `[simpro]` (the upstream and the walk), `[refresh]` (storage, lock, schedule) and `[realtime]` (the live id set).
+//! customer-count-refresher's settings: the shared sections and its own `[simpro]` (the upstream
+//! and the walk), `[refresh]` (storage, lock, schedule) and `[realtime]` (the live id set);
+//! defaults and comments: `config/default.toml`.
 
 use std::time::Duration;
 
-use platform_service::settings::SettingsError;
+use platform_service::settings::{CommonSettings, ServiceSettings, SettingsError};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::schedule::CronSchedule;
+
+/// This service's configuration.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    #[serde(flatten)]
+    pub common: CommonSettings,
+    pub simpro: SimproSettings,
+    pub refresh: RefreshSettings,
+    pub realtime: RealtimeSettings,
+}
+
+impl ServiceSettings for Settings {
+    const DEFAULTS: &'static str = include_str!("../config/default.toml");
+
+    fn common(&self) -> &CommonSettings {
+        &self.common
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        self.common.validate()?;
+        self.simpro.validate()?;
+        self.refresh.validate()?;
+        self.realtime.validate()
+    }
+}
 
 /// Where simPRO is and how hard the walk may push it.
 #[derive(Debug, Clone, Deserialize)]
@@ -170,14 +197,4 @@ impl RealtimeSettings {
         }
         Ok(())
     }
-}
-
-pub(crate) fn validate(
-    simpro: &SimproSettings,
-    refresh: &RefreshSettings,
-    realtime: &RealtimeSettings,
-) -> Result<(), SettingsError> {
-    simpro.validate()?;
-    refresh.validate()?;
-    realtime.validate()
 }

@@ -22,36 +22,15 @@ use std::sync::Arc;
 use platform_redis::RedisClients;
 use platform_service::health::fallback_status;
 use platform_service::metrics::Metrics;
-use platform_service::settings::{CommonSettings, ServiceSettings, SettingsError};
 use platform_service::{Application, connect_context};
 use secrecy::SecretString;
-use serde::Deserialize;
 
-pub use config::{RealtimeSettings, RefreshSettings, SimproSettings};
+pub use config::{RealtimeSettings, RefreshSettings, Settings, SimproSettings};
 pub use error::RefreshError;
 pub use refresh::{RefreshReport, Refresher, Source};
 
 /// The service name in logs, traces and metrics.
 pub const SERVICE: &str = "customer-count-refresher";
-
-/// This service's configuration.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Settings {
-    #[serde(flatten)]
-    pub common: CommonSettings,
-    pub simpro: SimproSettings,
-    pub refresh: RefreshSettings,
-    pub realtime: RealtimeSettings,
-}
-
-impl ServiceSettings for Settings {
-    const DEFAULTS: &'static str = include_str!("../config/default.toml");
-
-    fn validate(&self) -> Result<(), SettingsError> {
-        self.common.validate()?;
-        config::validate(&self.simpro, &self.refresh, &self.realtime)
-    }
-}
 
 /// Connects the dependencies, starts the schedule and binds the HTTP server (not yet serving).
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {

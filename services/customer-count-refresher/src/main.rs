@@ -3,8 +3,6 @@
 use std::process::ExitCode;
 
 use customer_count_refresher::{SERVICE, Settings, build, refresh_once};
-use platform_service::init_telemetry;
-use platform_service::settings::ServiceSettings;
 
 // mimalloc instead of glibc malloc: fewer cycles per request under load (docs/benchmarks.md).
 #[global_allocator]
@@ -12,8 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let settings = Settings::load()?;
-    let _telemetry = init_telemetry(SERVICE, &settings.common.telemetry)?;
+    let (settings, _telemetry) = platform_service::start::<Settings>(SERVICE)?;
     match std::env::args().nth(1).as_deref() {
         None | Some("serve") => {
             build(settings).await?.run_until_stopped().await?;

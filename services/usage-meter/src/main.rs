@@ -1,8 +1,6 @@
 //! Entry point of usage-meter: settings, telemetry, serve until stopped.
 
-use platform_service::init_telemetry;
-use platform_service::settings::ServiceSettings;
-use usage_meter::{SERVICE, Settings, build};
+use usage_meter::{SERVICE, build};
 
 // glibc's malloc and free were ~25 % of the stream consumer's CPU (many small strings per
 // event: reply frames, decoded bodies, script arguments); mimalloc's thread-local heaps are cheaper.
@@ -11,8 +9,5 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::load()?;
-    let _telemetry = init_telemetry(SERVICE, &settings.common.telemetry)?;
-    build(settings).await?.run_until_stopped().await?;
-    Ok(())
+    platform_service::run(SERVICE, build).await
 }

@@ -11,7 +11,7 @@ pub const SESSION_ID_PLACEHOLDER: &str = "{CHECKOUT_SESSION_ID}";
 
 /// `[stripe]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct StripeSettings {
     /// Secret API key (`sk_…` or restricted `rk_…`). Unset: the Stripe routes answer 503
     /// `stripe_not_configured` and no Stripe events are consumed.
@@ -47,31 +47,6 @@ pub struct StripeSettings {
     pub max_line_items: usize,
     /// The consumer of the Stripe event stream.
     pub events: GroupSettings,
-}
-
-impl Default for StripeSettings {
-    fn default() -> Self {
-        Self {
-            secret_key: None,
-            api_base_url: "https://api.stripe.com".to_owned(),
-            success_url: format!(
-                "http://127.0.0.1:8082/store/checkout/success?session_id={SESSION_ID_PLACEHOLDER}"
-            ),
-            cancel_url: "http://127.0.0.1:8082/store/checkout/cancel".to_owned(),
-            currency: "usd".to_owned(),
-            default_price_id: None,
-            request_timeout_ms: 10_000,
-            max_attempts: 3,
-            retry_backoff_ms: 200,
-            customer_lock_ttl_ms: 10_000,
-            customer_lock_wait_ms: 10_000,
-            sync_lock_ttl_ms: 30_000,
-            sync_lock_wait_ms: 15_000,
-            recent_payments: 5,
-            max_line_items: 100,
-            events: GroupSettings::default(),
-        }
-    }
 }
 
 impl StripeSettings {
