@@ -8,7 +8,7 @@ use platform_service::settings::{
 use serde::Deserialize;
 
 use crate::stripe::StripeSettings;
-use crate::user_sessions::UserSessionSettings;
+use crate::store::user_sessions::UserSessionSettings;
 
 /// This service's configuration.
 #[derive(Debug, Clone, Deserialize)]

@@ -7,7 +7,7 @@ use platform_redis::RedisError;
 use platform_service::error::error_chain;
 use platform_service::{error_response, server_error};
 
-use crate::stripe::client::StripeCallError;
+use crate::upstream::stripe::StripeCallError;
 
 /// Everything a request can fail with. 4xx explain themselves; 5xx are logged and opaque.
 #[derive(Debug, thiserror::Error)]

@@ -3,25 +3,23 @@
 //! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
 //! returns; tests call [`build`] with port 0 and real Redis and Postgres.
 //!
-//! Layout: `routes` (HTTP) → `sessions` (checkout sessions: validation, pricing, status; its
-//! `store` holds them in Redis, or Postgres while Redis is down) / `catalog` (products: every unit
-//! price, from Postgres through the shared cache) / `pricing` (coupons and delivery bands, the
-//! same way) / `user_sessions` (cookie sessions in Redis with an in-memory fallback) / `caller`
-//! (service token, user, guest or anonymous: who may do what) / `stripe` (customers, Checkout
-//! sessions, the one sync of Stripe state into Redis and the Stripe-stream consumer); `metrics`
-//! registers the service's counters.
+//! Layout: `routes` (HTTP) and `workers` (the Stripe event consumer) call `domain` (checkout
+//! sessions, catalog, pricing, user sessions, callers and Stripe payments: rules, types and the
+//! operations over them), which reads and writes through `db` (Postgres: catalog, pricing, the
+//! sessions' fallback tier), `store` (Redis: checkout and user sessions, Stripe records) and
+//! `upstream` (the Stripe API); `metrics` registers the service's counters, `stripe` holds the
+//! `[stripe]` settings.
 
-pub mod caller;
-pub mod catalog;
 pub mod config;
+pub mod db;
+pub mod domain;
 pub mod error;
-pub mod fallback;
 pub mod metrics;
-pub mod pricing;
 pub mod routes;
-pub mod sessions;
+pub mod store;
 pub mod stripe;
-pub mod user_sessions;
+pub mod upstream;
+pub mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,13 +33,16 @@ use platform_service::health::fallback_status;
 use platform_service::{Application, connect_context};
 use secrecy::SecretString;
 
-use crate::catalog::Catalog;
+use crate::db::catalog::{self as catalog, Catalog};
+use crate::db::pricing::Pricing;
+use crate::db::sessions::PgSessions;
+use crate::domain::checkout::Checkout;
+use crate::domain::payments::StripeService;
+use crate::domain::sessions::Limits;
 use crate::metrics::CheckoutMetrics;
-use crate::pricing::Pricing;
 use crate::routes::{Policies, State};
-use crate::sessions::store::SessionStore;
-use crate::sessions::{Checkout, Limits};
-use crate::user_sessions::UserSessions;
+use crate::store::sessions::{RedisSessions, SessionStore};
+use crate::store::user_sessions::UserSessions;
 
 pub use config::Settings;
 
@@ -88,7 +89,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         Duration::from_secs(pricing_settings.product_cache_ttl_secs),
     );
     if settings.demo.seed {
-        let added = catalog::storage::seed_demo(&db).await.context("seeding the demo catalog")?;
+        let added = catalog::seed_demo(&db).await.context("seeding the demo catalog")?;
         for (sku, price_id) in added {
             catalog.invalidate(sku, &[price_id]).await;
         }
@@ -100,21 +101,20 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         Duration::from_secs(pricing_settings.delivery_cache_ttl_secs),
     );
 
+    let ttl = Duration::from_secs(settings.checkout.session_ttl_secs);
     let store = SessionStore::new(
-        redis.role(Role::Sessions).clone(),
-        redis.keys().clone(),
-        db.clone(),
-        Duration::from_secs(settings.checkout.session_ttl_secs),
-        metrics.clone(),
+        RedisSessions::new(redis.role(Role::Sessions).clone(), redis.keys().clone(), ttl),
+        PgSessions::new(db.clone(), ttl),
+        ttl,
+        metrics.store_fallback(),
     );
     let limits = Limits {
         max_items: settings.checkout.max_items,
         max_distance_km: settings.checkout.max_distance_km,
     };
     let checkout = Checkout::new(store.clone(), pricing, catalog, limits, metrics.clone());
-    let stripe =
-        stripe::StripeService::new(&settings.stripe, redis.clone(), Arc::new(checkout.clone()))?;
-    stripe.spawn_consumer(context.shutdown.token()).await;
+    let stripe = StripeService::new(&settings.stripe, redis.clone(), Arc::new(checkout.clone()))?;
+    workers::stripe_events::spawn(&stripe, context.shutdown.token()).await;
     context.metrics.register_stream_group(
         &redis,
         platform_redis::StreamName::StripeEvents,
@@ -125,7 +125,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         redis.role(Role::Sessions).clone(),
         redis.keys().clone(),
         settings.user_sessions.clone(),
-        metrics,
+        metrics.user_session_fallback(),
     );
     context.fallbacks.push(fallback_status("checkoutSessions", move || store.in_fallback()));
     let probe = user_sessions.clone();
@@ -139,7 +139,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     };
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
     Ok(Application::build(&settings.common.http, admin_token, context, move |cfg| {
-        routes::configure(cfg, state.clone(), &policies);
-        stripe::routes::configure(cfg, stripe.clone(), &policies.limiter);
+        routes::configure(cfg, state.clone(), stripe.clone(), &policies);
     })?)
 }

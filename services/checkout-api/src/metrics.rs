@@ -1,19 +1,12 @@
-//! checkout-api's own Prometheus metrics (registered on the shared registry at build time).
+//! checkout-api's own Prometheus metrics (registered on the shared registry at build time). The
+//! stores get only the gauges they set, so nothing below `domain` depends on this module.
 
 use platform_service::metrics::Metrics;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::sessions::Status;
-use crate::sessions::store::Tier;
-
-/// Label of the session counters: the tier that took the write.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StoreLabel {
-    pub store: &'static str,
-}
+use crate::domain::sessions::{Status, StoreLabel, Tier};
 
 /// Counters and gauges of checkout sessions and the fallbacks. Cheap to clone.
 #[derive(Debug, Clone, Default)]

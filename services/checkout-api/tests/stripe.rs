@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use checkout_api::stripe::sync::SyncOutcome;
+use checkout_api::domain::stripe::SyncOutcome;
 use common::{
     Backends, TestApp, eventually, put_on_stripe_stream, subscription_checkout, subscription_event,
 };

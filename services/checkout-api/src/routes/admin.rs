@@ -8,9 +8,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Policies, State};
-use crate::catalog::{self, ProductRequest};
+use crate::db::{catalog, pricing as storage};
+use crate::domain::catalog::ProductRequest;
+use crate::domain::pricing::{CouponRequest, DeliveryBand, normalise_code, validate_bands};
 use crate::error::CheckoutError;
-use crate::pricing::{CouponRequest, DeliveryBand, normalise_code, storage, validate_bands};
 
 pub fn configure(cfg: &mut web::ServiceConfig, policies: &Policies) {
     cfg.service(
@@ -47,6 +48,25 @@ pub fn configure(cfg: &mut web::ServiceConfig, policies: &Policies) {
     );
 }
 
+/// The key a create body must name (`code`, `sku`), or 400 `code`.
+fn required(key: Option<String>, code: &'static str, field: &str) -> Result<String, CheckoutError> {
+    key.ok_or_else(|| CheckoutError::invalid(code, format!("{field} is required")))
+}
+
+/// A replace body may repeat its path's key, not name another one (400 `code`).
+fn same_as_path(
+    body_key: &str,
+    path_key: &str,
+    code: &'static str,
+    field: &str,
+) -> Result<(), CheckoutError> {
+    if body_key == path_key {
+        Ok(())
+    } else {
+        Err(CheckoutError::invalid(code, format!("{field} in the body differs from the path")))
+    }
+}
+
 async fn list_coupons(
     _admin: RequireAdmin,
     state: web::Data<State>,
@@ -61,10 +81,7 @@ async fn create_coupon(
     body: web::Json<CouponRequest>,
 ) -> Result<HttpResponse, CheckoutError> {
     let body = body.into_inner();
-    let code = body
-        .code
-        .clone()
-        .ok_or_else(|| CheckoutError::invalid("invalid_coupon", "code is required"))?;
+    let code = required(body.code.clone(), "invalid_coupon", "code")?;
     let coupon = body.into_coupon(&code)?;
     if !storage::insert_coupon(&state.db, &coupon).await? {
         return Err(CheckoutError::CouponExists);
@@ -93,13 +110,8 @@ async fn put_coupon(
     body: web::Json<CouponRequest>,
 ) -> Result<HttpResponse, CheckoutError> {
     let body = body.into_inner();
-    if let Some(code) = &body.code
-        && normalise_code(code)? != normalise_code(&path)?
-    {
-        return Err(CheckoutError::invalid(
-            "invalid_coupon",
-            "code in the body differs from the path",
-        ));
+    if let Some(code) = &body.code {
+        same_as_path(&normalise_code(code)?, &normalise_code(&path)?, "invalid_coupon", "code")?;
     }
     let coupon = body.into_coupon(&path)?;
     storage::upsert_coupon(&state.db, &coupon).await?;
@@ -161,7 +173,7 @@ async fn list_products(
     _admin: RequireAdmin,
     state: web::Data<State>,
 ) -> Result<HttpResponse, CheckoutError> {
-    let products = catalog::storage::products(state.checkout.catalog.db()).await?;
+    let products = catalog::products(state.checkout.catalog.db()).await?;
     Ok(HttpResponse::Ok().json(json!({ "products": products })))
 }
 
@@ -172,16 +184,10 @@ async fn create_product(
     body: web::Json<ProductRequest>,
 ) -> Result<HttpResponse, CheckoutError> {
     let body = body.into_inner();
-    let sku = body
-        .sku
-        .clone()
-        .ok_or_else(|| CheckoutError::invalid("invalid_product", "sku is required"))?;
+    let sku = required(body.sku.clone(), "invalid_product", "sku")?;
     let product = body.into_product(&sku)?;
     let catalog = &state.checkout.catalog;
-    if !catalog::storage::insert_product(catalog.db(), &product)
-        .await
-        .map_err(product_write_error)?
-    {
+    if !catalog::insert_product(catalog.db(), &product).await.map_err(product_write_error)? {
         return Err(CheckoutError::ProductExists);
     }
     // "Unknown sku" / "unknown price" may be cached for these.
@@ -195,7 +201,7 @@ async fn get_product(
     state: web::Data<State>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, CheckoutError> {
-    let product = catalog::storage::product(state.checkout.catalog.db(), &path)
+    let product = catalog::product(state.checkout.catalog.db(), &path)
         .await?
         .ok_or(CheckoutError::ProductNotFound)?;
     Ok(HttpResponse::Ok().json(product))
@@ -209,17 +215,13 @@ async fn put_product(
     body: web::Json<ProductRequest>,
 ) -> Result<HttpResponse, CheckoutError> {
     let body = body.into_inner();
-    if body.sku.as_ref().is_some_and(|sku| *sku != *path) {
-        return Err(CheckoutError::invalid(
-            "invalid_product",
-            "sku in the body differs from the path",
-        ));
+    if let Some(sku) = &body.sku {
+        same_as_path(sku, &path, "invalid_product", "sku")?;
     }
     let product = body.into_product(&path)?;
     let catalog = &state.checkout.catalog;
-    let previous_price = catalog::storage::upsert_product(catalog.db(), &product)
-        .await
-        .map_err(product_write_error)?;
+    let previous_price =
+        catalog::upsert_product(catalog.db(), &product).await.map_err(product_write_error)?;
     catalog
         .invalidate(&product.sku, &[previous_price.as_deref(), product.price_id.as_deref()])
         .await;
@@ -238,7 +240,7 @@ async fn delete_product(
     path: web::Path<String>,
 ) -> Result<HttpResponse, CheckoutError> {
     let catalog = &state.checkout.catalog;
-    let price_id = catalog::storage::delete_product(catalog.db(), &path)
+    let price_id = catalog::delete_product(catalog.db(), &path)
         .await?
         .ok_or(CheckoutError::ProductNotFound)?;
     catalog.invalidate(&path, &[price_id.as_deref()]).await;

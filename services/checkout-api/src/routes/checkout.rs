@@ -13,13 +13,13 @@ use platform_service::RequireAdmin;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::user_sessions::caller;
 use super::{Policies, State};
-use crate::caller::Caller;
-use crate::error::CheckoutError;
-use crate::pricing::{delivery_charge, normalise_code};
-use crate::sessions::{
+use crate::domain::pricing::{delivery_charge, normalise_code};
+use crate::domain::sessions::{
     CreateSessionRequest, Status, UpdateSessionRequest, check_distance, parse_id,
 };
+use crate::error::CheckoutError;
 
 pub fn configure(cfg: &mut web::ServiceConfig, policies: &Policies) {
     cfg.service(
@@ -62,7 +62,7 @@ async fn create_session(
     body: web::Json<CreateSessionRequest>,
 ) -> Result<HttpResponse, CheckoutError> {
     let body = body.into_inner();
-    let caller = Caller::of(&request, &state.user_sessions).await?;
+    let caller = caller(&request, &state.user_sessions).await?;
     if body.user_id.is_some() && !caller.is_service() {
         tracing::debug!("userId in the body of a non-service caller ignored");
     }

@@ -1,15 +1,17 @@
-//! HTTP routes of checkout-api (except Stripe's): checkout sessions and pricing lookups
-//! ([`checkout`]), admin pricing writes ([`admin`]), the seed 002 health and management routes
-//! ([`redis_admin`]) and user/guest sessions ([`user_sessions`]). Handlers parse input, call the
-//! domain modules and shape responses.
+//! HTTP routes of checkout-api: checkout sessions and pricing lookups ([`checkout`]), admin
+//! pricing and catalog writes ([`admin`]), the seed 002 health and management routes
+//! ([`redis_admin`]), user/guest sessions ([`user_sessions`]) and the Stripe flow ([`stripe`]).
+//! Handlers parse input, call the domain modules and shape responses.
 //!
-//! Every route is wrapped in a rate-limit policy (`api`, guest creation `guest_checkout`).
+//! Every route is wrapped in a rate-limit policy (`api`, guest creation `guest_checkout`, the
+//! Stripe writes `payment`).
 //! Resources are registered one by one, never as a shared `/api/...` scope, so other modules can
 //! add routes next to them.
 
 pub mod admin;
 pub mod checkout;
 pub mod redis_admin;
+pub mod stripe;
 pub mod user_sessions;
 
 use actix_web::web;
@@ -17,8 +19,9 @@ use platform_redis::RedisClients;
 use platform_redis::ratelimit::{RateLimit, RateLimiter};
 use sqlx::PgPool;
 
-use crate::sessions::Checkout;
-use crate::user_sessions::UserSessions;
+use crate::domain::checkout::Checkout;
+use crate::domain::payments::StripeService;
+use crate::store::user_sessions::UserSessions;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -49,10 +52,16 @@ impl Policies {
 }
 
 /// Registers the state and every route group of this module.
-pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<State>, policies: &Policies) {
+pub fn configure(
+    cfg: &mut web::ServiceConfig,
+    state: web::Data<State>,
+    stripe: web::Data<StripeService>,
+    policies: &Policies,
+) {
     cfg.app_data(state);
     checkout::configure(cfg, policies);
     admin::configure(cfg, policies);
     redis_admin::configure(cfg, policies);
     user_sessions::configure(cfg, policies);
+    stripe::configure(cfg, stripe, &policies.limiter);
 }

@@ -1,13 +1,16 @@
-//! `/api/sessions/...`: guest sessions, login (id rotation), the current session, logout.
+//! `/api/sessions/...`: guest sessions, login (id rotation), the current session, logout; the
+//! session cookie, and who a request's caller is (service token, user or guest session, nobody).
 
-use actix_web::http::header::SET_COOKIE;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
+use actix_web::{FromRequest as _, HttpRequest, HttpResponse, web};
 use platform_service::RequireAdmin;
 use serde::Deserialize;
 
 use super::{Policies, State};
+use crate::domain::caller::Caller;
+use crate::domain::user_sessions::{SessionKind, UserSessionView, check_user_id};
 use crate::error::CheckoutError;
-use crate::user_sessions::{SessionKind, check_user_id};
+use crate::store::user_sessions::{UserSessionSettings, UserSessions};
 
 pub fn configure(cfg: &mut web::ServiceConfig, policies: &Policies) {
     cfg.service(
@@ -30,12 +33,24 @@ async fn create_guest(
     state: web::Data<State>,
     request: HttpRequest,
 ) -> Result<HttpResponse, CheckoutError> {
-    let sessions = &state.user_sessions;
-    if let Some(old) = sessions.id_from(&request) {
+    let (set_cookie, view) =
+        replace_session(&state.user_sessions, &request, SessionKind::Guest, None).await?;
+    Ok(HttpResponse::Created().insert_header((SET_COOKIE, set_cookie)).json(view))
+}
+
+/// Deletes the request's session, if any, and starts a new one; its `Set-Cookie` value and body.
+/// A new id every time, so an id fixed before login is worthless after it.
+async fn replace_session(
+    sessions: &UserSessions,
+    request: &HttpRequest,
+    kind: SessionKind,
+    user_id: Option<String>,
+) -> Result<(String, UserSessionView), CheckoutError> {
+    if let Some(old) = session_id(request, sessions.settings()) {
         sessions.delete(&old).await?;
     }
-    let (id, view) = sessions.create(SessionKind::Guest, None).await?;
-    Ok(HttpResponse::Created().insert_header((SET_COOKIE, sessions.cookie(&id))).json(view))
+    let (id, view) = sessions.create(kind, user_id).await?;
+    Ok((cookie(sessions.settings(), &id), view))
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,13 +70,10 @@ async fn login(
 ) -> Result<HttpResponse, CheckoutError> {
     let user_id = body.into_inner().user_id;
     check_user_id(&user_id)?;
-    let sessions = &state.user_sessions;
-    if let Some(old) = sessions.id_from(&request) {
-        sessions.delete(&old).await?;
-    }
-    let (id, view) = sessions.create(SessionKind::User, Some(user_id)).await?;
+    let (set_cookie, view) =
+        replace_session(&state.user_sessions, &request, SessionKind::User, Some(user_id)).await?;
     tracing::info!(store = ?view.store, "user session started; session id rotated");
-    Ok(HttpResponse::Ok().insert_header((SET_COOKIE, sessions.cookie(&id))).json(view))
+    Ok(HttpResponse::Ok().insert_header((SET_COOKIE, set_cookie)).json(view))
 }
 
 async fn current(
@@ -69,7 +81,7 @@ async fn current(
     request: HttpRequest,
 ) -> Result<HttpResponse, CheckoutError> {
     let sessions = &state.user_sessions;
-    let id = sessions.id_from(&request).ok_or(CheckoutError::NoSession)?;
+    let id = session_id(&request, sessions.settings()).ok_or(CheckoutError::NoSession)?;
     let view = sessions.get(&id).await?.ok_or(CheckoutError::NoSession)?;
     Ok(HttpResponse::Ok().json(view))
 }
@@ -80,8 +92,58 @@ async fn logout(
     request: HttpRequest,
 ) -> Result<HttpResponse, CheckoutError> {
     let sessions = &state.user_sessions;
-    if let Some(id) = sessions.id_from(&request) {
+    if let Some(id) = session_id(&request, sessions.settings()) {
         sessions.delete(&id).await?;
     }
-    Ok(HttpResponse::NoContent().insert_header((SET_COOKIE, sessions.clearing_cookie())).finish())
+    Ok(HttpResponse::NoContent()
+        .insert_header((SET_COOKIE, clearing_cookie(sessions.settings())))
+        .finish())
+}
+
+/// Resolves the caller: an `Authorization` header must carry the service token (anything else is
+/// 401 `unauthorized`, not a silent downgrade); otherwise the session cookie decides.
+pub async fn caller(
+    request: &HttpRequest,
+    sessions: &UserSessions,
+) -> Result<Caller, CheckoutError> {
+    if request.headers().contains_key(AUTHORIZATION) {
+        return match RequireAdmin::extract(request).await {
+            Ok(RequireAdmin) => Ok(Caller::Service),
+            Err(_) => Err(CheckoutError::Unauthorized),
+        };
+    }
+    let Some(id) = session_id(request, sessions.settings()) else { return Ok(Caller::Anonymous) };
+    let Some(view) = sessions.get(&id).await? else { return Ok(Caller::Anonymous) };
+    Ok(match (view.session.kind, view.session.user_id) {
+        (SessionKind::User, Some(user_id)) => Caller::User(user_id),
+        _ => Caller::Guest,
+    })
+}
+
+/// The session id from the request's cookie, if any.
+fn session_id(request: &HttpRequest, settings: &UserSessionSettings) -> Option<String> {
+    let name = &settings.cookie_name;
+    request
+        .headers()
+        .get_all(COOKIE)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.trim().to_owned())
+}
+
+/// `Set-Cookie` value carrying `id`.
+fn cookie(settings: &UserSessionSettings, id: &str) -> String {
+    let secure = if settings.cookie_secure { "; Secure" } else { "" };
+    format!(
+        "{}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        settings.cookie_name, settings.ttl_secs
+    )
+}
+
+/// `Set-Cookie` value that removes the cookie.
+fn clearing_cookie(settings: &UserSessionSettings) -> String {
+    let secure = if settings.cookie_secure { "; Secure" } else { "" };
+    format!("{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}", settings.cookie_name)
 }

@@ -1,6 +1,6 @@
-//! User and guest sessions (seed 001 "session management", seed 002 "user session tracking"):
-//! a random id in an `HttpOnly; SameSite=Lax; Path=/` cookie (`Secure` configurable) pointing at
-//! a small record in Redis ([`Keys::user_session`], `EX` = 24 h by default, absolute: reads do
+//! User and guest sessions in Redis (seed 001 "session management", seed 002 "user session
+//! tracking"): a random id in an `HttpOnly; SameSite=Lax; Path=/` cookie (`Secure` configurable,
+//! written by `routes::user_sessions`) pointing at a small record in Redis ([`Keys::user_session`], `EX` = 24 h by default, absolute: reads do
 //! not extend it). The record holds the kind (guest | user), the userId the trusted front end
 //! named at login, and timestamps: nothing sensitive.
 //!
@@ -17,17 +17,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use actix_web::HttpRequest;
-use actix_web::http::header::COOKIE;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::Expiration;
 use platform_redis::{Keys, RedisError, RolePool};
-use serde::{Deserialize, Serialize};
+use prometheus_client::metrics::gauge::Gauge;
+use serde::Deserialize;
 
+use crate::domain::user_sessions::{
+    Held, SessionKind, UserSession, UserSessionView, new_id, valid_id,
+};
 use crate::error::CheckoutError;
-use crate::fallback::TierSwitch;
-use crate::metrics::CheckoutMetrics;
+use crate::store::tier::TierSwitch;
 
 /// `[user_sessions]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -43,41 +44,6 @@ pub struct UserSessionSettings {
     pub memory_max_entries: usize,
     /// Rate-limit policy of guest session creation.
     pub guest_rate_limit_policy: String,
-}
-
-/// Guest or signed-in user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SessionKind {
-    Guest,
-    User,
-}
-
-/// What is stored for one session.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserSession {
-    pub kind: SessionKind,
-    pub user_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-}
-
-/// Where a session is held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Held {
-    Redis,
-    Memory,
-}
-
-/// The response body of the session routes (never the id: it lives in the HttpOnly cookie).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserSessionView {
-    #[serde(flatten)]
-    pub session: UserSession,
-    pub store: Held,
 }
 
 /// The bounded in-process fallback.
@@ -103,14 +69,14 @@ impl UserSessions {
         redis: RolePool,
         keys: Keys,
         settings: UserSessionSettings,
-        metrics: CheckoutMetrics,
+        fallback_gauge: Gauge,
     ) -> Self {
         Self {
             redis,
             keys,
             settings,
             memory: Arc::new(Mutex::new(Memory::default())),
-            tier: TierSwitch::new("user sessions", "memory", metrics.user_session_fallback()),
+            tier: TierSwitch::new("user sessions", "memory", fallback_gauge),
         }
     }
 
@@ -238,53 +204,4 @@ impl UserSessions {
         }
         Ok(())
     }
-
-    /// The session id from the request's cookie, if any.
-    pub fn id_from(&self, request: &HttpRequest) -> Option<String> {
-        let name = &self.settings.cookie_name;
-        request
-            .headers()
-            .get_all(COOKIE)
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.trim().to_owned())
-    }
-
-    /// `Set-Cookie` value carrying `id`.
-    pub fn cookie(&self, id: &str) -> String {
-        let secure = if self.settings.cookie_secure { "; Secure" } else { "" };
-        format!(
-            "{}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
-            self.settings.cookie_name, self.settings.ttl_secs
-        )
-    }
-
-    /// `Set-Cookie` value that removes the cookie.
-    pub fn clearing_cookie(&self) -> String {
-        let secure = if self.settings.cookie_secure { "; Secure" } else { "" };
-        format!("{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}", self.settings.cookie_name)
-    }
-}
-
-/// 64 hex characters (two v4 UUIDs: 244 random bits).
-fn new_id() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
-}
-
-/// Ids this service could have issued; anything else is not looked up.
-fn valid_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Checks a userId named at login.
-pub fn check_user_id(user_id: &str) -> Result<(), CheckoutError> {
-    if user_id.trim().is_empty() || user_id.len() > 200 || user_id.chars().any(char::is_control) {
-        return Err(CheckoutError::invalid(
-            "invalid_user_id",
-            "userId must be 1 to 200 bytes without control characters",
-        ));
-    }
-    Ok(())
 }

@@ -1,6 +1,6 @@
-//! Pricing of a cart: coupon discounts and delivery charges by distance band, read from Postgres
-//! through the shared two-tier cache (coupon lookups 10 min, delivery bands 5 min by default) and
-//! invalidated when an admin changes them.
+//! Pricing of a cart as rules: coupon discounts and delivery charges by distance band. The
+//! definitions live in Postgres (`db::pricing`), read through the shared two-tier cache (coupon
+//! lookups 10 min, delivery bands 5 min by default) and invalidated when an admin changes them.
 //!
 //! What is cached is the *definition* (a coupon by code, unknown codes included; the whole band
 //! table), not the per-cart outcome: expiry and minimum order depend on the moment and the cart,
@@ -8,22 +8,10 @@
 //! band table also serves every distance, where caching per distance (the seed's
 //! `delivery:cache:{distance}`) would let arbitrary client input create entries.
 
-pub mod storage;
-
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
-use platform_redis::cache::{Cache, Cached};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 
 use crate::error::CheckoutError;
-
-/// Cache group of coupon definitions; the key is the code.
-pub const COUPON_GROUP: &str = "checkout-coupons";
-/// Cache group of the delivery band table; one key.
-pub const DELIVERY_GROUP: &str = "checkout-delivery";
-const BANDS_KEY: &str = "bands";
 
 /// Percent or fixed amount off the subtotal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +29,7 @@ impl CouponKind {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    pub fn parse(text: &str) -> Option<Self> {
         match text {
             "percent" => Some(CouponKind::Percent),
             "amount" => Some(CouponKind::Amount),
@@ -145,103 +133,6 @@ pub fn validate_bands(mut bands: Vec<DeliveryBand>) -> Result<Vec<DeliveryBand>,
         return Err(CheckoutError::invalid("invalid_bands", "upToKm values must be distinct"));
     }
     Ok(bands)
-}
-
-/// Cached pricing lookups. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Pricing {
-    db: PgPool,
-    cache: Cache,
-    coupon_ttl: Duration,
-    delivery_ttl: Duration,
-}
-
-impl Pricing {
-    pub fn new(db: PgPool, cache: Cache, coupon_ttl: Duration, delivery_ttl: Duration) -> Self {
-        Self { db, cache, coupon_ttl, delivery_ttl }
-    }
-
-    /// The coupon named `code` (already normalised), `None` when there is none; cached.
-    #[tracing::instrument(name = "pricing.coupon", skip(self))]
-    pub async fn coupon(&self, code: &str) -> Result<Cached<Option<Coupon>>, CheckoutError> {
-        let db = self.db.clone();
-        let owned = code.to_owned();
-        self.cache
-            .get_or_compute(COUPON_GROUP, code, self.coupon_ttl, move || async move {
-                storage::coupon(&db, &owned).await.map_err(CheckoutError::from)
-            })
-            .await
-    }
-
-    /// The delivery bands, sorted; cached.
-    #[tracing::instrument(name = "pricing.bands", skip(self))]
-    pub async fn bands(&self) -> Result<Cached<Vec<DeliveryBand>>, CheckoutError> {
-        let db = self.db.clone();
-        self.cache
-            .get_or_compute(DELIVERY_GROUP, BANDS_KEY, self.delivery_ttl, move || async move {
-                storage::bands(&db).await.map_err(CheckoutError::from)
-            })
-            .await
-    }
-
-    /// The discount of coupon `code` on `subtotal_cents` now.
-    pub async fn discount(&self, code: &str, subtotal_cents: i64) -> Result<i64, CheckoutError> {
-        let coupon = self.coupon(code).await?.value.ok_or(CheckoutError::UnknownCoupon)?;
-        coupon.discount(subtotal_cents, Utc::now())
-    }
-
-    /// The delivery charge of `distance_km`.
-    pub async fn delivery(&self, distance_km: f64) -> Result<i64, CheckoutError> {
-        delivery_charge(&self.bands().await?.value, distance_km)
-    }
-
-    /// Drops the cached definition of one coupon on every replica. A Redis failure is logged:
-    /// this replica's copy is gone anyway and the TTL bounds what another could still serve.
-    pub async fn invalidate_coupon(&self, code: &str) {
-        if let Err(error) = self.cache.invalidate(COUPON_GROUP, code).await {
-            tracing::warn!(%error, code, "coupon cache invalidation did not reach redis");
-        }
-    }
-
-    /// Drops the cached band table on every replica (same failure handling).
-    pub async fn invalidate_delivery(&self) {
-        if let Err(error) = self.cache.invalidate_group(DELIVERY_GROUP).await {
-            tracing::warn!(%error, "delivery cache invalidation did not reach redis");
-        }
-    }
-
-    pub fn db(&self) -> &PgPool {
-        &self.db
-    }
-}
-
-/// A coupon row before its `kind` text is checked.
-#[derive(Debug, sqlx::FromRow)]
-pub(crate) struct CouponRow {
-    code: String,
-    kind: String,
-    value: i64,
-    min_order_cents: i64,
-    expires_at: Option<DateTime<Utc>>,
-    active: bool,
-}
-
-impl TryFrom<CouponRow> for Coupon {
-    type Error = sqlx::Error;
-
-    fn try_from(row: CouponRow) -> Result<Self, Self::Error> {
-        let kind = CouponKind::parse(&row.kind).ok_or_else(|| {
-            sqlx::Error::Decode(format!("unknown coupon kind {}", row.kind).into())
-        })?;
-        Ok(Coupon {
-            code: row.code,
-            kind,
-            value: row.value,
-            min_order_cents: row.min_order_cents,
-            expires_at: row.expires_at,
-            active: row.active,
-        })
-    }
 }
 
 /// The body of the admin coupon routes (`code` comes from the path on PUT).

@@ -1,4 +1,4 @@
-//! checkout-api's consumer of the Stripe event stream: the events of seed 003's list trigger
+//! The worker consuming the Stripe event stream: the events of seed 003's list trigger
 //! `sync_stripe_data_to_redis` for their customer; a Checkout session event re-fetches the
 //! session from Stripe and completes (paid) or fails (expired, delayed payment failed) the
 //! checkout session it was created from; every other event is acked and skipped.
@@ -16,13 +16,45 @@
 use std::collections::HashMap;
 
 use platform_redis::fred::clients::Transaction;
+use platform_redis::keys::StreamName;
 use platform_redis::messages::StripeEventMessage;
-use platform_redis::streams::{HandlerError, Outcome, StreamEntry, StreamHandler};
+use platform_redis::streams::{
+    HandlerError, Outcome, StartFrom, StreamConsumer, StreamEntry, StreamHandler,
+};
 use platform_redis::stripe_event::{self, EventObject};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::domain::payments::StripeService;
 use crate::error::CheckoutError;
-use crate::stripe::StripeService;
+
+/// Starts the consumer of the Stripe event stream (when Stripe is configured and the consumer
+/// enabled); it stops when `stop` is cancelled.
+pub async fn spawn(stripe: &StripeService, stop: CancellationToken) {
+    let events = &stripe.settings().events;
+    if !stripe.is_configured() || !events.enabled {
+        tracing::info!(
+            configured = stripe.is_configured(),
+            enabled = events.enabled,
+            "stripe event consumer not started"
+        );
+        return;
+    }
+    let mut consumer_settings = events.consumer(StreamName::StripeEvents);
+    // Events stored before the first start still describe customers worth syncing.
+    consumer_settings.start_from = StartFrom::Beginning;
+    let consumer = StreamConsumer::new(stripe.redis(), consumer_settings, stop);
+    // Before serving, so events appended from now on are read by this group.
+    if let Err(error) = consumer.ensure_group().await {
+        tracing::warn!(%error, "stripe event consumer group not created yet; the worker retries");
+    }
+    let handler = SyncOnEvent { stripe: stripe.clone() };
+    tokio::spawn(async move {
+        if let Err(error) = consumer.run(&handler).await {
+            tracing::error!(%error, "stripe event consumer stopped");
+        }
+    });
+}
 
 /// The events whose customer is synced (seed 003 and the stripe-recommendations list it cites).
 pub const SYNC_EVENTS: &[&str] = &[

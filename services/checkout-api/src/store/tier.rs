@@ -8,6 +8,7 @@ use platform_redis::fred::prelude::*;
 use platform_redis::{RedisError, RolePool};
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::domain::session_store::TierError;
 use crate::error::CheckoutError;
 
 /// The tier switch of one store (checkout sessions → Postgres, user sessions → memory). Cheap to
@@ -62,14 +63,15 @@ impl TierSwitch {
         }
     }
 
-    /// Sorts a Redis failure: unreachable → `Ok` (the caller uses the fallback), anything else
-    /// is an error of its own.
-    pub fn failed(&self, error: RedisError) -> Result<(), CheckoutError> {
-        if error.is_unavailable() {
-            self.note(true, Some(&error));
-            Ok(())
-        } else {
-            Err(error.into())
+    /// Sorts a failure of the Redis tier: unreachable → `Ok` (the switch noted, the caller uses
+    /// the fallback), anything else is an error of its own.
+    pub fn failed(&self, error: impl Into<TierError>) -> Result<(), CheckoutError> {
+        match error.into() {
+            TierError::Unreachable(cause) => {
+                self.note(true, cause.as_ref());
+                Ok(())
+            }
+            TierError::Failed(error) => Err(error),
         }
     }
 }

@@ -11,13 +11,15 @@ use platform_redis::ratelimit::{RateLimit, RateLimiter};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::caller::Caller;
+use super::State;
+use super::user_sessions::caller;
+use crate::domain::caller::Caller;
+use crate::domain::payments::StripeService;
+use crate::domain::stripe::{
+    CheckoutRequest, StripeState, checkout_session_of, period_end_text, validate_customer_id,
+    validate_user_id,
+};
 use crate::error::CheckoutError;
-use crate::routes::State;
-use crate::stripe::StripeService;
-use crate::stripe::checkout::{CheckoutRequest, checkout_session_of};
-use crate::stripe::customers::{validate_customer_id, validate_user_id};
-use crate::stripe::sync::{StripeState, period_end_text};
 
 /// Registers the Stripe routes: `payment` policy on the writes and the success page, `api` on
 /// the state reads.
@@ -56,7 +58,7 @@ async fn create_checkout(
     request: HttpRequest,
     body: web::Json<CheckoutRequest>,
 ) -> Result<HttpResponse, CheckoutError> {
-    let caller = Caller::of(&request, &state.user_sessions).await?;
+    let caller = caller(&request, &state.user_sessions).await?;
     let cart = stripe.cart_for(&body, &caller).await?;
     let created = stripe.create_checkout(&cart).await?;
     Ok(HttpResponse::Ok().json(created))
@@ -219,7 +221,7 @@ async fn customer_state(
     path: web::Path<String>,
 ) -> Result<HttpResponse, CheckoutError> {
     let customer_id = path.into_inner();
-    let caller = Caller::of(&request, &state.user_sessions).await?;
+    let caller = caller(&request, &state.user_sessions).await?;
     may_read_customer(&caller, &stripe, &customer_id).await?;
     validate_customer_id(&customer_id)?;
     let state =
@@ -235,7 +237,7 @@ async fn user_subscription(
     path: web::Path<String>,
 ) -> Result<HttpResponse, CheckoutError> {
     let user_id = path.into_inner();
-    let caller = Caller::of(&request, &state.user_sessions).await?;
+    let caller = caller(&request, &state.user_sessions).await?;
     caller.may_read_user(&user_id)?;
     validate_user_id(&user_id)?;
     let customer_id =

@@ -1,29 +1,19 @@
-//! The product catalog: every unit price a checkout charges. Products (sku, name, unit price in
-//! cents, optionally the Stripe price they are sold as) live in Postgres and are read through the
-//! shared two-tier cache like coupons: by sku, and by Stripe price id, unknown ones included;
-//! the admin routes invalidate both on every write.
+//! The product catalog's types and rules: every unit price a checkout charges. Products (sku,
+//! name, unit price in cents, optionally the Stripe price they are sold as) live in Postgres
+//! (`db::catalog`, read through the shared cache).
 //!
 //! Clients name a product and a quantity; the server sets the price. A client may still send
 //! `unitAmountCents` (what its page showed): a value other than the catalog's is refused with
 //! `price_mismatch`, so a stale or forged price never reaches a total. A `name` sent along is
 //! ignored (the catalog's name is used).
 
-pub mod storage;
-
 use std::collections::HashMap;
-use std::time::Duration;
 
-use platform_redis::cache::{Cache, Cached};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 
 use crate::error::CheckoutError;
 
-/// Cache group of products by sku.
-pub const PRODUCT_GROUP: &str = "checkout-products";
-/// Cache group of products by Stripe price id.
-pub const PRICE_GROUP: &str = "checkout-product-prices";
 /// Largest unit price, in cents (Stripe's own limit for most currencies).
 pub const MAX_UNIT_AMOUNT_CENTS: i64 = 99_999_999;
 /// Largest quantity of one line.
@@ -147,141 +137,83 @@ impl ProductRequest {
     }
 }
 
-/// Cached catalog lookups. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Catalog {
-    db: PgPool,
-    cache: Cache,
-    ttl: Duration,
-}
-
-impl Catalog {
-    pub fn new(db: PgPool, cache: Cache, ttl: Duration) -> Self {
-        Self { db, cache, ttl }
-    }
-
-    pub fn db(&self) -> &PgPool {
-        &self.db
-    }
-
-    /// The product `sku` names (any state), `None` when there is none; cached.
-    #[tracing::instrument(name = "catalog.product", skip(self))]
-    pub async fn product(&self, sku: &str) -> Result<Cached<Option<Product>>, CheckoutError> {
-        let db = self.db.clone();
-        let owned = sku.to_owned();
-        self.cache
-            .get_or_compute(PRODUCT_GROUP, sku, self.ttl, move || async move {
-                storage::product(&db, &owned).await.map_err(CheckoutError::from)
-            })
-            .await
-    }
-
-    /// The product sold as Stripe price `price_id`, `None` when the catalog lists none; cached.
-    #[tracing::instrument(name = "catalog.by_price", skip(self))]
-    pub async fn by_price(&self, price_id: &str) -> Result<Option<Product>, CheckoutError> {
-        let db = self.db.clone();
-        let owned = price_id.to_owned();
-        let cached = self
-            .cache
-            .get_or_compute(PRICE_GROUP, price_id, self.ttl, move || async move {
-                storage::product_by_price(&db, &owned).await.map_err(CheckoutError::from)
-            })
-            .await?;
-        Ok(cached.value)
-    }
-
-    /// An active product whose Stripe price is `price_id`, or 400 `unknown_price`.
-    pub async fn listed_price(&self, price_id: &str) -> Result<Product, CheckoutError> {
-        if !valid_price_id(price_id) {
+/// Checks every line's quantity (1–10 000), then the distinct well-formed skus to look up.
+pub fn skus_to_price(items: &[ItemRequest]) -> Result<Vec<&str>, CheckoutError> {
+    for (index, item) in items.iter().enumerate() {
+        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
             return Err(CheckoutError::invalid(
-                "unknown_price",
-                "priceId must be a Stripe price id (price_…)",
+                "invalid_quantity",
+                format!("items[{index}].quantity must be between 1 and {MAX_QUANTITY}"),
             ));
         }
-        match self.by_price(price_id).await? {
-            Some(product) if product.active => Ok(product),
-            _ => Err(CheckoutError::invalid(
-                "unknown_price",
-                format!("priceId `{price_id}` is not a price of the catalog"),
-            )),
-        }
     }
+    let mut skus: Vec<&str> = items.iter().map(|item| item.sku.as_str()).collect();
+    skus.sort_unstable();
+    skus.dedup();
+    skus.retain(|sku| valid_sku(sku));
+    Ok(skus)
+}
 
-    /// Prices `items` from the catalog: each sku must name an active product, each quantity be
-    /// 1–10 000, and a client-sent `unitAmountCents` must equal the catalog's price.
-    #[tracing::instrument(name = "catalog.price_items", skip_all, fields(items = items.len()))]
-    pub async fn price_items(
-        &self,
-        items: &[ItemRequest],
-    ) -> Result<Vec<PricedItem>, CheckoutError> {
-        for (index, item) in items.iter().enumerate() {
-            if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+/// Prices `items` from `products` (by sku): each sku must name an active product, and a
+/// client-sent `unitAmountCents` must equal the catalog's price.
+pub fn price_lines(
+    items: &[ItemRequest],
+    products: &HashMap<&str, Product>,
+) -> Result<Vec<PricedItem>, CheckoutError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let product =
+                products.get(item.sku.as_str()).filter(|product| product.active).ok_or_else(
+                    || {
+                        CheckoutError::invalid(
+                            "unknown_product",
+                            format!(
+                                "items[{index}].sku `{}` is not a product of the catalog",
+                                item.sku.chars().take(MAX_SKU).collect::<String>()
+                            ),
+                        )
+                    },
+                )?;
+            if let Some(claimed) = item.unit_amount_cents
+                && claimed != product.unit_amount_cents
+            {
                 return Err(CheckoutError::invalid(
-                    "invalid_quantity",
-                    format!("items[{index}].quantity must be between 1 and {MAX_QUANTITY}"),
+                    "price_mismatch",
+                    format!(
+                        "items[{index}].unitAmountCents is {claimed} but the catalog price of `{}` is {}",
+                        product.sku, product.unit_amount_cents
+                    ),
                 ));
             }
-        }
-        // One lookup per distinct well-formed sku, concurrently (misses read Postgres).
-        let mut skus: Vec<&str> = items.iter().map(|item| item.sku.as_str()).collect();
-        skus.sort_unstable();
-        skus.dedup();
-        skus.retain(|sku| valid_sku(sku));
-        let found = futures::future::try_join_all(skus.iter().map(|sku| self.product(sku))).await?;
-        let products: HashMap<&str, Product> = skus
-            .iter()
-            .zip(found)
-            .filter_map(|(sku, cached)| cached.value.map(|product| (*sku, product)))
-            .collect();
-        items
-            .iter()
-            .enumerate()
-            .map(|(index, item)| {
-                let product =
-                    products.get(item.sku.as_str()).filter(|product| product.active).ok_or_else(
-                        || {
-                            CheckoutError::invalid(
-                                "unknown_product",
-                                format!(
-                                    "items[{index}].sku `{}` is not a product of the catalog",
-                                    item.sku.chars().take(MAX_SKU).collect::<String>()
-                                ),
-                            )
-                        },
-                    )?;
-                if let Some(claimed) = item.unit_amount_cents
-                    && claimed != product.unit_amount_cents
-                {
-                    return Err(CheckoutError::invalid(
-                        "price_mismatch",
-                        format!(
-                            "items[{index}].unitAmountCents is {claimed} but the catalog price of `{}` is {}",
-                            product.sku, product.unit_amount_cents
-                        ),
-                    ));
-                }
-                Ok(PricedItem {
-                    sku: product.sku.clone(),
-                    name: product.name.clone(),
-                    unit_amount_cents: product.unit_amount_cents,
-                    quantity: item.quantity,
-                })
+            Ok(PricedItem {
+                sku: product.sku.clone(),
+                name: product.name.clone(),
+                unit_amount_cents: product.unit_amount_cents,
+                quantity: item.quantity,
             })
-            .collect()
-    }
+        })
+        .collect()
+}
 
-    /// Drops the cached entries of `sku` and of the Stripe prices it was or is sold as, on every
-    /// replica. A Redis failure is logged: this replica's copies are gone anyway and the TTL
-    /// bounds what another could still serve.
-    pub async fn invalidate(&self, sku: &str, price_ids: &[Option<&str>]) {
-        if let Err(error) = self.cache.invalidate(PRODUCT_GROUP, sku).await {
-            tracing::warn!(%error, sku, "product cache invalidation did not reach redis");
-        }
-        for price_id in price_ids.iter().flatten() {
-            if let Err(error) = self.cache.invalidate(PRICE_GROUP, price_id).await {
-                tracing::warn!(%error, price_id, "price cache invalidation did not reach redis");
-            }
-        }
+/// `product` (sold as `price_id`) when it is active, else 400 `unknown_price`.
+pub fn listed(price_id: &str, product: Option<Product>) -> Result<Product, CheckoutError> {
+    match product {
+        Some(product) if product.active => Ok(product),
+        _ => Err(CheckoutError::invalid(
+            "unknown_price",
+            format!("priceId `{price_id}` is not a price of the catalog"),
+        )),
+    }
+}
+
+/// 400 `unknown_price` unless `price_id` has the shape of a Stripe price id.
+pub fn check_price_id(price_id: &str) -> Result<(), CheckoutError> {
+    if valid_price_id(price_id) {
+        Ok(())
+    } else {
+        Err(CheckoutError::invalid("unknown_price", "priceId must be a Stripe price id (price_…)"))
     }
 }
 

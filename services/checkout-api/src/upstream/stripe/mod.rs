@@ -1,10 +1,14 @@
-//! The async-stripe client with this service's retry policy and error classification.
+//! The Stripe API: the async-stripe client with this service's retry policy and error
+//! classification; the calls checkout-api makes are in `calls` (customers, Checkout sessions,
+//! the subscription and payments a customer's state is read from).
 //!
 //! Every call goes through [`StripeApi::call`]: one attempt is bounded by `request_timeout_ms`;
 //! timeouts, connection errors, 409/429 and 5xx are retried up to `max_attempts` with exponential
 //! backoff and jitter. Writes carry an `Idempotency-Key` that stays the same across the attempts,
 //! so a retried create whose first answer was lost does not create twice. The library's own
 //! strategies are not used because without its `uuid` feature they send no idempotency key.
+
+mod calls;
 
 use std::fmt;
 use std::future::Future;

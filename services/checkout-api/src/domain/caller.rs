@@ -1,14 +1,9 @@
 //! Who is calling: a trusted service (the admin / service bearer token), a signed-in user or a
-//! guest (the session cookie of [`crate::user_sessions`]), or nobody. It decides which user a
-//! checkout is for and whose Stripe state a request may read; a `userId` in a request body counts
-//! only for a service caller.
-
-use actix_web::http::header::AUTHORIZATION;
-use actix_web::{FromRequest as _, HttpRequest};
-use platform_service::RequireAdmin;
+//! guest (the session cookie, resolved by `routes::user_sessions::caller`), or nobody. It decides
+//! which user a checkout is for and whose Stripe state a request may read; a `userId` in a
+//! request body counts only for a service caller.
 
 use crate::error::CheckoutError;
-use crate::user_sessions::{SessionKind, UserSessions};
 
 /// The identity a request carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,26 +19,6 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// Resolves the caller: an `Authorization` header must carry the service token (anything
-    /// else is 401 `unauthorized`, not a silent downgrade); otherwise the session cookie decides.
-    pub async fn of(
-        request: &HttpRequest,
-        sessions: &UserSessions,
-    ) -> Result<Caller, CheckoutError> {
-        if request.headers().contains_key(AUTHORIZATION) {
-            return match RequireAdmin::extract(request).await {
-                Ok(RequireAdmin) => Ok(Caller::Service),
-                Err(_) => Err(CheckoutError::Unauthorized),
-            };
-        }
-        let Some(id) = sessions.id_from(request) else { return Ok(Caller::Anonymous) };
-        let Some(view) = sessions.get(&id).await? else { return Ok(Caller::Anonymous) };
-        Ok(match (view.session.kind, view.session.user_id) {
-            (SessionKind::User, Some(user_id)) => Caller::User(user_id),
-            _ => Caller::Guest,
-        })
-    }
-
     pub fn is_service(&self) -> bool {
         matches!(self, Caller::Service)
     }

@@ -1,0 +1,3 @@
+//! Clients of external HTTP APIs: Stripe ([`stripe`]).
+
+pub mod stripe;
