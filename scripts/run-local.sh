@@ -124,12 +124,10 @@ for db in "${DATABASES[@]}"; do
     fi
 done
 
-# Migrations and demo seed data: added by the issues that bring the schemas (DESIGN.md,
-# "Running and testing"). They go here, after the databases exist and before the services start.
+# Migrations and demo data: each service applies its own at start, after the databases above
+# exist.
 
-# --- 3. fakes for external APIs ----------------------------------------------------------------
-
-# --- 4. build ----------------------------------------------------------------------------------
+# --- 3. build ----------------------------------------------------------------------------------
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     build_cmd=("$CARGO" build)
     # shellcheck disable=SC2206 # CARGO_FLAGS is a list of flags on purpose
@@ -140,7 +138,7 @@ fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 BIN_DIR="$TARGET_DIR/$PROFILE"
 
-# --- 4b. fakes of external APIs ------------------------------------------------------------------
+# --- 4. fakes of external APIs ----------------------------------------------------------------
 # The local fake simPRO (crates/platform-testing, binary fake-simpro) stands in for the accounting
 # API when no real tenant is configured (APP__SIMPRO__BASE_URL); the local fake Stripe (binary
 # fake-stripe) stands in for Stripe when no secret key is configured (APP__STRIPE__SECRET_KEY or

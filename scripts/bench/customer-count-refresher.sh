@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark of the customer-count-refresher walk (issue 7):
+# Benchmark of the customer-count-refresher walk:
 #   1 000 000 invoices (4 000 pages of 250) from the fake simPRO with 20 ms latency per page;
 #   wall time against the ideal pages x latency / concurrency (target <= 1.3x), peak RSS of the
 #   walker (target < 100 MiB) and the speed-up over a sequential walk, all in one run.

@@ -1,6 +1,6 @@
 //! The Redis client factory: settings, connection pools per role, subscriber clients.
 //!
-//! A service gets one [`RedisClients`]: a primary pool and, when configured (seed 001), separate
+//! A service gets one [`RedisClients`]: a primary pool and, when configured, separate
 //! instances for the cache, rate limits and sessions, each falling back to the primary when not
 //! set. Connections use RESP3, reconnect forever with capped exponential backoff, and fail a
 //! command after `command_timeout_ms` so that callers reach their fallback quickly instead of
@@ -51,7 +51,7 @@ pub enum RedisMode {
 }
 
 /// Where one Redis instance is. Either `url` (`redis://`, `rediss://` for TLS,
-/// `redis-cluster://` for cluster seeds), or the discrete `host` / `port` / `password` / `db` / `tls`.
+/// `redis-cluster://` for a cluster's seed nodes), or the discrete `host` / `port` / `password` / `db` / `tls`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisEndpoint {
@@ -93,7 +93,7 @@ pub struct RedisSettings {
     pub command_timeout_ms: u64,
     #[serde(default = "default_reconnect_max_delay_ms")]
     pub reconnect_max_delay_ms: u32,
-    /// Optional separate instances (seed 001); each falls back to the primary.
+    /// Optional separate instances; each falls back to the primary.
     #[serde(default)]
     pub cache: Option<RedisEndpoint>,
     #[serde(default)]
@@ -219,7 +219,7 @@ impl RedisEndpoint {
     }
 }
 
-/// Which instance a command goes to (seed 001 may split them; unset roles use the primary).
+/// Which instance a command goes to (a deployment may split them; unset roles use the primary).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// Streams, pub/sub, locks and anything without a role of its own.

@@ -5,7 +5,7 @@
 //! Postgres, and is 503 while draining after SIGTERM or while a dependency the service cannot
 //! serve without (`http.ready_requires`) does not answer; a service that serves on a fallback
 //! stays ready, so Kubernetes keeps routing to it, and the body still shows the failed check. `/api/health/redis` is the
-//! seed 001 report: connected, latency, memory, and `mode: redis | fallback` with the components
+//! Redis report: connected, latency, memory, and `mode: redis | fallback` with the components
 //! currently running on their in-process fallback.
 
 use std::time::Duration;

@@ -43,6 +43,14 @@ impl SettingsError {
     }
 }
 
+/// Fails on the first of `settings` (name, value) whose value is 0, naming it.
+pub fn require_positive(settings: &[(&'static str, u64)]) -> Result<(), SettingsError> {
+    match settings.iter().find(|(_, value)| *value == 0) {
+        Some((key, _)) => Err(SettingsError::invalid(key, "must be > 0")),
+        None => Ok(()),
+    }
+}
+
 /// The shared sections' defaults, layered under every service's own file.
 pub const COMMON_DEFAULTS: &str = include_str!("../config/common.toml");
 
@@ -258,7 +266,7 @@ pub struct CommonSettings {
     pub redis: RedisSettings,
     pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
-    /// Named rate-limit policies (seed 001 defaults; entries here override or add).
+    /// Named rate-limit policies (defaults in `common.toml`; entries here override or add).
     pub rate_limit: RateLimitSettings,
     /// Tenant tokens (accepted only where keys are configured).
     pub tenant_auth: TenantAuthSettings,
@@ -270,18 +278,12 @@ impl CommonSettings {
         if self.http.host.trim().is_empty() {
             return Err(SettingsError::invalid("http.host", "must not be empty"));
         }
-        if self.http.body_limit_bytes == 0 {
-            return Err(SettingsError::invalid("http.body_limit_bytes", "must be > 0"));
-        }
-        if self.http.body_timeout_ms == 0 {
-            return Err(SettingsError::invalid("http.body_timeout_ms", "must be > 0"));
-        }
-        if self.http.header_timeout_ms == 0 {
-            return Err(SettingsError::invalid("http.header_timeout_ms", "must be > 0"));
-        }
-        if self.http.max_connections_per_worker == 0 {
-            return Err(SettingsError::invalid("http.max_connections_per_worker", "must be > 0"));
-        }
+        require_positive(&[
+            ("http.body_limit_bytes", self.http.body_limit_bytes as u64),
+            ("http.body_timeout_ms", self.http.body_timeout_ms),
+            ("http.header_timeout_ms", self.http.header_timeout_ms),
+            ("http.max_connections_per_worker", self.http.max_connections_per_worker as u64),
+        ])?;
         if let Some(bad) = self.http.cors_allowed_origins.iter().find(|o| !is_origin(o)) {
             return Err(SettingsError::invalid(
                 "http.cors_allowed_origins",
@@ -321,6 +323,15 @@ impl CommonSettings {
             .validate()
             .map_err(|e| SettingsError::invalid("rate_limit", e.to_string()))?;
         self.redis.validate().map_err(|e| SettingsError::invalid("redis", e.to_string()))
+    }
+
+    /// Checks that setting `key` names a rate-limit policy that exists.
+    pub fn require_policy(&self, key: &'static str, policy: &str) -> Result<(), SettingsError> {
+        if self.rate_limit.effective_policies().contains_key(policy) {
+            Ok(())
+        } else {
+            Err(SettingsError::invalid(key, format!("no rate-limit policy named `{policy}`")))
+        }
     }
 }
 

@@ -3,12 +3,12 @@
 //! `[stripe]` and `[user_sessions]` blocks are defined next to the code they configure.
 
 use platform_service::settings::{
-    CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
+    CommonSettings, DatabaseSettings, ServiceSettings, SettingsError, require_positive,
 };
 use serde::Deserialize;
 
-use crate::stripe::StripeSettings;
 use crate::store::user_sessions::UserSessionSettings;
+use crate::upstream::stripe::StripeSettings;
 
 /// This service's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,9 +73,6 @@ impl ServiceSettings for Settings {
         self.database.validate()?;
         self.stripe.validate()?;
         let checkout = &self.checkout;
-        if checkout.session_ttl_secs == 0 {
-            return Err(SettingsError::invalid("checkout.session_ttl_secs", "must be > 0"));
-        }
         if !(1..=10_000).contains(&checkout.max_items) {
             return Err(SettingsError::invalid(
                 "checkout.max_items",
@@ -85,22 +82,15 @@ impl ServiceSettings for Settings {
         if !checkout.max_distance_km.is_finite() || checkout.max_distance_km <= 0.0 {
             return Err(SettingsError::invalid("checkout.max_distance_km", "must be a number > 0"));
         }
-        if self.pricing.coupon_cache_ttl_secs == 0 {
-            return Err(SettingsError::invalid("pricing.coupon_cache_ttl_secs", "must be > 0"));
-        }
-        if self.pricing.delivery_cache_ttl_secs == 0 {
-            return Err(SettingsError::invalid("pricing.delivery_cache_ttl_secs", "must be > 0"));
-        }
-        if self.pricing.product_cache_ttl_secs == 0 {
-            return Err(SettingsError::invalid("pricing.product_cache_ttl_secs", "must be > 0"));
-        }
         let sessions = &self.user_sessions;
-        if sessions.ttl_secs == 0 {
-            return Err(SettingsError::invalid("user_sessions.ttl_secs", "must be > 0"));
-        }
-        if sessions.memory_max_entries == 0 {
-            return Err(SettingsError::invalid("user_sessions.memory_max_entries", "must be > 0"));
-        }
+        require_positive(&[
+            ("checkout.session_ttl_secs", checkout.session_ttl_secs),
+            ("pricing.coupon_cache_ttl_secs", self.pricing.coupon_cache_ttl_secs),
+            ("pricing.delivery_cache_ttl_secs", self.pricing.delivery_cache_ttl_secs),
+            ("pricing.product_cache_ttl_secs", self.pricing.product_cache_ttl_secs),
+            ("user_sessions.ttl_secs", sessions.ttl_secs),
+            ("user_sessions.memory_max_entries", sessions.memory_max_entries as u64),
+        ])?;
         let cookie_ok = !sessions.cookie_name.is_empty()
             && sessions
                 .cookie_name
@@ -112,18 +102,10 @@ impl ServiceSettings for Settings {
                 "must be letters, digits, `_` or `-`",
             ));
         }
-        let policies = self.common.rate_limit.effective_policies();
-        for (key, policy) in [
-            ("checkout.rate_limit_policy", &checkout.rate_limit_policy),
-            ("user_sessions.guest_rate_limit_policy", &sessions.guest_rate_limit_policy),
-        ] {
-            if !policies.contains_key(policy) {
-                return Err(SettingsError::invalid(
-                    key,
-                    format!("no rate-limit policy named `{policy}`"),
-                ));
-            }
-        }
-        Ok(())
+        self.common.require_policy("checkout.rate_limit_policy", &checkout.rate_limit_policy)?;
+        self.common.require_policy(
+            "user_sessions.guest_rate_limit_policy",
+            &sessions.guest_rate_limit_policy,
+        )
     }
 }

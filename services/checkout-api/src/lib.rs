@@ -17,7 +17,6 @@ pub mod error;
 pub mod metrics;
 pub mod routes;
 pub mod store;
-pub mod stripe;
 pub mod upstream;
 pub mod workers;
 

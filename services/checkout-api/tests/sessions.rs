@@ -1,5 +1,5 @@
 //! Checkout sessions: pricing, the sliding TTL, updates and transitions, validation errors,
-//! concurrency, statistics and the seed 002 management actions.
+//! concurrency, statistics and the Redis management actions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -109,7 +109,7 @@ async fn login_rotates_the_session_id_and_the_old_one_is_invalid() {
 
 #[tokio::test]
 async fn guest_session_creation_is_limited_by_the_guest_checkout_policy() {
-    // Arrange: the seed 001 default, 3 per 5 minutes.
+    // Arrange: the default guest_checkout policy, 3 per 5 minutes.
     let app = app("us-limit", &[]).await;
 
     // Act

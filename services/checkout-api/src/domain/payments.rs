@@ -2,7 +2,7 @@
 //! are cached per user, checkout requests become Stripe Checkout sessions, and a customer's
 //! subscription and payment state is synced from Stripe into Redis by one function.
 //!
-//! The rule from seed 003 (the "stay sane with Stripe" pattern): Stripe is the source of truth,
+//! The rule: Stripe is the source of truth,
 //! Redis holds one record per customer, and that record is only ever written by the sync, which
 //! re-fetches from Stripe. Webhook payloads only say *which* customer to sync.
 //!
@@ -32,8 +32,8 @@ use crate::domain::stripe::{
 };
 use crate::error::CheckoutError;
 use crate::store::stripe::{LockTimes, StripeStore};
-use crate::stripe::StripeSettings;
 use crate::upstream::stripe::StripeApi;
+use crate::upstream::stripe::StripeSettings;
 
 /// What the Stripe routes and the event worker share. Cheap to clone.
 #[derive(Debug, Clone)]

@@ -5,8 +5,8 @@
 //! What is cached is the *definition* (a coupon by code, unknown codes included; the whole band
 //! table), not the per-cart outcome: expiry and minimum order depend on the moment and the cart,
 //! so they are checked on every use, while the Postgres read is what the cache saves. One cached
-//! band table also serves every distance, where caching per distance (the seed's
-//! `delivery:cache:{distance}`) would let arbitrary client input create entries.
+//! band table also serves every distance, where caching per distance (a
+//! `delivery:cache:{distance}` key) would let arbitrary client input create entries.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
 //! HTTP routes of checkout-api: checkout sessions and pricing lookups ([`checkout`]), admin
-//! pricing and catalog writes ([`admin`]), the seed 002 health and management routes
+//! pricing and catalog writes ([`admin`]), the Redis health and management routes
 //! ([`redis_admin`]), user/guest sessions ([`user_sessions`]) and the Stripe flow ([`stripe`]).
 //! Handlers parse input, call the domain modules and shape responses.
 //!

@@ -1,4 +1,4 @@
-//! Seed 002's monitoring and management routes: `GET /api/redis/health` (its JSON shape, with
+//! The Redis monitoring and management routes: `GET /api/redis/health` (its JSON shape, with
 //! `redis.userSessionStore` added) and `POST /api/redis/cleanup` (admin token) with the actions
 //! `cleanup_expired`, `get_stats` and `get_all_sessions`.
 

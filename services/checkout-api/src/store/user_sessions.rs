@@ -1,5 +1,4 @@
-//! User and guest sessions in Redis (seed 001 "session management", seed 002 "user session
-//! tracking"): a random id in an `HttpOnly; SameSite=Lax; Path=/` cookie (`Secure` configurable,
+//! User and guest sessions in Redis: a random id in an `HttpOnly; SameSite=Lax; Path=/` cookie (`Secure` configurable,
 //! written by `routes::user_sessions`) pointing at a small record in Redis ([`Keys::user_session`], `EX` = 24 h by default, absolute: reads do
 //! not extend it). The record holds the kind (guest | user), the userId the trusted front end
 //! named at login, and timestamps: nothing sensitive.
@@ -10,7 +9,7 @@
 //!
 //! **Fallback.** While Redis is unreachable, sessions are kept in a bounded in-process map (the
 //! oldest is evicted when full). The switch is logged once each way and reported by both health
-//! routes. As seed 001 warns, such sessions live on one replica and die with the process; reads
+//! routes. Such sessions live on one replica and die with the process; reads
 //! try Redis and then this map, so they keep working on the replica that created them until
 //! they expire.
 

@@ -1,4 +1,4 @@
-//! The worker consuming the Stripe event stream: the events of seed 003's list trigger
+//! The worker consuming the Stripe event stream: the events of [`SYNC_EVENTS`] trigger
 //! `sync_stripe_data_to_redis` for their customer; a Checkout session event re-fetches the
 //! session from Stripe and completes (paid) or fails (expired, delayed payment failed) the
 //! checkout session it was created from; every other event is acked and skipped.
@@ -56,7 +56,8 @@ pub async fn spawn(stripe: &StripeService, stop: CancellationToken) {
     });
 }
 
-/// The events whose customer is synced (seed 003 and the stripe-recommendations list it cites).
+/// The events whose customer is synced: every event that can change a customer's subscription
+/// or payment state.
 pub const SYNC_EVENTS: &[&str] = &[
     "checkout.session.completed",
     "customer.subscription.created",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix_web::web;
 use checkout_api::domain::payments::StripeService;
 use checkout_api::domain::stripe::NoCarts;
-use checkout_api::stripe::StripeSettings;
+use checkout_api::upstream::stripe::StripeSettings;
 use checkout_api::{Settings, build};
 use platform_redis::messages::StripeEventMessage;
 use platform_redis::streams::StreamProducer;

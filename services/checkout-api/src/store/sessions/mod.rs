@@ -1,5 +1,4 @@
-//! Where checkout sessions live: Redis first, Postgres when Redis is unreachable (seed 002's
-//! storage hierarchy). Both tiers fulfil one contract ([`SessionTier`]); [`SessionStore`] puts
+//! Where checkout sessions live: Redis first, Postgres when Redis is unreachable. Both tiers fulfil one contract ([`SessionTier`]); [`SessionStore`] puts
 //! the first in front of the second and switches between them with a [`TierSwitch`].
 //!
 //! - **Redis tier** ([`RedisSessions`]): the record with its TTL, an expiry index and counters.

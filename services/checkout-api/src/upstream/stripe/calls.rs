@@ -15,9 +15,9 @@ use stripe_checkout::{CheckoutSession, CheckoutSessionMode};
 use stripe_core::customer::CreateCustomer;
 use stripe_core::payment_intent::ListPaymentIntent;
 
+use super::StripeSettings;
 use super::{StripeApi, StripeCallError};
 use crate::domain::stripe::{Cart, CartLine, Mode, PaymentMethodView, PaymentView, StripeState};
-use crate::stripe::settings::StripeSettings;
 
 /// The calls. Writes carry an idempotency key, so a retried attempt gets the first one's result.
 impl StripeApi {

@@ -9,17 +9,20 @@
 //! strategies are not used because without its `uuid` feature they send no idempotency key.
 
 mod calls;
+mod settings;
 
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use rand::Rng as _;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use backon::{ExponentialBuilder, Retryable};
 use secrecy::ExposeSecret as _;
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError};
 use tracing::Instrument as _;
 
-use crate::stripe::settings::StripeSettings;
+pub use settings::StripeSettings;
 
 /// A failed Stripe call after its retries. Its text never contains the secret key.
 #[derive(Debug, thiserror::Error)]
@@ -118,34 +121,28 @@ impl StripeApi {
             _ => RequestStrategy::Once,
         };
         let span = tracing::info_span!("stripe.call", operation, attempts = tracing::field::Empty);
-        async {
-            let mut attempt: u32 = 0;
-            loop {
-                attempt += 1;
-                match send(self.client.clone(), strategy.clone()).await {
-                    Ok(output) => {
-                        tracing::Span::current().record("attempts", attempt);
-                        return Ok(output);
-                    }
-                    Err(error) if attempt < self.max_attempts && is_retryable(&error) => {
-                        let pause = self.pause(attempt);
-                        tracing::warn!(operation, attempt, pause_ms = pause.as_millis() as u64, %error, "stripe request failed; retrying");
-                        tokio::time::sleep(pause).await;
-                    }
-                    Err(source) => {
-                        tracing::Span::current().record("attempts", attempt);
-                        return Err(StripeCallError { operation, attempts: attempt, source });
-                    }
-                }
-            }
-        }
-        .instrument(span)
-        .await
-    }
-
-    fn pause(&self, attempt: u32) -> Duration {
-        let base = self.backoff.saturating_mul(1 << attempt.saturating_sub(1).min(6));
-        let millis = u64::try_from(base.as_millis()).unwrap_or(u64::MAX).max(1);
-        Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+        let attempts = AtomicU32::new(0);
+        // Before try n: random in [half, full] of backoff * 2^(n-1), capped at 64x.
+        // backon's jitter adds up to one more delay to each, so it is given the halves.
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(self.backoff / 2)
+            .with_max_delay(self.backoff.saturating_mul(32))
+            .with_jitter()
+            .with_max_times(usize::try_from(self.max_attempts.saturating_sub(1)).unwrap_or(0));
+        let sent = (|| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            send(self.client.clone(), strategy.clone())
+        })
+        .retry(backoff)
+        .when(is_retryable)
+        .notify(|error, pause| {
+            let attempt = attempts.load(Ordering::Relaxed);
+            tracing::warn!(operation, attempt, pause_ms = pause.as_millis() as u64, %error, "stripe request failed; retrying");
+        })
+        .instrument(span.clone())
+        .await;
+        let attempts = attempts.load(Ordering::Relaxed);
+        span.record("attempts", attempts);
+        sent.map_err(|source| StripeCallError { operation, attempts, source })
     }
 }

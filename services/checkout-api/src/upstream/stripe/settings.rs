@@ -4,7 +4,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use platform_redis::streams::GroupSettings;
-use platform_service::settings::SettingsError;
+use platform_service::settings::{SettingsError, require_positive};
 
 /// The placeholder Stripe replaces with the Checkout session id in a success URL.
 pub const SESSION_ID_PLACEHOLDER: &str = "{CHECKOUT_SESSION_ID}";
@@ -94,7 +94,7 @@ impl StripeSettings {
                 "must be a lowercase ISO 4217 code",
             ));
         }
-        let positive = [
+        require_positive(&[
             ("stripe.request_timeout_ms", self.request_timeout_ms),
             ("stripe.max_attempts", u64::from(self.max_attempts)),
             ("stripe.customer_lock_ttl_ms", self.customer_lock_ttl_ms),
@@ -105,12 +105,7 @@ impl StripeSettings {
             ("stripe.events.block_ms", self.events.block_ms),
             ("stripe.events.claim_idle_ms", self.events.claim_idle_ms),
             ("stripe.events.max_deliveries", self.events.max_deliveries),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(SettingsError::invalid(key, "must be > 0"));
-            }
-        }
+        ])?;
         if self.recent_payments > 100 {
             return Err(SettingsError::invalid("stripe.recent_payments", "must be ≤ 100"));
         }
