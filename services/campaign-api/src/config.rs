@@ -72,7 +72,7 @@ pub struct LiveSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DemoSettings {
-    /// Seed the `demo` organisation with active campaigns at start.
+    /// Create the `demo` organisation with active campaigns at start.
     pub seed: bool,
 }
 

@@ -235,7 +235,7 @@ impl CampaignRow {
     }
 }
 
-/// One campaign in the public list (the seed's JSON shape).
+/// One campaign in the public list, as `GET /api/public/campaigns/{orgSlug}/active` returns it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CampaignView {

@@ -3,20 +3,21 @@
 //! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
 //! returns; tests call [`build`] with port 0 and real Redis and Postgres.
 //!
-//! Layout: `routes` (HTTP) → `pages` (cached reads, invalidation) / `live` (SSE, lifecycle) →
-//! `storage` (Postgres); `donations` consumes the Stripe event stream; `api_request` usage is
-//! counted by the shared `platform_redis::usage` recorder; `domain` holds the validated types
-//! and views.
+//! Layout: `routes` (HTTP: public reads, SSE, admin writes, tenant tokens) and `workers` (the
+//! Stripe donation consumer, the lifecycle ticker, the retry of owed invalidations) call `store`
+//! (Redis: the cached page reads and their invalidation, the `campaign_ended` update) and `db`
+//! (Postgres: organisations, campaigns, donations), all of them speaking the types of `domain`
+//! (validated input, the views); `metrics` holds the service's counters; `api_request` usage is
+//! counted by the shared `platform_redis::usage` recorder.
 
 pub mod config;
+pub mod db;
 pub mod domain;
-pub mod donations;
 pub mod error;
-pub mod live;
-pub mod pages;
+pub mod metrics;
 pub mod routes;
-pub mod storage;
-pub mod tokens;
+pub mod store;
+pub mod workers;
 
 use std::time::Duration;
 
@@ -31,9 +32,10 @@ use platform_service::health::fallback_status;
 use platform_service::{Application, connect_context};
 use secrecy::SecretString;
 
-use crate::donations::DonationHandler;
-use crate::pages::Pages;
-use crate::routes::{ServiceMetrics, State};
+use crate::metrics::ServiceMetrics;
+use crate::routes::State;
+use crate::store::pages::Pages;
+use crate::workers::donations::DonationHandler;
 
 pub use config::Settings;
 
@@ -45,9 +47,9 @@ pub const SERVICE: &str = "campaign-api";
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let mut context = connect_context(SERVICE, &settings.common, Some(&settings.database)).await?;
     let db = context.db.clone().context("campaign-api needs a database")?;
-    storage::migrate(&db).await.context("running migrations")?;
+    db::migrate(&db).await.context("running migrations")?;
     if settings.demo.seed {
-        storage::seed_demo(&db).await.context("seeding demo data")?;
+        db::seed_demo(&db).await.context("seeding demo data")?;
     }
     let redis = context.redis.clone();
     let stop = context.shutdown.token();
@@ -62,7 +64,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let pubsub = PubSub::start(&redis).await?;
     cache.listen_for_invalidations(&pubsub).await?;
     let pages = Pages::new(cache, db.clone(), Duration::from_secs(settings.cache.ttl_seconds));
-    pages.spawn_repair(stop.clone());
+    workers::invalidations::spawn_repair(&pages, stop.clone());
     {
         let pubsub = pubsub.clone();
         let stop = stop.clone();
@@ -131,7 +133,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         });
     }
 
-    live::spawn_lifecycle(
+    workers::lifecycle::spawn_lifecycle(
         db.clone(),
         pages.clone(),
         redis.clone(),
@@ -154,6 +156,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let signer = platform_service::TenantTokenSigner::from_settings(&settings.common.tenant_auth)?;
     Ok(Application::build(&settings.common.http, admin_token, context, move |cfg| {
         routes::configure(cfg, state.clone(), &limiter, &policy, &usage);
-        tokens::configure(cfg, signer.clone());
+        routes::tokens::configure(cfg, signer.clone());
     })?)
 }

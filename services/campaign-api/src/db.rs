@@ -322,7 +322,7 @@ pub async fn record_donation(
     Ok(Ok((stored, inserted)))
 }
 
-/// Seeds the `demo` organisation with a few active campaigns when it has none.
+/// Creates the `demo` organisation and gives it a few active campaigns when it has none.
 pub async fn seed_demo(pool: &PgPool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query(

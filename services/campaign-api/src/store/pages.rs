@@ -9,7 +9,7 @@
 //! changes organisation), itself cached.
 //!
 //! An invalidation that fails because Redis is unreachable is remembered and retried by
-//! [`Pages::spawn_repair`] until it succeeds, so an L2 entry written before the outage cannot
+//! `workers::invalidations` until it succeeds, so an L2 entry written before the outage cannot
 //! outlive a write made during it (L1 copies are cleared by every replica when its pub/sub
 //! connection comes back).
 
@@ -22,20 +22,16 @@ use chrono::Utc;
 use platform_redis::cache::{Cache, Cached, JsonBytes};
 use prometheus_client::metrics::counter::Counter;
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::db;
 use crate::domain::{ActivePage, CampaignStats, CampaignView, Slug};
 use crate::error::ApiError;
-use crate::storage;
 
 /// The group that holds `campaignId → org slug`.
 const CAMPAIGN_ORG_GROUP: &str = "campaign-org";
 /// Life of a `campaignId → slug` entry; the mapping never changes.
 const CAMPAIGN_ORG_TTL: Duration = Duration::from_secs(24 * 3600);
-/// How often failed invalidations are retried.
-const REPAIR_EVERY: Duration = Duration::from_secs(1);
 
 /// Cached reads and invalidation. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -102,10 +98,10 @@ impl Pages {
         self.cache
             .get_or_compute(&group, "active", self.ttl, move || async move {
                 computes.inc();
-                let Some(org_id) = storage::organisation_id(&db, &owned).await? else {
+                let Some(org_id) = db::organisation_id(&db, &owned).await? else {
                     return Ok(ActivePage { org_id: None, campaigns: body(&[])? });
                 };
-                let rows = storage::active_campaigns(&db, org_id, Utc::now()).await?;
+                let rows = db::active_campaigns(&db, org_id, Utc::now()).await?;
                 let campaigns: Vec<CampaignView> = rows.iter().map(CampaignView::from).collect();
                 Ok::<_, ApiError>(ActivePage { org_id: Some(org_id), campaigns: body(&campaigns)? })
             })
@@ -128,7 +124,7 @@ impl Pages {
                 CAMPAIGN_ORG_GROUP,
                 &id.to_string(),
                 CAMPAIGN_ORG_TTL,
-                move || async move { Ok::<_, ApiError>(storage::campaign_org_slug(&db, id).await?) },
+                move || async move { Ok::<_, ApiError>(db::campaign_org_slug(&db, id).await?) },
             )
             .await?
             .value
@@ -143,7 +139,7 @@ impl Pages {
                 self.ttl,
                 move || async move {
                     computes.inc();
-                    let row = storage::campaign(&db, id).await?;
+                    let row = db::campaign(&db, id).await?;
                     Ok::<_, ApiError>(row.as_ref().map(CampaignStats::from))
                 },
             )
@@ -172,28 +168,17 @@ impl Pages {
         lock(&self.pending).len()
     }
 
-    /// Retries failed invalidations until `stop`.
-    pub fn spawn_repair(&self, stop: CancellationToken) -> JoinHandle<()> {
-        let pages = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REPAIR_EVERY);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let owed: Vec<String> =
-                    std::mem::take(&mut *lock(&pages.pending)).into_iter().collect();
-                for slug in owed {
-                    if let Err(error) = pages.cache.invalidate_group(&org_group(&slug)).await {
-                        tracing::debug!(slug, %error, "cache invalidation still failing");
-                        lock(&pages.pending).insert(slug);
-                    } else {
-                        tracing::info!(slug, "owed cache invalidation done");
-                    }
-                }
+    /// Retries every owed invalidation once; those still failing stay owed.
+    pub async fn retry_owed_invalidations(&self) {
+        let owed: Vec<String> = std::mem::take(&mut *lock(&self.pending)).into_iter().collect();
+        for slug in owed {
+            if let Err(error) = self.cache.invalidate_group(&org_group(&slug)).await {
+                tracing::debug!(slug, %error, "cache invalidation still failing");
+                lock(&self.pending).insert(slug);
+            } else {
+                tracing::info!(slug, "owed cache invalidation done");
             }
-        })
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Live campaign updates: the Server-Sent Events route fed by the campaign's pub/sub channel, and
-//! the lifecycle ticker that notices campaigns starting and ending.
+//! Live campaign updates over Server-Sent Events: `GET /api/campaigns/{id}/events`, fed by the
+//! campaign's pub/sub channel.
 //!
 //! Every SSE client holds one [`Subscription`]; the shared [`PubSub`] keeps one Redis `SUBSCRIBE`
 //! per channel however many clients watch it. A client that goes away is noticed at the next
@@ -9,21 +9,37 @@
 
 use std::time::Duration;
 
-use actix_web::HttpResponse;
 use actix_web::web::Bytes;
+use actix_web::{HttpResponse, web};
 use futures::stream::{self, Stream};
 use platform_redis::keys::Keys;
 use platform_redis::messages::CampaignUpdate;
-use platform_redis::pubsub::{self, PubSub, Subscription};
+use platform_redis::pubsub::{PubSub, Subscription};
 use prometheus_client::metrics::gauge::Gauge;
-use sqlx::PgPool;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::{State, campaign_id};
 use crate::error::ApiError;
-use crate::pages::Pages;
-use crate::storage;
+
+#[tracing::instrument(name = "campaign_events", skip(state))]
+pub(super) async fn campaign_events(
+    state: web::Data<State>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = campaign_id(&path)?;
+    // 404 for campaigns that do not exist (cached, so cheap and Postgres-independent when warm).
+    state.pages.stats(id).await?;
+    event_stream(
+        &state.pubsub,
+        state.redis.keys(),
+        id,
+        state.keep_alive,
+        state.stop.clone(),
+        state.metrics.sse_clients.clone(),
+    )
+    .await
+}
 
 /// Holds an SSE client's place in the `sse_clients` gauge.
 struct ClientGuard(Gauge);
@@ -94,55 +110,4 @@ pub fn format_event(update: &CampaignUpdate) -> Bytes {
     };
     let data = serde_json::to_string(update).unwrap_or_else(|_| "{}".to_owned());
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
-}
-
-/// Publishes `campaign_ended` for a campaign (best effort: pub/sub has no replay anyway).
-pub async fn announce_ended(redis: &platform_redis::RedisClients, campaign_id: Uuid) {
-    let id = campaign_id.to_string();
-    let channel = redis.keys().campaign_updates_channel(&id);
-    let update = CampaignUpdate::CampaignEnded { campaign_id: id };
-    if let Err(error) = pubsub::publish(&redis.primary(), &channel, &update).await {
-        tracing::warn!(campaign_id = %campaign_id, %error, "campaign_ended not published");
-    }
-}
-
-/// Every `every`: campaigns that started or ended since the last tick (claimed in Postgres, so
-/// each transition is handled by one replica once) get their organisation's cache invalidated,
-/// and ended ones a `campaign_ended` update.
-pub fn spawn_lifecycle(
-    db: PgPool,
-    pages: Pages,
-    redis: platform_redis::RedisClients,
-    every: Duration,
-    stop: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            match storage::claim_started(&db).await {
-                Ok(started) => {
-                    for campaign in started {
-                        tracing::info!(campaign_id = %campaign.id, "campaign started");
-                        pages.invalidate_org(&campaign.org_slug).await;
-                    }
-                }
-                Err(error) => tracing::debug!(%error, "lifecycle tick: start check failed"),
-            }
-            match storage::claim_ended(&db).await {
-                Ok(ended) => {
-                    for campaign in ended {
-                        tracing::info!(campaign_id = %campaign.id, "campaign ended");
-                        pages.invalidate_org(&campaign.org_slug).await;
-                        announce_ended(&redis, campaign.id).await;
-                    }
-                }
-                Err(error) => tracing::debug!(%error, "lifecycle tick: end check failed"),
-            }
-        }
-    })
 }

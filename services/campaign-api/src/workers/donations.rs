@@ -2,7 +2,7 @@
 //! `campaign_id` metadata becomes a donation, recorded exactly once.
 //!
 //! Per entry: (1) Postgres, idempotent: insert keyed on the payment intent id, totals moved in the
-//! same transaction only when inserted (`storage::record_donation`); (2) invalidation of the
+//! same transaction only when inserted (`db::record_donation`); (2) invalidation of the
 //! organisation's cache group (idempotent, done at once so readers see the new totals before the
 //! live update arrives); (3) the once-only Redis effects — `new_donation` (and `goal_reached` when
 //! this donation crossed the goal) on the campaign's channel, and the `donation_processed` usage
@@ -39,8 +39,8 @@ use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::pages::Pages;
-use crate::storage::{self, Donation, NewDonation};
+use crate::db::{self, Donation, NewDonation};
+use crate::store::pages::Pages;
 
 /// How long the "effects applied" marker of a payment intent lives: far beyond any redelivery.
 const MARKER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -124,7 +124,7 @@ impl DonationHandler {
             amount_cents: event.amount_cents,
             currency: &event.currency,
         };
-        let (donation, inserted) = match storage::record_donation(&self.db, &new).await {
+        let (donation, inserted) = match db::record_donation(&self.db, &new).await {
             Ok(Ok(recorded)) => recorded,
             Ok(Err(rejected)) => {
                 tracing::warn!(event_id = %message.event_id, reason = %rejected, "donation dead-lettered");

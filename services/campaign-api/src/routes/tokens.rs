@@ -8,10 +8,10 @@ use chrono::{DateTime, Utc};
 use platform_service::{RequireAdmin, TenantTokenSigner};
 use serde::Serialize;
 
+use crate::db;
 use crate::domain::Slug;
 use crate::error::ApiError;
 use crate::routes::State;
-use crate::storage;
 
 /// Registers the route; `signer` is `None` when no HS256 secret is configured (it then answers
 /// `tenant_tokens_disabled`).
@@ -39,7 +39,7 @@ async fn mint_token(
     let signer = signer.as_ref().as_ref().ok_or(ApiError::TenantTokensDisabled)?;
     let slug = Slug::parse(&path)?;
     let org_id =
-        storage::organisation_id(&state.db, &slug).await?.ok_or(ApiError::OrganisationNotFound)?;
+        db::organisation_id(&state.db, &slug).await?.ok_or(ApiError::OrganisationNotFound)?;
     let org_id = org_id.to_string();
     let minted = signer.mint(&org_id).map_err(|e| ApiError::Internal(e.into()))?;
     tracing::info!(org_id = %org_id, expires_at = %minted.expires_at, "tenant token minted");
