@@ -14,9 +14,9 @@ use platform_redis::{RedisClients, RedisSettings, StreamName};
 use platform_service::settings::ServiceSettings;
 use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 use tokio_util::sync::CancellationToken;
-use usage_meter::consumer::UsageHandler;
-use usage_meter::domain::{EventRules, Metric, MetricSet};
+use usage_meter::domain::usage::{EventRules, Metric, MetricSet};
 use usage_meter::store::Retention;
+use usage_meter::workers::consumer::UsageHandler;
 
 // The service binary's allocator (src/main.rs), so the consumer runs as it does in production.
 #[global_allocator]
@@ -100,7 +100,7 @@ async fn consume_rate(url: &str, n: usize, batch: usize) -> (f64, f64) {
         max_future_skew: chrono::Duration::minutes(5),
     };
     let handler = UsageHandler::new(clients.keys().clone(), retention, rules);
-    usage_meter::sync::open_without_durable_copy(&clients).await.unwrap();
+    usage_meter::store::sync::open_without_durable_copy(&clients).await.unwrap();
     let _: () = clients
         .primary()
         .custom(CustomCommand::new_static("CONFIG", ClusterHash::Random, false), vec!["RESETSTAT"])

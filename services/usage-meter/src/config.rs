@@ -11,8 +11,8 @@ use platform_service::settings::{
 };
 use serde::Deserialize;
 
-use crate::domain::{EventRules, Metric, MetricSet};
-use crate::pricing::BillingSettings;
+use crate::domain::pricing::BillingSettings;
+use crate::domain::usage::{EventRules, Metric, MetricSet};
 use crate::store::Retention;
 
 /// This service's configuration.

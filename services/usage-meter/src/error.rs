@@ -1,4 +1,5 @@
-//! The service's error type and its mapping onto the shared JSON error contract.
+//! The service's error types: the HTTP API's, with its mapping onto the shared JSON error
+//! contract, and the flush's ([`FlushError`]).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -6,8 +7,15 @@ use platform_redis::RedisError;
 use platform_service::{error_response, server_error};
 use serde::Serialize;
 
-use crate::flush::FlushError;
 use crate::store::RecordError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("reading counters from redis failed")]
+    Redis(#[from] RedisError),
+    #[error("writing counters to postgres failed")]
+    Database(#[from] sqlx::Error),
+}
 
 /// One refused event of a batch.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -5,23 +5,20 @@
 //! the Postgres flusher, which also restores Redis after a data loss). Tests call [`build`] with
 //! port 0 and real Redis and Postgres.
 //!
-//! Modules: [`domain`] (metrics, months, validation), [`pricing`] (tiers, bills), [`store`]
-//! (Redis: recording and reads), [`sync`] (Redis side of the flush and the restore), [`db`]
-//! (Postgres), [`consumer`] (stream handler), [`flush`] (Redis → Postgres), [`recovery`]
-//! (Postgres → Redis after a data loss), [`routes`] (HTTP).
+//! Layout: [`routes`] (HTTP) and [`workers`] (the usage-stream consumer and the flusher loop)
+//! call [`domain`] (metrics, months, validation, pricing tiers and bills, the Redis → Postgres
+//! flush and the Postgres → Redis restore after a data loss), which reads and writes through
+//! [`store`] (Redis: recording, reads, the Redis side of the flush and the restore) and [`db`]
+//! (Postgres: the durable monthly copy); [`metrics`] registers the service's counters.
 
 pub mod config;
-pub mod consumer;
 pub mod db;
 pub mod domain;
 pub mod error;
-pub mod flush;
 pub mod metrics;
-pub mod pricing;
-pub mod recovery;
 pub mod routes;
 pub mod store;
-pub mod sync;
+pub mod workers;
 
 use std::future::Future;
 use std::time::Duration;
@@ -33,11 +30,11 @@ use platform_service::{AppContext, Application, Serve, TenantAuth, connect_conte
 use secrecy::SecretString;
 use tokio::task::JoinHandle;
 
-use crate::consumer::UsageHandler;
-use crate::flush::Flusher;
+use crate::domain::flush::Flusher;
 use crate::metrics::UsageMetrics;
 use crate::routes::State;
 use crate::store::Fence;
+use crate::workers::consumer::UsageHandler;
 
 pub use config::{Settings, UsageSettings};
 
@@ -148,7 +145,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
             let _ = task.await;
         }
     };
-    let workers = tokio::spawn(flush::run(
+    let workers = tokio::spawn(workers::flush::run(
         flusher,
         Duration::from_millis(usage.flush_interval_ms),
         cancel,

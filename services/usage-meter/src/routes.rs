@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::db;
-use crate::domain::{EventRules, Month, OrgId, USAGE_FIELDS, is_usage_field, validate};
+use crate::domain::flush::Flusher;
+use crate::domain::pricing::{BillingSettings, compute_bill};
+use crate::domain::usage::{EventRules, Month, OrgId, USAGE_FIELDS, is_usage_field, validate};
 use crate::error::{ApiError, Rejection};
-use crate::flush::Flusher;
 use crate::metrics::UsageMetrics;
-use crate::pricing::{BillingSettings, compute_bill};
 use crate::store::{self, Fence, Retention};
 
 /// What the handlers share.

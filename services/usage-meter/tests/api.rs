@@ -1,4 +1,4 @@
-//! The HTTP surface against the real service: event intake semantics, bills (the seed example
+//! The HTTP surface against the real service: event intake semantics, bills (a growth-tier example
 //! to the cent, and reproduced from Postgres once Redis lost the month), quota checks, top
 //! consumers, and 400s for bad input; the stream and HTTP intake against a real Redis Cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,9 +15,9 @@ use platform_testing::RedisCluster;
 use serde_json::json;
 
 #[tokio::test]
-async fn the_seed_example_growth_bill_is_base_plus_overages_to_the_cent() {
-    // Arrange: seed 000 §3.5, growth tier: 6 000 emails, 700 SMS, 250 000 API requests.
-    let app = TestApp::spawn("usage-seed-bill", &[]).await;
+async fn the_example_growth_bill_is_base_plus_overages_to_the_cent() {
+    // Arrange: growth tier: 6 000 emails, 700 SMS, 250 000 API requests.
+    let app = TestApp::spawn("usage-example-bill", &[]).await;
     let (status, body) = app
         .post(
             "/internal/usage/events",

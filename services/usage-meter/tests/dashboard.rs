@@ -133,7 +133,7 @@ async fn open(browser: &Browser, url: &str) -> Shown {
 
 #[tokio::test]
 async fn the_dashboard_renders_the_bill_with_a_fragment_token_and_an_error_without_one() {
-    // Arrange: the seed example on the growth tier (a $124.00 bill), a token of the
+    // Arrange: the growth-tier example (a $124.00 bill), a token of the
     // organisation and one of another, signed with the configured (default) secret.
     let app =
         TestApp::spawn("usage-dashboard", &[("APP__BILLING__ORG_TIERS__DASH1", "growth")]).await;

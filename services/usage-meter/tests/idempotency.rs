@@ -7,7 +7,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use platform_redis::messages::UsageEvent;
 use platform_redis::{RedisClients, RedisSettings};
 use platform_testing::{RedisServer, unique_prefix};
-use usage_meter::domain::{EventRules, Metric, MetricSet, Month, OrgId, ValidEvent, validate};
+use usage_meter::domain::usage::{
+    EventRules, Metric, MetricSet, Month, OrgId, ValidEvent, validate,
+};
 use usage_meter::store::{self, Fence, Retention};
 
 const WINDOW_SECS: u64 = 100;
@@ -28,7 +30,7 @@ async fn clients(test: &str) -> RedisClients {
         RedisClients::connect(&RedisSettings::for_url(&server.url(), &unique_prefix(test)))
             .await
             .expect("connect");
-    usage_meter::sync::open_without_durable_copy(&clients).await.expect("open recording");
+    usage_meter::store::sync::open_without_durable_copy(&clients).await.expect("open recording");
     clients
 }
 
@@ -177,17 +179,17 @@ async fn a_month_changed_after_the_flusher_read_its_mark_stays_dirty() {
     let first = [event("o1", "sms_sent", 1, Some("a")), event("o2", "sms_sent", 1, Some("b"))];
     let first_refs: Vec<&ValidEvent> = first.iter().collect();
     store::record_at(&clients, &retention(), &Fence::default(), &first_refs, at(10)).await.unwrap();
-    let read = store::dirty(&clients).await.unwrap();
+    let read = store::sync::dirty(&clients).await.unwrap();
     let later = event("o1", "sms_sent", 1, Some("c"));
     store::record_at(&clients, &retention(), &Fence::default(), &[&later], at(11)).await.unwrap();
 
     // Act: the flusher clears what it read.
-    let cleared = usage_meter::sync::clear_flushed(&clients, &read, &[]).await.unwrap();
+    let cleared = usage_meter::store::sync::clear_flushed(&clients, &read, &[]).await.unwrap();
 
     // Assert: o2's mark is gone; o1's, changed since, is still there.
     assert_eq!(read.len(), 2);
     assert_eq!(cleared, 1);
     let left: Vec<String> =
-        store::dirty(&clients).await.unwrap().into_iter().map(|m| m.org).collect();
+        store::sync::dirty(&clients).await.unwrap().into_iter().map(|m| m.org).collect();
     assert_eq!(left, vec!["o1".to_owned()]);
 }

@@ -22,9 +22,9 @@ use platform_redis::{RedisClients, RedisSettings};
 use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 use serde_json::json;
 use usage_meter::db::{self, MarkRow, UsageRow};
-use usage_meter::domain::{EventRules, MetricSet, Month, OrgId, validate};
+use usage_meter::domain::usage::{EventRules, MetricSet, Month, OrgId, validate};
+use usage_meter::store::sync;
 use usage_meter::store::{self, Fence, Retention};
-use usage_meter::sync;
 
 /// No periodic tick: the test decides when the flusher runs (`POST /internal/usage/flush`).
 const MANUAL: (&str, &str) = ("APP__USAGE__FLUSH_INTERVAL_MS", "3600000");

@@ -21,9 +21,9 @@ use platform_redis::{RedisClients, RedisSettings, StreamName};
 use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use usage_meter::consumer::UsageHandler;
-use usage_meter::domain::{EventRules, Metric, MetricSet, Month, OrgId};
+use usage_meter::domain::usage::{EventRules, Metric, MetricSet, Month, OrgId};
 use usage_meter::store::{self, Retention};
+use usage_meter::workers::consumer::UsageHandler;
 
 const GROUP: &str = "usage-meter";
 
@@ -195,7 +195,7 @@ async fn hundred_thousand_events_with_duplicates_and_killed_consumers_count_exac
     let database = PostgresServer::shared().create_database().await.unwrap();
     let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
     usage_meter::db::migrate(&pool).await.unwrap();
-    usage_meter::sync::open_without_durable_copy(&clients).await.unwrap();
+    usage_meter::store::sync::open_without_durable_copy(&clients).await.unwrap();
     let handler = || UsageHandler::new(clients.keys().clone(), retention(), rules());
     let base = Utc::now() - chrono::Duration::minutes(2);
     let batches: Vec<Vec<UsageEvent>> = (0..4).map(|p| producer_events(p, 25_000, base)).collect();
@@ -241,7 +241,8 @@ async fn hundred_thousand_events_with_duplicates_and_killed_consumers_count_exac
     wait_until_drained(&clients).await;
     c_cancel.cancel();
     c_task.await.unwrap();
-    let rows = usage_meter::flush::flush_once(&clients, &pool, &Default::default()).await.unwrap();
+    let rows =
+        usage_meter::domain::flush::flush_once(&clients, &pool, &Default::default()).await.unwrap();
 
     // Assert
     assert!(a_task_was_killed_mid_batch(&c), "C reclaimed the entries A and B left pending");
@@ -283,7 +284,7 @@ async fn poison_entries_go_to_the_dead_letter_stream_with_their_reason_and_valid
         RedisClients::connect(&RedisSettings::for_url(&RedisServer::shared().url(), &prefix))
             .await
             .unwrap();
-    usage_meter::sync::open_without_durable_copy(&clients).await.unwrap();
+    usage_meter::store::sync::open_without_durable_copy(&clients).await.unwrap();
     let producer = StreamProducer::new(&clients, StreamName::UsageEvents, 10_000);
     let bodies = vec![
         serde_json::json!({ "orgId": "p1", "metric": "sms_sent", "value": 3 }),

@@ -29,10 +29,10 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::db;
-use crate::domain::Month;
-use crate::flush::FlushError;
+use crate::domain::usage::Month;
+use crate::error::FlushError;
+use crate::store::sync::{self, Begin, Open, RestoreRow};
 use crate::store::{self, Fence, Retention};
-use crate::sync::{self, Begin, Open, RestoreRow};
 
 /// How long a restore claim lives without progress (each step extends it).
 pub const LEASE: Duration = Duration::from_secs(30);

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Metric, Month, OrgId, is_usage_field};
+use crate::domain::usage::{Metric, Month, OrgId, is_usage_field};
 
 /// `[billing]`.
 #[derive(Debug, Clone, Deserialize)]

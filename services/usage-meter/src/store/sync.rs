@@ -1,12 +1,13 @@
-//! The Redis side of keeping the usage counters and their Postgres copy in step: the flusher's
-//! atomic read (counters, unflushed durable marks and the next flush sequence in one script) and
-//! its clean-up, and the restore's scripts (claim, counters, marks, reopen).
+//! The Redis side of keeping the usage counters and their Postgres copy in step: the dirty set
+//! (months changed since their last copy), the flusher's atomic read (counters, unflushed durable
+//! marks and the next flush sequence in one script) and its clean-up, and the restore's scripts
+//! (claim, counters, marks, reopen).
 //!
 //! **Flush sequence** (`Keys::usage_flush_seq`, `epoch << 32 | flushes`): every flush read bumps
 //! it in the same script that reads the counters, and Postgres keeps the largest one committed.
 //! A Redis state that holds a sequence ≥ Postgres' is at least as new as everything Postgres has;
 //! a missing sequence (data loss) or a smaller one (an older snapshot) is not, and recording is
-//! fenced until the restore reopens it. See [`crate::recovery`].
+//! fenced until the restore reopens it. See [`crate::domain::recovery`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
@@ -16,8 +17,9 @@ use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::scripts::Script;
 use platform_redis::{RedisClients, RedisError};
 
-use crate::domain::Metric;
-use crate::store::{self, DirtyMonth};
+use crate::domain::usage::Metric;
+use crate::store::read::parse_counters;
+use crate::store::record::marks_bucket;
 
 /// Reads a chunk of dirty months atomically and bumps the flush sequence, unless recording is
 /// fenced (then nil: nothing may be copied from a Redis that lost data).
@@ -208,11 +210,7 @@ pub async fn flush_read(
         let raw: HashMap<String, String> =
             flat.chunks(2).filter_map(|c| Some((c.first()?.clone(), c.get(1)?.clone()))).collect();
         let gauge_at = raw.get(&gauge_at_field).and_then(|v| v.parse().ok());
-        read.push(MonthRead {
-            counters: store::parse_counters(raw),
-            gauge_at,
-            marks: strings(marks),
-        });
+        read.push(MonthRead { counters: parse_counters(raw), gauge_at, marks: strings(marks) });
     }
     if read.len() != months.len() {
         return Err(RedisError::Unexpected("flush read answered for fewer months".into()));
@@ -347,7 +345,7 @@ pub async fn restore_marks(
         return Ok(true);
     }
     let keys = clients.keys();
-    let set = keys.usage_idempotency_marks(store::marks_bucket(now_secs, window_secs));
+    let set = keys.usage_idempotency_marks(marks_bucket(now_secs, window_secs));
     let mut args = Vec::with_capacity(3 + members.len());
     args.push(token.to_owned());
     args.push(lease.as_millis().to_string());
@@ -395,4 +393,27 @@ pub async fn open_without_durable_copy(clients: &RedisClients) -> Result<(), Red
         .set(clients.keys().usage_flush_seq(), 0, None, Some(SetOptions::NX), false)
         .await?;
     Ok(())
+}
+
+/// A counters hash changed since its last copy to Postgres.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyMonth {
+    pub field: String,
+    pub generation: String,
+    pub org: String,
+    pub month: String,
+}
+
+/// Every dirty `<org>|<month>` with its generation.
+pub async fn dirty(clients: &RedisClients) -> Result<Vec<DirtyMonth>, RedisError> {
+    let raw: HashMap<String, String> =
+        clients.primary().hgetall(clients.keys().usage_dirty()).await?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(field, generation)| {
+            let (org, month) = field.split_once('|')?;
+            let (org, month) = (org.to_owned(), month.to_owned());
+            Some(DirtyMonth { field, generation, org, month })
+        })
+        .collect())
 }

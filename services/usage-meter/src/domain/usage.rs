@@ -9,7 +9,7 @@ use platform_redis::messages::UsageEvent;
 use serde::Serialize;
 
 /// What producers report. `donation_processed` events carry the donation amount in cents as
-/// their value (seed 000 §3.4): one event adds 1 to `donation_processed` and the value to
+/// their value: one event adds 1 to `donation_processed` and the value to
 /// `donation_volume_cents`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Metric {
@@ -19,8 +19,8 @@ pub enum Metric {
     SmsSent,
     StorageUsed,
     CampaignCreated,
-    /// Requests a rate limit refused (seed 000 monitoring: "rate limit hits per church"); counted
-    /// and ranked like the others, never billed.
+    /// Requests a rate limit refused (rate limit hits per organisation); counted and ranked like
+    /// the others, never billed.
     RateLimited,
 }
 
@@ -218,8 +218,7 @@ pub struct ValidEvent {
     pub occurred_at: DateTime<Utc>,
     pub month: Month,
     pub idempotency_key: Option<String>,
-    /// The detail record (JSON) kept in the org's event list; only for events with metadata,
-    /// as in the seed.
+    /// The detail record (JSON) kept in the org's event list; only for events with metadata.
     pub detail: Option<String>,
 }
 

@@ -1,7 +1,7 @@
 //! Copies changed counters from Redis to Postgres (`usage_monthly`), with the idempotency keys
 //! of durable metrics counted into them: every `flush_interval_ms`, on demand, and once more at
 //! shutdown after the stream consumer stopped. Each tick first checks that Redis did not lose
-//! data, and restores it from Postgres when it did ([`crate::recovery`]).
+//! data, and restores it from Postgres when it did ([`crate::domain::recovery`]).
 //!
 //! Nothing is counted twice: a flush copies absolute values (never deltas), read in one script
 //! together with their months' unflushed marks and a new flush sequence, and writes them in one
@@ -11,32 +11,23 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use platform_redis::{RedisClients, RedisError};
+use platform_redis::RedisClients;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 use crate::db::{self, MarkRow, UsageRow};
-use crate::domain::{Metric, Month};
+use crate::domain::recovery::{self, Recovery, RestoreReport, RestoreScope};
+use crate::domain::usage::{Metric, Month};
+use crate::error::FlushError;
 use crate::metrics::UsageMetrics;
-use crate::recovery::{self, Recovery, RestoreReport, RestoreScope};
-use crate::store::{self, Fence, Retention};
-use crate::sync;
+use crate::store::sync;
+use crate::store::{Fence, Retention};
 
 /// Org-months copied per round trip.
 const CHUNK: usize = 500;
 
 /// Old durable marks are deleted from Postgres every this many ticks (and on the first).
 const PRUNE_EVERY: u64 = 600;
-
-#[derive(Debug, thiserror::Error)]
-pub enum FlushError {
-    #[error("reading counters from redis failed")]
-    Redis(#[from] RedisError),
-    #[error("writing counters to postgres failed")]
-    Database(#[from] sqlx::Error),
-}
 
 /// One pass over the dirty set; returns the number of rows written. Copies nothing while
 /// recording is fenced (Redis lost data: the next tick restores it) or once a restore ran since
@@ -47,7 +38,7 @@ pub async fn flush_once(
     pool: &PgPool,
     fence: &Fence,
 ) -> Result<usize, FlushError> {
-    let dirty = store::dirty(clients).await?;
+    let dirty = sync::dirty(clients).await?;
     let mut written = 0;
     for chunk in dirty.chunks(CHUNK) {
         let Some(read) = sync::flush_read(clients, chunk, fence.get()).await? else {
@@ -192,32 +183,4 @@ fn random_token() -> String {
     let a = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
     let b = std::collections::hash_map::RandomState::new().hash_one(a);
     format!("{a:016x}{b:016x}")
-}
-
-/// Ticks every `interval` until `cancel` fires; then waits for `before_final` (the consumer)
-/// to finish and ticks once more.
-pub async fn run(
-    flusher: Flusher,
-    interval: Duration,
-    cancel: CancellationToken,
-    before_final: impl Future<Output = ()>,
-) {
-    let attempt = |flusher: Flusher| async move {
-        if let Err(error) = flusher.tick().await {
-            let chain = platform_service::error::error_chain(&error);
-            tracing::warn!(error = %chain, "copying usage counters to postgres failed; retrying next interval");
-        }
-    };
-    // Reads every `interval` (not `interval` after the last one ended): the loss bound.
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            _ = ticker.tick() => attempt(flusher.clone()).await,
-        }
-    }
-    before_final.await;
-    attempt(flusher).await;
-    tracing::info!("final usage flush done");
 }

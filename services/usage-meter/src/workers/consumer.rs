@@ -9,7 +9,7 @@ use platform_redis::fred::clients::Transaction;
 use platform_redis::messages::UsageEvent;
 use platform_redis::streams::{HandlerError, Outcome, StreamEntry, StreamHandler};
 
-use crate::domain::{EventRules, validate};
+use crate::domain::usage::{EventRules, validate};
 use crate::metrics::UsageMetrics;
 use crate::store::{self, Fence, Retention};
 
