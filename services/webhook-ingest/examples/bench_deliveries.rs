@@ -7,7 +7,7 @@
 
 use std::io::{BufWriter, Write};
 
-use webhook_ingest::signature::sign_header;
+use webhook_ingest::domain::signature::sign_header;
 
 const FIXTURE: &str = include_str!("../tests/fixtures/stripe/events/payment_intent.succeeded.json");
 const PLACEHOLDER: &str = "__EVENT_ID__";

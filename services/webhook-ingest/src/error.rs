@@ -1,4 +1,5 @@
-//! The service's one error enum and its HTTP mapping (`{"error", "code"}` contract).
+//! The service's one error enum and its HTTP mapping (`{"error", "code"}` contract), and the
+//! reasons a signature check fails ([`SignatureError`]).
 //!
 //! Unauthentic deliveries are 400 with a code naming the check that failed, so a misconfigured endpoint
 //! secret is obvious in Stripe's dashboard; dependency failures are an opaque 503 so Stripe
@@ -8,8 +9,36 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use platform_service::{error_response, server_error};
 
-use crate::batch::SubmitError;
-use crate::signature::SignatureError;
+use crate::db::batch::SubmitError;
+
+/// Why a signature was rejected; each maps to a stable error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("Missing Stripe-Signature header")]
+    Missing,
+    #[error("Malformed Stripe-Signature header: no timestamp `t`")]
+    NoTimestamp,
+    #[error("Malformed Stripe-Signature header: no v1 signature")]
+    NoV1Signature,
+    #[error("Malformed Stripe-Signature header: it is not comma-separated key=value pairs")]
+    Malformed,
+    #[error("No v1 signature matches the payload for any configured secret")]
+    Mismatch,
+    #[error("Timestamp is outside the allowed tolerance")]
+    OutsideTolerance,
+}
+
+impl SignatureError {
+    /// The stable `code` of the JSON error.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Missing => "missing_signature",
+            Self::NoTimestamp | Self::NoV1Signature | Self::Malformed => "malformed_signature",
+            Self::Mismatch => "signature_mismatch",
+            Self::OutsideTolerance => "timestamp_out_of_tolerance",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {

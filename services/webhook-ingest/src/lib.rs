@@ -3,19 +3,19 @@
 //! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
 //! returns; tests call [`build`] with port 0 and real Redis and Postgres.
 //!
-//! Layers: [`routes`] (HTTP edge) → [`signature`] (pure check) → [`ingest`] (the event contract
-//! and the ledger insert that acknowledges a delivery) → [`ledger`] (Postgres, the outbox);
-//! [`relay`] moves ledger rows onto the stream in the background.
+//! Layout: [`routes`] (HTTP edge) call [`domain`] (the signature check, a pure function, and the
+//! ingest: the event contract and the ledger insert that acknowledges a delivery), which writes
+//! through [`db`] (Postgres: the ledger, the outbox of the Stripe stream, and the group commit of
+//! its inserts); [`workers`] holds the relay that moves ledger rows onto the stream in the
+//! background; [`metrics`] registers the service's counters.
 
-pub mod batch;
 pub mod config;
+pub mod db;
+pub mod domain;
 pub mod error;
-pub mod ingest;
-pub mod ledger;
 pub mod metrics;
-pub mod relay;
 pub mod routes;
-pub mod signature;
+pub mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +26,11 @@ use platform_service::{Application, connect_context};
 use secrecy::SecretString;
 use tokio::sync::Notify;
 
-use crate::batch::BatchLimits;
-use crate::ingest::{AllowList, Ingest};
+use crate::db::batch::BatchLimits;
+use crate::domain::ingest::{AllowList, Ingest};
 use crate::metrics::WebhookMetrics;
-use crate::relay::{Relay, RelaySettings};
 use crate::routes::{RouteLimit, WebhookState};
+use crate::workers::relay::{Relay, RelaySettings};
 
 pub use config::{Settings, WebhookSettings};
 

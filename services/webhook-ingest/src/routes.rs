@@ -12,12 +12,12 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::error::WebhookError;
-use crate::ingest::{Accepted, Ingest};
-use crate::ledger;
-use crate::ledger::Status;
+use crate::db::ledger;
+use crate::db::ledger::Status;
+use crate::domain::ingest::{Accepted, Ingest};
+use crate::domain::signature;
+use crate::error::{SignatureError, WebhookError};
 use crate::metrics::WebhookMetrics;
-use crate::signature;
 
 /// What the handlers share (one per process).
 #[derive(Debug)]
@@ -117,7 +117,7 @@ async fn verify_and_accept(
     let body = read_body(req, payload, state.body_limit).await?;
     let header = match req.headers().get("stripe-signature") {
         None => None,
-        Some(value) => Some(value.to_str().map_err(|_| signature::SignatureError::Malformed)?),
+        Some(value) => Some(value.to_str().map_err(|_| SignatureError::Malformed)?),
     };
     signature::verify(header, &body, &state.secrets, state.tolerance, unix_now())?;
     state.metrics.verified.inc();

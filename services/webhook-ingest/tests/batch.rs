@@ -1,4 +1,4 @@
-//! Group commit of the ledger (`src/batch.rs`) against a real Postgres: one statement and one
+//! Group commit of the ledger (`src/db/batch.rs`) against a real Postgres: one statement and one
 //! commit per batch, each waiter's own outcome, failures reaching every waiter or only the bad
 //! row's, repeated ids.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,8 +9,8 @@ use std::time::Duration;
 use platform_testing::PostgresServer;
 use prometheus_client::metrics::histogram::Histogram;
 use sqlx::PgPool;
-use webhook_ingest::batch::{BatchLimits, Batcher, SubmitError};
-use webhook_ingest::ledger::{InsertBatch, NewRow, Status};
+use webhook_ingest::db::batch::{BatchLimits, Batcher, SubmitError};
+use webhook_ingest::db::ledger::{InsertBatch, NewRow, Status};
 
 async fn ledger_db() -> PgPool {
     let database = PostgresServer::shared().create_database().await.unwrap();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::Value;
-use webhook_ingest::signature::{SignatureError, sign_header, verify};
+use webhook_ingest::domain::signature::{sign_header, verify};
+use webhook_ingest::error::SignatureError;
 
 fn vectors_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stripe/signature_vectors")

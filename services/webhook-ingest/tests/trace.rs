@@ -12,7 +12,7 @@ use platform_service::settings::ServiceSettings;
 use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use webhook_ingest::signature::sign_header;
+use webhook_ingest::domain::signature::sign_header;
 use webhook_ingest::{Settings, build};
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use common::{SECRET, TestApp, event_with_id, now, payment_event, unique_event_id};
 use platform_testing::RedisCluster;
 use serde_json::Value;
-use webhook_ingest::signature::sign_header;
+use webhook_ingest::domain::signature::sign_header;
 
 const FIXTURE_EVENTS: [&str; 9] = [
     "charge.refunded",

@@ -12,7 +12,7 @@ use platform_service::settings::ServiceSettings;
 use platform_testing::{PostgresServer, RedisServer, unique_prefix};
 use serde_json::Value;
 use sqlx::PgPool;
-use webhook_ingest::signature::sign_header;
+use webhook_ingest::domain::signature::sign_header;
 use webhook_ingest::{Settings, build};
 
 pub const SECRET: &str = "whsec_test_secret";

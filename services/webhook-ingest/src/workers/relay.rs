@@ -24,7 +24,7 @@
 //! lower one could never be appended. The relay therefore appends only a gap-free run after its
 //! position. At a gap it notes the reading snapshot's `xmax` and waits until a later snapshot's
 //! `xmin` reaches it: every transaction that could still hold the missing `seq` has then ended
-//! (inserts take their transaction id before their `seq`, [`crate::ledger::InsertBatch`]), so a
+//! (inserts take their transaction id before their `seq`, [`crate::db::ledger::InsertBatch`]), so a
 //! row still missing never will appear (a rolled-back batch, a duplicate's spent value).
 //!
 //! # One relay
@@ -46,7 +46,7 @@ use sqlx::{Connection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger::{self, OutboxRow};
+use crate::db::ledger::{self, OutboxRow};
 use crate::metrics::WebhookMetrics;
 
 /// Advisory lock key of the Stripe stream's relay (any constant unique in the database).

@@ -3,7 +3,7 @@
 //!
 //! # Why one ledger insert is the whole hand-off
 //! The ledger is the outbox of the Stripe stream: a delivery is acknowledged once its row
-//! committed (group commit, [`crate::batch`]), and the relay ([`crate::relay`]) moves rows onto
+//! committed (group commit, [`crate::db::batch`]), and the relay ([`crate::workers::relay`]) moves rows onto
 //! the stream afterwards, in ledger order, at entry ids taken from the ledger's sequence. So:
 //! - nothing acknowledged is lost: the row is durable before the 200, and whatever Redis loses
 //!   later is appended again from the ledger;
@@ -27,9 +27,9 @@ use std::sync::Arc;
 use platform_redis::stripe_event::{self, Rejected, StripeEvent};
 use tokio::sync::Notify;
 
-use crate::batch::{BatchLimits, Batcher, SubmitError, is_data_error};
+use crate::db::batch::{BatchLimits, Batcher, SubmitError, is_data_error};
+use crate::db::ledger::{self, InsertBatch, NewRow, Recorded, Status};
 use crate::error::WebhookError;
-use crate::ledger::{self, InsertBatch, NewRow, Recorded, Status};
 use crate::metrics::WebhookMetrics;
 
 /// Which event types go on the stream.

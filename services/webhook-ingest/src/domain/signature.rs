@@ -14,34 +14,7 @@ use ring::hmac;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
-/// Why a signature was rejected; each maps to a stable error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("Missing Stripe-Signature header")]
-    Missing,
-    #[error("Malformed Stripe-Signature header: no timestamp `t`")]
-    NoTimestamp,
-    #[error("Malformed Stripe-Signature header: no v1 signature")]
-    NoV1Signature,
-    #[error("Malformed Stripe-Signature header: it is not comma-separated key=value pairs")]
-    Malformed,
-    #[error("No v1 signature matches the payload for any configured secret")]
-    Mismatch,
-    #[error("Timestamp is outside the allowed tolerance")]
-    OutsideTolerance,
-}
-
-impl SignatureError {
-    /// The stable `code` of the JSON error.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::Missing => "missing_signature",
-            Self::NoTimestamp | Self::NoV1Signature | Self::Malformed => "malformed_signature",
-            Self::Mismatch => "signature_mismatch",
-            Self::OutsideTolerance => "timestamp_out_of_tolerance",
-        }
-    }
-}
+use crate::error::SignatureError;
 
 /// The parts of a `Stripe-Signature` header this scheme uses.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 //! Stripe stream.
 //!
 //! One row per event id (primary key: the dedup), inserted before the 200 by group commit
-//! ([`crate::batch`]). Each row takes the next `seq` in the same transaction, and the relay
-//! ([`crate::relay`]) appends rows to the stream in `seq` order as entries `<seq>-0`. Statuses:
+//! ([`crate::db::batch`]). Each row takes the next `seq` in the same transaction, and the relay
+//! ([`crate::workers::relay`]) appends rows to the stream in `seq` order as entries `<seq>-0`. Statuses:
 //! `received` (to be relayed: it is on the stream once `seq` is at most the relay's
 //! `relayed_seq`), `ignored` (type outside the allow-list: kept, never relayed), `unprocessable`
 //! (authentic but against the event contract; `reason` says why), and `streamed` (appended by an
@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 
-use crate::batch::BatchOp;
+use crate::db::batch::BatchOp;
 
 /// Where an event stands in the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -87,7 +87,7 @@ struct RecordedRow {
 }
 
 /// The insert of concurrent deliveries' rows as one statement and one commit (see
-/// [`crate::batch`]). A duplicate event id counts one more delivery and returns the row as it is.
+/// [`crate::db::batch`]). A duplicate event id counts one more delivery and returns the row as it is.
 #[derive(Debug)]
 pub struct InsertBatch;
 
@@ -104,7 +104,7 @@ impl BatchOp for InsertBatch {
         let text =
             |f: fn(&NewRow) -> Option<&str>| -> Vec<Option<&str>> { reqs.iter().map(f).collect() };
         // One statement, one commit. The transaction must take its id before its first `seq`
-        // (the relay's gap rule, crate::relay): CASE evaluates its condition before its result,
+        // (the relay's gap rule, crate::workers::relay): CASE evaluates its condition before its result,
         // so `pg_current_xact_id()` assigns the id ahead of the first `nextval`.
         // `xmax = 0` is true only for a row this statement inserted (the update sets xmax).
         let rows: Vec<RecordedRow> = sqlx::query_as(
