@@ -9,8 +9,8 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use customer_count_refresher::SimproSettings;
-use customer_count_refresher::simpro::SimproClient;
-use customer_count_refresher::walk::{WalkResult, walk_all};
+use customer_count_refresher::upstream::simpro::SimproClient;
+use customer_count_refresher::upstream::walk::{WalkResult, walk_all};
 use secrecy::SecretString;
 
 fn vm_hwm_kib() -> u64 {

@@ -8,7 +8,7 @@ use platform_service::settings::{CommonSettings, ServiceSettings, SettingsError}
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::schedule::CronSchedule;
+use crate::domain::schedule::CronSchedule;
 
 /// This service's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -123,7 +123,7 @@ impl SimproSettings {
 /// Storage, lock and schedule of the refresh.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RefreshSettings {
-    /// TTL of the fresh count in Redis (the seed's 6 h).
+    /// TTL of the fresh count in Redis.
     pub ttl_secs: u64,
     /// How long the last good count is kept to be served as stale when refreshes fail.
     pub retention_secs: u64,

@@ -6,7 +6,7 @@ use platform_redis::RedisError;
 use platform_service::error::error_chain;
 use platform_service::{error_response, server_error};
 
-use crate::walk::WalkError;
+use crate::upstream::walk::WalkError;
 
 /// Why a refresh did not store a new count.
 #[derive(Debug, thiserror::Error)]

@@ -1,20 +1,20 @@
 //! customer-count-refresher: the exact unique-customer count over all simPRO invoices, refreshed in the background.
 //!
-//! Layers: `routes` (HTTP, the seed's JSON) → `refresh` (lock, walk, fenced store, fallbacks,
-//! schedule) → `walk` / `simpro` (the upstream) and `storage` (Redis). `main.rs` loads
+//! Layout: `routes` (HTTP) and `workers` (the in-process schedule) call `domain` (the refresh:
+//! lock, walk, fenced store, fallbacks; the cron schedule; the real-time intake's input), which
+//! reads and writes through `upstream` (the simPRO client and the walk over its pages) and
+//! `store` (Redis: the count, the refresh status, the live id set). `main.rs` loads
 //! [`Settings`] and either serves ([`build`]) or runs one refresh ([`refresh_once`], for a
 //! Kubernetes CronJob); tests call [`build`] with port 0 and real Redis.
 
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod metrics;
-pub mod realtime;
-pub mod refresh;
 pub mod routes;
-pub mod schedule;
-pub mod simpro;
-pub mod storage;
-pub mod walk;
+pub mod store;
+pub mod upstream;
+pub mod workers;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,8 +26,8 @@ use platform_service::{Application, connect_context};
 use secrecy::SecretString;
 
 pub use config::{RealtimeSettings, RefreshSettings, Settings, SimproSettings};
+pub use domain::refresh::{RefreshReport, Refresher, Source};
 pub use error::RefreshError;
-pub use refresh::{RefreshReport, Refresher, Source};
 
 /// The service name in logs, traces and metrics.
 pub const SERVICE: &str = "customer-count-refresher";
@@ -45,7 +45,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let redis = context.redis.clone();
     context.fallbacks.push(fallback_status("customerCount", move || !redis.is_connected()));
     if settings.refresh.schedule_enabled || settings.refresh.refresh_when_empty {
-        tokio::spawn(refresher.clone().run_schedule(context.shutdown.token()));
+        tokio::spawn(workers::scheduler::run(refresher.clone(), context.shutdown.token()));
     }
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
     Ok(Application::build(

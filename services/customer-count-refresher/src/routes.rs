@@ -1,4 +1,5 @@
-//! HTTP routes (the seed's four endpoints and the real-time intake): parse, call the refresher, shape the seed's JSON.
+//! HTTP routes (the count read, the refresh trigger and status, `/api/init` and the real-time
+//! intake): parse, call the refresher, shape the JSON answers.
 
 use std::sync::Arc;
 
@@ -7,9 +8,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use platform_service::RequireAdmin;
 use serde_json::json;
 
+use crate::domain::intake::IntakeBody;
+use crate::domain::refresh::{Refresher, Snapshot, Source};
 use crate::error::{IntakeError, RefreshError};
-use crate::realtime::IntakeBody;
-use crate::refresh::{Refresher, Snapshot, Source};
 
 /// Registers the routes; `refresher` is shared by every worker.
 pub fn configure(refresher: Arc<Refresher>) -> impl Fn(&mut web::ServiceConfig) + Clone + Send {

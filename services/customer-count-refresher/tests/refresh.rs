@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestApp, redis_for};
-use customer_count_refresher::storage::{self, CountRecord};
+use customer_count_refresher::store::count::{self as storage, CountRecord};
 use platform_redis::keys::CUSTOMER_COUNT_LOCK;
 use platform_redis::lock::Lock;
 use platform_testing::{

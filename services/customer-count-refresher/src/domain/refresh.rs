@@ -3,7 +3,7 @@
 //! One refresh at a time across replicas: the `customer-count` lock from `platform_redis::lock`
 //! (owner token, compare-and-delete release), renewed every third of its TTL during the walk; if
 //! the renewal reports the lock lost the walk is abandoned. The result is written with the lock's
-//! fence (see `storage`), so an overtaken refresh cannot overwrite a newer count.
+//! fence (see `store::count`), so an overtaken refresh cannot overwrite a newer count.
 //!
 //! When Redis is unreachable the refresh still runs (guarded by the in-process flag only) and its
 //! result lives in memory; reads then answer from that copy with `source: memory`. A failed refresh
@@ -19,18 +19,20 @@ use platform_redis::RedisClients;
 use platform_redis::keys::CUSTOMER_COUNT_LOCK;
 use platform_redis::lock::{Lock, LockGuard};
 use platform_service::metrics::Metrics;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{RealtimeSettings, RefreshSettings, SimproSettings};
+use crate::domain::intake::IntakeBody;
+use crate::domain::schedule::CronSchedule;
 use crate::error::{IntakeError, RefreshError};
 use crate::metrics::RefreshMetrics;
-use crate::realtime::{self, IntakeBody, IntakeOutcome};
-use crate::schedule::{CronSchedule, jitter};
-use crate::simpro::SimproClient;
-use crate::storage::{self, CountRecord, LiveIds, Reconciled, RefreshStatus, WriteOutcome};
-use crate::walk::{WalkResult, walk_all};
+use crate::store::count::{
+    self as storage, CountRecord, LiveIds, Reconciled, RefreshStatus, WriteOutcome,
+};
+use crate::store::realtime::{self, IntakeOutcome};
+use crate::upstream::simpro::SimproClient;
+use crate::upstream::walk::{WalkResult, walk_all};
 
-/// Where a count was stored or read from (the seed's `storage` / `source`).
+/// Where a count was stored or read from (the `storage` / `source` fields of the JSON answers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
@@ -125,6 +127,11 @@ impl Refresher {
 
     pub fn settings(&self) -> &RefreshSettings {
         &self.settings
+    }
+
+    /// The parsed `refresh.schedule`.
+    pub fn schedule(&self) -> &CronSchedule {
+        &self.schedule
     }
 
     pub fn realtime(&self) -> &RealtimeSettings {
@@ -476,45 +483,6 @@ impl Refresher {
     ) -> tokio::task::JoinHandle<Result<RefreshReport, RefreshError>> {
         let this = self.clone();
         tokio::spawn(async move { this.refresh().await })
-    }
-
-    /// The in-process schedule: a refresh at start when the cache is empty, then one per cron
-    /// tick (plus this replica's jitter), until `stop` is cancelled. Replicas that lose the race
-    /// for the lock skip the tick.
-    pub async fn run_schedule(self: Arc<Self>, stop: CancellationToken) {
-        if self.settings.refresh_when_empty {
-            let pause = jitter(Duration::from_secs(self.settings.schedule_jitter_secs.min(5)));
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
-            }
-            if self.refresh_if_empty().await {
-                tracing::info!("no customer count stored; refreshing at start");
-            }
-        }
-        if !self.settings.schedule_enabled {
-            return;
-        }
-        loop {
-            let now = Utc::now();
-            let Some(next) = self.schedule.next_after(now) else {
-                tracing::warn!("the refresh schedule has no future tick; scheduler stops");
-                return;
-            };
-            let wait = (next - now).to_std().unwrap_or(Duration::ZERO)
-                + jitter(Duration::from_secs(self.settings.schedule_jitter_secs));
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
-            }
-            match self.refresh().await {
-                Ok(_) => {}
-                Err(RefreshError::InProgress) => {
-                    tracing::info!("another replica is refreshing; skipping this tick");
-                }
-                Err(_) => {} // already logged, counted and recorded
-            }
-        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-/// A parsed cron expression. Five fields (`min hour dom mon dow`, as in crontab and the seed's
+/// A parsed cron expression. Five fields (`min hour dom mon dow`, as in crontab and the default
 /// `0 */6 * * *`) get a leading `0` seconds field for the `cron` crate, which wants six or seven.
 #[derive(Debug, Clone)]
 pub struct CronSchedule {

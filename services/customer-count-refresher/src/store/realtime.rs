@@ -9,59 +9,22 @@
 //! Why the "since" set: a walk reads simPRO page by page over minutes, so an invoice created after
 //! its page was read is missing from the walk's result although the intake reported it. The walk
 //! marks its start; from then on every intake also records its ids in the since set, and the swap
-//! (in `storage`'s fenced write, one script) makes the live set `staging ∪ since`. Ids received
-//! before the walk started are in simPRO already, so the walk finds them; an id the walk does not
-//! find and nobody reported during it (a deleted or bogus invoice) disappears.
+//! (in `store::count`'s fenced write, one script) makes the live set `staging ∪ since`. Ids
+//! received before the walk started are in simPRO already, so the walk finds them; an id the walk
+//! does not find and nobody reported during it (a deleted or bogus invoice) disappears.
 //!
 //! The live set only counts once a reconciling walk has replaced it: until then it holds only the
 //! ids the intake saw, so reads keep answering the walked count (the fenced write records
 //! `liveIds = 1` with the count when it swapped the set).
 
-use std::collections::HashSet;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::scripts::Script;
 use platform_redis::{RedisClients, RedisError};
-use serde::Deserialize;
 
-use crate::walk::IdSet;
-
-/// One invoice as simPRO lists it (`GET …/invoices/` rows, or what a webhook forwarder fetched);
-/// only the ids are read, every other field is ignored.
-#[derive(Debug, Clone, Deserialize)]
-pub struct InvoiceRef {
-    #[serde(rename = "ID")]
-    pub id: u64,
-    /// Absent or `null` on invoices without a customer.
-    #[serde(rename = "Customer", default)]
-    pub customer: Option<CustomerRef>,
-}
-
-/// `Customer` of an invoice row.
-#[derive(Debug, Clone, Deserialize)]
-pub struct CustomerRef {
-    #[serde(rename = "ID")]
-    pub id: u64,
-}
-
-/// Body of `POST /internal/simpro/invoices`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct IntakeBody {
-    pub invoices: Vec<InvoiceRef>,
-}
-
-impl IntakeBody {
-    /// The distinct customer ids of the batch.
-    pub fn customer_ids(&self) -> Vec<u64> {
-        let ids: HashSet<u64> =
-            self.invoices.iter().filter_map(|i| i.customer.as_ref().map(|c| c.id)).collect();
-        let mut ids: Vec<u64> = ids.into_iter().collect();
-        ids.sort_unstable();
-        ids
-    }
-}
+use crate::upstream::walk::IdSet;
 
 /// What one intake stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use crate::simpro::{PageData, PageError, SimproClient};
+use crate::upstream::simpro::{PageData, PageError, SimproClient};
 
 /// The outcome of a complete walk.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,3 @@
+//! Background tasks: the in-process refresh schedule ([`scheduler`]).
+
+pub mod scheduler;
