@@ -24,9 +24,7 @@ use std::time::Duration;
 use actix_web::web;
 use anyhow::Context as _;
 use platform_redis::cache::{Cache, CacheSettings};
-use platform_redis::keys::StreamName;
 use platform_redis::pubsub::PubSub;
-use platform_redis::streams::{StartFrom, StreamConsumer};
 use platform_redis::usage::{UsageRecorder, UsageRecorderSettings};
 use platform_service::health::fallback_status;
 use platform_service::{Application, connect_context};
@@ -107,18 +105,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let (usage, _) = UsageRecorder::start(&redis, usage_settings, stop.clone());
 
     if settings.stripe_events.enabled {
-        let mut consumer_settings = settings.stripe_events.consumer(StreamName::StripeEvents);
-        consumer_settings.start_from = StartFrom::Beginning;
-        let consumer = StreamConsumer::new(&redis, consumer_settings, stop.clone());
-        context.metrics.register_stream_group(
-            &redis,
-            StreamName::StripeEvents,
-            &consumer.settings().group,
-        );
-        // Before serving, so events appended from now on are read by this group.
-        if let Err(error) = consumer.ensure_group().await {
-            tracing::warn!(%error, "stripe event consumer group not created yet; the worker retries");
-        }
         let handler = DonationHandler {
             db: db.clone(),
             pages: pages.clone(),
@@ -126,11 +112,14 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
             usage_stream_max_len: settings.usage.stream_max_len,
             recorded: metrics.donations_recorded.clone(),
         };
-        tokio::spawn(async move {
-            if let Err(error) = consumer.run(&handler).await {
-                tracing::error!(%error, "stripe event consumer stopped");
-            }
-        });
+        workers::donations::spawn(
+            &redis,
+            &settings.stripe_events,
+            handler,
+            &context.metrics,
+            stop.clone(),
+        )
+        .await;
     }
 
     workers::lifecycle::spawn_lifecycle(

@@ -26,16 +26,21 @@
 use std::time::Duration;
 
 use chrono::{SecondsFormat, TimeZone, Utc};
+use platform_redis::RedisClients;
 use platform_redis::fred::clients::Transaction;
 use platform_redis::keys::{Keys, StreamName};
 use platform_redis::messages::{CampaignUpdate, StripeEventMessage, UsageEvent};
 use platform_redis::once::OnceEffects;
-use platform_redis::streams::{HandlerError, Outcome, StreamEntry, StreamHandler};
+use platform_redis::streams::{
+    GroupSettings, HandlerError, Outcome, StartFrom, StreamConsumer, StreamEntry, StreamHandler,
+};
 use platform_redis::stripe_event;
 use platform_service::database::permanent_error;
+use platform_service::metrics::Metrics;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -44,6 +49,31 @@ use crate::store::pages::Pages;
 
 /// How long the "effects applied" marker of a payment intent lives: far beyond any redelivery.
 const MARKER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Starts the consumer of the Stripe event stream (read from its beginning) with `handler`, and
+/// exports its group's backlog on `metrics`. The group is created before this returns, that is
+/// before the server serves, so events appended from then on are read by it.
+pub async fn spawn(
+    redis: &RedisClients,
+    settings: &GroupSettings,
+    handler: DonationHandler,
+    metrics: &Metrics,
+    stop: CancellationToken,
+) {
+    let mut consumer_settings = settings.consumer(StreamName::StripeEvents);
+    consumer_settings.start_from = StartFrom::Beginning;
+    let consumer = StreamConsumer::new(redis, consumer_settings, stop);
+    metrics.register_stream_group(redis, StreamName::StripeEvents, &consumer.settings().group);
+    // Before serving, so events appended from now on are read by this group.
+    if let Err(error) = consumer.ensure_group().await {
+        tracing::warn!(%error, "stripe event consumer group not created yet; the worker retries");
+    }
+    tokio::spawn(async move {
+        if let Err(error) = consumer.run(&handler).await {
+            tracing::error!(%error, "stripe event consumer stopped");
+        }
+    });
+}
 
 /// The stream handler. Cheap to clone.
 #[derive(Debug, Clone)]
