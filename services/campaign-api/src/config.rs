@@ -4,7 +4,7 @@
 use platform_redis::keys::StreamName;
 use platform_redis::streams::GroupSettings;
 use platform_service::settings::{
-    CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
+    CommonSettings, DatabaseSettings, ServiceSettings, SettingsError, require_positive,
 };
 use serde::Deserialize;
 
@@ -86,31 +86,18 @@ impl ServiceSettings for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
         self.common.validate()?;
         self.database.validate()?;
-        if self.cache.ttl_seconds == 0 {
-            return Err(SettingsError::invalid("cache.ttl_seconds", "must be > 0"));
-        }
-        if self.live.keep_alive_secs == 0 {
-            return Err(SettingsError::invalid("live.keep_alive_secs", "must be > 0"));
-        }
-        if self.live.lifecycle_tick_ms == 0 {
-            return Err(SettingsError::invalid("live.lifecycle_tick_ms", "must be > 0"));
-        }
-        if self.usage.flush_interval_ms == 0 {
-            return Err(SettingsError::invalid("usage.flush_interval_ms", "must be > 0"));
-        }
+        require_positive(&[
+            ("cache.ttl_seconds", self.cache.ttl_seconds),
+            ("live.keep_alive_secs", self.live.keep_alive_secs),
+            ("live.lifecycle_tick_ms", self.live.lifecycle_tick_ms),
+            ("usage.flush_interval_ms", self.usage.flush_interval_ms),
+        ])?;
         if self.stripe_events.enabled {
             self.stripe_events
                 .consumer(StreamName::StripeEvents)
                 .validate()
                 .map_err(|e| SettingsError::invalid("stripe_events", e.to_string()))?;
         }
-        if !self.common.rate_limit.effective_policies().contains_key(&self.public.rate_limit_policy)
-        {
-            return Err(SettingsError::invalid(
-                "public.rate_limit_policy",
-                format!("no rate-limit policy named `{}`", self.public.rate_limit_policy),
-            ));
-        }
-        Ok(())
+        self.common.require_policy("public.rate_limit_policy", &self.public.rate_limit_policy)
     }
 }

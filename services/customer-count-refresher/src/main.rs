@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use customer_count_refresher::{SERVICE, Settings, build, refresh_once};
 
-// mimalloc instead of glibc malloc: fewer cycles per request under load (docs/benchmarks.md).
+// mimalloc instead of glibc malloc: fewer cycles per request under load (docs/dependencies.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -3,7 +3,8 @@
 //! `config/default.toml`.
 
 use platform_service::settings::{
-    CommonSettings, DatabaseSettings, ServiceSettings, SettingsError, secret_list, string_list,
+    CommonSettings, DatabaseSettings, ServiceSettings, SettingsError, require_positive,
+    secret_list, string_list,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -44,12 +45,10 @@ impl WebhookSettings {
                 "at least one non-empty signing secret is required (set APP__WEBHOOK__SECRETS)",
             ));
         }
-        if self.tolerance_secs == 0 {
-            return Err(SettingsError::invalid("webhook.tolerance_secs", "must be > 0"));
-        }
-        if self.stream_max_len == 0 {
-            return Err(SettingsError::invalid("webhook.stream_max_len", "must be > 0"));
-        }
+        require_positive(&[
+            ("webhook.tolerance_secs", self.tolerance_secs),
+            ("webhook.stream_max_len", self.stream_max_len as u64),
+        ])?;
         if !(1..=10_000).contains(&self.relay_batch) {
             return Err(SettingsError::invalid(
                 "webhook.relay_batch",

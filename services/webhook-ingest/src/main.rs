@@ -2,7 +2,7 @@
 
 use webhook_ingest::{SERVICE, build};
 
-// mimalloc instead of glibc malloc: fewer cycles per request under load (docs/benchmarks.md).
+// mimalloc instead of glibc malloc: fewer cycles per request under load (docs/dependencies.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
