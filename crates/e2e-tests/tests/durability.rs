@@ -83,8 +83,11 @@ impl Stack {
                 }},
             })
             .to_string();
-            let signature =
-                webhook_ingest::signature::sign_header(WEBHOOK_SECRET, now, body.as_bytes());
+            let signature = webhook_ingest::domain::signature::sign_header(
+                WEBHOOK_SECRET,
+                now,
+                body.as_bytes(),
+            );
             let response = self
                 .http
                 .post(format!("{}/api/webhooks/stripe", webhook.base))

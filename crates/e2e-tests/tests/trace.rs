@@ -201,7 +201,8 @@ async fn a_donation_webhook_is_one_trace_from_webhook_ingest_through_campaign_ap
     let (org_id, campaign_id) = create_campaign(&http, &campaign_api).await;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let body = donation_webhook(&org_id, &campaign_id, now);
-    let signature = webhook_ingest::signature::sign_header(WEBHOOK_SECRET, now, body.as_bytes());
+    let signature =
+        webhook_ingest::domain::signature::sign_header(WEBHOOK_SECRET, now, body.as_bytes());
 
     // Act: Stripe delivers the webhook; wait until usage-meter counted the donation and the
     // usage-meter span that consumed it was exported.

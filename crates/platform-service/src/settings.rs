@@ -372,20 +372,35 @@ pub trait ServiceSettings: DeserializeOwned + Sized {
     /// The shared sections (telemetry, http, …) of these settings.
     fn common(&self) -> &CommonSettings;
 
-    /// Checks what the types cannot; the error names the setting.
+    /// `[database]`, for a service that has one.
+    fn database(&self) -> Option<&DatabaseSettings> {
+        None
+    }
+
+    /// Checks what the types cannot in the service's own sections; the error names the setting.
+    /// The shared sections and the database are checked before, by [`ServiceSettings::check`].
     fn validate(&self) -> Result<(), SettingsError>;
 
-    /// Loads the layered configuration (module doc) and validates it.
+    /// Every check: the shared sections, the database, then the service's own.
+    fn check(&self) -> Result<(), SettingsError> {
+        self.common().validate()?;
+        if let Some(database) = self.database() {
+            database.validate()?;
+        }
+        self.validate()
+    }
+
+    /// Loads the layered configuration (module doc) and checks it.
     fn load() -> Result<Self, SettingsError> {
         let settings: Self = load(Self::DEFAULTS)?;
-        settings.validate()?;
+        settings.check()?;
         Ok(settings)
     }
 
     /// Defaults plus `APP__…` overrides from `vars` instead of the process environment (tests).
     fn from_overrides(vars: HashMap<String, String>) -> Result<Self, SettingsError> {
         let settings: Self = load_from(Self::DEFAULTS, None, Some(vars))?;
-        settings.validate()?;
+        settings.check()?;
         Ok(settings)
     }
 }

@@ -83,9 +83,11 @@ impl ServiceSettings for Settings {
         &self.common
     }
 
+    fn database(&self) -> Option<&DatabaseSettings> {
+        Some(&self.database)
+    }
+
     fn validate(&self) -> Result<(), SettingsError> {
-        self.common.validate()?;
-        self.database.validate()?;
         require_positive(&[
             ("cache.ttl_seconds", self.cache.ttl_seconds),
             ("live.keep_alive_secs", self.live.keep_alive_secs),

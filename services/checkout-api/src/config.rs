@@ -68,9 +68,11 @@ impl ServiceSettings for Settings {
         &self.common
     }
 
+    fn database(&self) -> Option<&DatabaseSettings> {
+        Some(&self.database)
+    }
+
     fn validate(&self) -> Result<(), SettingsError> {
-        self.common.validate()?;
-        self.database.validate()?;
         self.stripe.validate()?;
         let checkout = &self.checkout;
         if !(1..=10_000).contains(&checkout.max_items) {

@@ -28,7 +28,6 @@ impl ServiceSettings for Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
-        self.common.validate()?;
         self.simpro.validate()?;
         self.refresh.validate()?;
         self.realtime.validate()

@@ -128,9 +128,11 @@ impl ServiceSettings for Settings {
         &self.common
     }
 
+    fn database(&self) -> Option<&DatabaseSettings> {
+        Some(&self.database)
+    }
+
     fn validate(&self) -> Result<(), SettingsError> {
-        self.common.validate()?;
-        self.database.validate()?;
         self.usage.validate()?;
         self.billing.validate().map_err(|reason| SettingsError::invalid("billing", reason))?;
         Ok(())

@@ -99,9 +99,11 @@ impl ServiceSettings for Settings {
         &self.common
     }
 
+    fn database(&self) -> Option<&DatabaseSettings> {
+        Some(&self.database)
+    }
+
     fn validate(&self) -> Result<(), SettingsError> {
-        self.common.validate()?;
-        self.database.validate()?;
         self.webhook.validate()?;
         // The committers may each hold a connection, the relay holds its leader lock on one and
         // reads with another; the rest of the pool serves the admin routes.
