@@ -26,6 +26,7 @@ mod postgres;
 mod process;
 mod redis;
 mod redis_cluster;
+mod serve;
 mod wait;
 
 pub use fake_simpro::{FakeSimpro, FakeSimproConfig, Fault};
