@@ -3,55 +3,16 @@
 //! service adds (usage-meter's dashboard, webhook-ingest's refusal of out-of-range settings).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use actix_web::web;
+use common::{CampaignApi, CheckoutApi, Refresher, UsageMeter, WebhookIngest};
 use platform_service::settings::ServiceSettings;
-use platform_service::{AppContext, Application};
 use platform_testing::{TestApp, TestService};
 use serde_json::Value;
-
-/// A unit type per service, implementing [`TestService`] with the service's `build`.
-macro_rules! service {
-    ($name:ident, $krate:ident, $app:ty, $database:expr, $vars:expr) => {
-        struct $name;
-
-        impl TestService for $name {
-            type Settings = $krate::Settings;
-            type App = $app;
-            const DATABASE: bool = $database;
-            const VARS: &'static [(&'static str, &'static str)] = $vars;
-
-            async fn build(settings: $krate::Settings) -> anyhow::Result<$app> {
-                $krate::build(settings).await
-            }
-            fn port(app: &$app) -> u16 {
-                app.port()
-            }
-            fn context(app: &$app) -> web::Data<AppContext> {
-                app.context()
-            }
-            async fn serve(app: $app) -> std::io::Result<()> {
-                app.run_until_stopped().await
-            }
-        }
-    };
-}
-
-service!(CampaignApi, campaign_api, Application, true, &[]);
-service!(CheckoutApi, checkout_api, Application, true, &[]);
-// No schedule and no refresh at start: only the wiring is checked.
-service!(
-    Refresher,
-    customer_count_refresher,
-    Application,
-    false,
-    &[("APP__REFRESH__SCHEDULE_ENABLED", "false"), ("APP__REFRESH__REFRESH_WHEN_EMPTY", "false")]
-);
-service!(UsageMeter, usage_meter, usage_meter::UsageMeter, true, &[]);
-service!(WebhookIngest, webhook_ingest, Application, true, &[]);
 
 type Started = Pin<Box<dyn Future<Output = TestApp>>>;
 
