@@ -43,7 +43,7 @@ pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
     pub http: reqwest::Client,
-    /// Clients under the app's key prefix, to inspect or seed what the app keeps in Redis.
+    /// Clients under the app's key prefix, to inspect or prepare what the app keeps in Redis.
     pub redis: RedisClients,
     pub prefix: String,
     pub context: web::Data<AppContext>,
