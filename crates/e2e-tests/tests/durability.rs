@@ -8,12 +8,13 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{ADMIN_TOKEN, Running, serve};
+use common::{ADMIN_TOKEN, CampaignApi, UsageMeter, WebhookIngest};
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::CustomCommand;
 use platform_redis::{RedisClients, RedisSettings};
-use platform_service::settings::ServiceSettings;
-use platform_testing::{PostgresServer, RedisServer, eventually, unique_prefix};
+use platform_testing::{
+    PostgresServer, RedisServer, TestApp, TestAppBuilder, eventually, unique_prefix,
+};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -43,33 +44,29 @@ impl Stack {
         }
     }
 
-    fn settings<S: ServiceSettings>(&self, database: &str, extra: &[(&str, &str)]) -> S {
-        common::settings(&self.redis.url(), &self.prefix, database, extra)
+    fn app(&self, database: &str, extra: &[(&str, &str)]) -> TestAppBuilder {
+        common::app(&self.redis.url(), &self.prefix, database, extra)
     }
 
-    async fn webhook_ingest(&self) -> Running {
-        let settings = self.settings(
-            &self.webhook_db,
-            &[
-                ("APP__WEBHOOK__SECRETS", WEBHOOK_SECRET),
-                ("APP__WEBHOOK__RELAY_CHECKPOINT_MS", "200"),
-            ],
-        );
-        serve!(webhook_ingest::build(settings).await.unwrap())
+    async fn webhook_ingest(&self) -> TestApp {
+        let secrets = [
+            ("APP__WEBHOOK__SECRETS", WEBHOOK_SECRET),
+            ("APP__WEBHOOK__RELAY_CHECKPOINT_MS", "200"),
+        ];
+        self.app(&self.webhook_db, &secrets).spawn::<WebhookIngest>().await
     }
 
-    async fn campaign_api(&self) -> Running {
-        let settings = self.settings(&self.campaign_db, &[("APP__STRIPE_EVENTS__BLOCK_MS", "100")]);
-        serve!(campaign_api::build(settings).await.unwrap())
+    async fn campaign_api(&self) -> TestApp {
+        let quick = [("APP__STRIPE_EVENTS__BLOCK_MS", "100")];
+        self.app(&self.campaign_db, &quick).spawn::<CampaignApi>().await
     }
 
-    async fn usage_meter(&self) -> Running {
-        let settings = self.settings(&self.usage_db, &[("APP__USAGE__BLOCK_MS", "100")]);
-        serve!(usage_meter::build(settings).await.unwrap())
+    async fn usage_meter(&self) -> TestApp {
+        self.app(&self.usage_db, &[("APP__USAGE__BLOCK_MS", "100")]).spawn::<UsageMeter>().await
     }
 
     /// Delivers `count` donations of 100 cents, each its own event and payment intent.
-    async fn donate(&self, webhook: &Running, org_id: &str, campaign_id: &str, count: usize) {
+    async fn donate(&self, webhook: &TestApp, org_id: &str, campaign_id: &str, count: usize) {
         for _ in 0..count {
             let n = uuid::Uuid::new_v4().simple().to_string();
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
@@ -116,7 +113,7 @@ impl Stack {
     }
 
     /// usage-meter's donation_processed count for the organisation this month.
-    async fn counted(&self, usage: &Running, org_id: &str) -> Option<i64> {
+    async fn counted(&self, usage: &TestApp, org_id: &str) -> Option<i64> {
         let usage: Value = self
             .http
             .get(format!("{}/api/usage/{org_id}", usage.base))
@@ -159,7 +156,7 @@ impl Stack {
     }
 }
 
-async fn create_campaign(stack: &Stack, campaign_api: &Running) -> (String, String) {
+async fn create_campaign(stack: &Stack, campaign_api: &TestApp) -> (String, String) {
     let org: Value = stack
         .http
         .post(format!("{}/api/admin/organisations", campaign_api.base))

@@ -6,14 +6,13 @@
 
 mod common;
 
-use common::{ADMIN_TOKEN, serve};
-use platform_service::settings::ServiceSettings;
-use platform_testing::{PostgresServer, RedisServer, unique_prefix};
+use common::{ADMIN_TOKEN, CampaignApi, UsageMeter};
+use platform_testing::{PostgresServer, RedisServer, TestAppBuilder, unique_prefix};
 use serde_json::{Value, json};
 
-async fn settings<S: ServiceSettings>(prefix: &str) -> S {
+async fn app(prefix: &str) -> TestAppBuilder {
     let database = PostgresServer::shared().create_database().await.unwrap();
-    common::settings(&RedisServer::shared().url(), prefix, &database.url, &[])
+    common::app(&RedisServer::shared().url(), prefix, &database.url, &[])
 }
 
 async fn create_org(http: &reqwest::Client, campaign_api: &str, slug: &str) -> String {
@@ -34,8 +33,8 @@ async fn create_org(http: &reqwest::Client, campaign_api: &str, slug: &str) -> S
 async fn a_token_minted_by_campaign_api_opens_usage_meter_for_its_organisation_only() {
     // Arrange
     let prefix = unique_prefix("e2e-tenant-tokens");
-    let campaign = serve!(campaign_api::build(settings(&prefix).await).await.unwrap());
-    let usage = serve!(usage_meter::build(settings(&prefix).await).await.unwrap());
+    let campaign = app(&prefix).await.spawn::<CampaignApi>().await;
+    let usage = app(&prefix).await.spawn::<UsageMeter>().await;
     let http = reqwest::Client::new();
     let own = create_org(&http, &campaign.base, "tenant-church").await;
     let other = create_org(&http, &campaign.base, "other-church").await;

@@ -27,45 +27,44 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{ADMIN_TOKEN, Running, serve};
+use common::{ADMIN_TOKEN, CampaignApi, UsageMeter, WebhookIngest};
 use platform_redis::fred::prelude::*;
 use platform_redis::{RedisClients, RedisSettings, StreamName};
-use platform_service::settings::{LogFormat, ServiceSettings, TelemetrySettings};
+use platform_service::settings::{LogFormat, TelemetrySettings};
 use platform_service::telemetry::{TelemetryGuard, init_test_telemetry};
-use platform_testing::{OtlpReceiver, PostgresServer, ReceivedSpan, RedisServer, unique_prefix};
+use platform_testing::{
+    OtlpReceiver, PostgresServer, ReceivedSpan, RedisServer, TestApp, TestAppBuilder, found_within,
+    unique_prefix,
+};
 use serde_json::{Value, json};
 
 const WEBHOOK_SECRET: &str = "whsec_e2e";
-/// Bounded waits: this many polls, 100 ms apart.
-const POLLS: usize = 300;
+/// How long a bounded wait lasts.
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The shared Redis and prefix, and a database of its own.
-async fn settings<S: ServiceSettings>(prefix: &str, extra: &[(&str, &str)]) -> S {
+async fn app(prefix: &str, extra: &[(&str, &str)]) -> TestAppBuilder {
     let database = PostgresServer::shared().create_database().await.unwrap();
-    common::settings(&RedisServer::shared().url(), prefix, &database.url, extra)
+    common::app(&RedisServer::shared().url(), prefix, &database.url, extra)
 }
 
-async fn start_webhook_ingest(prefix: &str) -> Running {
-    let settings = settings(prefix, &[("APP__WEBHOOK__SECRETS", WEBHOOK_SECRET)]).await;
-    serve!(webhook_ingest::build(settings).await.unwrap())
+async fn start_webhook_ingest(prefix: &str) -> TestApp {
+    app(prefix, &[("APP__WEBHOOK__SECRETS", WEBHOOK_SECRET)]).await.spawn::<WebhookIngest>().await
 }
 
-async fn start_campaign_api(prefix: &str) -> Running {
-    let settings = settings(prefix, &[("APP__STRIPE_EVENTS__BLOCK_MS", "100")]).await;
-    serve!(campaign_api::build(settings).await.unwrap())
+async fn start_campaign_api(prefix: &str) -> TestApp {
+    app(prefix, &[("APP__STRIPE_EVENTS__BLOCK_MS", "100")]).await.spawn::<CampaignApi>().await
 }
 
-async fn start_usage_meter(prefix: &str) -> Running {
-    let settings = settings(prefix, &[("APP__USAGE__BLOCK_MS", "100")]).await;
-    serve!(usage_meter::build(settings).await.unwrap())
+async fn start_usage_meter(prefix: &str) -> TestApp {
+    app(prefix, &[("APP__USAGE__BLOCK_MS", "100")]).await.spawn::<UsageMeter>().await
 }
 
 /// Creates an organisation and an active campaign through campaign-api's admin routes; returns
 /// their ids.
-async fn create_campaign(http: &reqwest::Client, campaign_api: &Running) -> (String, String) {
+async fn create_campaign(http: &reqwest::Client, campaign_api: &TestApp) -> (String, String) {
     let org: Value = http
         .post(format!("{}/api/admin/organisations", campaign_api.base))
         .bearer_auth(ADMIN_TOKEN)
@@ -119,21 +118,6 @@ fn donation_webhook(org_id: &str, campaign_id: &str, created: i64) -> String {
         }},
     })
     .to_string()
-}
-
-/// Polls `check` up to [`POLLS`] times; the first `Some` it returns.
-async fn eventually<T, F, Fut>(mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    for _ in 0..POLLS {
-        if let Some(found) = check().await {
-            return Some(found);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
 }
 
 /// Exports what has finished so far (the batch exporter would wait up to 5 s) and waits for it.
@@ -215,7 +199,7 @@ async fn a_donation_webhook_is_one_trace_from_webhook_ingest_through_campaign_ap
         .await
         .unwrap();
     let webhook_status = response.status().as_u16();
-    let usage = eventually(|| async {
+    let usage = found_within(PATIENCE, || async {
         let usage: Value = http
             .get(format!("{}/api/usage/{org_id}", usage_meter.base))
             .bearer_auth(ADMIN_TOKEN)
@@ -228,7 +212,7 @@ async fn a_donation_webhook_is_one_trace_from_webhook_ingest_through_campaign_ap
         (usage["usage"]["donation_processed"] == 1).then_some(usage)
     })
     .await;
-    let spans = eventually(|| async {
+    let spans = found_within(PATIENCE, || async {
         flush(&telemetry).await;
         let spans = receiver.spans();
         is_named(&spans, "stream.entry", ("group", "usage-meter"))?;

@@ -17,8 +17,13 @@
 //! also runnable as the `fake-stripe` binary. [`otlp`] is a local OTLP/HTTP trace receiver that
 //! keeps the spans services export, for tests of trace propagation.
 //!
+//! [`TestApp`] runs one service for a test, built from its settings on port 0 against those
+//! servers ([`app`]); [`holds_within`] and [`eventually`] wait for what happens in the background,
+//! and [`put_on_stripe_stream`] feeds a stream consumer.
+//!
 //! The suite is meant for `cargo test` (one process per test binary, so one server per binary).
 
+pub mod app;
 pub mod fake_simpro;
 pub mod fake_stripe;
 pub mod otlp;
@@ -26,8 +31,11 @@ mod postgres;
 mod process;
 mod redis;
 mod redis_cluster;
+mod serve;
+mod streams;
 mod wait;
 
+pub use app::{TestApp, TestAppBuilder, TestService};
 pub use fake_simpro::{FakeSimpro, FakeSimproConfig, Fault};
 pub use fake_stripe::{FakeStripe, FakeStripeConfig, StripeFault, SubscriptionState};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
@@ -35,7 +43,8 @@ pub use postgres::{PostgresServer, TestDatabase};
 pub use process::free_port;
 pub use redis::RedisServer;
 pub use redis_cluster::RedisCluster;
-pub use wait::eventually;
+pub use streams::put_on_stripe_stream;
+pub use wait::{eventually, found_within, holds_within};
 
 /// A key prefix no other test uses, readable in `redis-cli MONITOR` output: `t-<test>-<random>`.
 pub fn unique_prefix(test: &str) -> String {

@@ -7,22 +7,23 @@
 //! (the workspace's exporter sends nothing else); JSON or gzip bodies get 415 so a change of
 //! exporter settings fails loudly instead of losing spans.
 //!
-//! Like [`crate::fake_simpro`], it is a small hand-written HTTP/1.1 loop (keep-alive,
-//! `Content-Length` bodies) on its own thread and runtime: the SDK's batch exporter posts from a
-//! thread of its own with a blocking client, and must be answered whatever the test's runtime does.
+//! It serves with actix-web on its own thread and actix system ([`crate::serve`]): the SDK's batch
+//! exporter posts from a thread of its own with a blocking client, and must be answered whatever the
+//! test's runtime does. The body is read raw (not decompressed by the framework), so what is
+//! decoded is exactly what the exporter sent.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::{AnyValue as AnyValueBox, KeyValue};
 use prost::Message;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+
+use crate::serve::Served;
 
 /// Largest request body accepted (the SDK's batches of 512 spans stay far below).
 const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -61,45 +62,28 @@ struct State {
 /// A running receiver. Dropping it stops the server.
 #[derive(Debug)]
 pub struct OtlpReceiver {
-    addr: SocketAddr,
+    served: Served,
     state: Arc<Mutex<State>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl OtlpReceiver {
     /// Binds a free port on `127.0.0.1` and serves on a thread of its own until dropped.
     pub fn start() -> anyhow::Result<Self> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let state = Arc::new(Mutex::new(State::default()));
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let served = state.clone();
-        let thread = std::thread::Builder::new().name("otlp-receiver".into()).spawn(move || {
-            runtime.block_on(async move {
-                let listener = match TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        tracing::error!(%error, "OTLP receiver cannot listen");
-                        return;
-                    }
-                };
-                tokio::select! {
-                    _ = stop_rx => {}
-                    () = accept_loop(listener, served) => {}
-                }
-            });
-            runtime.shutdown_background();
+        let data = web::Data::from(state.clone());
+        let served = Served::start("otlp-receiver", 0, 1, move |config| {
+            config
+                .app_data(data.clone())
+                .route("/v1/traces", web::post().to(export))
+                .default_service(web::to(|| async { protobuf(404, Vec::new()) }));
         })?;
-        Ok(Self { addr, state, stop: Some(stop_tx), thread: Some(thread) })
+        Ok(Self { served, state })
     }
 
     /// `http://127.0.0.1:<port>`: the value of `telemetry.otlp_endpoint` (the exporter appends
     /// `/v1/traces`).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.served.addr())
     }
 
     /// Every span received so far, in arrival order.
@@ -117,109 +101,41 @@ impl OtlpReceiver {
     }
 }
 
-impl Drop for OtlpReceiver {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream, state.clone()));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "OTLP receiver accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
 /// The parts of a request the receiver looks at.
 struct Request {
-    method: String,
-    path: String,
     content_type: String,
     content_encoding: Option<String>,
-    body: Vec<u8>,
-    close: bool,
+    body: web::Bytes,
 }
 
-async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).await.ok()? == 0 {
-        return None;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_owned();
-    let path = parts.next()?.to_owned();
-    let (mut length, mut content_type, mut content_encoding, mut close) =
-        (0usize, String::new(), None, false);
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header).await.ok()? == 0 {
-            return None;
-        }
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse().ok()?;
-            } else if name.eq_ignore_ascii_case("content-type") {
-                content_type = value.to_ascii_lowercase();
-            } else if name.eq_ignore_ascii_case("content-encoding") {
-                content_encoding = Some(value.to_ascii_lowercase());
-            } else if name.eq_ignore_ascii_case("connection") {
-                close = value.eq_ignore_ascii_case("close");
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                // Chunked bodies are not supported; the exporter sends a Content-Length.
-                return None;
-            }
-        }
-    }
-    if length > MAX_BODY {
-        return None;
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).await.ok()?;
-    Some(Request { method, path, content_type, content_encoding, body, close })
+async fn export(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<Mutex<State>>,
+) -> HttpResponse {
+    let header = |name: &str| {
+        request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase)
+    };
+    let Ok(Ok(body)) = payload.to_bytes_limited(MAX_BODY).await else {
+        return protobuf(413, Vec::new());
+    };
+    let request = Request {
+        content_type: header("content-type").unwrap_or_default(),
+        content_encoding: header("content-encoding"),
+        body,
+    };
+    let (status, body) = handle(&request, &state);
+    protobuf(status, body)
 }
 
-async fn serve_connection(stream: TcpStream, state: Arc<Mutex<State>>) {
-    let mut reader = BufReader::new(stream);
-    while let Some(request) = read_request(&mut reader).await {
-        let (status, body) = handle(&request, &state);
-        let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
-        let _ = write!(
-            head,
-            "Content-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let stream = reader.get_mut();
-        let written = stream.write_all(head.as_bytes()).await.is_ok()
-            && stream.write_all(&body).await.is_ok()
-            && stream.flush().await.is_ok();
-        if !written || request.close {
-            break;
-        }
-    }
+fn protobuf(status: u16, body: Vec<u8>) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status).content_type("application/x-protobuf").body(body)
 }
 
 /// Status and protobuf body of the answer to `request`.
 fn handle(request: &Request, state: &Mutex<State>) -> (u16, Vec<u8>) {
-    if request.method != "POST" || request.path.split('?').next() != Some("/v1/traces") {
-        return (404, Vec::new());
-    }
     let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
     state.requests += 1;
     if !request.content_type.starts_with("application/x-protobuf")
@@ -232,7 +148,7 @@ fn handle(request: &Request, state: &Mutex<State>) -> (u16, Vec<u8>) {
         );
         return (415, Vec::new());
     }
-    match ExportTraceServiceRequest::decode(request.body.as_slice()) {
+    match ExportTraceServiceRequest::decode(request.body.as_ref()) {
         Ok(export) => {
             state.spans.extend(flatten(export));
             // An empty ExportTraceServiceResponse: full success.
@@ -289,16 +205,6 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{b:02x}");
         out
     })
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        415 => "Unsupported Media Type",
-        _ => "",
-    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 
 mod common;
 
-use common::{Backends, TestApp, eventually, usage_events};
+use std::time::Duration;
+
+use common::{Backends, TestApp, usage_events};
 use platform_redis::fred::prelude::*;
-use platform_testing::{PostgresServer, RedisServer};
+use platform_testing::{PostgresServer, RedisServer, holds_within};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -60,7 +62,7 @@ async fn first_read_misses_second_hits_and_an_update_is_seen_fresh_by_both_insta
     assert_eq!(after_one, "MISS");
     assert_eq!(body_one[0]["name"], "New Roof");
     assert_eq!(body_one[0]["goalCents"], 20_000);
-    let seen_on_two = eventually(100, || async {
+    let seen_on_two = holds_within(Duration::from_secs(5), || async {
         let (_, _, body) = read(&two, "grace").await;
         body[0]["name"] == "New Roof"
     })
@@ -86,7 +88,7 @@ async fn instance_two_misses_after_instance_one_invalidates_its_l1_copy() {
     one.create_campaign("hope", "Choir", 7_000).await;
 
     // Assert: instance two's next read is a MISS with both campaigns.
-    let missed = eventually(100, || async {
+    let missed = holds_within(Duration::from_secs(5), || async {
         let (_, cache, body) = read(&two, "hope").await;
         cache == "MISS" && body.as_array().map(Vec::len) == Some(2)
     })
@@ -265,7 +267,7 @@ async fn refused_requests_count_as_rate_limited_usage_of_their_organisation_not_
             .map(|e| e["value"].as_i64().unwrap())
             .sum()
     };
-    let counted = eventually(100, || async {
+    let counted = holds_within(Duration::from_secs(5), || async {
         let events = usage_events(&redis).await;
         total("api_request", &events) == 3 && total("rate_limited", &events) == 2
     })
@@ -295,7 +297,7 @@ async fn reads_are_served_from_postgres_while_redis_is_down_and_caching_resumes_
 
     // Act: Redis goes away; an admin write lands meanwhile.
     redis.stop();
-    let fell_back = eventually(200, || async {
+    let fell_back = holds_within(Duration::from_secs(10), || async {
         let health: Value = app.get("/api/health/redis").await.json().await.unwrap();
         health["mode"] == "fallback"
     })
@@ -320,7 +322,7 @@ async fn reads_are_served_from_postgres_while_redis_is_down_and_caching_resumes_
     // Assert: caching resumes without a restart of the app: the page is written to Redis again.
     let direct = backends.redis().await;
     let entry = direct.keys().cache_entry("org:mercy", "active");
-    let resumed = eventually(200, || async {
+    let resumed = holds_within(Duration::from_secs(10), || async {
         let (status, _, _) = read(&app, "mercy").await;
         let stored: i64 = direct.primary().exists(&entry).await.unwrap_or(0);
         status == 200 && stored == 1
@@ -328,7 +330,7 @@ async fn reads_are_served_from_postgres_while_redis_is_down_and_caching_resumes_
     .await;
     assert!(resumed, "caching did not resume");
     // The rate limiter returns to Redis at its next probe; health follows.
-    let healthy = eventually(200, || async {
+    let healthy = holds_within(Duration::from_secs(10), || async {
         let _ = read(&app, "mercy").await;
         let health: Value = app.get("/api/health/redis").await.json().await.unwrap();
         health["mode"] == "redis"

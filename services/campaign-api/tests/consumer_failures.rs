@@ -9,11 +9,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Backends, ProcessApp, TestApp, dead_letters, donation_event, eventually,
-    pending_stripe_entries, put_on_stripe_stream, usage_events,
+    Backends, ProcessApp, TestApp, dead_letters, donation_event, pending_stripe_entries,
+    usage_events,
 };
 use platform_redis::messages::StripeEventMessage;
-use platform_testing::{PostgresServer, RedisServer};
+use platform_testing::{PostgresServer, RedisServer, holds_within, put_on_stripe_stream};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -72,7 +72,7 @@ async fn a_donation_postgres_refuses_is_dead_lettered_at_once_with_its_reason_an
         ],
     )
     .await;
-    let settled = eventually(600, || async {
+    let settled = holds_within(Duration::from_secs(30), || async {
         dead_letters(&redis).await.len() == 1
             && stats(&app, &campaign).await["raisedCents"] == 1_200
     })
@@ -123,7 +123,7 @@ async fn an_amount_that_would_overflow_the_total_is_dead_lettered_and_the_total_
         ],
     )
     .await;
-    let settled = eventually(600, || async {
+    let settled = holds_within(Duration::from_secs(30), || async {
         dead_letters(&redis).await.len() == 2 && pending_stripe_entries(&redis).await.is_empty()
     })
     .await;
@@ -191,8 +191,10 @@ async fn a_donation_arriving_while_postgres_is_down_is_retried_and_recorded_once
         ],
     )
     .await;
-    let delivered =
-        eventually(600, || async { pending_stripe_entries(&redis).await.len() == 2 }).await;
+    let delivered = holds_within(Duration::from_secs(30), || async {
+        pending_stripe_entries(&redis).await.len() == 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let pending = pending_stripe_entries(&redis).await;
     let dead_during_outage = dead_letters(&redis).await;
@@ -204,7 +206,7 @@ async fn a_donation_arriving_while_postgres_is_down_is_retried_and_recorded_once
     assert_eq!(pending.len(), 2, "{pending:?}");
     assert!(pending.iter().all(|(_, _, deliveries)| *deliveries <= 1), "{pending:?}");
     assert!(dead_during_outage.is_empty(), "{dead_during_outage:?}");
-    let recorded = eventually(600, || async {
+    let recorded = holds_within(Duration::from_secs(30), || async {
         let response = app.get(&format!("/api/campaigns/{campaign}/stats")).await;
         response.status() == 200
             && response.json::<Value>().await.unwrap()["raisedCents"] == 1_000
@@ -240,7 +242,7 @@ async fn a_process_killed_while_it_holds_an_entry_records_it_within_seconds_of_i
         .unwrap();
     put_on_stripe_stream(&redis, &[donation_event("evt_k", "pi_kill", &org, &campaign, 1_500)])
         .await;
-    let held = eventually(600, || async {
+    let held = holds_within(Duration::from_secs(30), || async {
         pending_stripe_entries(&redis)
             .await
             .iter()
@@ -254,7 +256,7 @@ async fn a_process_killed_while_it_holds_an_entry_records_it_within_seconds_of_i
     sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
     let restarted_at = Instant::now();
     let second = ProcessApp::start(&backends, &settings).await;
-    let recorded = eventually(400, || async {
+    let recorded = holds_within(Duration::from_secs(20), || async {
         stats(&second, &campaign).await["raisedCents"] == 1_500
             && pending_stripe_entries(&redis).await.is_empty()
     })
@@ -267,7 +269,7 @@ async fn a_process_killed_while_it_holds_an_entry_records_it_within_seconds_of_i
     let stats = stats(&second, &campaign).await;
     assert_eq!(stats["donationCount"], 1, "{stats}");
     assert!(dead_letters(&redis).await.is_empty());
-    let usage = eventually(200, || async {
+    let usage = holds_within(Duration::from_secs(10), || async {
         usage_events(&redis).await.iter().any(|e| e["idempotencyKey"] == "donation:pi_kill")
     })
     .await;
@@ -298,7 +300,9 @@ async fn an_entry_against_the_event_contract_is_dead_lettered_at_once_without_to
         &[with_currency(donation_event("evt_nul", "pi_nul", &org, &campaign, 900), "us\u{0}d")],
     )
     .await;
-    let settled = eventually(600, || async { dead_letters(&redis).await.len() == 1 }).await;
+    let settled =
+        holds_within(Duration::from_secs(30), || async { dead_letters(&redis).await.len() == 1 })
+            .await;
 
     // Assert
     assert!(settled);

@@ -4,12 +4,12 @@
 
 mod common;
 
-use common::{
-    Backends, TestApp, donation_event, eventually, put_on_stripe_stream, read_sse, usage_events,
-};
+use std::time::Duration;
+
+use common::{Backends, TestApp, donation_event, read_sse, usage_events};
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
-use platform_testing::{RedisCluster, RedisServer};
+use platform_testing::{RedisCluster, RedisServer, holds_within, put_on_stripe_stream};
 use serde_json::Value;
 
 fn count(text: &str, needle: &str) -> usize {
@@ -225,7 +225,7 @@ async fn sse_sends_keep_alives_and_a_client_that_disconnects_frees_its_subscript
     // Assert
     assert!(text.contains(": keep-alive"), "{text}");
     assert_eq!(subscribed, 1);
-    let freed = eventually(200, || async { subscribers().await == 0 }).await;
+    let freed = holds_within(Duration::from_secs(10), || async { subscribers().await == 0 }).await;
     assert!(freed, "the channel is still subscribed after the client left");
     let unknown = app.get(&format!("/api/campaigns/{}/events", uuid::Uuid::new_v4())).await;
     assert_eq!(unknown.status(), 404);
@@ -247,7 +247,7 @@ async fn public_reads_are_counted_as_api_request_usage_events_in_batches() {
     app.get("/api/public/campaigns/unknown-org/active").await;
 
     // Assert: 25 requests for the org arrive on the usage stream, in fewer events than requests.
-    let counted = eventually(200, || async {
+    let counted = holds_within(Duration::from_secs(10), || async {
         let events = usage_events(&redis).await;
         let total: i64 = events
             .iter()

@@ -5,8 +5,11 @@
 
 mod common;
 
-use common::{Backends, TestApp, eventually, put_on_stripe_stream};
+use std::time::Duration;
+
+use common::{Backends, TestApp};
 use platform_redis::messages::StripeEventMessage;
+use platform_testing::{holds_within, put_on_stripe_stream};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -157,8 +160,10 @@ async fn a_paid_checkout_session_on_the_stripe_stream_completes_its_checkout_ses
     put_on_stripe_stream(&redis, &[event]).await;
 
     // Assert
-    let completed =
-        eventually(200, || async { app.get(&cart_path).await.body["status"] == "completed" }).await;
+    let completed = holds_within(Duration::from_secs(20), || async {
+        app.get(&cart_path).await.body["status"] == "completed"
+    })
+    .await;
     assert!(completed, "{}", app.get(&cart_path).await.body);
     app.stop().await;
 }
@@ -197,8 +202,10 @@ async fn an_expired_checkout_session_on_the_stripe_stream_fails_its_checkout_ses
     put_on_stripe_stream(&redis, &[event]).await;
 
     // Assert
-    let failed =
-        eventually(200, || async { app.get(&cart_path).await.body["status"] == "failed" }).await;
+    let failed = holds_within(Duration::from_secs(20), || async {
+        app.get(&cart_path).await.body["status"] == "failed"
+    })
+    .await;
     assert!(failed, "{}", app.get(&cart_path).await.body);
     app.stop().await;
 }

@@ -4,8 +4,10 @@
 
 mod common;
 
-use common::{Backends, TestApp, cart, eventually, set_cookie};
-use platform_testing::RedisServer;
+use common::{Backends, TestApp, cart, set_cookie};
+use std::time::Duration;
+
+use platform_testing::{RedisServer, holds_within};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -27,9 +29,10 @@ async fn with_redis_stopped_sessions_go_to_postgres_and_redis_takes_new_ones_whe
 
     // Act: Redis goes away.
     redis.stop();
-    let fell_back =
-        eventually(100, || async { redis_health(&app).await["redis"]["checkoutStore"] == false })
-            .await;
+    let fell_back = holds_within(Duration::from_secs(10), || async {
+        redis_health(&app).await["redis"]["checkoutStore"] == false
+    })
+    .await;
     assert!(fell_back, "health never reported the Postgres fallback");
     let during = app.create_session(cart(2)).await;
     let during_path = format!("/api/checkout/sessions/{}", during["id"].as_str().unwrap());
@@ -60,8 +63,10 @@ async fn with_redis_stopped_sessions_go_to_postgres_and_redis_takes_new_ones_whe
 
     // Act: Redis comes back (empty: a restarted process without persistence).
     redis.restart().unwrap();
-    let recovered =
-        eventually(100, || async { redis_health(&app).await["status"] == "healthy" }).await;
+    let recovered = holds_within(Duration::from_secs(10), || async {
+        redis_health(&app).await["status"] == "healthy"
+    })
+    .await;
     assert!(recovered, "health never recovered");
     let after = app.create_session(cart(1)).await;
     let old_read = app.get(&during_path).await;
@@ -92,7 +97,7 @@ async fn user_sessions_fall_back_to_memory_while_redis_is_down() {
 
     // Act
     redis.stop();
-    let fell_back = eventually(100, || async {
+    let fell_back = holds_within(Duration::from_secs(10), || async {
         redis_health(&app).await["redis"]["userSessionStore"] == false
     })
     .await;
@@ -102,9 +107,10 @@ async fn user_sessions_fall_back_to_memory_while_redis_is_down() {
     let current = app.send(Method::GET, "/api/sessions/current", None, false, Some(&cookie)).await;
     let common_health: Value = app.get("/api/health/redis").await.body;
     redis.restart().unwrap();
-    let recovered =
-        eventually(100, || async { redis_health(&app).await["redis"]["userSessionStore"] == true })
-            .await;
+    let recovered = holds_within(Duration::from_secs(10), || async {
+        redis_health(&app).await["redis"]["userSessionStore"] == true
+    })
+    .await;
     let still_readable =
         app.send(Method::GET, "/api/sessions/current", None, false, Some(&cookie)).await;
     let new_one = app.send(Method::POST, "/api/sessions/guest", None, false, None).await;

@@ -7,11 +7,11 @@ mod common;
 use std::time::Duration;
 
 use checkout_api::domain::stripe::SyncOutcome;
-use common::{
-    Backends, TestApp, eventually, put_on_stripe_stream, subscription_checkout, subscription_event,
-};
+use common::{Backends, TestApp, subscription_checkout, subscription_event};
 use platform_testing::fake_stripe::route;
-use platform_testing::{RedisCluster, StripeFault, SubscriptionState};
+use platform_testing::{
+    RedisCluster, StripeFault, SubscriptionState, holds_within, put_on_stripe_stream,
+};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -168,7 +168,7 @@ async fn a_later_subscription_updated_event_on_the_stream_resyncs_the_state() {
 
     // Assert: Stripe's state (not the payload's "incomplete") is recorded.
     let path = format!("/api/stripe/customers/{customer_id}/state");
-    let resynced = eventually(200, || async {
+    let resynced = holds_within(Duration::from_secs(20), || async {
         let body = app.service_get(&path).await.body;
         body["status"] == "past_due" && body["cancelAtPeriodEnd"] == true
     })
@@ -203,7 +203,7 @@ async fn in_redis_cluster_mode_the_success_page_and_a_stream_event_write_the_syn
         subscription_event("evt_k_1", "customer.subscription.updated", &customer_id, 1_700_000_000);
     put_on_stripe_stream(&redis, &[event]).await;
     let path = format!("/api/stripe/customers/{customer_id}/state");
-    let resynced = eventually(200, || async {
+    let resynced = holds_within(Duration::from_secs(20), || async {
         let body = app.service_get(&path).await.body;
         body["status"] == "past_due"
     })
@@ -244,13 +244,16 @@ async fn events_processed_in_reverse_order_leave_stripes_current_state() {
     for (index, event) in events.into_iter().enumerate() {
         put_on_stripe_stream(&redis, std::slice::from_ref(&event)).await;
         let requests = index as u64 + 1;
-        let synced = eventually(200, || async {
+        let synced = holds_within(Duration::from_secs(20), || async {
             backends.stripe.requests(route::LIST_SUBSCRIPTIONS) >= requests
         })
         .await;
         assert!(synced, "event {} was not synced", event.event_id);
     }
-    let settled = eventually(100, || async { app.service_get(&path).await.status == 200 }).await;
+    let settled = holds_within(Duration::from_secs(10), || async {
+        app.service_get(&path).await.status == 200
+    })
+    .await;
 
     // Assert
     assert!(settled);
@@ -281,9 +284,10 @@ async fn an_older_fetch_delayed_past_its_lock_does_not_overwrite_the_newer_recor
         let customer_id = customer_id.clone();
         tokio::spawn(async move { slow.sync_stripe_data_to_redis(&customer_id).await })
     };
-    let fetched =
-        eventually(200, || async { backends.stripe.requests(route::LIST_SUBSCRIPTIONS) == 1 })
-            .await;
+    let fetched = holds_within(Duration::from_secs(20), || async {
+        backends.stripe.requests(route::LIST_SUBSCRIPTIONS) == 1
+    })
+    .await;
     assert!(fetched);
     state.status = "canceled".to_owned();
     backends.stripe.set_subscription(&customer_id, &state);
@@ -431,7 +435,7 @@ async fn stripe_down_answers_503_stripe_unavailable_and_the_event_waits_for_stri
     .await;
     let pending_key = redis.keys().stream(platform_redis::StreamName::StripeEvents);
     // Redelivered at least once (XPENDING … - + 10 → [[id, consumer, idle ms, deliveries]]).
-    let retried = eventually(200, || async {
+    let retried = holds_within(Duration::from_secs(20), || async {
         use platform_redis::fred::prelude::*;
         use platform_redis::fred::types::Value as RedisValue;
         let entries: RedisValue = redis

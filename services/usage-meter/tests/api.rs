@@ -279,7 +279,7 @@ async fn stopping_the_service_copies_the_counters_to_postgres() {
     let app =
         TestApp::spawn("usage-final-flush", &[("APP__USAGE__FLUSH_INTERVAL_MS", "3600000")]).await;
     app.post("/internal/usage/events", json!({ "events": [event("f1", "sms_sent", 42)] })).await;
-    let database_url = app.database_url.clone();
+    let database_url = app.database_url().to_owned();
     let month = Utc::now().format("%Y-%m").to_string();
 
     // Act
@@ -310,7 +310,7 @@ async fn in_redis_cluster_mode_stream_and_http_events_are_counted_exactly_once()
         metadata: None,
     };
     let producer = StreamProducer::new(&app.redis, StreamName::UsageEvents, 10_000);
-    let database_url = app.database_url.clone();
+    let database_url = app.database_url().to_owned();
     let month = Utc::now().format("%Y-%m").to_string();
 
     // Act: k1 twice on the stream and, once those are counted, once more over HTTP.

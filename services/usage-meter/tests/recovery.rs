@@ -19,7 +19,7 @@ use platform_redis::fred::types::{ClusterHash, CustomCommand};
 use platform_redis::messages::UsageEvent;
 use platform_redis::streams::StreamProducer;
 use platform_redis::{RedisClients, RedisSettings};
-use platform_testing::{PostgresServer, RedisServer, unique_prefix};
+use platform_testing::{PostgresServer, RedisServer, holds_within, unique_prefix};
 use serde_json::json;
 use usage_meter::db::{self, MarkRow, UsageRow};
 use usage_meter::domain::usage::{EventRules, MetricSet, Month, OrgId, validate};
@@ -94,7 +94,7 @@ async fn redis_counters(app: &TestApp, org: &str) -> BTreeMap<String, i64> {
 }
 
 async fn postgres_counters(app: &TestApp, org: &str) -> BTreeMap<String, i64> {
-    let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+    let pool = sqlx::PgPool::connect(app.database_url()).await.unwrap();
     usage_meter::db::usage(&pool, org, &Month::current().to_string()).await.unwrap()
 }
 
@@ -108,22 +108,6 @@ async fn flushall(app: &TestApp) {
         )
         .await
         .unwrap();
-}
-
-/// Polls `check` until it holds or `within` passed; returns whether it held.
-async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 fn counters(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
@@ -152,7 +136,7 @@ async fn after_a_flushall_counters_come_back_from_postgres_and_new_events_add_on
         ("donation_volume_cents", 2500),
         ("storage_used", 900),
     ]);
-    let copied = eventually(Duration::from_secs(5), || async {
+    let copied = holds_within(Duration::from_secs(5), || async {
         postgres_counters(&app, "r1").await == flushed
     })
     .await;
@@ -160,7 +144,7 @@ async fn after_a_flushall_counters_come_back_from_postgres_and_new_events_add_on
     // Act: Redis loses everything.
     flushall(&app).await;
     let (_, first_read) = app.get("/api/usage/r1").await;
-    let restored = eventually(Duration::from_secs(5), || async {
+    let restored = holds_within(Duration::from_secs(5), || async {
         redis_counters(&app, "r1").await == flushed
     })
     .await;
@@ -184,7 +168,7 @@ async fn after_a_flushall_counters_come_back_from_postgres_and_new_events_add_on
         ("donation_volume_cents", 3300),
         ("storage_used", 900),
     ]);
-    let settled = eventually(Duration::from_secs(10), || async {
+    let settled = holds_within(Duration::from_secs(10), || async {
         redis_counters(&app, "r1").await == expected
     })
     .await;
@@ -228,7 +212,7 @@ async fn stream_events_arriving_before_the_restore_are_parked_then_counted_on_to
         .append_all(&[sms(2), donation_event("p1", "pi_1", 1000), donation_event("p1", "pi_2", 50)])
         .await
         .unwrap();
-    let parked = eventually(Duration::from_secs(10), || async {
+    let parked = holds_within(Duration::from_secs(10), || async {
         let n: i64 = app.redis.primary().llen(keys.usage_parked()).await.unwrap_or(0);
         n > 0
     })
@@ -239,7 +223,7 @@ async fn stream_events_arriving_before_the_restore_are_parked_then_counted_on_to
     let tick = flush(&app).await;
     let expected =
         counters(&[("sms_sent", 6), ("donation_processed", 2), ("donation_volume_cents", 1050)]);
-    let settled = eventually(Duration::from_secs(10), || async {
+    let settled = holds_within(Duration::from_secs(10), || async {
         redis_counters(&app, "p1").await == expected
     })
     .await;

@@ -33,7 +33,7 @@ async fn seq_of(app: &TestApp, event_id: &str) -> i64 {
 async fn durable_checkpoint(app: &TestApp, group: &str) -> Option<i64> {
     sqlx::query_scalar("SELECT seq FROM stream_group_checkpoints WHERE group_name = $1")
         .bind(group)
-        .fetch_optional(&app.db)
+        .fetch_optional(app.db())
         .await
         .unwrap()
 }
@@ -154,7 +154,7 @@ async fn a_higher_sequence_waits_while_a_lower_one_may_still_commit() {
     // Arrange: a transaction holds the next seq, uncommitted.
     let app = TestApp::shared(&[]).await;
     let hold = |id: String| {
-        let db = app.db.clone();
+        let db = app.db().clone();
         async move {
             let mut tx = db.begin().await.unwrap();
             sqlx::query("SELECT pg_current_xact_id()").execute(&mut *tx).await.unwrap();
@@ -196,7 +196,7 @@ async fn two_replicas_relay_every_event_once_in_ledger_order() {
     // Arrange
     let first = TestApp::shared(&[]).await;
     let second =
-        TestApp::start_on(&RedisServer::shared().url(), &first.database_url, &first.prefix, &[])
+        TestApp::start_on(&RedisServer::shared().url(), first.database_url(), &first.prefix, &[])
             .await;
 
     // Act
@@ -214,7 +214,7 @@ async fn two_replicas_relay_every_event_once_in_ledger_order() {
     assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
     let ledger_order: Vec<String> =
         sqlx::query_scalar("SELECT event_id FROM webhook_events ORDER BY seq")
-            .fetch_all(&first.db)
+            .fetch_all(first.db())
             .await
             .unwrap();
     assert_eq!(first.streamed_ids().await, ledger_order);

@@ -122,7 +122,7 @@ async fn twenty_concurrent_deliveries_of_one_event_record_and_stream_it_once() {
     let deliveries: i32 =
         sqlx::query_scalar("SELECT deliveries FROM webhook_events WHERE event_id = $1")
             .bind(&id)
-            .fetch_one(&app.db)
+            .fetch_one(app.db())
             .await
             .unwrap();
     assert_eq!(deliveries, 20);
@@ -163,7 +163,7 @@ async fn many_concurrent_distinct_deliveries_are_streamed_once_each_in_ledger_or
     }
     let ledger_order: Vec<String> =
         sqlx::query_scalar("SELECT event_id FROM webhook_events ORDER BY seq")
-            .fetch_all(&app.db)
+            .fetch_all(app.db())
             .await
             .unwrap();
     assert_eq!(app.streamed_ids().await, ledger_order);
@@ -207,8 +207,10 @@ async fn unauthentic_or_oversized_deliveries_get_a_400_naming_the_failed_check_a
         assert_eq!(answer["code"], want_code, "{name}: {answer}");
         assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{name}");
     }
-    let rows: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM webhook_events").fetch_one(&app.db).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events")
+        .fetch_one(app.db())
+        .await
+        .unwrap();
     assert_eq!(rows, 0);
     let metrics = app.metrics().await;
     assert!(metrics.contains("webhook_received_total{service=\"webhook-ingest\"} 7"), "{metrics}");
@@ -298,7 +300,7 @@ async fn a_row_postgres_refuses_fails_alone_and_is_recorded_as_unprocessable() {
     sqlx::query(
         "ALTER TABLE webhook_events ADD CONSTRAINT no_bad CHECK (customer_id <> 'cus_bad')",
     )
-    .execute(&app.db)
+    .execute(app.db())
     .await
     .unwrap();
     let bad = unique_event_id();

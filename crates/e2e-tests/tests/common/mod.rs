@@ -1,61 +1,66 @@
-//! What every cross-service test needs: a service's settings on the test's Redis, prefix and
-//! database, and an app served on a free port until it is stopped.
-#![allow(clippy::unwrap_used, dead_code)]
+//! What every cross-service test needs: each service as the shared harness starts it, on the
+//! test's Redis, key prefix and database.
+#![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::time::Duration;
-
-use platform_service::Shutdown;
-use platform_service::settings::ServiceSettings;
-use tokio::task::JoinHandle;
+use actix_web::web;
+use platform_service::{AppContext, Application};
+use platform_testing::{TestApp, TestAppBuilder, TestService};
 
 /// The admin / service token of the default settings.
 pub const ADMIN_TOKEN: &str = "dev-admin-token";
 
-/// One app serving on a free port.
-pub struct Running {
-    pub base: String,
-    pub shutdown: Shutdown,
-    pub server: JoinHandle<std::io::Result<()>>,
-}
+/// A unit type per service, implementing [`TestService`] with the service's `build`.
+macro_rules! service {
+    ($name:ident, $krate:ident, $app:ty, $database:expr, $vars:expr) => {
+        pub struct $name;
 
-impl Running {
-    /// Stops the app and waits (bounded) until it has drained.
-    pub async fn stop(self) {
-        self.shutdown.trigger();
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.server).await;
-    }
-}
+        impl TestService for $name {
+            type Settings = $krate::Settings;
+            type App = $app;
+            const DATABASE: bool = $database;
+            const VARS: &'static [(&'static str, &'static str)] = $vars;
 
-/// Serves a built app (a service's `build` result) in the background.
-macro_rules! serve {
-    ($app:expr) => {{
-        let app = $app;
-        common::Running {
-            base: format!("http://127.0.0.1:{}", app.port()),
-            shutdown: app.context().shutdown.clone(),
-            server: tokio::spawn(app.run_until_stopped()),
+            async fn build(settings: $krate::Settings) -> anyhow::Result<$app> {
+                $krate::build(settings).await
+            }
+            fn port(app: &$app) -> u16 {
+                app.port()
+            }
+            fn context(app: &$app) -> web::Data<AppContext> {
+                app.context()
+            }
+            async fn serve(app: $app) -> std::io::Result<()> {
+                app.run_until_stopped().await
+            }
         }
-    }};
+    };
 }
-pub(crate) use serve;
 
-/// Settings with port 0, one worker, the given Redis, key prefix and database, no rate limits,
-/// then `extra` on top.
-pub fn settings<S: ServiceSettings>(
+service!(CampaignApi, campaign_api, Application, true, &[]);
+service!(CheckoutApi, checkout_api, Application, true, &[]);
+// No schedule and no refresh at start: only the wiring is checked.
+service!(
+    Refresher,
+    customer_count_refresher,
+    Application,
+    false,
+    &[("APP__REFRESH__SCHEDULE_ENABLED", "false"), ("APP__REFRESH__REFRESH_WHEN_EMPTY", "false")]
+);
+service!(UsageMeter, usage_meter, usage_meter::UsageMeter, true, &[]);
+service!(WebhookIngest, webhook_ingest, Application, true, &[]);
+
+/// An app on the given Redis, key prefix and database, with one worker and no rate limits, then
+/// `extra` on top.
+pub fn app(
     redis_url: &str,
     prefix: &str,
     database_url: &str,
     extra: &[(&str, &str)],
-) -> S {
-    let mut vars = HashMap::from([
-        ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
-        ("APP__HTTP__WORKERS".to_owned(), "1".to_owned()),
-        ("APP__REDIS__URL".to_owned(), redis_url.to_owned()),
-        ("APP__REDIS__KEY_PREFIX".to_owned(), prefix.to_owned()),
-        ("APP__DATABASE__URL".to_owned(), database_url.to_owned()),
-        ("APP__RATE_LIMIT__ENABLED".to_owned(), "false".to_owned()),
-    ]);
-    vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    S::from_overrides(vars).unwrap()
+) -> TestAppBuilder {
+    TestApp::builder(prefix)
+        .redis_url(redis_url)
+        .prefix(prefix)
+        .database_url(database_url)
+        .vars(&[("APP__HTTP__WORKERS", "1"), ("APP__RATE_LIMIT__ENABLED", "false")])
+        .vars(extra)
 }

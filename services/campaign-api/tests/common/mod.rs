@@ -9,14 +9,40 @@ use std::time::Duration;
 use actix_web::web;
 use campaign_api::{Settings, build};
 use platform_redis::messages::StripeEventMessage;
-use platform_redis::streams::StreamProducer;
 use platform_redis::{RedisClients, RedisSettings, StreamName};
-use platform_service::AppContext;
-use platform_service::settings::ServiceSettings;
+use platform_service::{AppContext, Application};
+use platform_testing::{TestAppBuilder, TestService, holds_within};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 pub const TOKEN: &str = "dev-admin-token";
+
+/// campaign-api as the shared harness starts it: quick live-update, usage and consumer timings.
+pub struct CampaignApi;
+
+impl TestService for CampaignApi {
+    type Settings = Settings;
+    type App = Application;
+    const VARS: &'static [(&'static str, &'static str)] = &[
+        ("APP__LIVE__KEEP_ALIVE_SECS", "1"),
+        ("APP__LIVE__LIFECYCLE_TICK_MS", "200"),
+        ("APP__USAGE__FLUSH_INTERVAL_MS", "100"),
+        ("APP__STRIPE_EVENTS__BLOCK_MS", "200"),
+        ("APP__STRIPE_EVENTS__CLAIM_IDLE_MS", "2000"),
+    ];
+
+    async fn build(settings: Settings) -> anyhow::Result<Application> {
+        build(settings).await
+    }
+    fn port(app: &Application) -> u16 {
+        app.port()
+    }
+    fn context(app: &Application) -> web::Data<AppContext> {
+        app.context()
+    }
+    async fn serve(app: Application) -> std::io::Result<()> {
+        app.run_until_stopped().await
+    }
+}
 
 /// Where one app instance (or several sharing them) keeps its state.
 #[derive(Debug, Clone)]
@@ -40,30 +66,19 @@ impl Backends {
     pub async fn redis(&self) -> RedisClients {
         RedisClients::connect(&RedisSettings::for_url(&self.redis_url, &self.prefix)).await.unwrap()
     }
-}
 
-/// The settings every test app runs with (`APP__…` variables), `extra` winning. Each app gets a
-/// consumer name of its own, as replicas sharing a host must be configured.
-pub fn app_vars(backends: &Backends, extra: &[(&str, &str)]) -> HashMap<String, String> {
-    static REPLICAS: AtomicUsize = AtomicUsize::new(0);
-    let replica = REPLICAS.fetch_add(1, Ordering::Relaxed) + 1;
-    let mut vars = HashMap::from([
-        ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
-        ("APP__HTTP__WORKERS".to_owned(), "2".to_owned()),
-        ("APP__REDIS__URL".to_owned(), backends.redis_url.clone()),
-        ("APP__REDIS__KEY_PREFIX".to_owned(), backends.prefix.clone()),
-        ("APP__DATABASE__URL".to_owned(), backends.database_url.clone()),
-        ("APP__LIVE__KEEP_ALIVE_SECS".to_owned(), "1".to_owned()),
-        ("APP__LIVE__LIFECYCLE_TICK_MS".to_owned(), "200".to_owned()),
-        ("APP__USAGE__FLUSH_INTERVAL_MS".to_owned(), "100".to_owned()),
-        ("APP__STRIPE_EVENTS__BLOCK_MS".to_owned(), "200".to_owned()),
-        ("APP__STRIPE_EVENTS__CLAIM_IDLE_MS".to_owned(), "2000".to_owned()),
-        ("APP__STRIPE_EVENTS__CONSUMER".to_owned(), format!("test-replica-{replica}")),
-    ]);
-    for (key, value) in extra {
-        vars.insert((*key).to_owned(), (*value).to_owned());
+    /// An app on these backends, `extra` winning. Each app gets a consumer name of its own, as
+    /// replicas sharing a host must be configured.
+    pub fn app(&self, extra: &[(&str, &str)]) -> TestAppBuilder {
+        static REPLICAS: AtomicUsize = AtomicUsize::new(0);
+        let replica = REPLICAS.fetch_add(1, Ordering::Relaxed) + 1;
+        platform_testing::TestApp::builder(&self.prefix)
+            .redis_url(&self.redis_url)
+            .prefix(&self.prefix)
+            .database_url(&self.database_url)
+            .var("APP__STRIPE_EVENTS__CONSUMER", format!("test-replica-{replica}"))
+            .vars(extra)
     }
-    vars
 }
 
 /// HTTP access to one running app (in this process or a child process).
@@ -76,7 +91,7 @@ pub struct Api {
 pub struct TestApp {
     pub api: Api,
     pub context: web::Data<AppContext>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
+    app: platform_testing::TestApp,
 }
 
 impl std::ops::Deref for TestApp {
@@ -89,20 +104,13 @@ impl std::ops::Deref for TestApp {
 
 impl TestApp {
     pub async fn spawn(backends: &Backends, extra: &[(&str, &str)]) -> TestApp {
-        let settings = Settings::from_overrides(app_vars(backends, extra)).unwrap();
-        let app = build(settings).await.unwrap();
-        let api =
-            Api { base: format!("http://127.0.0.1:{}", app.port()), http: reqwest::Client::new() };
-        let context = app.context();
-        let server = tokio::spawn(app.run_until_stopped());
-        TestApp { api, context, server: Some(server) }
+        let app = backends.app(extra).spawn::<CampaignApi>().await;
+        let api = Api { base: app.base.clone(), http: app.http.clone() };
+        TestApp { api, context: app.context.clone(), app }
     }
 
-    pub async fn stop(mut self) {
-        self.context.shutdown.trigger();
-        if let Some(server) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
-        }
+    pub async fn stop(self) {
+        self.app.stop().await;
     }
 }
 
@@ -127,7 +135,7 @@ impl ProcessApp {
         platform_service::telemetry::install_crypto_provider();
         let http = reqwest::Client::new();
         let port = platform_testing::free_port().to_string();
-        let mut vars = app_vars(backends, extra);
+        let mut vars = backends.app(extra).env::<CampaignApi>().await;
         vars.insert("APP__HTTP__PORT".to_owned(), port.clone());
         vars.insert("APP__TELEMETRY__FILTER".to_owned(), "warn".to_owned());
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_campaign-api"))
@@ -138,7 +146,7 @@ impl ProcessApp {
             .spawn()
             .expect("start the campaign-api binary");
         let app = ProcessApp { api: Api { base: format!("http://127.0.0.1:{port}"), http }, child };
-        let ready = eventually(600, || async {
+        let ready = holds_within(Duration::from_secs(30), || async {
             let response = app.http.get(format!("{}/readyz", app.base)).send().await;
             response.is_ok_and(|r| r.status() == 200)
         })
@@ -244,14 +252,6 @@ pub fn donation_event(
     }
 }
 
-/// Appends Stripe events as webhook-ingest does.
-pub async fn put_on_stripe_stream(redis: &RedisClients, events: &[StripeEventMessage]) {
-    let producer = StreamProducer::new(redis, StreamName::StripeEvents, 10_000);
-    for event in events {
-        producer.append(event).await.unwrap();
-    }
-}
-
 /// Every body on the usage stream.
 pub async fn usage_events(redis: &RedisClients) -> Vec<Value> {
     use platform_redis::fred::prelude::*;
@@ -259,21 +259,6 @@ pub async fn usage_events(redis: &RedisClients) -> Vec<Value> {
     let entries: Vec<(String, HashMap<String, String>)> =
         redis.primary().xrange(&key, "-", "+", None).await.unwrap();
     entries.into_iter().map(|(_, fields)| serde_json::from_str(&fields["data"]).unwrap()).collect()
-}
-
-/// Polls `check` every 50 ms, at most `tries` times; true once it held.
-pub async fn eventually<F, Fut>(tries: usize, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..tries {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 /// Reads an SSE response until `done` says so or `max_chunks` chunks were read; returns the text.

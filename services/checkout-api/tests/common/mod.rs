@@ -2,9 +2,7 @@
 //! local fake Stripe (the real async-stripe client talks to it over loopback).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::web;
 use checkout_api::domain::payments::StripeService;
@@ -12,16 +10,53 @@ use checkout_api::domain::stripe::NoCarts;
 use checkout_api::upstream::stripe::StripeSettings;
 use checkout_api::{Settings, build};
 use platform_redis::messages::StripeEventMessage;
-use platform_redis::streams::StreamProducer;
-use platform_redis::{RedisClients, RedisSettings, StreamName};
-use platform_service::AppContext;
+use platform_redis::{RedisClients, RedisSettings};
 use platform_service::settings::ServiceSettings;
-use platform_testing::{FakeStripe, FakeStripeConfig, PostgresServer, RedisServer, unique_prefix};
+use platform_service::{AppContext, Application};
+use platform_testing::{
+    FakeStripe, FakeStripeConfig, PostgresServer, RedisServer, TestAppBuilder, TestService,
+    unique_prefix,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 pub const TOKEN: &str = "dev-admin-token";
+
+/// checkout-api as the shared harness starts it: short Stripe timings, rate limits no test trips
+/// by accident, and the demo catalog.
+pub struct Checkout;
+
+impl TestService for Checkout {
+    type Settings = Settings;
+    type App = Application;
+    const VARS: &'static [(&'static str, &'static str)] = &[
+        ("APP__STRIPE__RETRY_BACKOFF_MS", "10"),
+        ("APP__STRIPE__REQUEST_TIMEOUT_MS", "5000"),
+        ("APP__STRIPE__EVENTS__BLOCK_MS", "100"),
+        ("APP__STRIPE__EVENTS__CLAIM_IDLE_MS", "500"),
+        ("APP__RATE_LIMIT__POLICIES__PAYMENT__LIMIT", "1000"),
+        ("APP__RATE_LIMIT__POLICIES__PAYMENT__WINDOW_SECS", "60"),
+        // Tests send many requests from one IP.
+        ("APP__RATE_LIMIT__POLICIES__API__LIMIT", "100000"),
+        ("APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS", "60"),
+        // The demo catalog (tea 1250, mug 500, tee 1000, plan-basic/price_basic 1000,
+        // plan-pro/price_pro 2000): what the tests' carts and checkouts buy.
+        ("APP__DEMO__SEED", "true"),
+    ];
+
+    async fn build(settings: Settings) -> anyhow::Result<Application> {
+        build(settings).await
+    }
+    fn port(app: &Application) -> u16 {
+        app.port()
+    }
+    fn context(app: &Application) -> web::Data<AppContext> {
+        app.context()
+    }
+    async fn serve(app: Application) -> std::io::Result<()> {
+        app.run_until_stopped().await
+    }
+}
 
 /// A fake Stripe, the Redis prefix and database of one test.
 pub struct Backends {
@@ -52,49 +87,33 @@ impl Backends {
         RedisClients::connect(&RedisSettings::for_url(&self.redis_url, &self.prefix)).await.unwrap()
     }
 
-    /// The overrides that point the app at these backends, with short test timings.
-    pub fn vars(&self) -> HashMap<String, String> {
-        let vars = [
-            ("APP__HTTP__PORT", "0".to_owned()),
-            ("APP__HTTP__WORKERS", "2".to_owned()),
-            ("APP__REDIS__URL", self.redis_url.clone()),
-            ("APP__REDIS__KEY_PREFIX", self.prefix.clone()),
-            ("APP__DATABASE__URL", self.database_url.clone()),
-            ("APP__STRIPE__SECRET_KEY", self.stripe.secret_key().to_owned()),
-            ("APP__STRIPE__API_BASE_URL", self.stripe.base_url()),
-            ("APP__STRIPE__RETRY_BACKOFF_MS", "10".to_owned()),
-            ("APP__STRIPE__REQUEST_TIMEOUT_MS", "5000".to_owned()),
-            ("APP__STRIPE__EVENTS__BLOCK_MS", "100".to_owned()),
-            ("APP__STRIPE__EVENTS__CLAIM_IDLE_MS", "500".to_owned()),
-            ("APP__RATE_LIMIT__POLICIES__PAYMENT__LIMIT", "1000".to_owned()),
-            ("APP__RATE_LIMIT__POLICIES__PAYMENT__WINDOW_SECS", "60".to_owned()),
-            // Tests send many requests from one IP.
-            ("APP__RATE_LIMIT__POLICIES__API__LIMIT", "100000".to_owned()),
-            ("APP__RATE_LIMIT__POLICIES__API__WINDOW_SECS", "60".to_owned()),
-            // The demo catalog (tea 1250, mug 500, tee 1000, plan-basic/price_basic 1000,
-            // plan-pro/price_pro 2000): what the tests' carts and checkouts buy.
-            ("APP__DEMO__SEED", "true".to_owned()),
-        ];
-        vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    /// An app on these backends (apps of one test share them, as replicas do).
+    pub fn app(&self) -> TestAppBuilder {
+        platform_testing::TestApp::builder(&self.prefix)
+            .redis_url(&self.redis_url)
+            .prefix(&self.prefix)
+            .database_url(&self.database_url)
+            .var("APP__STRIPE__SECRET_KEY", self.stripe.secret_key())
+            .var("APP__STRIPE__API_BASE_URL", self.stripe.base_url())
     }
 
     /// A Stripe service of its own (same Redis prefix, same fake) for library-level calls.
     pub async fn stripe_service(&self, extra: &[(&str, &str)]) -> StripeService {
         platform_service::telemetry::install_crypto_provider();
-        let mut vars = self.vars();
-        for (key, value) in extra {
-            vars.insert((*key).to_owned(), (*value).to_owned());
-        }
+        let vars = self.app().vars(extra).env::<Checkout>().await;
         let settings: StripeSettings = Settings::from_overrides(vars).unwrap().stripe;
         StripeService::new(&settings, self.redis().await, Arc::new(NoCarts)).unwrap()
     }
 }
 
-pub struct TestApp {
-    pub base: String,
-    pub http: reqwest::Client,
-    pub context: web::Data<AppContext>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
+pub struct TestApp(platform_testing::TestApp);
+
+impl std::ops::Deref for TestApp {
+    type Target = platform_testing::TestApp;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// A response's status and JSON body (`Null` when there is none).
@@ -106,19 +125,9 @@ pub struct Reply {
 
 impl TestApp {
     pub async fn spawn(backends: &Backends, extra: &[(&str, &str)]) -> TestApp {
-        let mut vars = backends.vars();
-        for (key, value) in extra {
-            vars.insert((*key).to_owned(), (*value).to_owned());
-        }
-        let settings = Settings::from_overrides(vars).unwrap();
-        let app = build(settings).await.unwrap();
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let context = app.context();
-        let server = tokio::spawn(app.run_until_stopped());
         // Redirects are answers to assert on (the fake's pay page), not to follow.
-        let http =
-            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        TestApp { base, http, context, server: Some(server) }
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        TestApp(backends.app().vars(extra).http(http).spawn::<Checkout>().await)
     }
 
     /// Sends a request; `token` adds the admin bearer token, `cookie` a Cookie header.
@@ -251,11 +260,8 @@ impl TestApp {
         set_cookie(&reply).0
     }
 
-    pub async fn stop(mut self) {
-        self.context.shutdown.trigger();
-        if let Some(server) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
-        }
+    pub async fn stop(self) {
+        self.0.stop().await;
     }
 }
 
@@ -292,14 +298,6 @@ pub fn subscription_event(
     }
 }
 
-/// Appends Stripe events as webhook-ingest does.
-pub async fn put_on_stripe_stream(redis: &RedisClients, events: &[StripeEventMessage]) {
-    let producer = StreamProducer::new(redis, StreamName::StripeEvents, 10_000);
-    for event in events {
-        producer.append(event).await.unwrap();
-    }
-}
-
 /// A cart of `n` lines of 2 demo mugs (2 × 500 cents from the catalog).
 pub fn cart(n: usize) -> Value {
     let items: Vec<Value> = (0..n).map(|_| json!({"sku": "mug", "quantity": 2})).collect();
@@ -312,19 +310,4 @@ pub fn set_cookie(reply: &Reply) -> (String, String) {
         reply.headers.get("set-cookie").expect("a Set-Cookie header").to_str().unwrap().to_owned();
     let pair = header.split(';').next().unwrap().trim().to_owned();
     (pair, header)
-}
-
-/// Polls `check` every 100 ms, at most `tries` times; true once it held.
-pub async fn eventually<F, Fut>(tries: usize, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..tries {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }

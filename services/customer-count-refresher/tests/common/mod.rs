@@ -1,21 +1,55 @@
 //! Test support shared by the integration tests: the real app on port 0 against real Redis and the fake simPRO.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-
+use actix_web::web;
 use customer_count_refresher::{Settings, build};
 use platform_redis::{RedisClients, RedisSettings};
-use platform_service::Shutdown;
-use platform_service::settings::ServiceSettings;
-use platform_testing::FakeSimpro;
+use platform_service::{AppContext, Application};
+use platform_testing::{FakeSimpro, TestService};
 use serde_json::Value;
 
 pub const ADMIN: &str = "dev-admin-token";
 
-pub struct TestApp {
-    pub base: String,
-    pub shutdown: Shutdown,
-    pub http: reqwest::Client,
+/// The refresher as the shared harness starts it: no database, short Redis and simPRO timings.
+pub struct Refresher;
+
+impl TestService for Refresher {
+    type Settings = Settings;
+    type App = Application;
+    const DATABASE: bool = false;
+    const VARS: &'static [(&'static str, &'static str)] = &[
+        ("APP__REDIS__COMMAND_TIMEOUT_MS", "300"),
+        ("APP__RATE_LIMIT__ENABLED", "false"),
+        ("APP__REDIS__RECONNECT_MAX_DELAY_MS", "200"),
+        ("APP__SIMPRO__BACKOFF_BASE_MS", "10"),
+        ("APP__SIMPRO__BACKOFF_MAX_MS", "100"),
+        ("APP__SIMPRO__REQUEST_TIMEOUT_MS", "5000"),
+        ("APP__REFRESH__SCHEDULE_ENABLED", "false"),
+        ("APP__REFRESH__REFRESH_WHEN_EMPTY", "false"),
+    ];
+
+    async fn build(settings: Settings) -> anyhow::Result<Application> {
+        build(settings).await
+    }
+    fn port(app: &Application) -> u16 {
+        app.port()
+    }
+    fn context(app: &Application) -> web::Data<AppContext> {
+        app.context()
+    }
+    async fn serve(app: Application) -> std::io::Result<()> {
+        app.run_until_stopped().await
+    }
+}
+
+pub struct TestApp(platform_testing::TestApp);
+
+impl std::ops::Deref for TestApp {
+    type Target = platform_testing::TestApp;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl TestApp {
@@ -25,32 +59,16 @@ impl TestApp {
         fake: &FakeSimpro,
         extra: &[(&str, &str)],
     ) -> Self {
-        let mut vars = HashMap::from([
-            ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
-            ("APP__HTTP__WORKERS".to_owned(), "2".to_owned()),
-            ("APP__REDIS__URL".to_owned(), redis_url.to_owned()),
-            ("APP__REDIS__KEY_PREFIX".to_owned(), prefix.to_owned()),
-            ("APP__REDIS__COMMAND_TIMEOUT_MS".to_owned(), "300".to_owned()),
-            ("APP__REDIS__RECONNECT_MAX_DELAY_MS".to_owned(), "200".to_owned()),
-            ("APP__RATE_LIMIT__ENABLED".to_owned(), "false".to_owned()),
-            ("APP__SIMPRO__BASE_URL".to_owned(), fake.base_url()),
-            ("APP__SIMPRO__TOKEN".to_owned(), fake.token().unwrap().to_owned()),
-            ("APP__SIMPRO__COMPANY_ID".to_owned(), fake.company_id().to_string()),
-            ("APP__SIMPRO__BACKOFF_BASE_MS".to_owned(), "10".to_owned()),
-            ("APP__SIMPRO__BACKOFF_MAX_MS".to_owned(), "100".to_owned()),
-            ("APP__SIMPRO__REQUEST_TIMEOUT_MS".to_owned(), "5000".to_owned()),
-            ("APP__REFRESH__SCHEDULE_ENABLED".to_owned(), "false".to_owned()),
-            ("APP__REFRESH__REFRESH_WHEN_EMPTY".to_owned(), "false".to_owned()),
-        ]);
-        for (key, value) in extra {
-            vars.insert((*key).to_owned(), (*value).to_owned());
-        }
-        let settings = Settings::from_overrides(vars).unwrap();
-        let app = build(settings).await.unwrap();
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let shutdown = app.context().shutdown.clone();
-        tokio::spawn(app.run_until_stopped());
-        Self { base, shutdown, http: reqwest::Client::new() }
+        let app = platform_testing::TestApp::builder(prefix)
+            .redis_url(redis_url)
+            .prefix(prefix)
+            .var("APP__SIMPRO__BASE_URL", fake.base_url())
+            .var("APP__SIMPRO__TOKEN", fake.token().unwrap())
+            .var("APP__SIMPRO__COMPANY_ID", fake.company_id().to_string())
+            .vars(extra)
+            .spawn::<Refresher>()
+            .await;
+        Self(app)
     }
 
     pub async fn refresh(&self) -> (u16, Value) {
@@ -84,12 +102,6 @@ impl TestApp {
 
     pub async fn metrics(&self) -> String {
         self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap()
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
     }
 }
 

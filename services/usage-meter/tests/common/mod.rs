@@ -4,59 +4,49 @@
 
 pub mod tokens;
 
-use std::collections::HashMap;
-
-use platform_redis::{RedisClients, RedisSettings};
-use platform_service::settings::ServiceSettings;
-use platform_testing::{PostgresServer, RedisServer, unique_prefix};
-use usage_meter::{Settings, build};
+use actix_web::web;
+use platform_service::AppContext;
+use platform_testing::TestService;
+use usage_meter::{Settings, UsageMeter, build};
 
 pub const TOKEN: &str = "dev-admin-token";
 
-pub struct TestApp {
-    pub base: String,
-    pub prefix: String,
-    pub database_url: String,
-    pub redis: RedisClients,
-    pub http: reqwest::Client,
-    shutdown: platform_service::Shutdown,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+/// The usage meter as the shared harness starts it.
+pub struct Meter;
+
+impl TestService for Meter {
+    type Settings = Settings;
+    type App = UsageMeter;
+    const VARS: &'static [(&'static str, &'static str)] = &[("APP__RATE_LIMIT__ENABLED", "false")];
+
+    async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
+        build(settings).await
+    }
+    fn port(app: &UsageMeter) -> u16 {
+        app.port()
+    }
+    fn context(app: &UsageMeter) -> web::Data<AppContext> {
+        app.context()
+    }
+    async fn serve(app: UsageMeter) -> std::io::Result<()> {
+        app.run_until_stopped().await
+    }
+}
+
+pub struct TestApp(platform_testing::TestApp);
+
+impl std::ops::Deref for TestApp {
+    type Target = platform_testing::TestApp;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl TestApp {
     /// Starts the service; `extra` are `APP__…` overrides.
     pub async fn spawn(test: &str, extra: &[(&str, &str)]) -> Self {
-        let prefix = unique_prefix(test);
-        let database = PostgresServer::shared().create_database().await.unwrap();
-        let mut vars = HashMap::from([
-            ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
-            ("APP__HTTP__WORKERS".to_owned(), "2".to_owned()),
-            ("APP__REDIS__URL".to_owned(), RedisServer::shared().url()),
-            ("APP__REDIS__KEY_PREFIX".to_owned(), prefix.clone()),
-            ("APP__DATABASE__URL".to_owned(), database.url.clone()),
-            ("APP__RATE_LIMIT__ENABLED".to_owned(), "false".to_owned()),
-        ]);
-        for (k, v) in extra {
-            vars.insert((*k).to_owned(), (*v).to_owned());
-        }
-        // The test's own clients go where the service goes (`extra` may point it at a cluster).
-        let redis_url = vars["APP__REDIS__URL"].clone();
-        let settings = Settings::from_overrides(vars).unwrap();
-        let app = build(settings).await.unwrap();
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let shutdown = app.context().shutdown.clone();
-        let server = tokio::spawn(app.run_until_stopped());
-        let redis =
-            RedisClients::connect(&RedisSettings::for_url(&redis_url, &prefix)).await.unwrap();
-        Self {
-            base,
-            prefix,
-            database_url: database.url,
-            redis,
-            http: reqwest::Client::new(),
-            shutdown,
-            server,
-        }
+        Self(platform_testing::TestApp::builder(test).vars(extra).spawn::<Meter>().await)
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
@@ -90,8 +80,7 @@ impl TestApp {
 
     /// Stops the service and waits for its final flush.
     pub async fn stop(self) {
-        self.shutdown.trigger();
-        self.server.await.unwrap().unwrap();
+        self.0.stop_and_join().await.unwrap();
     }
 }
 

@@ -6,33 +6,62 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use actix_web::web;
+use platform_redis::StreamName;
 use platform_redis::fred::prelude::*;
-use platform_redis::{RedisClients, RedisSettings, StreamName};
-use platform_service::settings::ServiceSettings;
-use platform_testing::{PostgresServer, RedisServer, unique_prefix};
+use platform_service::{AppContext, Application};
+use platform_testing::{RedisServer, TestService};
 use serde_json::Value;
-use sqlx::PgPool;
 use webhook_ingest::domain::signature::sign_header;
 use webhook_ingest::{Settings, build};
 
 pub const SECRET: &str = "whsec_test_secret";
 pub const ADMIN: &str = "test-admin-token";
 
-pub struct TestApp {
-    pub base: String,
-    pub http: reqwest::Client,
-    pub redis: RedisClients,
-    pub db: PgPool,
-    pub database_url: String,
-    pub prefix: String,
-    pub shutdown: platform_service::Shutdown,
+/// webhook-ingest as the shared harness starts it: its admin token, an old and the current
+/// signing secret, and a quick relay checkpoint.
+pub struct WebhookIngest;
+
+impl TestService for WebhookIngest {
+    type Settings = Settings;
+    type App = Application;
+    const VARS: &'static [(&'static str, &'static str)] = &[
+        ("APP__AUTH__ADMIN_TOKEN", ADMIN),
+        // An old secret first, then [`SECRET`]: a signature by either is accepted.
+        ("APP__WEBHOOK__SECRETS", "whsec_old_one,whsec_test_secret"),
+        ("APP__WEBHOOK__RELAY_CHECKPOINT_MS", "200"),
+        ("APP__RATE_LIMIT__ENABLED", "false"),
+    ];
+
+    async fn build(settings: Settings) -> anyhow::Result<Application> {
+        build(settings).await
+    }
+    fn port(app: &Application) -> u16 {
+        app.port()
+    }
+    fn context(app: &Application) -> web::Data<AppContext> {
+        app.context()
+    }
+    async fn serve(app: Application) -> std::io::Result<()> {
+        app.run_until_stopped().await
+    }
+}
+
+pub struct TestApp(platform_testing::TestApp);
+
+impl std::ops::Deref for TestApp {
+    type Target = platform_testing::TestApp;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl TestApp {
     /// A service on its own database and key prefix.
     pub async fn start(redis_url: &str, extra: &[(&str, &str)]) -> Self {
-        let database = PostgresServer::shared().create_database().await.unwrap();
-        Self::start_on(redis_url, &database.url, &unique_prefix("webhook"), extra).await
+        let app = platform_testing::TestApp::builder("webhook").redis_url(redis_url).vars(extra);
+        Self(app.spawn::<WebhookIngest>().await)
     }
 
     /// A service on the given database and prefix (a second replica of another app).
@@ -42,37 +71,12 @@ impl TestApp {
         prefix: &str,
         extra: &[(&str, &str)],
     ) -> Self {
-        let mut vars = HashMap::from([
-            ("APP__HTTP__PORT".to_owned(), "0".to_owned()),
-            ("APP__HTTP__WORKERS".to_owned(), "2".to_owned()),
-            ("APP__REDIS__URL".to_owned(), redis_url.to_owned()),
-            ("APP__REDIS__KEY_PREFIX".to_owned(), prefix.to_owned()),
-            ("APP__DATABASE__URL".to_owned(), database_url.to_owned()),
-            ("APP__AUTH__ADMIN_TOKEN".to_owned(), ADMIN.to_owned()),
-            ("APP__WEBHOOK__SECRETS".to_owned(), format!("whsec_old_one,{SECRET}")),
-            ("APP__WEBHOOK__RELAY_CHECKPOINT_MS".to_owned(), "200".to_owned()),
-            ("APP__RATE_LIMIT__ENABLED".to_owned(), "false".to_owned()),
-        ]);
-        for (key, value) in extra {
-            vars.insert((*key).to_owned(), (*value).to_owned());
-        }
-        let settings = Settings::from_overrides(vars).unwrap();
-        let app = build(settings).await.unwrap();
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let shutdown = app.context().shutdown.clone();
-        tokio::spawn(app.run_until_stopped());
-        let redis =
-            RedisClients::connect(&RedisSettings::for_url(redis_url, prefix)).await.unwrap();
-        let db = PgPool::connect(database_url).await.unwrap();
-        Self {
-            base,
-            http: reqwest::Client::new(),
-            redis,
-            db,
-            database_url: database_url.to_owned(),
-            prefix: prefix.to_owned(),
-            shutdown,
-        }
+        let app = platform_testing::TestApp::builder("webhook")
+            .redis_url(redis_url)
+            .database_url(database_url)
+            .prefix(prefix)
+            .vars(extra);
+        Self(app.spawn::<WebhookIngest>().await)
     }
 
     pub async fn shared(extra: &[(&str, &str)]) -> Self {
@@ -136,7 +140,7 @@ impl TestApp {
     ) -> Option<(String, Option<String>, Option<i64>)> {
         sqlx::query_as("SELECT status, reason, seq FROM webhook_events WHERE event_id = $1")
             .bind(event_id)
-            .fetch_optional(&self.db)
+            .fetch_optional(self.db())
             .await
             .unwrap()
     }
@@ -154,12 +158,6 @@ impl TestApp {
 
     pub async fn metrics(&self) -> String {
         self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap()
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
     }
 }
 
