@@ -222,7 +222,15 @@ impl TestAppBuilder {
             None => None,
         };
         // Built after the app, which installs the TLS provider reqwest needs.
-        let http = self.http.take().unwrap_or_default().build().expect("a test HTTP client");
+        let http =
+            self.http.take().unwrap_or_else(http_client).build().expect("a test HTTP client");
         TestApp { base, http, redis, prefix, context, database, server: Some(server) }
     }
+}
+
+/// The HTTP client tests talk to apps with. Idle connections are dropped after a second, well
+/// before the server's keep-alive (5 s) closes them: otherwise a request sent just as the server
+/// closes a pooled connection fails with an incomplete message.
+pub fn http_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(1))
 }

@@ -35,7 +35,7 @@ mod serve;
 mod streams;
 mod wait;
 
-pub use app::{TestApp, TestAppBuilder, TestService};
+pub use app::{TestApp, TestAppBuilder, TestService, http_client};
 pub use fake_simpro::{FakeSimpro, FakeSimproConfig, Fault};
 pub use fake_stripe::{FakeStripe, FakeStripeConfig, StripeFault, SubscriptionState};
 pub use otlp::{OtlpReceiver, ReceivedSpan};

@@ -133,7 +133,7 @@ impl ProcessApp {
     pub async fn start(backends: &Backends, extra: &[(&str, &str)]) -> ProcessApp {
         // reqwest needs the process-wide TLS provider (an in-process app would have set it).
         platform_service::telemetry::install_crypto_provider();
-        let http = reqwest::Client::new();
+        let http = platform_testing::http_client().build().unwrap();
         let port = platform_testing::free_port().to_string();
         let mut vars = backends.app(extra).env::<CampaignApi>().await;
         vars.insert("APP__HTTP__PORT".to_owned(), port.clone());

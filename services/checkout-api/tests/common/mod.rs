@@ -126,7 +126,7 @@ pub struct Reply {
 impl TestApp {
     pub async fn spawn(backends: &Backends, extra: &[(&str, &str)]) -> TestApp {
         // Redirects are answers to assert on (the fake's pay page), not to follow.
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        let http = platform_testing::http_client().redirect(reqwest::redirect::Policy::none());
         TestApp(backends.app().vars(extra).http(http).spawn::<Checkout>().await)
     }
 
