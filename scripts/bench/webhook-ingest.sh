@@ -391,7 +391,7 @@ echo "stream length $stream_len, ledger rows to stream $ledger_received (both co
 stored_line ingest webhook-ingest || failed=1
 batch_rows() { echo "$(metric "webhook_ledger_$1_batch_rows_sum") $(metric "webhook_ledger_$1_batch_rows_count")" | awk '{printf "%.1f", $2 ? $1 / $2 : 0}'; }
 echo "ledger rows per insert statement (one commit each): $(batch_rows insert)"
-echo "relay lag (commit -> stream entry), mean: $(echo "$(metric webhook_relay_lag_seconds_sum) $(metric webhook_relay_lag_seconds_count)" | awk '{printf "%.2f ms", $2 ? $1 * 1000 / $2 : 0}')"
+echo "relay lag (commit -> stream entry), mean: $(echo "$(metric outbox_relay_lag_seconds_sum) $(metric outbox_relay_lag_seconds_count)" | awk '{printf "%.2f ms", $2 ? $1 * 1000 / $2 : 0}')"
 cpu_line ingest webhook-ingest
 health_requests="$(requests "$WORK/healthz.txt")"
 echo "$health_cpu_before $health_cpu_after" | awk -v n="$health_requests" -v hz="$(getconf CLK_TCK)" '{

@@ -86,6 +86,9 @@ pub enum StreamName {
     StripeEvents,
     /// Usage events, appended by every service, read by usage-meter.
     UsageEvents,
+    /// Organisation changes and campaign creations, relayed from campaign-api's outbox, read by
+    /// usage-meter.
+    OrganisationEvents,
 }
 
 impl StreamName {
@@ -93,6 +96,7 @@ impl StreamName {
         match self {
             StreamName::StripeEvents => "stripe-events",
             StreamName::UsageEvents => "usage-events",
+            StreamName::OrganisationEvents => "organisation-events",
         }
     }
 }
@@ -403,6 +407,7 @@ mod tests {
         let stream_slot = slot(keys.stream(StreamName::StripeEvents));
         for key in [
             keys.stream(StreamName::UsageEvents),
+            keys.stream(StreamName::OrganisationEvents),
             keys.dead_letter_stream(StreamName::StripeEvents, "campaign-api"),
             keys.dead_letter_stream(StreamName::UsageEvents, "usage-meter"),
             keys.stream_group_checkpoints(StreamName::StripeEvents),

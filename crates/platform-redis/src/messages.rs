@@ -91,6 +91,58 @@ pub struct UsageEvent {
     pub metadata: Option<serde_json::Value>,
 }
 
+/// An entry of [`crate::keys::StreamName::OrganisationEvents`], from campaign-api's outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OrganisationEvent {
+    /// An organisation was created or changed: its whole state at `version`.
+    OrganisationChanged(OrganisationState),
+    /// A campaign was created (counted once as `campaign_created` usage).
+    #[serde(rename_all = "camelCase")]
+    CampaignCreated { org_id: String, campaign_id: String, created_at: String },
+}
+
+/// One organisation as campaign-api knows it at one version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrganisationState {
+    pub org_id: String,
+    pub slug: String,
+    pub name: String,
+    /// `free`, `starter`, `growth` or `enterprise`.
+    pub tier: String,
+    /// Grows by one with every change: readers keep the highest they saw.
+    pub version: i64,
+    /// RFC 3339: when this version was written (the tier applies from then on).
+    pub changed_at: String,
+    #[serde(default)]
+    pub overrides: OrganisationOverrides,
+}
+
+/// Per-organisation exceptions to its tier.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrganisationOverrides {
+    /// Requests per minute of the `api` rate-limit policy instead of the tier's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_requests_per_minute: Option<u32>,
+    /// Metric → included quantity per month instead of the tier's.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub included: std::collections::BTreeMap<String, i64>,
+}
+
+impl OrganisationOverrides {
+    /// The metrics whose included quantity an override may set (the billed ones).
+    pub const INCLUDED_METRICS: [&'static str; 6] = [
+        "api_request",
+        "donation_processed",
+        "email_sent",
+        "sms_sent",
+        "storage_used",
+        "campaign_created",
+    ];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,3 +41,20 @@ pub fn permanent_error(error: &sqlx::Error) -> Option<String> {
         _ => None,
     }
 }
+
+/// Whether a database error means "Postgres is not reachable" rather than "this query is wrong".
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        // A server going down tells sessions it ends them (57P01 admin shutdown, 57P02 crash
+        // shutdown, 57P03 cannot connect now) or fails them as connection exceptions (08xxx):
+        // an outage, not a bug in the query.
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08"))
+        }
+        _ => false,
+    }
+}

@@ -13,6 +13,7 @@ pub mod database;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod relay;
 pub mod runner;
 pub mod settings;
 pub mod stream_metrics;

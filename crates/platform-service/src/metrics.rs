@@ -91,6 +91,22 @@ impl Metrics {
         self.registry.write().unwrap_or_else(|p| p.into_inner()).register(name, help, metric);
     }
 
+    /// Registers a metric that carries one more constant label (e.g. `stream="…"`).
+    pub fn register_labelled(
+        &self,
+        label: (&'static str, &'static str),
+        name: &str,
+        help: &str,
+        metric: impl Metric,
+    ) {
+        let label = (std::borrow::Cow::Borrowed(label.0), std::borrow::Cow::Borrowed(label.1));
+        self.registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .sub_registry_with_label(label)
+            .register(name, help, metric);
+    }
+
     /// Registers a collector, read on every scrape.
     pub fn register_collector(&self, collector: impl Collector) {
         self.registry

@@ -1,12 +1,18 @@
 //! campaign-api's settings: the shared sections, its database, and `[cache]`, `[public]`,
-//! `[usage]`, `[live]`, `[stripe_events]`, `[demo]` (defaults and comments: `config/default.toml`).
+//! `[usage]`, `[live]`, `[stripe_events]`, `[organisations]`, `[demo]` (defaults and comments: `config/default.toml`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use platform_redis::keys::StreamName;
 use platform_redis::streams::GroupSettings;
+use platform_service::relay::RelaySettings;
 use platform_service::settings::{
     CommonSettings, DatabaseSettings, ServiceSettings, SettingsError, require_positive,
 };
 use serde::Deserialize;
+
+use crate::domain::{Tier, TierLimits};
 
 /// This service's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -19,7 +25,39 @@ pub struct Settings {
     pub usage: UsageSettings,
     pub live: LiveSettings,
     pub stripe_events: GroupSettings,
+    pub organisations: OrganisationSettings,
     pub demo: DemoSettings,
+}
+
+/// `[organisations]`: tier limits enforced here and the relay of the organisation outbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganisationSettings {
+    /// Campaigns running or scheduled at once, by tier; a tier not listed has no limit.
+    pub concurrent_campaigns: BTreeMap<Tier, u32>,
+    /// Most outbox rows per relay pass.
+    pub relay_batch: usize,
+    /// How often the outbox is read when no write of this replica woke the relay.
+    pub relay_poll_ms: u64,
+    /// How often the consumer groups' checkpoints are stored.
+    pub relay_checkpoint_ms: u64,
+    /// Approximate cap (`MAXLEN ~`) of the organisation stream.
+    pub stream_max_len: usize,
+}
+
+impl OrganisationSettings {
+    pub fn limits(&self) -> TierLimits {
+        TierLimits { concurrent_campaigns: self.concurrent_campaigns.clone() }
+    }
+
+    pub fn relay(&self) -> RelaySettings {
+        RelaySettings {
+            batch: self.relay_batch,
+            poll: Duration::from_millis(self.relay_poll_ms),
+            checkpoint_every: Duration::from_millis(self.relay_checkpoint_ms),
+            stream_max_len: self.stream_max_len,
+        }
+    }
 }
 
 /// `[cache]`.
@@ -93,6 +131,10 @@ impl ServiceSettings for Settings {
             ("live.keep_alive_secs", self.live.keep_alive_secs),
             ("live.lifecycle_tick_ms", self.live.lifecycle_tick_ms),
             ("usage.flush_interval_ms", self.usage.flush_interval_ms),
+            ("organisations.relay_batch", self.organisations.relay_batch as u64),
+            ("organisations.relay_poll_ms", self.organisations.relay_poll_ms),
+            ("organisations.relay_checkpoint_ms", self.organisations.relay_checkpoint_ms),
+            ("organisations.stream_max_len", self.organisations.stream_max_len as u64),
         ])?;
         if self.stripe_events.enabled {
             self.stripe_events

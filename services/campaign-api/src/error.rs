@@ -2,6 +2,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use platform_service::database::is_unavailable;
 use platform_service::{error_response, server_error};
 
 /// Everything a request can fail with. 4xx explain themselves; 5xx are logged and opaque.
@@ -21,6 +22,10 @@ pub enum ApiError {
     SlugTaken,
     #[error("Nothing to update: the body names no field")]
     EmptyPatch,
+    #[error("The {tier} tier allows {limit} concurrent campaigns; end or disable one first")]
+    CampaignLimit { tier: String, limit: u32 },
+    #[error("This Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
     #[error("Tenant tokens are not configured here (tenant_auth.hs256_secrets is empty)")]
     TenantTokensDisabled,
     /// Postgres could not be reached (pool timeout, I/O): 503 so callers retry.
@@ -45,6 +50,8 @@ impl ApiError {
             ApiError::Invalid { .. } => "invalid_input",
             ApiError::SlugTaken => "slug_taken",
             ApiError::EmptyPatch => "empty_update",
+            ApiError::CampaignLimit { .. } => "campaign_limit_reached",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::TenantTokensDisabled => "tenant_tokens_disabled",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
@@ -62,23 +69,6 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// Whether a database error means "Postgres is not reachable" rather than "this query is wrong".
-pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_) => true,
-        // A server going down tells sessions it ends them (57P01 admin shutdown, 57P02 crash
-        // shutdown, 57P03 cannot connect now) or fails them as connection exceptions (08xxx):
-        // an outage, not a bug in the query.
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08"))
-        }
-        _ => false,
-    }
-}
-
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -89,7 +79,9 @@ impl ResponseError for ApiError {
             ApiError::OrganisationNotFound
             | ApiError::CampaignNotFound
             | ApiError::TenantTokensDisabled => StatusCode::NOT_FOUND,
-            ApiError::SlugTaken => StatusCode::CONFLICT,
+            ApiError::SlugTaken | ApiError::CampaignLimit { .. } => StatusCode::CONFLICT,
+            // As the IETF Idempotency-Key draft answers a key reused with another payload.
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -19,21 +19,26 @@ pub mod routes;
 pub mod store;
 pub mod workers;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web;
 use anyhow::Context as _;
+use platform_redis::StreamName;
 use platform_redis::cache::{Cache, CacheSettings};
 use platform_redis::pubsub::PubSub;
 use platform_redis::usage::{UsageRecorder, UsageRecorderSettings};
 use platform_service::health::fallback_status;
+use platform_service::relay::{Relay, RelayMetrics};
 use platform_service::{Application, connect_context};
 use secrecy::SecretString;
+use tokio::sync::Notify;
 
 use crate::metrics::ServiceMetrics;
 use crate::routes::State;
 use crate::store::pages::Pages;
 use crate::workers::donations::DonationHandler;
+use crate::workers::relay::OrganisationOutbox;
 
 pub use config::Settings;
 
@@ -130,6 +135,18 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         stop.clone(),
     );
 
+    let relay_wake = Arc::new(Notify::new());
+    let relay_metrics = RelayMetrics::register(&context.metrics, StreamName::OrganisationEvents);
+    let relay = Relay::new(
+        OrganisationOutbox,
+        db.clone(),
+        &redis,
+        settings.organisations.relay(),
+        relay_wake.clone(),
+        relay_metrics,
+    );
+    tokio::spawn(relay.run(stop.clone()));
+
     let state = web::Data::new(State {
         db,
         redis,
@@ -138,6 +155,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         metrics,
         keep_alive: Duration::from_secs(settings.live.keep_alive_secs),
         stop,
+        limits: settings.organisations.limits(),
+        relay_wake,
     });
     let limiter = context.rate_limiter.clone();
     let policy = settings.public.rate_limit_policy.clone();

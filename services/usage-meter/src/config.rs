@@ -1,11 +1,12 @@
 //! usage-meter's settings: the shared sections, its database, `[usage]` (the stream consumer,
-//! retention, event rules, the Postgres flush) and `[billing]` (tiers, defined with the pricing
-//! rules); defaults and comments: `config/default.toml`.
+//! retention, event rules, the Postgres flush), `[billing]` (tiers, defined with the pricing
+//! rules) and `[organisation_events]` (the organisation stream's consumer group); defaults and
+//! comments: `config/default.toml`.
 
 use std::time::Duration;
 
 use platform_redis::StreamName;
-use platform_redis::streams::{ConsumerSettings, StartFrom};
+use platform_redis::streams::{ConsumerSettings, GroupSettings, StartFrom};
 use platform_service::settings::{
     CommonSettings, DatabaseSettings, ServiceSettings, SettingsError,
 };
@@ -23,6 +24,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub usage: UsageSettings,
     pub billing: BillingSettings,
+    /// campaign-api's organisation stream: plans and `campaign_created`.
+    pub organisation_events: GroupSettings,
 }
 
 /// `[usage]`: the stream consumer, retention, event rules and the Postgres flush.
@@ -48,6 +51,8 @@ pub struct UsageSettings {
     /// Metrics whose idempotency keys are kept in Postgres with the counters, so their events
     /// redelivered after a Redis data loss are still counted once.
     pub durable_idempotency_metrics: Vec<String>,
+    /// How long a replica keeps an organisation's plan in memory for quota checks.
+    pub plan_cache_ttl_ms: u64,
 }
 
 impl UsageSettings {
@@ -117,6 +122,7 @@ impl UsageSettings {
             "usage.max_http_events",
             "must be 1..=10000",
         )?;
+        check(self.plan_cache_ttl_ms > 0, "usage.plan_cache_ttl_ms", "must be > 0")?;
         self.consumer().validate().map_err(|e| SettingsError::invalid("usage", e.to_string()))
     }
 }
@@ -134,6 +140,10 @@ impl ServiceSettings for Settings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         self.usage.validate()?;
+        self.organisation_events
+            .consumer(StreamName::OrganisationEvents)
+            .validate()
+            .map_err(|e| SettingsError::invalid("organisation_events", e.to_string()))?;
         self.billing.validate().map_err(|reason| SettingsError::invalid("billing", reason))?;
         Ok(())
     }

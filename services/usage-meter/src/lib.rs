@@ -25,16 +25,18 @@ use std::time::Duration;
 
 use actix_web::web;
 use platform_redis::StreamName;
-use platform_redis::streams::StreamConsumer;
+use platform_redis::streams::{StartFrom, StreamConsumer};
 use platform_service::{AppContext, Application, Serve, TenantAuth, connect_context};
 use secrecy::SecretString;
 use tokio::task::JoinHandle;
 
 use crate::domain::flush::Flusher;
+use crate::domain::organisations::Directory;
 use crate::metrics::UsageMetrics;
 use crate::routes::State;
 use crate::store::Fence;
 use crate::workers::consumer::UsageHandler;
+use crate::workers::organisations::OrganisationHandler;
 
 pub use config::{Settings, UsageSettings};
 
@@ -106,6 +108,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
         StreamName::UsageEvents,
         &usage.consumer_group,
     );
+    let directory = Directory::new(pool.clone(), Duration::from_millis(usage.plan_cache_ttl_ms));
     let state = web::Data::new(State {
         redis: context.redis.clone(),
         db: Some(pool.clone()),
@@ -116,10 +119,12 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
         metrics: metrics.clone(),
         fence: fence.clone(),
         flusher: Some(flusher.clone()),
+        directory: Some(directory.clone()),
     });
 
     // Bind first, so a port clash leaves no worker running.
     let redis = context.redis.clone();
+    let context_metrics = context.metrics.clone();
     let cancel = context.shutdown.token();
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
     // Organisations' external (IdP) ids are not known here yet: tokens must name the org id.
@@ -127,6 +132,31 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
     let routes = routes::configure(state.clone(), context.rate_limiter.clone(), tenant_auth);
     let app = Application::build(&settings.common.http, admin_token, context, routes)?;
 
+    let organisations_task = settings.organisation_events.enabled.then(|| {
+        let handler = OrganisationHandler {
+            db: pool.clone(),
+            directory,
+            keys: redis.keys().clone(),
+            retention: usage.retention(),
+            rules: usage.rules(),
+            fence: fence.clone(),
+        };
+        let mut consumer_settings =
+            settings.organisation_events.consumer(StreamName::OrganisationEvents);
+        // Every organisation ever published matters, not only those after the group appeared.
+        consumer_settings.start_from = StartFrom::Beginning;
+        context_metrics.register_stream_group(
+            &redis,
+            StreamName::OrganisationEvents,
+            &consumer_settings.group,
+        );
+        let consumer = StreamConsumer::new(&redis, consumer_settings, cancel.clone());
+        tokio::spawn(async move {
+            if let Err(error) = consumer.run(&handler).await {
+                tracing::error!(%error, "organisation stream consumer stopped with an error");
+            }
+        })
+    });
     let consumer_task = if usage.consumer_enabled {
         let handler = UsageHandler::new(redis.keys().clone(), usage.retention(), usage.rules())
             .with_fence(fence)
@@ -141,7 +171,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
         None
     };
     let before_final = async move {
-        if let Some(task) = consumer_task {
+        for task in [consumer_task, organisations_task].into_iter().flatten() {
             let _ = task.await;
         }
     };

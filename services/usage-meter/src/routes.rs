@@ -20,6 +20,7 @@ use sqlx::PgPool;
 
 use crate::db;
 use crate::domain::flush::Flusher;
+use crate::domain::organisations::{Directory, plan_for_month};
 use crate::domain::pricing::{BillingSettings, compute_bill};
 use crate::domain::usage::{EventRules, Month, OrgId, USAGE_FIELDS, is_usage_field, validate};
 use crate::error::{ApiError, Rejection};
@@ -40,6 +41,8 @@ pub struct State {
     pub fence: Fence,
     /// The check-restore-flush cycle (`None` without a database).
     pub flusher: Option<Flusher>,
+    /// The organisations' newest plans (`None` without a database).
+    pub directory: Option<Directory>,
 }
 
 const DASHBOARD: &str = include_str!("../static/dashboard.html");
@@ -251,10 +254,16 @@ async fn billing(
 ) -> Result<HttpResponse, ApiError> {
     let org = parse_org(&org_id)?;
     let month = parse_month(query.month.as_deref())?;
-    let (tier_key, tier) =
-        state.billing.tier_of(&org, query.tier.as_deref()).map_err(ApiError::UnknownTier)?;
+    let learned = match (&state.db, query.tier.as_deref()) {
+        (Some(db), None) => plan_for_month(db, &org, month).await?,
+        _ => None,
+    };
+    let priced = state
+        .billing
+        .price(&org, query.tier.as_deref(), learned.as_ref())
+        .map_err(ApiError::UnknownTier)?;
     let (usage, source) = load_usage(&state, &org, month).await?;
-    let bill = compute_bill(&org, month, tier_key, tier, &usage);
+    let bill = compute_bill(&org, month, &priced.tier_key, &priced.tier, &usage);
     let mut body = serde_json::to_value(&bill).unwrap_or_default();
     body["source"] = serde_json::to_value(source).unwrap_or_default();
     Ok(HttpResponse::Ok().json(body))
@@ -357,8 +366,9 @@ struct QuotaAnswer<'a> {
     tier: &'a str,
 }
 
-/// One Redis round trip (`HGET`); the limit comes from the tier settings in memory. Allowed when
-/// `used + amount <= limit`; `remaining` is what is left before this request.
+/// One Redis round trip (`HGET`); the limit comes from the organisation's plan and the tier
+/// settings in memory ([`Directory`]). Allowed when `used + amount <= limit`; `remaining` is what
+/// is left before this request.
 #[tracing::instrument(skip_all)]
 async fn quota_check(
     _admin: RequireAdmin,
@@ -372,10 +382,18 @@ async fn quota_check(
     if body.amount < 0 {
         return Err(ApiError::InvalidQuery("amount must not be negative".into()));
     }
-    let (tier_key, tier) = state.billing.tier_of(&org, None).map_err(ApiError::UnknownTier)?;
+    let learned = match &state.directory {
+        Some(directory) => directory.plan(&org).await.map_err(|error| {
+            tracing::warn!(%error, "organisation plan unavailable for a quota check");
+            ApiError::Unavailable
+        })?,
+        None => None,
+    };
+    let priced =
+        state.billing.price(&org, None, learned.as_deref()).map_err(ApiError::UnknownTier)?;
     let month = Month::current();
     let used = store::counter(&state.redis, &org, month, &body.metric).await?;
-    let limit = tier.limit(&body.metric);
+    let limit = priced.tier.limit(&body.metric);
     let allowed = limit.is_none_or(|limit| used.saturating_add(body.amount) <= limit);
     Ok(HttpResponse::Ok().json(QuotaAnswer {
         allowed,
@@ -385,7 +403,7 @@ async fn quota_check(
         org_id: org.as_str(),
         metric: &body.metric,
         month: month.to_string(),
-        tier: tier_key,
+        tier: &priced.tier_key,
     }))
 }
 

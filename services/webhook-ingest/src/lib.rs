@@ -6,7 +6,7 @@
 //! Layout: [`routes`] (HTTP edge) call [`domain`] (the signature check, a pure function, and the
 //! ingest: the event contract and the ledger insert that acknowledges a delivery), which writes
 //! through [`db`] (Postgres: the ledger, the outbox of the Stripe stream, and the group commit of
-//! its inserts); [`workers`] holds the relay that moves ledger rows onto the stream in the
+//! its inserts); [`workers`] holds the ledger as the outbox the shared relay moves onto the stream in the
 //! background; [`metrics`] registers the service's counters.
 
 pub mod config;
@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use actix_web::web;
 use anyhow::Context;
+use platform_redis::StreamName;
+use platform_service::relay::{Relay, RelayMetrics, RelaySettings};
 use platform_service::{Application, connect_context};
 use secrecy::SecretString;
 use tokio::sync::Notify;
@@ -30,7 +32,7 @@ use crate::db::batch::BatchLimits;
 use crate::domain::ingest::{AllowList, Ingest};
 use crate::metrics::WebhookMetrics;
 use crate::routes::{RouteLimit, WebhookState};
-use crate::workers::relay::{Relay, RelaySettings};
+use crate::workers::relay::Ledger;
 
 pub use config::{Settings, WebhookSettings};
 
@@ -59,7 +61,14 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         checkpoint_every: Duration::from_millis(webhook.relay_checkpoint_ms),
         stream_max_len: webhook.stream_max_len,
     };
-    let relay = Relay::new(db.clone(), &context.redis, relay_settings, relay_wake, metrics.clone());
+    let relay = Relay::new(
+        Ledger,
+        db.clone(),
+        &context.redis,
+        relay_settings,
+        relay_wake,
+        RelayMetrics::register(&context.metrics, StreamName::StripeEvents),
+    );
     tokio::spawn(relay.run(context.shutdown.token()));
     let state = web::Data::new(WebhookState {
         ingest,

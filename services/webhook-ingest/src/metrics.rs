@@ -11,7 +11,7 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
-/// Counters and histograms of the webhook route and the relay. Cheap to clone.
+/// Counters and histograms of the webhook route. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct WebhookMetrics {
     pub received: Counter,
@@ -25,14 +25,6 @@ pub struct WebhookMetrics {
     pub latency: Histogram,
     /// Rows per batched ledger insert (group commit).
     pub insert_batch_rows: Histogram,
-    /// Ledger rows appended to the stream for the first time.
-    pub relayed: Counter,
-    /// Ledger rows appended again after Redis lost them.
-    pub redriven: Counter,
-    /// Sequence gaps the relay found final and passed.
-    pub gaps_skipped: Counter,
-    /// Time from a row's commit to its stream entry.
-    pub relay_lag: Histogram,
 }
 
 impl WebhookMetrics {
@@ -50,11 +42,6 @@ impl WebhookMetrics {
             latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             // 1 .. 512 rows
             insert_batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
-            relayed: Counter::default(),
-            redriven: Counter::default(),
-            gaps_skipped: Counter::default(),
-            // 100 µs .. ~3.3 s
-            relay_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         };
         let counters = [
             ("webhook_received", "Webhook deliveries received", &this.received),
@@ -75,13 +62,6 @@ impl WebhookMetrics {
                 &this.ignored,
             ),
             ("webhook_replayed", "Events queued again by an admin", &this.replayed),
-            ("webhook_relayed", "Ledger rows appended to the Stripe stream", &this.relayed),
-            (
-                "webhook_ledger_redriven",
-                "Ledger rows appended again after Redis lost their stream entries",
-                &this.redriven,
-            ),
-            ("webhook_relay_gaps_skipped", "Ledger sequence gaps found final", &this.gaps_skipped),
         ];
         for (name, help, counter) in counters {
             metrics.register(name, help, counter.clone());
@@ -105,11 +85,6 @@ impl WebhookMetrics {
             "webhook_ledger_insert_batch_rows",
             "Ledger inserts committed together in one statement and commit (group commit)",
             this.insert_batch_rows.clone(),
-        );
-        metrics.register(
-            "webhook_relay_lag_seconds",
-            "Time from a ledger row's commit to its Stripe stream entry",
-            this.relay_lag.clone(),
         );
         this
     }

@@ -117,7 +117,9 @@ async fn after_redis_lost_everything_the_stream_is_refilled_from_the_group_check
     .await;
     let metrics = app.metrics().await;
     assert!(
-        metrics.contains("webhook_ledger_redriven_total{service=\"webhook-ingest\"} 3"),
+        metrics.contains(
+            "outbox_redriven_total{service=\"webhook-ingest\",stream=\"stripe-events\"} 3"
+        ),
         "{metrics}"
     );
 }
@@ -188,7 +190,12 @@ async fn a_higher_sequence_waits_while_a_lower_one_may_still_commit() {
     committed.commit().await.unwrap();
     app.stream_has(3).await;
     assert_eq!(app.streamed_ids().await, [after_rollback, vec![committed_id], later].concat());
-    assert!(app.metrics().await.contains("webhook_relay_gaps_skipped_total"));
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.lines().any(|line| line.starts_with("outbox_gaps_skipped_total{")
+            && line.contains(r#"stream="stripe-events""#)),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

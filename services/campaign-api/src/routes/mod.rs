@@ -7,6 +7,7 @@ pub mod admin;
 pub mod events;
 pub mod tokens;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
@@ -17,10 +18,11 @@ use platform_redis::pubsub::PubSub;
 use platform_redis::ratelimit::{RateLimit, RateLimiter};
 use platform_redis::usage::{TrackUsage, UsageOrg, UsageRecorder};
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::domain::Slug;
+use crate::domain::{Slug, TierLimits};
 use crate::error::ApiError;
 use crate::metrics::{CachedRoute, ServiceMetrics};
 use crate::store::pages::Pages;
@@ -38,6 +40,10 @@ pub struct State {
     pub metrics: ServiceMetrics,
     pub keep_alive: Duration,
     pub stop: CancellationToken,
+    /// What this service limits by tier.
+    pub limits: TierLimits,
+    /// Wakes the outbox relay after a write committed an event.
+    pub relay_wake: Arc<Notify>,
 }
 
 /// Registers the routes; `policy` is the rate-limit policy of the public routes; `usage` counts
@@ -81,6 +87,8 @@ pub fn configure(
         )
         .route("/campaigns/{orgSlug}", web::get().to(campaign_page))
         .route("/api/admin/organisations", web::post().to(admin::create_organisation))
+        .route("/api/admin/organisations/{orgSlug}", web::get().to(admin::get_organisation))
+        .route("/api/admin/organisations/{orgSlug}", web::patch().to(admin::update_organisation))
         .route(
             "/api/admin/organisations/{orgSlug}/campaigns",
             web::post().to(admin::create_campaign),

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Datelike, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use platform_redis::messages::UsageEvent;
 use serde::Serialize;
 
@@ -136,6 +136,13 @@ impl Month {
 
     pub fn current() -> Self {
         Self::of(Utc::now())
+    }
+
+    /// The first instant after the month (midnight UTC of the next month's first day).
+    pub fn end(self) -> DateTime<Utc> {
+        let (year, month) =
+            if self.month == 12 { (self.year + 1, 1) } else { (self.year, self.month + 1) };
+        Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0).single().unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 

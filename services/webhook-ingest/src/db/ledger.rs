@@ -16,6 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 
+use platform_service::relay::SNAPSHOT_COLUMNS;
+
 use crate::db::batch::BatchOp;
 
 /// Where an event stands in the ledger.
@@ -104,7 +106,7 @@ impl BatchOp for InsertBatch {
         let text =
             |f: fn(&NewRow) -> Option<&str>| -> Vec<Option<&str>> { reqs.iter().map(f).collect() };
         // One statement, one commit. The transaction must take its id before its first `seq`
-        // (the relay's gap rule, crate::workers::relay): CASE evaluates its condition before its result,
+        // (the relay's gap rule, platform_service::relay): CASE evaluates its condition before its result,
         // so `pg_current_xact_id()` assigns the id ahead of the first `nextval`.
         // `xmax = 0` is true only for a row this statement inserted (the update sets xmax).
         let rows: Vec<RecordedRow> = sqlx::query_as(
@@ -157,7 +159,7 @@ impl BatchOp for InsertBatch {
 
 /// A row the relay appends, with the snapshot it was read in.
 #[derive(Debug, Clone, FromRow)]
-pub struct OutboxRow {
+pub struct LedgerRow {
     pub seq: i64,
     pub status: String,
     pub event_id: String,
@@ -182,86 +184,16 @@ pub async fn outbox_after(
     db: &PgPool,
     after: i64,
     limit: i64,
-) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    sqlx::query_as(
+) -> Result<Vec<LedgerRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT seq, status, event_id, event_type, created, livemode, api_version, object_id,
-                customer_id, traceparent, raw, received_at,
-                pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS snapshot_xmin,
-                pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS snapshot_xmax
-         FROM webhook_events WHERE seq > $1 ORDER BY seq LIMIT $2",
-    )
+                customer_id, traceparent, raw, received_at, {SNAPSHOT_COLUMNS}
+         FROM webhook_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+    )))
     .bind(after)
     .bind(limit)
     .fetch_all(db)
     .await
-}
-
-/// The highest `seq` the ledger has handed out (0 before the first).
-pub async fn sequence_top(db: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM webhook_events_seq",
-    )
-    .fetch_one(db)
-    .await
-}
-
-/// The relay's durable position on `stream` (0 before its first append).
-pub async fn relayed_seq(db: &PgPool, stream: &str) -> Result<i64, sqlx::Error> {
-    let seq: Option<i64> =
-        sqlx::query_scalar("SELECT relayed_seq FROM stream_relay WHERE stream = $1")
-            .bind(stream)
-            .fetch_optional(db)
-            .await?;
-    Ok(seq.unwrap_or(0))
-}
-
-/// Moves the relay's durable position forward (never back). Not waited for on disk: a position a
-/// crash loses is only older, and the stream's own last id covers the difference.
-pub async fn save_relayed_seq(db: &PgPool, stream: &str, seq: i64) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-    sqlx::query(
-        "INSERT INTO stream_relay (stream, relayed_seq) VALUES ($1, $2)
-         ON CONFLICT (stream) DO UPDATE
-         SET relayed_seq = GREATEST(stream_relay.relayed_seq, EXCLUDED.relayed_seq), updated_at = now()",
-    )
-    .bind(stream)
-    .bind(seq)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
-}
-
-/// Stores the groups' checkpoints (each only moves forward) and returns every group's durable
-/// checkpoint, those Redis no longer knows included.
-pub async fn save_checkpoints(
-    db: &PgPool,
-    stream: &str,
-    groups: &[(String, i64)],
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let (names, seqs): (Vec<&str>, Vec<i64>) =
-        groups.iter().map(|(name, seq)| (name.as_str(), *seq)).unzip();
-    let mut tx = db.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-    sqlx::query(
-        "INSERT INTO stream_group_checkpoints (stream, group_name, seq)
-         SELECT $1, * FROM UNNEST($2::text[], $3::int8[])
-         ON CONFLICT (stream, group_name) DO UPDATE
-         SET seq = GREATEST(stream_group_checkpoints.seq, EXCLUDED.seq), updated_at = now()",
-    )
-    .bind(stream)
-    .bind(&names)
-    .bind(&seqs)
-    .execute(&mut *tx)
-    .await?;
-    let all = sqlx::query_as(
-        "SELECT group_name, seq FROM stream_group_checkpoints WHERE stream = $1 ORDER BY group_name",
-    )
-    .bind(stream)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(all)
 }
 
 /// Gives the event the next `seq`, so the relay appends it again (admin replay); an ignored event

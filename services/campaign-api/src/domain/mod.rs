@@ -1,5 +1,12 @@
-//! Domain types of campaign-api: validated input (slugs, new organisations, campaign writes) and
-//! the views the API returns. Parsing happens here, at the edge; nothing below sees raw input.
+//! Domain types of campaign-api: validated input (slugs, campaign writes; organisations in
+//! [`organisations`]) and the views the API returns. Parsing happens here, at the edge; nothing
+//! below sees raw input.
+
+pub mod organisations;
+
+pub use organisations::{
+    NewOrganisation, NewOrganisationRequest, Organisation, OrganisationPatch, Tier, TierLimits,
+};
 
 use chrono::{DateTime, Utc};
 use platform_redis::cache::JsonBytes;
@@ -37,83 +44,6 @@ impl Slug {
     }
 }
 
-/// Pricing tier of an organisation (usage-meter bills by it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    #[default]
-    Free,
-    Starter,
-    Growth,
-    Enterprise,
-}
-
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Free => "free",
-            Tier::Starter => "starter",
-            Tier::Growth => "growth",
-            Tier::Enterprise => "enterprise",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Result<Tier, ApiError> {
-        match raw {
-            "free" => Ok(Tier::Free),
-            "starter" => Ok(Tier::Starter),
-            "growth" => Ok(Tier::Growth),
-            "enterprise" => Ok(Tier::Enterprise),
-            _ => Err(ApiError::invalid("tier", "must be one of free, starter, growth, enterprise")),
-        }
-    }
-}
-
-/// `POST /api/admin/organisations` body, as sent.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NewOrganisationRequest {
-    pub slug: String,
-    pub name: String,
-    #[serde(default)]
-    pub tier: Option<String>,
-}
-
-/// A validated new organisation.
-#[derive(Debug, Clone)]
-pub struct NewOrganisation {
-    pub slug: Slug,
-    pub name: String,
-    pub tier: Tier,
-}
-
-impl TryFrom<NewOrganisationRequest> for NewOrganisation {
-    type Error = ApiError;
-
-    fn try_from(request: NewOrganisationRequest) -> Result<Self, ApiError> {
-        let slug = Slug::parse(&request.slug).map_err(|_| {
-            ApiError::invalid(
-                "slug",
-                "must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
-            )
-        })?;
-        let name = text("name", &request.name, 1, NAME_MAX)?;
-        let tier = request.tier.as_deref().map(Tier::parse).transpose()?.unwrap_or_default();
-        Ok(NewOrganisation { slug, name, tier })
-    }
-}
-
-/// An organisation as returned by the admin API.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct Organisation {
-    pub id: Uuid,
-    pub slug: String,
-    pub name: String,
-    pub tier: String,
-    pub created_at: DateTime<Utc>,
-}
-
 /// `POST /api/admin/organisations/{orgSlug}/campaigns` body, as sent.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -140,6 +70,19 @@ pub struct CampaignFields {
 }
 
 impl CampaignFields {
+    /// The fields as one string: an Idempotency-Key may only be reused with the same one.
+    pub fn fingerprint(&self) -> String {
+        serde_json::json!([
+            self.name,
+            self.description,
+            self.goal_cents,
+            self.starts_at,
+            self.ends_at,
+            self.disabled
+        ])
+        .to_string()
+    }
+
     /// Checks every rule that spans fields or bounds a value.
     pub fn validated(self) -> Result<CampaignFields, ApiError> {
         let name = text("name", &self.name, 1, NAME_MAX)?;
@@ -359,7 +302,12 @@ pub fn progress(raised_cents: i64, goal_cents: i64) -> f64 {
 
 /// Trims `raw` and checks its length in characters and that it has no control characters (NUL
 /// is refused by Postgres; the others break the HTML page and logs). Newlines and tabs are fine.
-fn text(field: &'static str, raw: &str, min: usize, max: usize) -> Result<String, ApiError> {
+pub(crate) fn text(
+    field: &'static str,
+    raw: &str,
+    min: usize,
+    max: usize,
+) -> Result<String, ApiError> {
     let trimmed = raw.trim();
     let length = trimmed.chars().count();
     if length < min || length > max {

@@ -1,11 +1,11 @@
-//! Postgres I/O of campaign-api: organisations, campaigns, donations. Runtime queries only.
+//! Postgres I/O of campaign-api: campaigns and donations here, organisations, campaign creation
+//! and their outbox in [`organisations`]. Runtime queries only.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::domain::{CampaignFields, CampaignRow, NewOrganisation, Organisation, Slug};
-use crate::error::ApiError;
+use crate::domain::{CampaignFields, CampaignRow, Slug};
 
 /// `SELECT` of [`CampaignRow`] from `campaigns c JOIN organisations o`, then `$rest` (a literal,
 /// so the query stays a static string).
@@ -20,6 +20,10 @@ macro_rules! select_campaigns {
     };
 }
 
+pub mod organisations;
+
+pub use organisations::{create_campaign, create_organisation, organisation, update_organisation};
+
 /// Runs the embedded migrations.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::migrate!("./migrations").run(pool).await?;
@@ -32,25 +36,6 @@ pub async fn organisation_id(pool: &PgPool, slug: &Slug) -> Result<Option<Uuid>,
         .bind(slug.as_str())
         .fetch_optional(pool)
         .await
-}
-
-/// Inserts the organisation; [`ApiError::SlugTaken`] when the slug exists.
-#[tracing::instrument(skip(pool, org), fields(slug = org.slug.as_str()))]
-pub async fn create_organisation(
-    pool: &PgPool,
-    org: &NewOrganisation,
-) -> Result<Organisation, ApiError> {
-    let created = sqlx::query_as::<_, Organisation>(
-        "INSERT INTO organisations (id, slug, name, tier) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (slug) DO NOTHING RETURNING id, slug, name, tier, created_at",
-    )
-    .bind(Uuid::new_v4())
-    .bind(org.slug.as_str())
-    .bind(&org.name)
-    .bind(org.tier.as_str())
-    .fetch_optional(pool)
-    .await?;
-    created.ok_or(ApiError::SlugTaken)
 }
 
 /// Active campaigns of an organisation, newest start first.
@@ -90,32 +75,6 @@ pub async fn campaign_org_slug(pool: &PgPool, id: Uuid) -> Result<Option<String>
     .bind(id)
     .fetch_optional(pool)
     .await
-}
-
-#[tracing::instrument(skip(pool, fields))]
-pub async fn create_campaign(
-    pool: &PgPool,
-    slug: &Slug,
-    fields: &CampaignFields,
-) -> Result<CampaignRow, ApiError> {
-    let org_id = organisation_id(pool, slug).await?.ok_or(ApiError::OrganisationNotFound)?;
-    let id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO campaigns (id, org_id, name, description, goal_cents, starts_at, ends_at, \
-           disabled, start_announced, end_announced) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $6 <= now(), $7 <= now())",
-    )
-    .bind(id)
-    .bind(org_id)
-    .bind(&fields.name)
-    .bind(&fields.description)
-    .bind(fields.goal_cents)
-    .bind(fields.starts_at)
-    .bind(fields.ends_at)
-    .bind(fields.disabled)
-    .execute(pool)
-    .await?;
-    campaign(pool, id).await?.ok_or(ApiError::CampaignNotFound)
 }
 
 /// Replaces a campaign's editable fields. A changed start or end is handed (again) to the
@@ -325,13 +284,17 @@ pub async fn record_donation(
 /// Creates the `demo` organisation and gives it a few active campaigns when it has none.
 pub async fn seed_demo(pool: &PgPool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    let created: Option<crate::domain::Organisation> = sqlx::query_as(
         "INSERT INTO organisations (id, slug, name, tier) VALUES ($1, 'demo', 'Demo Church', \
-         'starter') ON CONFLICT (slug) DO NOTHING",
+         'starter') ON CONFLICT (slug) DO NOTHING RETURNING id, slug, name, tier, \
+         api_requests_per_minute, included, version, created_at, updated_at",
     )
     .bind(Uuid::new_v4())
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    if let Some(org) = created {
+        organisations::append_event(&mut tx, &org.event()).await?;
+    }
     let org_id: Uuid = sqlx::query_scalar("SELECT id FROM organisations WHERE slug = 'demo'")
         .fetch_one(&mut *tx)
         .await?;
@@ -364,21 +327,24 @@ pub async fn seed_demo(pool: &PgPool) -> Result<(), sqlx::Error> {
             ),
         ];
         for (name, description, goal, raised, count) in campaigns {
-            sqlx::query(
+            let id = Uuid::new_v4();
+            let created_at: DateTime<Utc> = sqlx::query_scalar(
                 "INSERT INTO campaigns (id, org_id, name, description, goal_cents, raised_cents, \
                    donation_count, starts_at, ends_at, start_announced) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, now() - interval '7 days', \
-                   now() + interval '90 days', true)",
+                   now() + interval '90 days', true) RETURNING created_at",
             )
-            .bind(Uuid::new_v4())
+            .bind(id)
             .bind(org_id)
             .bind(name)
             .bind(description)
             .bind(goal)
             .bind(raised)
             .bind(count)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+            let event = organisations::campaign_created(org_id, id, created_at);
+            organisations::append_event(&mut tx, &event).await?;
         }
         tracing::info!(org_id = %org_id, "seeded the demo organisation with 3 campaigns");
     }

@@ -1,11 +1,14 @@
 //! Postgres storage: the durable monthly copy of the usage counters (`usage_monthly`), the
 //! idempotency marks of durable metrics (`usage_idempotency_marks`) and the flush sequence
-//! (`usage_flush_state`) that tells whether Redis is as new as this copy.
+//! (`usage_flush_state`) that tells whether Redis is as new as this copy; the organisations
+//! learned from campaign-api in [`organisations`].
 //!
 //! Counters only grow, so a flush keeps the larger of the stored and the new value (two
 //! replicas' flushes may commit out of order). Gauges (`storage_used`) keep the value with the
 //! later event time (`at_ms`). A flush commits only within the epoch it read in: once a restore
 //! moved the sequence to a new epoch, a copy read from Redis before the data loss is refused.
+
+pub mod organisations;
 
 use std::collections::BTreeMap;
 

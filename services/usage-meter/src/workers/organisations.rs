@@ -1,0 +1,96 @@
+//! The organisation-stream handler: stores each organisation version campaign-api published
+//! (Postgres, idempotent on the version) and counts each campaign created once as
+//! `campaign_created` (queued on the consumer's transaction like the usage stream's events, with
+//! the campaign id as idempotency key).
+
+use chrono::{DateTime, Utc};
+use platform_redis::Keys;
+use platform_redis::fred::clients::Transaction;
+use platform_redis::messages::{OrganisationEvent, UsageEvent};
+use platform_redis::streams::{HandlerError, Outcome, StreamEntry, StreamHandler};
+use platform_service::database::permanent_error;
+use sqlx::PgPool;
+
+use crate::db::organisations;
+use crate::domain::organisations::Directory;
+use crate::domain::usage::{EventRules, Metric, OrgId, validate};
+use crate::store::{self, Fence, Retention};
+
+/// Handles batches of [`OrganisationEvent`]s from
+/// [`platform_redis::StreamName::OrganisationEvents`].
+#[derive(Debug, Clone)]
+pub struct OrganisationHandler {
+    pub db: PgPool,
+    pub directory: Directory,
+    pub keys: Keys,
+    pub retention: Retention,
+    pub rules: EventRules,
+    pub fence: Fence,
+}
+
+impl StreamHandler for OrganisationHandler {
+    type Body = OrganisationEvent;
+
+    async fn handle(
+        &self,
+        batch: &[StreamEntry<OrganisationEvent>],
+        tx: &Transaction,
+    ) -> Result<Vec<Outcome>, HandlerError> {
+        let now = Utc::now();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut created = Vec::new();
+        for entry in batch {
+            let outcome = match &entry.body {
+                OrganisationEvent::OrganisationChanged(state) => {
+                    let parsed = OrgId::parse(&state.org_id).and_then(|_| {
+                        DateTime::parse_from_rfc3339(&state.changed_at)
+                            .map(|at| at.to_utc())
+                            .map_err(|e| format!("changedAt {:?}: {e}", state.changed_at))
+                    });
+                    match parsed {
+                        Err(reason) => Outcome::DeadLetter(reason),
+                        Ok(changed_at) => {
+                            match organisations::apply(&self.db, state, changed_at).await {
+                                Ok(moved) => {
+                                    if moved {
+                                        self.directory.forget(&state.org_id).await;
+                                        tracing::info!(org_id = %state.org_id, version = state.version, tier = %state.tier, "organisation plan learned");
+                                    }
+                                    Outcome::Ack
+                                }
+                                Err(error) => match permanent_error(&error) {
+                                    Some(reason) => Outcome::DeadLetter(reason),
+                                    None => {
+                                        tracing::warn!(%error, "postgres unavailable for an organisation change; retrying");
+                                        Outcome::Unavailable
+                                    }
+                                },
+                            }
+                        }
+                    }
+                }
+                OrganisationEvent::CampaignCreated { org_id, campaign_id, created_at } => {
+                    let event = UsageEvent {
+                        org_id: org_id.clone(),
+                        metric: Metric::CampaignCreated.as_str().to_owned(),
+                        value: 1,
+                        occurred_at: Some(created_at.clone()),
+                        idempotency_key: Some(format!("campaign:{campaign_id}")),
+                        metadata: Some(serde_json::json!({ "campaignId": campaign_id })),
+                    };
+                    match validate(&event, now, &self.rules) {
+                        Ok(valid) => {
+                            created.push(valid);
+                            Outcome::Ack
+                        }
+                        Err(reason) => Outcome::DeadLetter(reason),
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        let refs: Vec<_> = created.iter().collect();
+        store::queue_record(tx, &self.keys, &self.retention, &self.fence, &refs).await?;
+        Ok(outcomes)
+    }
+}
