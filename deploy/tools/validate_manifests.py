@@ -12,6 +12,14 @@
    and NetworkPolicy points at an existing Deployment; every APP__ variable is a real setting of
    its service (configkeys.py); with --expect-helm-test, a helm test hook that GETs /readyz of
    every Service.
+4. Public routing: every path of an Ingress or HTTPRoute (Exact or Prefix only) reaches at least
+   one route its backend service registers (routetable.py, read from the Rust source), never an
+   admin, internal, Redis management, /metrics, /readyz, /healthz or /api/health/redis route, and
+   not only service-token routes.
+5. Monitoring: every PrometheusRule alert has a severity label (critical|warning|info) and
+   summary, description and runbook_url annotations; every rule expression and every query of a
+   dashboard ConfigMap (label grafana_dashboard) names only metrics the services export
+   (metricnames.py, read from the Rust source); dashboards pass check_dashboard.py.
 """
 
 from __future__ import annotations
@@ -29,10 +37,17 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from configkeys import ConfigKeys  # noqa: E402
+import check_dashboard  # noqa: E402
+import metricnames  # noqa: E402
+import routetable  # noqa: E402
 
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): HERE / "schemas" / "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): HERE / "schemas" / "prometheusrule-monitoring-v1.json",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): HERE / "schemas" / "httproute-gateway-v1.json",
 }
+SEVERITIES = ("critical", "warning", "info")
+ALERT_ANNOTATIONS = ("summary", "description", "runbook_url")
 SECRET_NAME_RE = re.compile(r"(TOKEN|PASSWORD|SECRET|_KEY$|SECRETS$|DATABASE__URL$)")
 
 
@@ -232,8 +247,104 @@ def policy_check(objs, repo: Path, expect_test: bool, errors: list[str], notes: 
                 if target not in script:
                     errors.append(f"the helm test hook does not check {target}/readyz")
 
+    routing_check(objs, by_kind, repo, errors, notes)
+    monitoring_check(by_kind, repo, errors)
+
     for line in keys.stale_pending():
         notes.append(f"stale pending entry (the service has it now; delete it from deploy/tools/pending-config-keys.txt): {line}")
+
+
+def public_paths(obj) -> list[tuple[str, str, str, object]]:
+    """(path type, path, backend Service name, backend port) of every path an Ingress or an
+    HTTPRoute routes."""
+    out = []
+    spec = obj.get("spec") or {}
+    if obj["kind"] == "Ingress":
+        if spec.get("defaultBackend"):
+            out.append(("Prefix", "/", spec["defaultBackend"].get("service", {}).get("name"), None))
+        for rule in spec.get("rules") or []:
+            for p in ((rule.get("http") or {}).get("paths")) or []:
+                svc = (p.get("backend") or {}).get("service") or {}
+                port = (svc.get("port") or {}).get("name") or (svc.get("port") or {}).get("number")
+                out.append((p.get("pathType"), p.get("path", "/"), svc.get("name"), port))
+    else:
+        for rule in spec.get("rules") or []:
+            matches = rule.get("matches") or [{}]
+            for ref in rule.get("backendRefs") or []:
+                for m in matches:
+                    path = m.get("path") or {"type": "PathPrefix", "value": "/"}
+                    out.append((path.get("type", "PathPrefix"), path.get("value", "/"), ref.get("name"), ref.get("port")))
+    return out
+
+
+def routing_check(objs, by_kind, repo: Path, errors: list[str], notes: list[str]) -> None:
+    routed = by_kind.get("Ingress", []) + by_kind.get("HTTPRoute", [])
+    if not routed:
+        return
+    table = routetable.load(repo)
+    services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
+    for obj in routed:
+        where = name_of(obj)
+        for path_type, path, backend, port in public_paths(obj):
+            what = f"{where}: {path} ({path_type}) -> {backend}"
+            if path_type not in ("Exact", "Prefix", "PathPrefix"):
+                errors.append(f"{what}: path type must be Exact or Prefix/PathPrefix (what else it routes cannot be checked)")
+                continue
+            svc = services.get(backend)
+            if svc is None:
+                errors.append(f"{what}: no such Service in the rendering")
+                continue
+            ports = {p.get("name") for p in svc["spec"]["ports"]} | {p.get("port") for p in svc["spec"]["ports"]}
+            if port is not None and port not in ports:
+                errors.append(f"{what}: port {port} is not a port of the Service")
+            service = service_of(svc)
+            reached = [r for r in table.get(service, []) if routetable.reaches(path_type, path, r.pattern)]
+            forbidden = [r.pattern for r in reached if r.forbidden]
+            if forbidden:
+                errors.append(f"{what}: reaches {', '.join(forbidden)}, which must never be public "
+                              f"(admin, internal, health and metrics routes of {service})")
+            elif not reached:
+                errors.append(f"{what}: reaches no route of {service} (routes: deploy/tools/routetable.py)")
+            elif all(r.service_only for r in reached):
+                errors.append(f"{what}: reaches only service-token routes of {service}: "
+                              f"{', '.join(r.pattern for r in reached)}")
+            else:
+                covered = [r.pattern for r in reached if r.service_only]
+                if covered:
+                    notes.append(f"{what} also covers service-token routes {', '.join(covered)} (401 without the token)")
+
+
+def monitoring_check(by_kind, repo: Path, errors: list[str]) -> None:
+    rules = by_kind.get("PrometheusRule", [])
+    dashboards = [c for c in by_kind.get("ConfigMap", [])
+                  if "grafana_dashboard" in ((c.get("metadata") or {}).get("labels") or {})]
+    if not rules and not dashboards:
+        return
+    names = metricnames.load(repo)
+    routes = routetable.load(repo)
+    for obj in rules:
+        for group in (obj.get("spec") or {}).get("groups") or []:
+            for rule in group.get("rules") or []:
+                what = f"{name_of(obj)}: {group.get('name')}/{rule.get('alert') or rule.get('record')}"
+                if rule.get("alert"):
+                    severity = (rule.get("labels") or {}).get("severity")
+                    if severity not in SEVERITIES:
+                        errors.append(f"{what}: labels.severity must be one of {', '.join(SEVERITIES)} (is {severity!r})")
+                    for key in ALERT_ANNOTATIONS:
+                        if not str((rule.get("annotations") or {}).get(key) or "").strip():
+                            errors.append(f"{what}: annotation {key} is missing")
+                for problem in metricnames.check_expr(str(rule.get("expr", "")), names, routes):
+                    errors.append(f"{what}: {problem}")
+    for cm in dashboards:
+        for key, text in (cm.get("data") or {}).items():
+            if not key.endswith(".json"):
+                continue
+            try:
+                dashboard = json.loads(text)
+            except json.JSONDecodeError as e:
+                errors.append(f"{name_of(cm)}: {key} is not valid JSON: {e}")
+                continue
+            errors.extend(check_dashboard.check(dashboard, names, routes, f"{name_of(cm)}: {key}"))
 
 
 def main() -> int:

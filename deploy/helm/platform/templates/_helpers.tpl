@@ -171,3 +171,37 @@ periodSeconds: {{ .probe.periodSeconds }}
 timeoutSeconds: {{ .probe.timeoutSeconds }}
 failureThreshold: {{ .probe.failureThreshold }}
 {{- end -}}
+
+{{/* The publicRoutes of enabled services, as YAML: a list of {service, name, port, path,
+pathType, sse}. */}}
+{{- define "platform.publicRoutes" -}}
+{{- $out := list -}}
+{{- range $name, $routes := .Values.publicRoutes -}}
+{{- $svc := include "platform.settings" (dict "root" $ "name" $name) | fromYaml -}}
+{{- if $svc.enabled -}}
+{{- range $routes -}}
+{{- $out = append $out (dict "service" $name "name" (include "platform.svcFullname" (dict "root" $ "name" $name)) "port" $svc.port "path" .path "pathType" .pathType "sse" (default false .sse)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (dict "routes" $out) -}}
+{{- end -}}
+
+{{/* "true" when the Ingress or the HTTPRoute sends traffic to service .name. */}}
+{{- define "platform.routedPublicly" -}}
+{{- $v := .root.Values -}}
+{{- if and (or $v.ingress.enabled $v.httpRoute.enabled) (index $v.publicRoutes .name) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Labels of one alert: (dict "root" $ "severity" "warning") */}}
+{{- define "platform.alertLabels" -}}
+severity: {{ .severity }}
+{{- with .root.Values.prometheusRule.alertLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* runbook_url of one alert: (dict "root" $ "alert" "Name"): a heading of docs/operations.md. */}}
+{{- define "platform.runbookUrl" -}}
+{{- printf "%s#%s" .root.Values.prometheusRule.runbookUrl (lower .alert) | quote -}}
+{{- end -}}
