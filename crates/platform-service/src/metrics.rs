@@ -154,8 +154,8 @@ impl Metrics {
     }
 }
 
-/// `rate_limit_decisions_total{source}`, `rate_limit_denied_total` and
-/// `rate_limit_lease_refills_ahead_total`, from the limiter's own atomics: counting them a second
+/// `rate_limit_decisions_total{source}`, `rate_limit_denied_total`,
+/// `rate_limit_lease_refills_ahead_total` and `rate_limit_organisation_denied_total{tier}`, from the limiter's own atomics: counting them a second
 /// time in Prometheus counters would put more writes on the hottest path.
 #[derive(Debug)]
 pub struct RateLimitCollector(pub RateLimiter);
@@ -191,7 +191,17 @@ impl Collector for RateLimitCollector {
             "Leases taken in the background before the held one ran out",
             None,
             MetricType::Counter,
-        )?)
+        )?)?;
+        let mut by_tier = encoder.encode_descriptor(
+            "rate_limit_organisation_denied",
+            "Requests of known organisations refused, by the organisation's tier",
+            None,
+            MetricType::Counter,
+        )?;
+        for (tier, count) in self.0.denied_by_tier() {
+            ConstCounter::new(count).encode(by_tier.encode_family(&[("tier", tier.as_str())])?)?;
+        }
+        Ok(())
     }
 }
 

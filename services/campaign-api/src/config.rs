@@ -43,6 +43,9 @@ pub struct OrganisationSettings {
     pub relay_checkpoint_ms: u64,
     /// Approximate cap (`MAXLEN ~`) of the organisation stream.
     pub stream_max_len: usize,
+    /// How often every organisation's rate limit is reloaded from Postgres (changes in between
+    /// arrive on the organisation stream).
+    pub limits_reload_ms: u64,
 }
 
 impl OrganisationSettings {
@@ -135,6 +138,7 @@ impl ServiceSettings for Settings {
             ("organisations.relay_poll_ms", self.organisations.relay_poll_ms),
             ("organisations.relay_checkpoint_ms", self.organisations.relay_checkpoint_ms),
             ("organisations.stream_max_len", self.organisations.stream_max_len as u64),
+            ("organisations.limits_reload_ms", self.organisations.limits_reload_ms),
         ])?;
         if self.stripe_events.enabled {
             self.stripe_events

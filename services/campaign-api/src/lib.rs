@@ -146,6 +146,13 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         relay_metrics,
     );
     tokio::spawn(relay.run(stop.clone()));
+    workers::limits::spawn(
+        db.clone(),
+        redis.clone(),
+        context.rate_limiter.clone(),
+        Duration::from_millis(settings.organisations.limits_reload_ms),
+        stop.clone(),
+    );
 
     let state = web::Data::new(State {
         db,

@@ -242,13 +242,14 @@ async fn the_101st_request_in_a_minute_for_one_org_is_429_and_other_orgs_are_una
 
 #[tokio::test]
 async fn refused_requests_count_as_rate_limited_usage_of_their_organisation_not_as_api_requests() {
-    // Arrange: 3 requests per minute per organisation.
+    // Arrange: 3 requests per minute per organisation, known or not.
     let backends = Backends::new(RedisServer::shared().url(), "campaign-rl-usage").await;
     let app = TestApp::spawn(
         &backends,
         &[
             ("APP__RATE_LIMIT__POLICIES__API__LIMIT", "3"),
             ("APP__RATE_LIMIT__POLICIES__API__LEASE", "0"),
+            ("APP__RATE_LIMIT__TIERS__FREE", "3"),
         ],
     )
     .await;

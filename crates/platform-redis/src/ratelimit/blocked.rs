@@ -40,6 +40,11 @@ impl BlockedCache {
         self.until.insert(identifier.to_owned(), until);
     }
 
+    /// Forgets `identifier` (its limit changed, so its reset instant may have).
+    pub fn unblock(&mut self, identifier: &str) {
+        self.until.remove(identifier);
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.until.len()

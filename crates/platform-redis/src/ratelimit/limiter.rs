@@ -11,7 +11,8 @@ use fred::prelude::{Client, ClientLike};
 
 use super::decision::{Counters, Decision, DecisionSource, RateLimitStats, UnknownPolicy};
 use super::fallback::{FallbackState, LimiterMode};
-use super::policy::{Policy, lock};
+use super::organisations::Organisations;
+use super::policy::{Asked, Policy, lock};
 use super::script::Scripts;
 use super::settings::{PolicySettings, RateLimitSettings};
 use super::window::Outcome;
@@ -26,6 +27,7 @@ struct Inner {
     policies: HashMap<String, Arc<Policy>>,
     fallback: FallbackState,
     counters: Counters,
+    organisations: Organisations,
 }
 
 /// The rate limiter of one process. Cheap to clone (shared state behind an `Arc`).
@@ -70,6 +72,7 @@ impl RateLimiter {
                 policies,
                 fallback: FallbackState::new(settings.fallback.probe_interval_ms),
                 counters: Counters::default(),
+                organisations: Organisations::new(settings.tiers.clone()),
             }),
         })
     }
@@ -94,6 +97,29 @@ impl RateLimiter {
         self.inner.counters.snapshot()
     }
 
+    /// Records an organisation's tier and its requests-per-minute override for the
+    /// `by_organisation` policies, under the identifier those policies see (e.g. `org:<slug>`).
+    /// Takes effect on the next request; an unknown tier without an override forgets it.
+    pub fn set_organisation(&self, identifier: &str, tier: &str, per_minute: Option<u32>) {
+        if !self.inner.organisations.set(identifier, tier, per_minute) {
+            return;
+        }
+        // A denial remembered under the old limit must not outlast it.
+        for policy in self.inner.policies.values().filter(|p| p.settings.by_organisation) {
+            lock(&policy.known).blocked.unblock(identifier);
+        }
+    }
+
+    /// The tier and requests per minute of `identifier` when it is a known organisation.
+    pub fn organisation(&self, identifier: &str) -> Option<(String, u32)> {
+        self.inner.organisations.allowance(identifier)
+    }
+
+    /// Requests of known organisations refused by `by_organisation` policies, by tier.
+    pub fn denied_by_tier(&self) -> Vec<(String, u64)> {
+        self.inner.organisations.denied()
+    }
+
     /// Counts one request of `identifier` against `policy` and says whether it may proceed.
     /// Never fails because of Redis: see the module doc for the blocked cache and the fallback.
     pub async fn check(&self, policy: &str, identifier: &str) -> Result<Decision, UnknownPolicy> {
@@ -112,12 +138,22 @@ impl RateLimiter {
 
     pub(super) async fn check_policy(&self, policy: &Arc<Policy>, identifier: &str) -> Decision {
         let now = Instant::now();
-        match self.local_decision(policy, identifier, now) {
+        let limit = if policy.settings.by_organisation {
+            self.inner.organisations.limit(identifier, &policy.settings)
+        } else {
+            None
+        };
+        let limit = limit.unwrap_or(policy.settings.limit);
+        let decision = match self.local_decision(policy, identifier, limit, now) {
             Some(decision) => decision,
             // Boxed: the Redis path's future is large, and building it for every request that a
             // lease or the blocked cache answers cost more than the decision itself.
-            None => Box::pin(self.remote_decision(policy, identifier, now)).await,
+            None => Box::pin(self.remote_decision(policy, identifier, limit, now)).await,
+        };
+        if !decision.allowed && policy.settings.by_organisation {
+            self.inner.organisations.count_denied(identifier);
         }
+        decision
     }
 
     /// A decision that needs no Redis: the limiter is off, the identifier is in the blocked
@@ -126,9 +162,9 @@ impl RateLimiter {
         &self,
         policy: &Arc<Policy>,
         identifier: &str,
+        limit: u32,
         now: Instant,
     ) -> Option<Decision> {
-        let limit = policy.settings.limit;
         if !self.inner.enabled {
             return Some(Decision {
                 allowed: true,
@@ -160,7 +196,7 @@ impl RateLimiter {
             drop(known);
             self.inner.counters.lease_decisions.fetch_add(1, Ordering::Relaxed);
             if spent.refill && !self.inner.fallback.is_active() {
-                self.refill_ahead(Arc::clone(policy), identifier.to_owned());
+                self.refill_ahead(Arc::clone(policy), identifier.to_owned(), limit);
             }
             return Some(Decision {
                 allowed: true,
@@ -176,7 +212,13 @@ impl RateLimiter {
 
     /// The decision [`Self::local_decision`] could not make: a Redis script (a lease or one
     /// request), or the in-process fallback while Redis is unreachable.
-    async fn remote_decision(&self, policy: &Policy, identifier: &str, now: Instant) -> Decision {
+    async fn remote_decision(
+        &self,
+        policy: &Policy,
+        identifier: &str,
+        limit: u32,
+        now: Instant,
+    ) -> Decision {
         let now_ms = unix_ms();
         // The lease ran out or belongs to a past window: its unspent tokens go back with the
         // next grant. (A lease another request took since the check above is given back too,
@@ -190,22 +232,21 @@ impl RateLimiter {
         let client = pool.next_connected();
         if !client.is_connected() {
             self.inner.fallback.enter(&"the rate-limit connection is down");
-            return self.fallback_decision(policy, identifier, now_ms, now);
+            return self.fallback_decision(policy, identifier, limit, now_ms, now);
         }
         if self.inner.fallback.is_active() && !self.inner.fallback.claim_probe() {
-            return self.fallback_decision(policy, identifier, now_ms, now);
+            return self.fallback_decision(policy, identifier, limit, now_ms, now);
         }
+        let asked = Asked { identifier, limit, now_ms, now };
         if policy.settings.lease > 0 {
-            return self.leased_decision(client, policy, identifier, now_ms, now, give_back).await;
+            return self.leased_decision(client, policy, &asked, give_back).await;
         }
-        match self.inner.scripts.eval(client, policy, identifier, now_ms).await {
+        match self.inner.scripts.eval(client, policy, &asked).await {
             Ok(outcome) => {
                 self.inner.fallback.leave();
-                self.finish(policy, identifier, outcome, DecisionSource::Redis, now)
+                self.finish(policy, identifier, limit, outcome, DecisionSource::Redis, now)
             }
-            Err(error) => {
-                self.script_failed("rate-limit script", &error, policy, identifier, now_ms, now)
-            }
+            Err(error) => self.script_failed("rate-limit script", &error, policy, &asked),
         }
     }
 
@@ -215,24 +256,24 @@ impl RateLimiter {
         &self,
         client: &Client,
         policy: &Policy,
-        identifier: &str,
-        now_ms: u64,
-        now: Instant,
+        asked: &Asked<'_>,
         give_back: Option<(u64, u32)>,
     ) -> Decision {
+        let Asked { identifier, limit, now_ms, now } = *asked;
         let window_index = now_ms / policy.window_ms;
         // When the lease table is full, one token at a time: exact, and nothing to remember.
         let wanted = if lock(&policy.known).leases.has_room(identifier, now) {
-            policy.settings.lease
+            policy.settings.lease.min(limit)
         } else {
             1
         };
         let scripts = &self.inner.scripts;
-        match scripts.take_lease(client, policy, identifier, now_ms, wanted, give_back).await {
+        match scripts.take_lease(client, policy, asked, wanted, give_back).await {
             Ok((granted, outcome)) => {
                 self.inner.fallback.leave();
                 if granted == 0 {
-                    return self.finish(policy, identifier, outcome, DecisionSource::Redis, now);
+                    let source = DecisionSource::Redis;
+                    return self.finish(policy, identifier, limit, outcome, source, now);
                 }
                 self.inner.counters.redis_decisions.fetch_add(1, Ordering::Relaxed);
                 let reset_after = Duration::from_millis(outcome.reset_ms);
@@ -250,17 +291,14 @@ impl RateLimiter {
                 };
                 Decision {
                     allowed: true,
-                    limit: policy.settings.limit,
+                    limit,
                     remaining,
                     reset_after,
                     retry_after: None,
                     source: DecisionSource::Redis,
                 }
             }
-            Err(error) => {
-                let what = "rate-limit lease script";
-                self.script_failed(what, &error, policy, identifier, now_ms, now)
-            }
+            Err(error) => self.script_failed("rate-limit lease script", &error, policy, asked),
         }
     }
 
@@ -268,7 +306,7 @@ impl RateLimiter {
     /// ahead of need" in the module doc), on the caller's runtime: on an HTTP worker that is
     /// the worker's own connection. A failure only means the lease runs out first, and the
     /// request that finds it empty takes one itself, deciding about fallback as usual.
-    fn refill_ahead(&self, policy: Arc<Policy>, identifier: String) {
+    fn refill_ahead(&self, policy: Arc<Policy>, identifier: String, limit: u32) {
         let limiter = self.clone();
         tokio::spawn(async move {
             let now_ms = unix_ms();
@@ -277,9 +315,10 @@ impl RateLimiter {
             if !client.is_connected() {
                 return;
             }
-            let lease = policy.settings.lease;
+            let lease = policy.settings.lease.min(limit);
             let scripts = &limiter.inner.scripts;
-            match scripts.take_lease(client, &policy, &identifier, now_ms, lease, None).await {
+            let asked = Asked { identifier: &identifier, limit, now_ms, now: Instant::now() };
+            match scripts.take_lease(client, &policy, &asked, lease, None).await {
                 Ok((0, _)) => {}
                 Ok((granted, outcome)) => {
                     limiter.inner.counters.lease_refills_ahead.fetch_add(1, Ordering::Relaxed);
@@ -308,34 +347,33 @@ impl RateLimiter {
         what: &str,
         error: &RedisError,
         policy: &Policy,
-        identifier: &str,
-        now_ms: u64,
-        now: Instant,
+        asked: &Asked<'_>,
     ) -> Decision {
         if error.is_unavailable() {
             self.inner.fallback.enter(error);
         } else {
             tracing::error!(%error, policy = %policy.name, "{what} failed; deciding in process");
         }
-        self.fallback_decision(policy, identifier, now_ms, now)
+        self.fallback_decision(policy, asked.identifier, asked.limit, asked.now_ms, asked.now)
     }
 
     fn fallback_decision(
         &self,
         policy: &Policy,
         identifier: &str,
+        limit: u32,
         now_ms: u64,
         now: Instant,
     ) -> Decision {
-        let outcome =
-            lock(&policy.local).decide(identifier, policy.settings.limit, policy.window_ms, now_ms);
-        self.finish(policy, identifier, outcome, DecisionSource::Fallback, now)
+        let outcome = lock(&policy.local).decide(identifier, limit, policy.window_ms, now_ms);
+        self.finish(policy, identifier, limit, outcome, DecisionSource::Fallback, now)
     }
 
     fn finish(
         &self,
         policy: &Policy,
         identifier: &str,
+        limit: u32,
         outcome: Outcome,
         source: DecisionSource,
         now: Instant,
@@ -351,7 +389,7 @@ impl RateLimiter {
         }
         Decision {
             allowed: outcome.allowed,
-            limit: policy.settings.limit,
+            limit,
             remaining: outcome.remaining,
             reset_after,
             retry_after: (!outcome.allowed).then_some(reset_after),

@@ -37,7 +37,8 @@ const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 /// an organisation slug from the path (wrap the resource or scope, so path parameters are
 /// matched when the key is read); when the key function returns `None` the client IP is used.
 ///
-/// Every response gets `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
+/// Every response gets `X-RateLimit-Limit` (the identifier's own limit under a `by_organisation`
+/// policy), `X-RateLimit-Remaining` and `X-RateLimit-Reset`
 /// (whole seconds, rounded up). A denied request is answered `429` with `Retry-After` (seconds,
 /// rounded up) and `{"error": "Too many requests: limit of N per <window> exceeded", "code":
 /// "rate_limited"}` without reaching the service, marked [`Denied`] in its extensions. Errors returned by inner services pass through
@@ -100,18 +101,12 @@ where
             tracing::error!(policy = %self.policy, "rate-limit middleware names an unknown policy; not starting");
             return ready(Err(()));
         };
-        let message = format!(
-            "Too many requests: limit of {} per {} exceeded",
-            policy.settings.limit,
-            describe_window(policy.settings.window_secs)
-        );
         let config = Rc::new(Config {
             limiter: self.limiter.clone(),
-            limit: HeaderValue::from(policy.settings.limit),
+            window: describe_window(policy.settings.window_secs),
             policy,
             key: self.key.clone(),
             trust_x_forwarded_for: self.trust_x_forwarded_for,
-            message,
         });
         ready(middleware::wrap(service, move |req, next| {
             Box::pin(limit(Rc::clone(&config), req, next))
@@ -135,26 +130,29 @@ async fn limit<B: MessageBody>(
         next.call(req).await?.map_into_left_body()
     } else {
         let retry_after = decision.retry_after.unwrap_or(decision.reset_after);
-        let body = serde_json::json!({ "error": config.message, "code": "rate_limited" });
+        let message = format!(
+            "Too many requests: limit of {} per {} exceeded",
+            decision.limit, config.window
+        );
+        let body = serde_json::json!({ "error": message, "code": "rate_limited" });
         let mut denied = HttpResponse::TooManyRequests()
             .insert_header((RETRY_AFTER, HeaderValue::from(ceil_secs(retry_after))))
             .json(body);
         denied.extensions_mut().insert(Denied);
         req.into_response(denied).map_into_right_body()
     };
-    set_headers(response.headers_mut(), &config.limit, &decision);
+    set_headers(response.headers_mut(), &decision);
     Ok(response)
 }
 
 /// What [`RateLimit`] resolved when the worker started: one worker's copy.
 struct Config {
     limiter: RateLimiter,
-    /// `X-RateLimit-Limit`, the same on every response; this worker's own copy.
-    limit: HeaderValue,
+    /// The policy's window in words, for the 429 message.
+    window: String,
     policy: Arc<Policy>,
     key: Option<KeyFn>,
     trust_x_forwarded_for: bool,
-    message: String,
 }
 
 impl Config {
@@ -182,8 +180,8 @@ impl Config {
     }
 }
 
-fn set_headers(headers: &mut HeaderMap, limit: &HeaderValue, decision: &Decision) {
-    headers.insert(LIMIT, limit.clone());
+fn set_headers(headers: &mut HeaderMap, decision: &Decision) {
+    headers.insert(LIMIT, HeaderValue::from(decision.limit));
     headers.insert(REMAINING, HeaderValue::from(decision.remaining));
     headers.insert(RESET, HeaderValue::from(ceil_secs(decision.reset_after)));
 }

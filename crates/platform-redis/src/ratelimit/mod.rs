@@ -5,7 +5,8 @@
 //! each decision comes from), `script` (the Lua scripts it runs in Redis), `window` (the
 //! arithmetic, in Lua and in Rust, and the fallback's windows), `leases` and `blocked` (what a
 //! replica keeps in memory per identifier), `fallback` (the switch to deciding in process),
-//! `policy` (one policy's state), `decision` (answers and counters), `middleware` ([`RateLimit`]).
+//! `policy` (one policy's state), `decision` (answers and counters), `organisations` (the limits
+//! of known organisations under `by_organisation` policies), `middleware` ([`RateLimit`]).
 //!
 //! # Algorithm
 //! Sliding window by the weighted two-window approximation: time is cut into fixed windows of the
@@ -27,6 +28,13 @@
 //! ends; once none remain (and on every denial), the time until the estimate has decayed enough
 //! for one more request to pass, assuming no other request arrives meanwhile. The window index and
 //! elapsed time come from this process's wall clock, so replicas should run NTP.
+//!
+//! # Organisations (per policy, `by_organisation = true`)
+//! Such a policy's identifiers that are known organisations (the service calls
+//! [`RateLimiter::set_organisation`] with each organisation's tier and override whenever it learns
+//! them) are limited by their own allowance: the override, else `rate_limit.tiers.<tier>`, both in
+//! requests per minute and scaled to the policy's window. The lookup is in process; other
+//! identifiers keep the policy's `limit`. Everything below holds per identifier with its limit.
 //!
 //! # Leases (per policy, `lease > 0`)
 //! Exact mode (`lease = 0`, the default) costs one `EVALSHA` per allowed request. A policy with
@@ -81,6 +89,7 @@ mod fallback;
 mod leases;
 mod limiter;
 mod middleware;
+mod organisations;
 mod policy;
 mod script;
 mod settings;

@@ -2,6 +2,7 @@
 //! identifiers without Redis (blocked callers, leases, fallback windows).
 
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use super::blocked::BlockedCache;
 use super::leases::Leases;
@@ -41,6 +42,16 @@ impl Policy {
             local: Mutex::new(LocalWindows::new(limits.fallback.max_identifiers)),
         }
     }
+}
+
+/// One request as the Redis paths decide it.
+#[derive(Clone, Copy)]
+pub(super) struct Asked<'a> {
+    pub(super) identifier: &'a str,
+    /// The identifier's limit under the policy (its own when it is a known organisation).
+    pub(super) limit: u32,
+    pub(super) now_ms: u64,
+    pub(super) now: Instant,
 }
 
 /// A poisoned lock only means another thread panicked mid-update of plain counters; keep going.

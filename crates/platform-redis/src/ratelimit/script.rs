@@ -4,7 +4,7 @@
 use fred::prelude::Client;
 use fred::types::scripts::Script;
 
-use super::policy::Policy;
+use super::policy::{Asked, Policy};
 use super::window::{LEASE_LUA, Outcome, SLIDING_WINDOW_LUA};
 use crate::client::RolePool;
 use crate::error::{RedisError, Result};
@@ -44,21 +44,18 @@ impl Scripts {
     }
 
     /// One request of `identifier` decided by the exact script.
-    #[tracing::instrument(level = "debug", skip_all, fields(policy = %policy.name, identifier = %identifier))]
+    #[tracing::instrument(level = "debug", skip_all, fields(policy = %policy.name, identifier = %asked.identifier))]
     pub(super) async fn eval(
         &self,
         client: &Client,
         policy: &Policy,
-        identifier: &str,
-        now_ms: u64,
+        asked: &Asked<'_>,
     ) -> Result<Outcome> {
+        let Asked { identifier, limit, now_ms, .. } = *asked;
         let window_index = now_ms / policy.window_ms;
         let keys = self.window_keys(policy, identifier, window_index);
-        let args = vec![
-            i64::from(policy.settings.limit),
-            to_i64(policy.window_ms),
-            to_i64(now_ms % policy.window_ms),
-        ];
+        let args =
+            vec![i64::from(limit), to_i64(policy.window_ms), to_i64(now_ms % policy.window_ms)];
         let reply = self.run_script(client, &self.script, keys, args).await?;
         match reply.as_slice() {
             [allowed, _limit, remaining, reset] => Ok(Outcome {
@@ -72,16 +69,16 @@ impl Scripts {
 
     /// Up to `wanted` tokens of `identifier` from the leasing script, after giving back
     /// `give_back` (the window index and unspent tokens of this replica's previous lease).
-    #[tracing::instrument(level = "debug", skip_all, fields(policy = %policy.name, identifier = %identifier))]
+    #[tracing::instrument(level = "debug", skip_all, fields(policy = %policy.name, identifier = %asked.identifier))]
     pub(super) async fn take_lease(
         &self,
         client: &Client,
         policy: &Policy,
-        identifier: &str,
-        now_ms: u64,
+        asked: &Asked<'_>,
         wanted: u32,
         give_back: Option<(u64, u32)>,
     ) -> Result<(u32, Outcome)> {
+        let Asked { identifier, limit, now_ms, .. } = *asked;
         let window_index = now_ms / policy.window_ms;
         let keys = self.window_keys(policy, identifier, window_index);
         // Tokens go back to the window they were counted in, if it is still one of the two.
@@ -91,7 +88,7 @@ impl Scripts {
             _ => (0, 0),
         };
         let args = vec![
-            i64::from(policy.settings.limit),
+            i64::from(limit),
             to_i64(policy.window_ms),
             to_i64(now_ms % policy.window_ms),
             i64::from(wanted.max(1)),

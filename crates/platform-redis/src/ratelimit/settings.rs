@@ -1,7 +1,7 @@
 //! Rate-limit settings: named policies ([`PolicySettings`], the [`DEFAULT_POLICIES`]), the
 //! `[rate_limit]` section ([`RateLimitSettings`]) and its validation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,9 @@ use crate::error::{RedisError, Result};
 
 /// Largest accepted `limit`; with [`MAX_WINDOW_SECS`] it keeps the script's arithmetic exact.
 pub const MAX_LIMIT: u32 = 1_000_000;
+/// Largest accepted requests per minute of a tier or an organisation's override: `MAX_LIMIT` per
+/// second (a policy's limit is still capped at `MAX_LIMIT`).
+pub const MAX_PER_MINUTE: u32 = MAX_LIMIT * 60;
 /// Largest accepted `window_secs` (30 days).
 pub const MAX_WINDOW_SECS: u64 = 30 * 24 * 3600;
 
@@ -25,12 +28,17 @@ pub struct PolicySettings {
     /// round trip per request). See the module doc for the bound.
     #[serde(default)]
     pub lease: u32,
+    /// The limit of an identifier that is a known organisation comes from its tier
+    /// ([`RateLimitSettings::tiers`]) or its own override instead of `limit` (see
+    /// [`super::RateLimiter::set_organisation`]); other identifiers keep `limit`.
+    #[serde(default)]
+    pub by_organisation: bool,
 }
 
 impl PolicySettings {
     /// `limit` requests per `window_secs`, exact (no lease).
     pub const fn new(limit: u32, window_secs: u64) -> Self {
-        Self { limit, window_secs, lease: 0 }
+        Self { limit, window_secs, lease: 0, by_organisation: false }
     }
 
     /// The same policy spending leases of up to `lease` tokens (0 = exact).
@@ -104,6 +112,10 @@ pub struct RateLimitSettings {
     /// Replicas expected to share the limits: a lease takes at most `room / expected_replicas`.
     #[serde(default = "default_expected_replicas")]
     pub expected_replicas: u32,
+    /// Requests per minute by organisation tier, for `by_organisation` policies (scaled to the
+    /// policy's window).
+    #[serde(default)]
+    pub tiers: BTreeMap<String, u32>,
 }
 
 fn default_enabled() -> bool {
@@ -135,6 +147,7 @@ impl Default for RateLimitSettings {
             trust_x_forwarded_for: false,
             lease_max_age_ms: default_lease_max_age_ms(),
             expected_replicas: default_expected_replicas(),
+            tiers: BTreeMap::new(),
         }
     }
 }
@@ -175,6 +188,13 @@ impl RateLimitSettings {
                 return Err(RedisError::Config(format!(
                     "rate_limit.policies.{name}.lease must be at most its limit {} (got {})",
                     policy.limit, policy.lease
+                )));
+            }
+        }
+        for (tier, per_minute) in &self.tiers {
+            if *per_minute == 0 || *per_minute > MAX_PER_MINUTE {
+                return Err(RedisError::Config(format!(
+                    "rate_limit.tiers.{tier} must be between 1 and {MAX_PER_MINUTE} (got {per_minute})"
                 )));
             }
         }

@@ -3,7 +3,8 @@
 //!
 //! Layout: [`producer`] appends, [`settings`] says how a group is read, [`handler`] is the
 //! contract of the code that processes entries, [`consumer`] is the worker, [`lag`] reads a
-//! group's backlog for metrics, and `wire` decodes Redis replies.
+//! group's backlog for metrics, [`tail`] follows a stream without a group (every reader sees
+//! every entry), and `wire` decodes Redis replies.
 //!
 //! # Entries
 //! Every entry has the fields `v` (message version, [`crate::messages::MESSAGE_VERSION`]),
@@ -116,6 +117,7 @@ pub mod handler;
 pub mod lag;
 pub mod producer;
 pub mod settings;
+pub mod tail;
 mod wire;
 
 pub use consumer::{ConsumerStats, StreamConsumer};
@@ -123,6 +125,7 @@ pub use handler::{HandlerError, Outcome, StreamEntry, StreamHandler};
 pub use lag::{GroupLag, group_lag};
 pub use producer::{StreamProducer, encode_entry};
 pub use settings::{ConsumerSettings, GroupSettings, StartFrom};
+pub use tail::StreamTail;
 
 pub(crate) const FIELD_VERSION: &str = "v";
 pub(crate) const FIELD_TRACEPARENT: &str = "traceparent";

@@ -47,6 +47,18 @@ pub async fn organisation(pool: &PgPool, slug: &Slug) -> Result<Option<Organisat
     .await
 }
 
+/// Every organisation's slug, tier and requests-per-minute override (the rate limiter's view).
+pub async fn limits(pool: &PgPool) -> Result<Vec<(String, String, Option<u32>)>, sqlx::Error> {
+    let rows: Vec<(String, String, Option<i32>)> =
+        sqlx::query_as("SELECT slug, tier, api_requests_per_minute FROM organisations")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(slug, tier, rate)| (slug, tier, rate.and_then(|r| u32::try_from(r).ok())))
+        .collect())
+}
+
 /// Inserts the organisation and its event; [`ApiError::SlugTaken`] when the slug exists.
 #[tracing::instrument(skip(pool, org), fields(slug = org.slug.as_str()))]
 pub async fn create_organisation(

@@ -58,7 +58,7 @@ pub fn configure(
     // Per organisation: the slug from the path is the identifier (the middleware wraps the
     // resource, so the path is matched when it reads it).
     let per_org = RateLimit::new(limiter.clone(), policy)
-        .with_key(|req| req.match_info().get("orgSlug").map(|slug| ["org:", slug].concat()));
+        .with_key(|req| req.match_info().get("orgSlug").map(crate::workers::limits::identifier));
     // Counted in memory, billed to the organisation id the handler found in the cached page
     // (unknown slugs carry none, so they are not metered). Refused requests never reach the
     // handler: they count as `rate_limited` for the organisation this replica has cached.
