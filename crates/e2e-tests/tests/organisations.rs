@@ -2,7 +2,8 @@
 //! stream: bills and quota checks follow the tier campaign-api holds, with no usage-meter
 //! configuration, once per version, across a usage-meter restart on a flushed Redis; and every
 //! campaign created is counted once as `campaign_created`, with the free tier's concurrent
-//! campaign limit enforced at creation. Both services run in this process on one private Redis.
+//! campaign limit enforced at creation, and the count of campaigns running reaches usage-meter's
+//! usage read. Both services run in this process on one private Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -231,21 +232,37 @@ async fn each_campaign_created_is_counted_once_and_a_free_organisations_third_is
     let second = create(None, campaign("Organ")).await;
     let third = create(None, campaign("Bells")).await;
     let reused = create(Some("roof-2026"), campaign("Steeple")).await;
+    // (campaign_created this month, campaigns running now) as usage-meter reads them.
     let counted = |org_id: String| {
         let url = format!("{}/api/usage/{org_id}", usage.base);
         let request = stack.http.get(url).bearer_auth(ADMIN_TOKEN);
         async move {
             let body: Value = request.send().await.unwrap().json().await.unwrap();
-            body["usage"]["campaign_created"].as_i64()
+            (body["usage"]["campaign_created"].as_i64(), body["activeCampaigns"].as_i64())
         }
     };
-    eventually("usage-meter counts the campaigns created", || async {
-        counted(org_id.clone()).await == Some(2)
+    eventually("usage-meter counts the campaigns created and running", || async {
+        counted(org_id.clone()).await == (Some(2), Some(2))
     })
     .await;
-    let stays_two =
-        holds_within(Duration::from_secs(1), || async { counted(org_id.clone()).await == Some(2) })
-            .await;
+    let stays_two = holds_within(Duration::from_secs(1), || async {
+        counted(org_id.clone()).await == (Some(2), Some(2))
+    })
+    .await;
+    // Deleting one leaves one running.
+    let first_id = first.2["id"].as_str().unwrap().to_owned();
+    let deleted = stack
+        .http
+        .delete(format!("{}/api/admin/campaigns/{first_id}", campaign_api.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    eventually("usage-meter follows the deletion", || async {
+        counted(org_id.clone()).await == (Some(2), Some(1))
+    })
+    .await;
     usage.stop().await;
     campaign_api.stop().await;
 

@@ -100,6 +100,10 @@ pub enum OrganisationEvent {
     /// A campaign was created (counted once as `campaign_created` usage).
     #[serde(rename_all = "camelCase")]
     CampaignCreated { org_id: String, campaign_id: String, created_at: String },
+    /// The organisation's campaigns running now (started, not ended, disabled or deleted), as
+    /// counted at `at` (RFC 3339) after a change that may have moved it; the latest `at` wins.
+    #[serde(rename_all = "camelCase")]
+    ActiveCampaigns { org_id: String, count: i64, at: String },
 }
 
 /// One organisation as campaign-api knows it at one version.

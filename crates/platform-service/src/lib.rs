@@ -1,8 +1,9 @@
 //! Service plumbing shared by the five binaries: configuration, telemetry, the JSON error
 //! contract, health / readiness / metrics routes (with the scrape-time metrics of the stream
 //! consumer groups, `stream_metrics`), the admin bearer-token guard, tenant tokens, the HTTP edge
-//! (body deadline, CORS), the `Application` that binds, serves and shuts down gracefully, and the
-//! `run` every `main` calls.
+//! (body deadline, CORS), the `Application` that binds, serves and shuts down gracefully, the
+//! `run` every `main` calls, and the outbox relay (`relay`) of the services that publish from
+//! Postgres.
 
 pub mod app;
 pub mod auth;

@@ -1,10 +1,12 @@
-//! campaign-api: public campaign pages from a two-tier cache, admin writes, live donation updates.
+//! campaign-api: public campaign pages from a two-tier cache, admin writes, live donation updates,
+//! and the organisations (tier, overrides) it publishes from its outbox.
 //!
 //! `main.rs` loads [`Settings`], starts telemetry and runs the [`Application`] that [`build`]
 //! returns; tests call [`build`] with port 0 and real Redis and Postgres.
 //!
 //! Layout: `routes` (HTTP: public reads, SSE, admin writes, tenant tokens) and `workers` (the
-//! Stripe donation consumer, the lifecycle ticker, the retry of owed invalidations) call `store`
+//! Stripe donation consumer, the lifecycle ticker, the retry of owed invalidations, the outbox as
+//! the shared relay reads it, the organisations' rate limits) call `store`
 //! (Redis: the cached page reads and their invalidation, the `campaign_ended` update) and `db`
 //! (Postgres: organisations, campaigns, donations), all of them speaking the types of `domain`
 //! (validated input, the views); `metrics` holds the service's counters; `api_request` usage is
@@ -46,7 +48,8 @@ pub use config::Settings;
 pub const SERVICE: &str = "campaign-api";
 
 /// Connects the dependencies, migrates, starts the background workers (invalidation listener,
-/// Stripe consumer, usage flusher, lifecycle ticker) and binds the HTTP server (not yet serving).
+/// Stripe consumer, usage flusher, lifecycle ticker, outbox relay, organisation limits) and binds
+/// the HTTP server (not yet serving).
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let mut context = connect_context(SERVICE, &settings.common, Some(&settings.database)).await?;
     let db = context.db.clone().context("campaign-api needs a database")?;

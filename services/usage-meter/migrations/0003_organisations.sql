@@ -10,7 +10,10 @@ CREATE TABLE organisations (
     included                jsonb       NOT NULL DEFAULT '{}'::jsonb,
     version                 bigint      NOT NULL,
     changed_at              timestamptz NOT NULL,
-    learned_at              timestamptz NOT NULL DEFAULT now()
+    learned_at              timestamptz NOT NULL DEFAULT now(),
+    -- Campaigns running now, as campaign-api last counted them (at active_campaigns_at).
+    active_campaigns        bigint,
+    active_campaigns_at     timestamptz
 );
 
 CREATE TABLE organisation_versions (

@@ -237,10 +237,22 @@ async fn usage(
     let org = parse_org(&org_id)?;
     let month = parse_month(query.month.as_deref())?;
     let (usage, source) = load_usage(&state, &org, month).await?;
+    // Campaigns running now (not per month), as campaign-api last published the count.
+    // Usage reads work without Postgres: the count is then left out.
+    let active_campaigns = match &state.db {
+        Some(db) => {
+            db::organisations::active_campaigns(db, org.as_str()).await.unwrap_or_else(|error| {
+                tracing::warn!(%error, "postgres unavailable for the active campaign count");
+                None
+            })
+        }
+        None => None,
+    };
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "orgId": org,
         "month": month.to_string(),
         "usage": usage,
+        "activeCampaigns": active_campaigns,
         "source": source,
     })))
 }

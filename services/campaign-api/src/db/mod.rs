@@ -85,12 +85,13 @@ pub async fn update_campaign(
     id: Uuid,
     fields: &CampaignFields,
 ) -> Result<Option<CampaignRow>, sqlx::Error> {
-    let updated = sqlx::query(
+    let mut tx = pool.begin().await?;
+    let org_id: Option<Uuid> = sqlx::query_scalar(
         "UPDATE campaigns SET name = $2, description = $3, goal_cents = $4, \
            start_announced = CASE WHEN starts_at = $5 THEN start_announced ELSE $5 <= now() END, \
            end_announced = CASE WHEN ends_at = $6 THEN end_announced ELSE $6 <= now() END, \
            starts_at = $5, ends_at = $6, disabled = $7, updated_at = now() \
-         WHERE id = $1 AND deleted_at IS NULL",
+         WHERE id = $1 AND deleted_at IS NULL RETURNING org_id",
     )
     .bind(id)
     .bind(&fields.name)
@@ -99,53 +100,74 @@ pub async fn update_campaign(
     .bind(fields.starts_at)
     .bind(fields.ends_at)
     .bind(fields.disabled)
-    .execute(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(None);
-    }
+    let Some(org_id) = org_id else { return Ok(None) };
+    organisations::append_active_count(&mut tx, org_id).await?;
+    tx.commit().await?;
     campaign(pool, id).await
 }
 
 /// Soft-deletes a campaign; returns its organisation's slug, or `None` when it did not exist.
 #[tracing::instrument(skip(pool))]
 pub async fn delete_campaign(pool: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
+    let mut tx = pool.begin().await?;
+    let deleted: Option<(String, Uuid)> = sqlx::query_as(
         "UPDATE campaigns c SET deleted_at = now(), updated_at = now() FROM organisations o \
-         WHERE c.id = $1 AND c.deleted_at IS NULL AND o.id = c.org_id RETURNING o.slug",
+         WHERE c.id = $1 AND c.deleted_at IS NULL AND o.id = c.org_id RETURNING o.slug, o.id",
     )
     .bind(id)
-    .fetch_optional(pool)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((slug, org_id)) = deleted else { return Ok(None) };
+    organisations::append_active_count(&mut tx, org_id).await?;
+    tx.commit().await?;
+    Ok(Some(slug))
 }
 
 /// A campaign start or end the lifecycle ticker claimed.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Transition {
     pub id: Uuid,
+    pub org_id: Uuid,
     pub org_slug: String,
 }
 
 /// Claims campaigns that started since the last tick (each once, across replicas).
 pub async fn claim_started(pool: &PgPool) -> Result<Vec<Transition>, sqlx::Error> {
-    sqlx::query_as::<_, Transition>(
+    claim(
+        pool,
         "UPDATE campaigns c SET start_announced = true FROM organisations o \
          WHERE NOT c.start_announced AND c.starts_at <= now() AND o.id = c.org_id \
-         RETURNING c.id, o.slug AS org_slug",
+         RETURNING c.id, c.org_id, o.slug AS org_slug",
     )
-    .fetch_all(pool)
     .await
 }
 
 /// Claims campaigns that ended since the last tick (each once, across replicas).
 pub async fn claim_ended(pool: &PgPool) -> Result<Vec<Transition>, sqlx::Error> {
-    sqlx::query_as::<_, Transition>(
+    claim(
+        pool,
         "UPDATE campaigns c SET end_announced = true FROM organisations o \
          WHERE NOT c.end_announced AND c.ends_at <= now() AND o.id = c.org_id \
-         RETURNING c.id, o.slug AS org_slug",
+         RETURNING c.id, c.org_id, o.slug AS org_slug",
     )
-    .fetch_all(pool)
     .await
+}
+
+/// Runs one claim and publishes each affected organisation's new count of running campaigns in
+/// the same transaction.
+async fn claim(pool: &PgPool, query: &'static str) -> Result<Vec<Transition>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let claimed: Vec<Transition> = sqlx::query_as(query).fetch_all(&mut *tx).await?;
+    let mut orgs: Vec<Uuid> = claimed.iter().map(|t| t.org_id).collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    for org_id in orgs {
+        organisations::append_active_count(&mut tx, org_id).await?;
+    }
+    tx.commit().await?;
+    Ok(claimed)
 }
 
 /// A donation as recorded (on its first delivery, or as found on a redelivery).
@@ -346,6 +368,7 @@ pub async fn seed_demo(pool: &PgPool) -> Result<(), sqlx::Error> {
             let event = organisations::campaign_created(org_id, id, created_at);
             organisations::append_event(&mut tx, &event).await?;
         }
+        organisations::append_active_count(&mut tx, org_id).await?;
         tracing::info!(org_id = %org_id, "seeded the demo organisation with 3 campaigns");
     }
     tx.commit().await

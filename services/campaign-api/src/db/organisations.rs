@@ -36,6 +36,32 @@ pub(crate) async fn append_event(
     Ok(())
 }
 
+/// Appends the organisation's count of running campaigns, under its row lock so counts of
+/// concurrent changes are appended in the order they were taken.
+pub(crate) async fn append_active_count(
+    tx: &mut PgConnection,
+    org_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM organisations WHERE id = $1 FOR UPDATE")
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
+    let (count, at): (i64, chrono::DateTime<Utc>) = sqlx::query_as(
+        "SELECT count(*), clock_timestamp() FROM campaigns
+         WHERE org_id = $1 AND deleted_at IS NULL AND NOT disabled
+           AND starts_at <= now() AND ends_at > now()",
+    )
+    .bind(org_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let event = OrganisationEvent::ActiveCampaigns {
+        org_id: org_id.to_string(),
+        count,
+        at: at.to_rfc3339_opts(SecondsFormat::Micros, true),
+    };
+    append_event(tx, &event).await
+}
+
 /// The organisation with this slug.
 #[tracing::instrument(skip(pool))]
 pub async fn organisation(pool: &PgPool, slug: &Slug) -> Result<Option<Organisation>, sqlx::Error> {
@@ -203,6 +229,7 @@ pub async fn create_campaign(
     .fetch_one(&mut *tx)
     .await?;
     append_event(&mut tx, &campaign_created(org_id, id, created_at)).await?;
+    append_active_count(&mut tx, org_id).await?;
     tx.commit().await?;
     let row = campaign(pool, id).await?.ok_or(ApiError::CampaignNotFound)?;
     Ok(CreatedCampaign { row, replayed: false })

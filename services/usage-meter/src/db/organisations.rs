@@ -64,6 +64,37 @@ pub async fn apply(
     Ok(moved)
 }
 
+/// Stores the organisation's count of running campaigns unless a later count is there already.
+#[tracing::instrument(name = "organisations.set_active_campaigns", skip(db))]
+pub async fn set_active_campaigns(
+    db: &PgPool,
+    org_id: &str,
+    count: i64,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE organisations SET active_campaigns = $2, active_campaigns_at = $3
+         WHERE org_id = $1 AND (active_campaigns_at IS NULL OR active_campaigns_at < $3)",
+    )
+    .bind(org_id)
+    .bind(count)
+    .bind(at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The organisation's count of running campaigns, when campaign-api published one.
+#[tracing::instrument(name = "organisations.active_campaigns", skip(db))]
+pub async fn active_campaigns(db: &PgPool, org_id: &str) -> Result<Option<i64>, sqlx::Error> {
+    let count: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT active_campaigns FROM organisations WHERE org_id = $1")
+            .bind(org_id)
+            .fetch_optional(db)
+            .await?;
+    Ok(count.flatten())
+}
+
 /// The organisation's newest version.
 #[tracing::instrument(name = "organisations.current", skip(db))]
 pub async fn current(db: &PgPool, org_id: &str) -> Result<Option<PlanRow>, sqlx::Error> {

@@ -1,7 +1,7 @@
 //! The organisation-stream handler: stores each organisation version campaign-api published
-//! (Postgres, idempotent on the version) and counts each campaign created once as
-//! `campaign_created` (queued on the consumer's transaction like the usage stream's events, with
-//! the campaign id as idempotency key).
+//! (Postgres, idempotent on the version) and its latest count of running campaigns, and counts
+//! each campaign created once as `campaign_created` (queued on the consumer's transaction like the
+//! usage stream's events, with the campaign id as idempotency key).
 
 use chrono::{DateTime, Utc};
 use platform_redis::Keys;
@@ -69,6 +69,21 @@ impl StreamHandler for OrganisationHandler {
                         }
                     }
                 }
+                OrganisationEvent::ActiveCampaigns { org_id, count, at } => {
+                    match DateTime::parse_from_rfc3339(at) {
+                        Err(e) => Outcome::DeadLetter(format!("at {at:?}: {e}")),
+                        Ok(at) => {
+                            let stored = organisations::set_active_campaigns(
+                                &self.db,
+                                org_id,
+                                *count,
+                                at.to_utc(),
+                            )
+                            .await;
+                            stored_outcome(stored)
+                        }
+                    }
+                }
                 OrganisationEvent::CampaignCreated { org_id, campaign_id, created_at } => {
                     let event = UsageEvent {
                         org_id: org_id.clone(),
@@ -92,5 +107,19 @@ impl StreamHandler for OrganisationHandler {
         let refs: Vec<_> = created.iter().collect();
         store::queue_record(tx, &self.keys, &self.retention, &self.fence, &refs).await?;
         Ok(outcomes)
+    }
+}
+
+/// A Postgres write's outcome: refused data is dead-lettered, anything else retried.
+fn stored_outcome(stored: Result<(), sqlx::Error>) -> Outcome {
+    match stored {
+        Ok(()) => Outcome::Ack,
+        Err(error) => match permanent_error(&error) {
+            Some(reason) => Outcome::DeadLetter(reason),
+            None => {
+                tracing::warn!(%error, "postgres unavailable for an organisation event; retrying");
+                Outcome::Unavailable
+            }
+        },
     }
 }
