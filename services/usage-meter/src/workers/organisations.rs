@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use platform_redis::Keys;
 use platform_redis::fred::clients::Transaction;
-use platform_redis::messages::{OrganisationEvent, UsageEvent};
+use platform_redis::messages::{OrganisationEvent, OrganisationState, UsageEvent};
 use platform_redis::streams::{HandlerError, Outcome, StreamEntry, StreamHandler};
 use platform_service::database::permanent_error;
 use sqlx::PgPool;
@@ -28,6 +28,37 @@ pub struct OrganisationHandler {
     pub fence: Fence,
 }
 
+impl OrganisationHandler {
+    /// Stores one organisation version (a version seen before changes nothing).
+    async fn changed(&self, state: &OrganisationState) -> Outcome {
+        let changed_at = OrgId::parse(&state.org_id).and_then(|_| {
+            DateTime::parse_from_rfc3339(&state.changed_at)
+                .map(|at| at.to_utc())
+                .map_err(|e| format!("changedAt {:?}: {e}", state.changed_at))
+        });
+        let changed_at = match changed_at {
+            Ok(at) => at,
+            Err(reason) => return Outcome::DeadLetter(reason),
+        };
+        let applied = organisations::apply(&self.db, state, changed_at).await;
+        if applied.as_ref().is_ok_and(|moved| *moved) {
+            self.directory.forget(&state.org_id).await;
+            tracing::info!(org_id = %state.org_id, version = state.version, tier = %state.tier, "organisation plan learned");
+        }
+        stored_outcome(applied.map(|_| ()))
+    }
+
+    /// Stores an organisation's count of running campaigns (the latest `at` wins).
+    async fn active(&self, org_id: &str, count: i64, at: &str) -> Outcome {
+        match DateTime::parse_from_rfc3339(at) {
+            Err(e) => Outcome::DeadLetter(format!("at {at:?}: {e}")),
+            Ok(at) => stored_outcome(
+                organisations::set_active_campaigns(&self.db, org_id, count, at.to_utc()).await,
+            ),
+        }
+    }
+}
+
 impl StreamHandler for OrganisationHandler {
     type Body = OrganisationEvent;
 
@@ -41,48 +72,9 @@ impl StreamHandler for OrganisationHandler {
         let mut created = Vec::new();
         for entry in batch {
             let outcome = match &entry.body {
-                OrganisationEvent::OrganisationChanged(state) => {
-                    let parsed = OrgId::parse(&state.org_id).and_then(|_| {
-                        DateTime::parse_from_rfc3339(&state.changed_at)
-                            .map(|at| at.to_utc())
-                            .map_err(|e| format!("changedAt {:?}: {e}", state.changed_at))
-                    });
-                    match parsed {
-                        Err(reason) => Outcome::DeadLetter(reason),
-                        Ok(changed_at) => {
-                            match organisations::apply(&self.db, state, changed_at).await {
-                                Ok(moved) => {
-                                    if moved {
-                                        self.directory.forget(&state.org_id).await;
-                                        tracing::info!(org_id = %state.org_id, version = state.version, tier = %state.tier, "organisation plan learned");
-                                    }
-                                    Outcome::Ack
-                                }
-                                Err(error) => match permanent_error(&error) {
-                                    Some(reason) => Outcome::DeadLetter(reason),
-                                    None => {
-                                        tracing::warn!(%error, "postgres unavailable for an organisation change; retrying");
-                                        Outcome::Unavailable
-                                    }
-                                },
-                            }
-                        }
-                    }
-                }
+                OrganisationEvent::OrganisationChanged(state) => self.changed(state).await,
                 OrganisationEvent::ActiveCampaigns { org_id, count, at } => {
-                    match DateTime::parse_from_rfc3339(at) {
-                        Err(e) => Outcome::DeadLetter(format!("at {at:?}: {e}")),
-                        Ok(at) => {
-                            let stored = organisations::set_active_campaigns(
-                                &self.db,
-                                org_id,
-                                *count,
-                                at.to_utc(),
-                            )
-                            .await;
-                            stored_outcome(stored)
-                        }
-                    }
+                    self.active(org_id, *count, at).await
                 }
                 OrganisationEvent::CampaignCreated { org_id, campaign_id, created_at } => {
                     let event = UsageEvent {
