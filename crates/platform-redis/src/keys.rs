@@ -92,6 +92,21 @@ pub enum StreamName {
 }
 
 impl StreamName {
+    /// Every stream.
+    pub const ALL: [StreamName; 3] =
+        [StreamName::StripeEvents, StreamName::UsageEvents, StreamName::OrganisationEvents];
+
+    /// Whether a relay appends it from an outbox at ids the outbox chose ([`crate::outbox`]):
+    /// nothing else may append to it.
+    pub fn fed_by_outbox(self) -> bool {
+        matches!(self, StreamName::StripeEvents | StreamName::OrganisationEvents)
+    }
+
+    /// The stream called `name`.
+    pub fn parse(name: &str) -> Option<StreamName> {
+        StreamName::ALL.into_iter().find(|stream| stream.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             StreamName::StripeEvents => "stripe-events",

@@ -3,7 +3,7 @@
 //!
 //! Layout: [`producer`] appends, [`settings`] says how a group is read, [`handler`] is the
 //! contract of the code that processes entries, [`consumer`] is the worker, [`lag`] reads a
-//! group's backlog for metrics, [`tail`] follows a stream without a group (every reader sees
+//! group's backlog for metrics, [`dead_letters`] lists and redrives what a group gave up on, [`tail`] follows a stream without a group (every reader sees
 //! every entry), and `wire` decodes Redis replies.
 //!
 //! # Entries
@@ -113,6 +113,7 @@
 //! runs these paths against a real three-master cluster.
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod handler;
 pub mod lag;
 pub mod producer;
