@@ -155,7 +155,8 @@ impl Metrics {
 }
 
 /// `rate_limit_decisions_total{source}`, `rate_limit_denied_total`,
-/// `rate_limit_lease_refills_ahead_total` and `rate_limit_organisation_denied_total{tier}`, from the limiter's own atomics: counting them a second
+/// `rate_limit_lease_refills_ahead_total` and
+/// `rate_limit_organisation_requests_total{tier,outcome}`, from the limiter's own atomics: counting them a second
 /// time in Prometheus counters would put more writes on the hottest path.
 #[derive(Debug)]
 pub struct RateLimitCollector(pub RateLimiter);
@@ -193,13 +194,16 @@ impl Collector for RateLimitCollector {
             MetricType::Counter,
         )?)?;
         let mut by_tier = encoder.encode_descriptor(
-            "rate_limit_organisation_denied",
-            "Requests of known organisations refused, by the organisation's tier",
+            "rate_limit_organisation_requests",
+            "Requests of known organisations by their tier and the limiter's answer",
             None,
             MetricType::Counter,
         )?;
-        for (tier, count) in self.0.denied_by_tier() {
-            ConstCounter::new(count).encode(by_tier.encode_family(&[("tier", tier.as_str())])?)?;
+        for (tier, allowed, denied) in self.0.organisation_requests() {
+            for (outcome, count) in [("allowed", allowed), ("denied", denied)] {
+                let labels = [("tier", tier.as_str()), ("outcome", outcome)];
+                ConstCounter::new(count).encode(by_tier.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

@@ -88,9 +88,14 @@ async fn organisations_get_their_tiers_limit_across_replicas_and_a_change_reache
     // 8 per minute with 4 used (a few more if the minute turned meanwhile: sliding window).
     assert!((4..=6).contains(&allowed(&after)), "{after:?}");
     assert_eq!(after[0], 200, "the denial remembered under the old limit was forgotten");
-    let denied_free = metrics.lines().find(|line| {
-        line.starts_with("rate_limit_organisation_denied_total{") && line.contains(r#"tier="free""#)
-    });
-    assert!(denied_free.is_some(), "refusals are counted by tier, no tenant id: {metrics}");
+    let by_tier = |tier: &str, outcome: &str| {
+        metrics.lines().any(|line| {
+            line.starts_with("rate_limit_organisation_requests_total{")
+                && line.contains(&format!(r#"tier="{tier}""#))
+                && line.contains(&format!(r#"outcome="{outcome}""#))
+                && !line.ends_with(" 0")
+        })
+    };
+    assert!(by_tier("free", "denied") && by_tier("growth", "allowed"), "{metrics}");
     assert!(!metrics.contains("free-church"), "no tenant id in the metrics");
 }

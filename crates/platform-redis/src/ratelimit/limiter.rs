@@ -115,9 +115,10 @@ impl RateLimiter {
         self.inner.organisations.allowance(identifier)
     }
 
-    /// Requests of known organisations refused by `by_organisation` policies, by tier.
-    pub fn denied_by_tier(&self) -> Vec<(String, u64)> {
-        self.inner.organisations.denied()
+    /// (tier, requests allowed, requests refused) of known organisations under
+    /// `by_organisation` policies, since start.
+    pub fn organisation_requests(&self) -> Vec<(String, u64, u64)> {
+        self.inner.organisations.requests()
     }
 
     /// Counts one request of `identifier` against `policy` and says whether it may proceed.
@@ -138,20 +139,20 @@ impl RateLimiter {
 
     pub(super) async fn check_policy(&self, policy: &Arc<Policy>, identifier: &str) -> Decision {
         let now = Instant::now();
-        let limit = if policy.settings.by_organisation {
+        let organisation = if policy.settings.by_organisation {
             self.inner.organisations.limit(identifier, &policy.settings)
         } else {
             None
         };
-        let limit = limit.unwrap_or(policy.settings.limit);
+        let limit = organisation.map_or(policy.settings.limit, |(limit, _)| limit);
         let decision = match self.local_decision(policy, identifier, limit, now) {
             Some(decision) => decision,
             // Boxed: the Redis path's future is large, and building it for every request that a
             // lease or the blocked cache answers cost more than the decision itself.
             None => Box::pin(self.remote_decision(policy, identifier, limit, now)).await,
         };
-        if !decision.allowed && policy.settings.by_organisation {
-            self.inner.organisations.count_denied(identifier);
+        if let Some((_, Some(tier))) = organisation {
+            self.inner.organisations.count(tier, decision.allowed);
         }
         decision
     }
