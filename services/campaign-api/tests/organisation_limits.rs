@@ -99,3 +99,33 @@ async fn organisations_get_their_tiers_limit_across_replicas_and_a_change_reache
     assert!(by_tier("free", "denied") && by_tier("growth", "allowed"), "{metrics}");
     assert!(!metrics.contains("free-church"), "no tenant id in the metrics");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_redis_is_down_limits_organisations_by_tier_from_postgres() {
+    // Arrange: an organisation created while Redis ran, then Redis stops.
+    let redis = RedisServer::start().unwrap();
+    let backends = Backends::new(redis.url(), "campaign-org-limits-no-redis").await;
+    let first = TestApp::spawn(&backends, LIMITS).await;
+    let created = first
+        .admin(
+            reqwest::Method::POST,
+            "/api/admin/organisations",
+            Some(json!({"slug": "steady-church", "name": "Steady Church", "tier": "growth"})),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    first.stop().await;
+    redis.stop();
+
+    // Act: a replica starts without Redis.
+    let replica = TestApp::spawn(&backends, LIMITS).await;
+    let known = platform_testing::found_within(std::time::Duration::from_secs(10), || async {
+        knows(&replica, "steady-church", "growth", 40).then_some(())
+    })
+    .await;
+    replica.stop().await;
+    redis.restart().unwrap();
+
+    // Assert
+    assert!(known.is_some(), "the replica never loaded the organisation's limit from Postgres");
+}

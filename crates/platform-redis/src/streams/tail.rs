@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::wire::{decode, parse_read_response};
 use crate::client::RedisClients;
-use crate::error::Result;
+use crate::error::{RedisError, Result};
 use crate::keys::StreamName;
 
 /// A reader of the entries appended to one stream after it started, on its own connection.
@@ -21,14 +21,31 @@ pub struct StreamTail {
 }
 
 impl StreamTail {
-    /// Starts after the stream's current last entry (everything appended from now on).
+    /// Starts after the stream's current last entry (everything appended from now on). Fails
+    /// when Redis does not answer within `redis.connect_timeout_ms`, closing its connection.
     pub async fn start(clients: &RedisClients, stream: StreamName) -> Result<Self> {
         let key = clients.keys().stream(stream);
         let reader = clients.dedicated()?;
         let _connection = reader.connect();
-        reader.wait_for_connect().await?;
-        let last: Vec<(String, Vec<(String, String)>)> =
-            reader.xrevrange(&key, "+", "-", Some(1)).await?;
+        let wait = Duration::from_millis(clients.settings().connect_timeout_ms);
+        let last = tokio::time::timeout(wait, async {
+            reader.wait_for_connect().await?;
+            reader
+                .xrevrange::<Vec<(String, Vec<(String, String)>)>, _, _, _>(&key, "+", "-", Some(1))
+                .await
+        })
+        .await;
+        let last = match last {
+            Ok(Ok(last)) => last,
+            failed => {
+                // A client left connecting would retry in the background for ever.
+                let _ = reader.quit().await;
+                return Err(match failed {
+                    Ok(Err(error)) => error.into(),
+                    _ => RedisError::Unexpected(format!("no redis connection within {wait:?}")),
+                });
+            }
+        };
         let last_id = last.into_iter().next().map_or_else(|| "0-0".to_owned(), |(id, _)| id);
         Ok(Self { reader, key, last_id })
     }

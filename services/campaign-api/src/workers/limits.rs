@@ -33,15 +33,19 @@ pub fn spawn(
                 tracing::warn!(%error, "organisation rate limits not refreshed; retrying");
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = tokio::time::sleep(RETRY) => {}
                 }
             }
         }
     });
 }
 
+/// The pause after a failed round.
+const RETRY: Duration = Duration::from_secs(2);
+
 /// One round: position on the stream first (so nothing committed during the load is missed),
-/// load every organisation, then apply changes until `reload` has passed.
+/// load every organisation, then apply changes until `reload` has passed. Without Redis the load
+/// still happens (a replica starting during a Redis outage limits by tier from the start).
 async fn follow(
     db: &PgPool,
     redis: &RedisClients,
@@ -49,23 +53,32 @@ async fn follow(
     reload: Duration,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut tail = StreamTail::start(redis, StreamName::OrganisationEvents).await?;
+    let tail =
+        tokio::time::timeout(RETRY, StreamTail::start(redis, StreamName::OrganisationEvents))
+            .await
+            .map_err(|_| anyhow::anyhow!("redis did not answer within {RETRY:?}"))
+            .and_then(|started| Ok(started?));
     for (slug, tier, per_minute) in db::organisations::limits(db).await? {
         limiter.set_organisation(&identifier(&slug), &tier, per_minute);
     }
+    let mut tail = tail?;
     let until = tokio::time::Instant::now() + reload;
-    while tokio::time::Instant::now() < until && !stop.is_cancelled() {
-        let read = tokio::select! {
-            () = stop.cancelled() => break,
-            read = tail.next::<OrganisationEvent>(100, Duration::from_secs(1)) => read,
-        };
-        for event in read? {
-            if let OrganisationEvent::OrganisationChanged(org) = event {
-                let per_minute = org.overrides.api_requests_per_minute;
-                limiter.set_organisation(&identifier(&org.slug), &org.tier, per_minute);
+    let followed = async {
+        while tokio::time::Instant::now() < until && !stop.is_cancelled() {
+            let read = tokio::select! {
+                () = stop.cancelled() => break,
+                read = tail.next::<OrganisationEvent>(100, Duration::from_secs(1)) => read,
+            };
+            for event in read? {
+                if let OrganisationEvent::OrganisationChanged(org) = event {
+                    let per_minute = org.overrides.api_requests_per_minute;
+                    limiter.set_organisation(&identifier(&org.slug), &org.tier, per_minute);
+                }
             }
         }
+        Ok::<(), platform_redis::RedisError>(())
     }
+    .await;
     tail.close().await;
-    Ok(())
+    Ok(followed?)
 }
