@@ -3,7 +3,8 @@
 //!
 //! Who may call: a checkout is for the caller's user (session cookie) or, from a service-token
 //! caller, the body's `userId`; anyone else checks out as a guest. The state reads answer only
-//! the user's own session cookie or the service token (no session 401, someone else's 403).
+//! the user's own session cookie or the service token: a caller without a session gets 401, a
+//! session of another user 403.
 
 use actix_web::http::header::{self, Accept, Header as _};
 use actix_web::{HttpRequest, HttpResponse, web};
