@@ -55,7 +55,8 @@ logs: ## Follow the logs of `make run` (Ctrl-C to quit; services keep running)
 	exec tail -n 20 -F "$${logs[@]}"
 
 test: deps ## Run all tests: unit, integration (real Redis/Postgres they start themselves), doc
-	$(CARGO) test $(CARGO_FLAGS) --workspace --all-targets -- $(TEST_FLAGS)
+	tools="$$(bash scripts/openapi-tools.sh)"; \
+	OPENAPI_TOOLS="$$tools" $(CARGO) test $(CARGO_FLAGS) --workspace --all-targets -- $(TEST_FLAGS)
 	$(CARGO) test $(CARGO_FLAGS) --workspace --doc -- $(TEST_FLAGS)
 
 lint: ## Check formatting (rustfmt) and lints (clippy, warnings are errors)

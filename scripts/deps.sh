@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages the local run and the tests need, when they are missing.
 #
-#   scripts/deps.sh           redis-server, postgresql, curl, and chromium + chromium-driver
-#                             (the headless browser of usage-meter's dashboard test)
+#   scripts/deps.sh           redis-server, postgresql, curl, chromium + chromium-driver
+#                             (the headless browser of usage-meter's dashboard test), and
+#                             python3 with venv (scripts/openapi-tools.sh's OpenAPI checkers)
 #   scripts/deps.sh --bench   the same plus wrk (HTTP load generator for `make bench`) and
 #                             nodejs + npm (the Node webhook handler the webhook bench compares
 #                             against; its npm packages are installed by the bench into .run/)
@@ -18,7 +19,7 @@ for arg in "$@"; do
     case "$arg" in
         --bench) want_bench=1 ;;
         -h | --help)
-            sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -43,6 +44,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
+have_python_venv() { python3 -c 'import venv, ensurepip' >/dev/null 2>&1; }
+have_python_venv || missing+=(python3 python3-venv)
 if ((want_bench)); then
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     # The benches pin processes (taskset, util-linux) and find Postgres' backends (pgrep).
@@ -54,7 +57,7 @@ if ((want_bench)); then
 fi
 
 if ((${#missing[@]} == 0)); then
-    echo "deps: all present (redis-server, postgresql, curl, chromium, chromedriver$( ((want_bench)) && echo ', wrk, taskset, pgrep, node, npm'))"
+    echo "deps: all present (redis-server, postgresql, curl, chromium, chromedriver, python3-venv$( ((want_bench)) && echo ', wrk, taskset, pgrep, node, npm'))"
     exit 0
 fi
 
@@ -100,6 +103,7 @@ have_postgres || { echo "deps: no /usr/lib/postgresql/<major>/bin/{initdb,pg_ctl
 command -v curl >/dev/null 2>&1 || { echo "deps: curl still missing" >&2; exit 1; }
 [[ -x /usr/bin/chromium ]] || { echo "deps: /usr/bin/chromium still missing" >&2; exit 1; }
 [[ -x /usr/bin/chromedriver ]] || { echo "deps: /usr/bin/chromedriver still missing" >&2; exit 1; }
+have_python_venv || { echo "deps: python3 -m venv still unusable" >&2; exit 1; }
 if ((want_bench)); then
     command -v wrk >/dev/null 2>&1 || { echo "deps: wrk still missing" >&2; exit 1; }
     command -v node >/dev/null 2>&1 || { echo "deps: node still missing" >&2; exit 1; }

@@ -39,7 +39,7 @@ pub enum Invalidation {
 
 /// A live update of one campaign, published on
 /// [`crate::keys::Keys::campaign_updates_channel`] and relayed to browsers as SSE.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CampaignUpdate {
     #[serde(rename_all = "camelCase")]
@@ -73,7 +73,7 @@ pub struct StripeEventMessage {
 }
 
 /// One usage event for usage-meter.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageEvent {
     pub org_id: String,

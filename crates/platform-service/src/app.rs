@@ -26,7 +26,8 @@ use crate::context::AppContext;
 use crate::cors::{CorsPolicy, only_for_allowed_origins};
 use crate::error::{configure_extractors, json_errors, no_route};
 use crate::health;
-use crate::metrics::observe_requests;
+use crate::metrics::{FallbackCollector, observe_requests};
+use crate::openapi::DocumentJson;
 use crate::settings::HttpSettings;
 
 /// A bound, not yet running HTTP server.
@@ -45,11 +46,13 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     /// Binds `http.host:http.port` (port 0 picks a free one, as tests do) and builds the server
-    /// with the common routes, the JSON error contract, metrics and tracing, plus `routes`.
+    /// with the common routes, the JSON error contract, metrics and tracing, plus `routes`, which
+    /// `api` describes (served whole at `/openapi.json`).
     pub fn build<F>(
         http: &HttpSettings,
         admin_token: SecretString,
         context: AppContext,
+        api: utoipa::openapi::OpenApi,
         routes: F,
     ) -> std::io::Result<Self>
     where
@@ -57,9 +60,11 @@ impl Application {
     {
         let listener = TcpListener::bind((http.host.as_str(), http.port))?;
         let port = listener.local_addr()?.port();
+        context.metrics.register_collector(FallbackCollector(context.fallbacks.clone()));
         let context = web::Data::new(context);
         let metrics = web::Data::new(context.metrics.clone());
         let token = web::Data::new(AdminToken(admin_token));
+        let document = web::Data::new(DocumentJson::new(context.service, api)?);
         let extractors = configure_extractors(http.body_limit_bytes);
         let body_timeout = BodyTimeout::new(Duration::from_millis(http.body_timeout_ms));
         let cors = CorsPolicy::new(http);
@@ -79,6 +84,7 @@ impl Application {
                 .app_data(app_context.clone())
                 .app_data(metrics.clone())
                 .app_data(token.clone())
+                .app_data(document.clone())
                 .configure(extractors.clone())
                 .configure(health::configure)
                 .configure(routes.clone())

@@ -18,9 +18,12 @@ use actix_web::{HttpRequest, HttpResponse, error::InternalError};
 use serde::{Deserialize, Serialize};
 
 /// The body of every error response.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({"error": "No such route", "code": "not_found"}))]
 pub struct ErrorBody {
+    /// A sentence for people; opaque for 5xx.
     pub error: String,
+    /// Stable, snake_case: what code should branch on.
     pub code: String,
 }
 

@@ -2,7 +2,7 @@
 //! contract, health / readiness / metrics routes (with the scrape-time metrics of the stream
 //! consumer groups, `stream_metrics`), the admin bearer-token guard, tenant tokens, the HTTP edge
 //! (body deadline, CORS), the `Application` that binds, serves and shuts down gracefully, the
-//! `run` every `main` calls, and the outbox relay (`relay`) of the services that publish from
+//! `run` every `main` calls, the OpenAPI document (`openapi`), and the outbox relay (`relay`) of the services that publish from
 //! Postgres.
 
 pub mod app;
@@ -14,6 +14,7 @@ pub mod database;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod relay;
 pub mod runner;
 pub mod settings;

@@ -6,7 +6,8 @@
 //! pattern (never the raw path, to bound cardinality) and status. The rate limiter's counters are
 //! read at scrape time ([`RateLimitCollector`]), and so is the backlog of the stream consumer
 //! groups a service registers with [`Metrics::register_stream_group`]
-//! ([`crate::stream_metrics`]): `/metrics` serves [`Metrics::scrape`].
+//! ([`crate::stream_metrics`]) and whether each fallback is in use (`service_fallback`):
+//! `/metrics` serves [`Metrics::scrape`].
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,10 +25,12 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 use tracing::Instrument;
 
+use crate::context::FallbackStatus;
 use crate::stream_metrics::{StreamGroupCollector, StreamGroups};
 
 /// Labels of the HTTP metrics.
@@ -204,6 +207,32 @@ impl Collector for RateLimitCollector {
                 let labels = [("tier", tier.as_str()), ("outcome", outcome)];
                 ConstCounter::new(count).encode(by_tier.encode_family(&labels)?)?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// `service_fallback{component}`: 1 while a component of [`crate::AppContext::fallbacks`] serves on
+/// its in-process fallback (the gauge behind `mode: fallback` in `/api/health/redis`).
+pub(crate) struct FallbackCollector(pub Vec<Arc<dyn FallbackStatus>>);
+
+impl std::fmt::Debug for FallbackCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|c| c.component())).finish()
+    }
+}
+
+impl Collector for FallbackCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "service_fallback",
+            "1 while the component serves on its in-process fallback because Redis is unreachable",
+            None,
+            MetricType::Gauge,
+        )?;
+        for component in &self.0 {
+            let on = ConstGauge::new(i64::from(component.in_fallback()));
+            on.encode(family.encode_family(&[("component", component.component())])?)?;
         }
         Ok(())
     }

@@ -105,6 +105,8 @@ pub struct PublicSettings {
 pub struct LiveSettings {
     /// Seconds between SSE keep-alive comments (also how soon a gone client is noticed).
     pub keep_alive_secs: u64,
+    /// Seconds after which the server ends an SSE stream (the browser reconnects).
+    pub max_stream_secs: u64,
     /// How often campaign starts and ends are looked for.
     pub lifecycle_tick_ms: u64,
 }
@@ -132,6 +134,7 @@ impl ServiceSettings for Settings {
         require_positive(&[
             ("cache.ttl_seconds", self.cache.ttl_seconds),
             ("live.keep_alive_secs", self.live.keep_alive_secs),
+            ("live.max_stream_secs", self.live.max_stream_secs),
             ("live.lifecycle_tick_ms", self.live.lifecycle_tick_ms),
             ("usage.flush_interval_ms", self.usage.flush_interval_ms),
             ("organisations.relay_batch", self.organisations.relay_batch as u64),

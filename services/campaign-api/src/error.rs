@@ -31,6 +31,9 @@ pub enum ApiError {
     /// Postgres could not be reached (pool timeout, I/O): 503 so callers retry.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// Live updates are stopping (the replica drains): 503, the client reconnects elsewhere.
+    #[error("live updates are stopping")]
+    LiveUpdatesStopped(#[source] platform_redis::RedisError),
     /// Any other failure: 500.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -53,7 +56,7 @@ impl ApiError {
             ApiError::CampaignLimit { .. } => "campaign_limit_reached",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::TenantTokensDisabled => "tenant_tokens_disabled",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::LiveUpdatesStopped(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -82,7 +85,9 @@ impl ResponseError for ApiError {
             ApiError::SlugTaken | ApiError::CampaignLimit { .. } => StatusCode::CONFLICT,
             // As the IETF Idempotency-Key draft answers a key reused with another payload.
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::LiveUpdatesStopped(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -163,7 +163,10 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         pages,
         pubsub,
         metrics,
-        keep_alive: Duration::from_secs(settings.live.keep_alive_secs),
+        live: routes::events::StreamTimes {
+            keep_alive: Duration::from_secs(settings.live.keep_alive_secs),
+            max_duration: Duration::from_secs(settings.live.max_stream_secs),
+        },
         stop,
         limits: settings.organisations.limits(),
         relay_wake,
@@ -172,7 +175,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let policy = settings.public.rate_limit_policy.clone();
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
     let signer = platform_service::TenantTokenSigner::from_settings(&settings.common.tenant_auth)?;
-    Ok(Application::build(&settings.common.http, admin_token, context, move |cfg| {
+    let api = <routes::ApiDoc as utoipa::OpenApi>::openapi();
+    Ok(Application::build(&settings.common.http, admin_token, context, api, move |cfg| {
         routes::configure(cfg, state.clone(), &limiter, &policy, &usage);
         routes::tokens::configure(cfg, signer.clone());
     })?)

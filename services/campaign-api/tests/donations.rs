@@ -233,6 +233,32 @@ async fn sse_sends_keep_alives_and_a_client_that_disconnects_frees_its_subscript
 }
 
 #[tokio::test]
+async fn an_sse_stream_ends_after_its_maximum_duration_and_frees_its_place() {
+    // Arrange
+    let backends = Backends::new(RedisServer::shared().url(), "campaign-sse-max").await;
+    let app = TestApp::spawn(&backends, &[("APP__LIVE__MAX_STREAM_SECS", "1")]).await;
+    app.create_org("bell").await;
+    let campaign = app.create_campaign("bell", "Tower", 1_000).await;
+
+    // Act: the whole body arrives, as it only can once the server ends the stream.
+    let started = std::time::Instant::now();
+    let sse = app.get(&format!("/api/campaigns/{campaign}/events")).await;
+    let body = tokio::time::timeout(Duration::from_secs(10), sse.text()).await;
+
+    // Assert
+    let body = body.expect("the stream did not end").unwrap();
+    assert!(body.starts_with("retry: 3000\n: connected"), "{body}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "ended before its time");
+    let freed = holds_within(Duration::from_secs(5), || async {
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        metrics.lines().any(|line| line.starts_with("campaign_sse_clients") && line.ends_with(" 0"))
+    })
+    .await;
+    assert!(freed, "the client is still counted");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn public_reads_are_counted_as_api_request_usage_events_in_batches() {
     // Arrange
     let backends = Backends::new(RedisServer::shared().url(), "campaign-usage").await;

@@ -137,7 +137,13 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         guest: settings.user_sessions.guest_rate_limit_policy.clone(),
     };
     let admin_token: SecretString = settings.common.auth.admin_token.clone();
-    Ok(Application::build(&settings.common.http, admin_token, context, move |cfg| {
-        routes::configure(cfg, state.clone(), stripe.clone(), &policies);
-    })?)
+    Ok(Application::build(
+        &settings.common.http,
+        admin_token,
+        context,
+        <routes::ApiDoc as utoipa::OpenApi>::openapi(),
+        move |cfg| {
+            routes::configure(cfg, state.clone(), stripe.clone(), &policies);
+        },
+    )?)
 }

@@ -60,6 +60,10 @@ async fn with_redis_stopped_sessions_go_to_postgres_and_redis_takes_new_ones_whe
     assert_eq!(common_health["mode"], "fallback");
     assert_eq!(common_health["fallbacks"]["checkoutSessions"], true);
     assert_eq!(app.metric("checkout_session_store_fallback").await, Some(1.0));
+    let gauge = app
+        .metric(r#"service_fallback{service="checkout-api",component="checkoutSessions"}"#)
+        .await;
+    assert_eq!(gauge, Some(1.0), "the fallback gauge every service exports");
 
     // Act: Redis comes back (empty: a restarted process without persistence).
     redis.restart().unwrap();

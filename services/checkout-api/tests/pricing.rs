@@ -133,3 +133,46 @@ async fn delivery_charge_is_cached_and_replacing_the_bands_is_seen_immediately()
     assert_eq!(no_token.status, 401);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn admin_figures_out_of_range_and_skus_postgres_cannot_hold_are_settled_at_the_door() {
+    // Arrange
+    let backends = Backends::new("ck-admin-bounds").await;
+    let app = TestApp::spawn(&backends, &[]).await;
+    let put =
+        |path: &'static str, body: serde_json::Value| app.admin(Method::PUT, path, Some(body));
+
+    // Act
+    let huge_charge = put(
+        "/api/admin/delivery-bands",
+        json!({"bands": [{"upToKm": 5, "chargeCents": i64::MAX}]}),
+    )
+    .await;
+    let huge_coupon =
+        put("/api/admin/coupons/HUGE", json!({"kind": "amount", "value": i64::MAX})).await;
+    let far_expiry = put(
+        "/api/admin/coupons/LATER",
+        json!({"kind": "percent", "value": 5, "expiresAt": "+200000-01-01T00:00:00Z"}),
+    )
+    .await;
+    let nul_read = app.admin(Method::GET, "/api/admin/products/a%00b", None).await;
+    let nul_delete = app.admin(Method::DELETE, "/api/admin/products/a%00b", None).await;
+    let session = app.create_session(cart(1)).await;
+
+    // Assert: 4xx with the contract's body, and checkout keeps working.
+    assert_eq!(
+        (huge_charge.status, huge_charge.body["code"].as_str()),
+        (400, Some("invalid_bands"))
+    );
+    assert_eq!(
+        (huge_coupon.status, huge_coupon.body["code"].as_str()),
+        (400, Some("invalid_coupon"))
+    );
+    assert_eq!(
+        (far_expiry.status, far_expiry.body["code"].as_str()),
+        (400, Some("invalid_coupon"))
+    );
+    assert_eq!(nul_read.status, 404, "{}", nul_read.body);
+    assert_eq!(nul_delete.status, 404, "{}", nul_delete.body);
+    assert_eq!(session["store"], "redis", "{session}");
+}

@@ -52,6 +52,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         &settings.common.http,
         admin_token,
         context,
+        <routes::ApiDoc as utoipa::OpenApi>::openapi(),
         routes::configure(refresher),
     )?)
 }

@@ -18,9 +18,11 @@ pub enum FlushError {
 }
 
 /// One refused event of a batch.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Rejection {
+    /// The event's position in `events`, from 0.
     pub index: usize,
+    /// Why it was refused (a sentence).
     pub reason: String,
 }
 
@@ -63,10 +65,17 @@ impl From<RecordError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct InvalidEventsBody<'a> {
+/// The 400 of a refused event batch: the error body plus every refused event. The schema also
+/// describes the intake's other 400s (plain error bodies), hence `rejected` is not required.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct InvalidEventsBody<'a> {
+    /// A sentence for people.
     error: String,
+    /// `invalid_events` (with `rejected`), `too_many_events`, or the edge's code for a body that is
+    /// not `{"events": [...]}`.
     code: &'static str,
+    /// Present when `code` is `invalid_events`.
+    #[schema(required = false)]
     rejected: &'a [Rejection],
 }
 

@@ -130,7 +130,13 @@ pub async fn build(settings: Settings) -> anyhow::Result<UsageMeter> {
     // Organisations' external (IdP) ids are not known here yet: tokens must name the org id.
     let tenant_auth = web::Data::new(TenantAuth::from_settings(&settings.common.tenant_auth)?);
     let routes = routes::configure(state.clone(), context.rate_limiter.clone(), tenant_auth);
-    let app = Application::build(&settings.common.http, admin_token, context, routes)?;
+    let app = Application::build(
+        &settings.common.http,
+        admin_token,
+        context,
+        <routes::ApiDoc as utoipa::OpenApi>::openapi(),
+        routes,
+    )?;
 
     let organisations_task = settings.organisation_events.enabled.then(|| {
         let handler = OrganisationHandler {

@@ -8,12 +8,13 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
 use platform_redis::ratelimit::{RateLimit, RateLimiter};
 use platform_service::RequireAdmin;
+use platform_service::openapi::{RateLimited, Unauthorized, Unavailable};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::db::ledger;
-use crate::db::ledger::Status;
+use crate::db::ledger::{LedgerEvent, Status};
 use crate::domain::ingest::{Accepted, Ingest};
 use crate::domain::signature;
 use crate::error::{SignatureError, WebhookError};
@@ -38,6 +39,11 @@ pub struct RouteLimit {
     pub policy: String,
 }
 
+/// The routes' OpenAPI description (`platform_service::openapi` adds the common ones).
+#[derive(Debug, OpenApi)]
+#[openapi(paths(receive, list_events, replay))]
+pub struct ApiDoc;
+
 /// Registers the routes.
 pub fn configure(
     state: web::Data<WebhookState>,
@@ -57,6 +63,23 @@ pub fn configure(
 }
 
 /// `POST /api/webhooks/stripe`: verify, record; 200 only once the event is stored.
+///
+/// The body is the event exactly as Stripe signed it; a delivery that fails the signature check
+/// answers 400 with a code naming the check. A 503 stores nothing, so Stripe retries.
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/stripe",
+    tag = "webhooks",
+    params(("Stripe-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256>`")),
+    request_body(content = Object, content_type = "application/json", description = "A Stripe event"),
+    responses(
+        (status = 200, description = "Stored (or a duplicate of a stored event)", body = Receipt),
+        (status = 400, description = "Signature missing, malformed, not matching or outside the tolerance; or the body could not be read", body = platform_service::ErrorBody),
+        (status = 413, description = "The body is larger than `http.body_limit_bytes`", body = platform_service::ErrorBody),
+        RateLimited,
+        Unavailable,
+    )
+)]
 async fn receive(
     req: HttpRequest,
     payload: web::Payload,
@@ -95,13 +118,14 @@ async fn receive(
 }
 
 /// The 200 body of a delivery (a struct rather than `json!`: no map built per response).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Receipt<'a> {
     received: bool,
     duplicate: bool,
     event_id: &'a str,
     /// The ledger status: `received` (to be streamed as `streamId`), `ignored`, `unprocessable`.
+    #[schema(pattern = "^(received|ignored|unprocessable)$")]
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_id: Option<&'a str>,
@@ -156,15 +180,39 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// How many rows, 1 to 500 (default 50).
     limit: Option<i64>,
+    /// Only events of this Stripe type.
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     event_type: Option<String>,
+    /// Only events in this ledger status.
     status: Option<String>,
 }
 
+/// The ledger listing.
+#[derive(Debug, Serialize, ToSchema)]
+struct EventList {
+    events: Vec<LedgerEvent>,
+}
+
 /// `GET /api/admin/webhooks/events?limit=&type=&status=`: newest ledger rows first.
+#[utoipa::path(
+    get,
+    path = "/api/admin/webhooks/events",
+    tag = "admin",
+    params(ListQuery),
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "Newest first", body = EventList),
+        (status = 400, description = "`limit` is outside 1..=500, or the query is malformed", body = platform_service::ErrorBody),
+        Unauthorized,
+        Unavailable,
+    )
+)]
 async fn list_events(
     _admin: RequireAdmin,
     query: web::Query<ListQuery>,
@@ -178,10 +226,34 @@ async fn list_events(
     let status = query.status.as_deref().filter(|s| !s.is_empty());
     let stream = platform_redis::StreamName::StripeEvents.as_str();
     let events = ledger::recent(&state.db, limit, event_type, status, stream).await?;
-    Ok(HttpResponse::Ok().json(json!({ "events": events })))
+    Ok(HttpResponse::Ok().json(EventList { events }))
+}
+
+/// A replay's answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Replayed {
+    event_id: String,
+    /// The entry id the event is appended under.
+    stream_id: String,
+    replayed: bool,
 }
 
 /// `POST /api/admin/webhooks/events/{id}/replay`: queues one event for the stream again.
+#[utoipa::path(
+    post,
+    path = "/api/admin/webhooks/events/{id}/replay",
+    tag = "admin",
+    params(("id" = String, Path, description = "The Stripe event id")),
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "Queued for the stream again", body = Replayed),
+        (status = 404, description = "No such event in the ledger", body = platform_service::ErrorBody),
+        (status = 409, description = "The event is unprocessable; replaying cannot help", body = platform_service::ErrorBody),
+        Unauthorized,
+        Unavailable,
+    )
+)]
 async fn replay(
     _admin: RequireAdmin,
     path: web::Path<String>,
@@ -190,6 +262,5 @@ async fn replay(
     let event_id = path.into_inner();
     let seq = state.ingest.replay(&event_id).await?;
     let stream_id = platform_redis::outbox::entry_id(seq.max(0) as u64);
-    Ok(HttpResponse::Ok()
-        .json(json!({ "eventId": event_id, "streamId": stream_id, "replayed": true })))
+    Ok(HttpResponse::Ok().json(Replayed { event_id, stream_id, replayed: true }))
 }

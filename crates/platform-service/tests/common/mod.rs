@@ -97,8 +97,13 @@ pub async fn spawn_app_with(
     };
     let context = connect_context("test-service", &common, database.as_ref()).await.unwrap();
     let limiter = context.rate_limiter.clone();
-    let app =
-        Application::build(&common.http, common.auth.admin_token.clone(), context, move |cfg| {
+    let api = utoipa::openapi::OpenApi::default();
+    let app = Application::build(
+        &common.http,
+        common.auth.admin_token.clone(),
+        context,
+        api,
+        move |cfg| {
             cfg.route(
                 "/admin/ping",
                 web::post().to(|_: RequireAdmin| async { HttpResponse::Ok().json("pong") }),
@@ -120,8 +125,9 @@ pub async fn spawn_app_with(
                     .wrap(RateLimit::new(limiter.clone(), "tight"))
                     .route(web::get().to(|| async { HttpResponse::Ok().json("ok") })),
             );
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.context().shutdown.clone();
     let server = tokio::spawn(app.run_until_stopped());

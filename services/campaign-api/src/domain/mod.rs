@@ -11,6 +11,7 @@ pub use organisations::{
 use chrono::{DateTime, Utc};
 use platform_redis::cache::JsonBytes;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -23,8 +24,13 @@ pub const NAME_MAX: usize = 200;
 pub const DESCRIPTION_MAX: usize = 5_000;
 /// Largest accepted goal: ten billion dollars in cents, far from `i64` overflow when summed.
 pub const GOAL_MAX_CENTS: i64 = 1_000_000_000_000;
+/// Campaign dates lie in years 1970 to 9999: inside Postgres' range, and four-digit as RFC 3339
+/// needs them.
+pub const YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
 
 /// An organisation slug: 1–63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
+/// (`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`, as the OpenAPI annotations and the table's check
+/// spell it: keep them in step.)
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Slug(String);
@@ -45,15 +51,24 @@ impl Slug {
 }
 
 /// `POST /api/admin/organisations/{orgSlug}/campaigns` body, as sent.
-#[derive(Debug, Deserialize)]
+// Text limits are stated in descriptions rather than as `maxLength` (here and in the other
+// bodies): they apply after trimming, so a schema bound would refuse padded names we accept.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewCampaignRequest {
+    /// 1-200 characters once trimmed; no control characters other than tab, CR and LF.
+    #[schema(min_length = 1)]
     pub name: String,
+    /// At most 5000 characters once trimmed (default empty); same characters as `name`.
     #[serde(default)]
     pub description: Option<String>,
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub goal_cents: i64,
+    /// In the years 1970 to 9999.
     pub starts_at: DateTime<Utc>,
+    /// After `startsAt`, in the years 1970 to 9999.
     pub ends_at: DateTime<Utc>,
+    /// Default false.
     #[serde(default)]
     pub disabled: Option<bool>,
 }
@@ -93,6 +108,11 @@ impl CampaignFields {
                 format!("must be between 1 and {GOAL_MAX_CENTS}"),
             ));
         }
+        for (field, at) in [("startsAt", self.starts_at), ("endsAt", self.ends_at)] {
+            if !YEARS.contains(&chrono::Datelike::year(&at)) {
+                return Err(ApiError::invalid(field, "must lie in the years 1970 to 9999"));
+            }
+        }
         if self.ends_at <= self.starts_at {
             return Err(ApiError::invalid("endsAt", "must be after startsAt"));
         }
@@ -116,14 +136,20 @@ impl TryFrom<NewCampaignRequest> for CampaignFields {
     }
 }
 
-/// `PATCH /api/admin/campaigns/{id}` body: every field optional.
-#[derive(Debug, Default, Deserialize)]
+/// `PATCH /api/admin/campaigns/{id}` body: every field optional (`null` is the same as absent);
+/// at least one must be set, and the campaign after the patch must be valid as a whole.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CampaignPatch {
+    /// 1-200 characters once trimmed; no control characters other than tab, CR and LF.
+    #[schema(min_length = 1)]
     pub name: Option<String>,
+    /// At most 5000 characters once trimmed; same characters as `name`.
     pub description: Option<String>,
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub goal_cents: Option<i64>,
     pub starts_at: Option<DateTime<Utc>>,
+    /// Must be after `startsAt` (the stored one when the patch does not set it).
     pub ends_at: Option<DateTime<Utc>>,
     pub disabled: Option<bool>,
 }
@@ -179,7 +205,7 @@ impl CampaignRow {
 }
 
 /// One campaign in the public list, as `GET /api/public/campaigns/{orgSlug}/active` returns it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CampaignView {
     pub id: Uuid,
@@ -213,13 +239,14 @@ impl From<&CampaignRow> for CampaignView {
 }
 
 /// A campaign as the admin API returns it: the public view plus its state.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AdminCampaign {
     #[serde(flatten)]
     pub view: CampaignView,
     pub org_slug: String,
     pub disabled: bool,
+    /// Started, not ended and not disabled, now.
     pub active: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -257,7 +284,7 @@ impl ActivePage {
 }
 
 /// `GET /api/campaigns/{id}/stats`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CampaignStats {
     pub campaign_id: Uuid,
@@ -265,6 +292,7 @@ pub struct CampaignStats {
     pub goal_cents: i64,
     pub raised_cents: i64,
     pub donation_count: i64,
+    /// Percent of the goal raised, one decimal, not capped at 100.
     pub progress: f64,
     pub goal_reached: bool,
     pub active: bool,
@@ -357,6 +385,10 @@ mod tests {
         assert!(CampaignFields { goal_cents: 0, ..good.clone() }.validated().is_err());
         assert!(CampaignFields { ends_at: now, ..good.clone() }.validated().is_err());
         assert!(CampaignFields { name: "  ".into(), ..good.clone() }.validated().is_err());
-        assert!(CampaignFields { name: "a\0b".into(), ..good }.validated().is_err());
+        assert!(CampaignFields { name: "a\0b".into(), ..good.clone() }.validated().is_err());
+        // Postgres cannot store year -5000: refused here, not a 500 at the insert.
+        let year = |y| chrono::TimeZone::with_ymd_and_hms(&Utc, y, 1, 1, 0, 0, 0).unwrap();
+        assert!(CampaignFields { starts_at: year(-5000), ..good.clone() }.validated().is_err());
+        assert!(CampaignFields { ends_at: year(10_000), ..good }.validated().is_err());
     }
 }

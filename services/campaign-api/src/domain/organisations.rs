@@ -7,6 +7,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use platform_redis::messages::{OrganisationEvent, OrganisationOverrides, OrganisationState};
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::types::Json;
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
 use uuid::Uuid;
 
 use super::{NAME_MAX, Slug, text};
@@ -19,7 +22,18 @@ pub const INCLUDED_MAX: i64 = 1 << 50;
 
 /// Pricing tier of an organisation (usage-meter bills by it, the rate limiter sizes by it).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    Default,
+    ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
@@ -66,16 +80,25 @@ impl TierLimits {
 }
 
 /// `POST /api/admin/organisations` body, as sent.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewOrganisationRequest {
+    /// 1-63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub slug: String,
+    /// 1-200 characters once trimmed; no control characters other than tab, CR and LF.
+    #[schema(min_length = 1)]
     pub name: String,
+    /// Default `free`.
     #[serde(default)]
+    #[schema(value_type = Option<Tier>)]
     pub tier: Option<String>,
+    /// Requests per minute on the public routes instead of the tier's.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub api_requests_per_minute: Option<u32>,
     #[serde(default)]
+    #[schema(schema_with = included_overrides)]
     pub included: Option<BTreeMap<String, i64>>,
 }
 
@@ -110,14 +133,45 @@ impl TryFrom<NewOrganisationRequest> for NewOrganisation {
 
 /// `PATCH /api/admin/organisations/{orgSlug}` body: every field optional;
 /// `apiRequestsPerMinute: null` removes the override, `included` replaces the included overrides.
-#[derive(Debug, Default, Deserialize)]
+/// At least one field must be set (`null` sets none, except for `apiRequestsPerMinute`).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrganisationPatch {
+    /// 1-200 characters once trimmed; no control characters other than tab, CR and LF.
+    #[schema(min_length = 1)]
     pub name: Option<String>,
+    #[schema(value_type = Option<Tier>)]
     pub tier: Option<String>,
+    /// Requests per minute on the public routes instead of the tier's; `null` removes it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1_000_000)]
     pub api_requests_per_minute: Option<Option<u32>>,
+    #[schema(schema_with = included_overrides)]
     pub included: Option<BTreeMap<String, i64>>,
+}
+
+/// The schema of `included` in admin writes: only the billed metrics, each 0 to
+/// [`INCLUDED_MAX`] (a map in Rust, so its keys need a hand-built schema). `null` leaves it out.
+fn included_overrides() -> RefOr<Schema> {
+    let mut object = ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::Object, Type::Null]))
+        .description(Some(
+            "Metric → included quantity per month instead of the tier's (replaces them all)",
+        ))
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    for metric in OrganisationOverrides::INCLUDED_METRICS {
+        object = object.property(
+            metric,
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::Int64,
+                )))
+                .minimum(Some(0))
+                .maximum(Some(INCLUDED_MAX as f64)),
+        );
+    }
+    RefOr::T(Schema::Object(object.build()))
 }
 
 /// A field that is present, possibly `null` (absent stays `None` through `#[serde(default)]`).
@@ -191,14 +245,18 @@ fn included(map: BTreeMap<String, i64>) -> Result<BTreeMap<String, i64>, ApiErro
 }
 
 /// An organisation as stored and as the admin API returns it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Organisation {
     pub id: Uuid,
     pub slug: String,
     pub name: String,
+    #[schema(value_type = Tier)]
     pub tier: String,
+    /// The requests-per-minute override; `null` when the tier's applies.
     pub api_requests_per_minute: Option<i32>,
+    /// Metric → included quantity per month overriding the tier's.
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub included: Json<BTreeMap<String, i64>>,
     /// Grows by one with every change.
     pub version: i64,

@@ -8,16 +8,32 @@ use actix_web::http::header::HeaderName;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use platform_service::RequireAdmin;
+use platform_service::openapi::{Unauthorized, Unavailable};
 
 use super::{State, campaign_id};
 use crate::db;
 use crate::domain::{
     AdminCampaign, CampaignFields, CampaignPatch, NewCampaignRequest, NewOrganisation,
-    NewOrganisationRequest, OrganisationPatch, Slug,
+    NewOrganisationRequest, Organisation, OrganisationPatch, Slug,
 };
 use crate::error::ApiError;
 use crate::store::updates;
 
+/// `POST /api/admin/organisations`: a new organisation (version 1), published through the outbox.
+#[utoipa::path(
+    post,
+    path = "/api/admin/organisations",
+    tag = "admin",
+    request_body = NewOrganisationRequest,
+    security(("serviceToken" = [])),
+    responses(
+        (status = 201, description = "Created", body = Organisation),
+        (status = 400, description = "A field is invalid (`invalid_input`), or the body is not JSON of this shape", body = platform_service::ErrorBody),
+        (status = 409, description = "The slug is taken (`slug_taken`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "create_organisation", skip_all)]
 pub(super) async fn create_organisation(
     _admin: RequireAdmin,
@@ -33,6 +49,21 @@ pub(super) async fn create_organisation(
     Ok(HttpResponse::Created().json(created))
 }
 
+/// `GET /api/admin/organisations/{orgSlug}`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/organisations/{orgSlug}",
+    tag = "admin",
+    params(("orgSlug" = String, Path, description = "The organisation's slug", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "The organisation", body = Organisation),
+        (status = 400, description = "The slug is not a valid slug (`invalid_slug`)", body = platform_service::ErrorBody),
+        (status = 404, description = "No such organisation (`organization_not_found`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "get_organisation", skip(_admin, state))]
 pub(super) async fn get_organisation(
     _admin: RequireAdmin,
@@ -44,7 +75,25 @@ pub(super) async fn get_organisation(
     Ok(HttpResponse::Ok().json(org))
 }
 
+/// `PATCH /api/admin/organisations/{orgSlug}`: a new version of the organisation.
+///
 /// A new tier, name or overrides: a new version, published to the services that bill and limit.
+#[utoipa::path(
+    patch,
+    path = "/api/admin/organisations/{orgSlug}",
+    tag = "admin",
+    params(("orgSlug" = String, Path, description = "The organisation's slug", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    request_body = OrganisationPatch,
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "The organisation's new version", body = Organisation),
+        (status = 400, description = "The slug is not a valid slug (`invalid_slug`), a field is invalid (`invalid_input`), \
+            the body sets no field (`empty_update`), or the body is not JSON of this shape", body = platform_service::ErrorBody),
+        (status = 404, description = "No such organisation (`organization_not_found`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "update_organisation", skip(_admin, state, body))]
 pub(super) async fn update_organisation(
     _admin: RequireAdmin,
@@ -77,8 +126,36 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
     })
 }
 
+/// `POST /api/admin/organisations/{orgSlug}/campaigns`: a new campaign.
+///
 /// Creates a campaign (and counts `campaign_created` once through the outbox). A retry with the
 /// same `Idempotency-Key` and body answers the first campaign again, with `Idempotent-Replayed`.
+#[utoipa::path(
+    post,
+    path = "/api/admin/organisations/{orgSlug}/campaigns",
+    tag = "admin",
+    params(
+        ("orgSlug" = String, Path, description = "The organisation's slug", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; a retry with the same key \
+            and body answers the campaign the first request created", pattern = "^[!-~]{1,255}$", nullable = false),
+    ),
+    request_body = NewCampaignRequest,
+    security(("serviceToken" = [])),
+    responses(
+        (status = 201, description = "Created, or created before under this `Idempotency-Key`", body = AdminCampaign, headers(
+            ("Idempotent-Replayed" = String, description = "`true` when the campaign was created by an earlier request \
+                with this `Idempotency-Key` (absent otherwise)"),
+        )),
+        (status = 400, description = "The slug is not a valid slug (`invalid_slug`), the `Idempotency-Key` or a field is invalid \
+            (`invalid_input`), or the body is not JSON of this shape", body = platform_service::ErrorBody),
+        (status = 404, description = "No such organisation (`organization_not_found`); or, for a replayed `Idempotency-Key`, \
+            the campaign it created is gone (`campaign_not_found`)", body = platform_service::ErrorBody),
+        (status = 409, description = "The organisation's tier allows no more running or scheduled campaigns (`campaign_limit_reached`)", body = platform_service::ErrorBody),
+        (status = 422, description = "The `Idempotency-Key` was used with a different body (`idempotency_key_reused`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "create_campaign", skip(_admin, state, req, body))]
 pub(super) async fn create_campaign(
     _admin: RequireAdmin,
@@ -102,6 +179,21 @@ pub(super) async fn create_campaign(
     Ok(response.json(AdminCampaign::from(&created.row)))
 }
 
+/// `GET /api/admin/campaigns/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/campaigns/{id}",
+    tag = "admin",
+    params(("id" = Uuid, Path, description = "The campaign id")),
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "The campaign", body = AdminCampaign),
+        (status = 400, description = "The id is not a UUID (`invalid_campaign_id`)", body = platform_service::ErrorBody),
+        (status = 404, description = "No such campaign, or deleted (`campaign_not_found`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "get_campaign", skip(_admin, state))]
 pub(super) async fn get_campaign(
     _admin: RequireAdmin,
@@ -113,6 +205,24 @@ pub(super) async fn get_campaign(
     Ok(HttpResponse::Ok().json(AdminCampaign::from(&row)))
 }
 
+/// `PATCH /api/admin/campaigns/{id}`: a campaign disabled or ended by the edit is announced to
+/// its live viewers at once.
+#[utoipa::path(
+    patch,
+    path = "/api/admin/campaigns/{id}",
+    tag = "admin",
+    params(("id" = Uuid, Path, description = "The campaign id")),
+    request_body = CampaignPatch,
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "The campaign after the edit", body = AdminCampaign),
+        (status = 400, description = "The id is not a UUID (`invalid_campaign_id`), the body sets no field (`empty_update`), \
+            the campaign after the edit is invalid (`invalid_input`), or the body is not JSON of this shape", body = platform_service::ErrorBody),
+        (status = 404, description = "No such campaign, or deleted (`campaign_not_found`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "update_campaign", skip(_admin, state, body))]
 pub(super) async fn update_campaign(
     _admin: RequireAdmin,
@@ -139,6 +249,22 @@ pub(super) async fn update_campaign(
     Ok(HttpResponse::Ok().json(AdminCampaign::from(&row)))
 }
 
+/// `DELETE /api/admin/campaigns/{id}`: a soft delete (donations keep their campaign), announced
+/// to live viewers as `campaign_ended`.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/campaigns/{id}",
+    tag = "admin",
+    params(("id" = Uuid, Path, description = "The campaign id")),
+    security(("serviceToken" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "The id is not a UUID (`invalid_campaign_id`)", body = platform_service::ErrorBody),
+        (status = 404, description = "No such campaign, or deleted (`campaign_not_found`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "delete_campaign", skip(_admin, state))]
 pub(super) async fn delete_campaign(
     _admin: RequireAdmin,

@@ -8,7 +8,6 @@ pub mod events;
 pub mod tokens;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -17,12 +16,14 @@ use platform_redis::cache::CacheStatus;
 use platform_redis::pubsub::PubSub;
 use platform_redis::ratelimit::{RateLimit, RateLimiter};
 use platform_redis::usage::{TrackUsage, UsageOrg, UsageRecorder};
+use platform_service::openapi::{RateLimited, Unavailable};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
 use uuid::Uuid;
 
-use crate::domain::{Slug, TierLimits};
+use crate::domain::{CampaignStats, CampaignView, Slug, TierLimits};
 use crate::error::ApiError;
 use crate::metrics::{CachedRoute, ServiceMetrics};
 use crate::store::pages::Pages;
@@ -38,13 +39,35 @@ pub struct State {
     pub pages: Pages,
     pub pubsub: PubSub,
     pub metrics: ServiceMetrics,
-    pub keep_alive: Duration,
+    pub live: events::StreamTimes,
     pub stop: CancellationToken,
     /// What this service limits by tier.
     pub limits: TierLimits,
     /// Wakes the outbox relay after a write committed an event.
     pub relay_wake: Arc<Notify>,
 }
+
+/// The routes' OpenAPI description, [`tokens`]' included (`platform_service::openapi` adds the
+/// common ones). `CampaignUpdate` is listed because only the SSE route's description names it.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    paths(
+        active_campaigns,
+        campaign_stats,
+        events::campaign_events,
+        campaign_page,
+        admin::create_organisation,
+        admin::get_organisation,
+        admin::update_organisation,
+        admin::create_campaign,
+        admin::get_campaign,
+        admin::update_campaign,
+        admin::delete_campaign,
+        tokens::mint_token
+    ),
+    components(schemas(platform_redis::messages::CampaignUpdate))
+)]
+pub struct ApiDoc;
 
 /// Registers the routes; `policy` is the rate-limit policy of the public routes; `usage` counts
 /// their `api_request`s.
@@ -110,8 +133,27 @@ fn campaign_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::InvalidCampaignId)
 }
 
-/// The hottest route: it borrows the state and the slug from the request rather than extracting
-/// owned copies (`web::Data` is an `Arc` both worker threads would count up and down per read).
+/// `GET /api/public/campaigns/{orgSlug}/active`: the organisation's running campaigns, cached.
+///
+/// Rate limited per organisation (the slug), so an invalid or unknown slug can meet 429 too.
+#[utoipa::path(
+    get,
+    path = "/api/public/campaigns/{orgSlug}/active",
+    tag = "public",
+    params(("orgSlug" = String, Path, description = "The organisation's slug", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    responses(
+        (status = 200, description = "Started, not ended, not disabled campaigns", body = [CampaignView], headers(
+            ("X-Cache" = String, description = "`HIT`, `MISS` or `STALE`"),
+            ("Cache-Control" = String, description = "`public, max-age=<cache.ttl_seconds>`"),
+        )),
+        (status = 400, description = "The slug is not a valid slug (`invalid_slug`)", body = platform_service::ErrorBody),
+        (status = 404, description = "No such organisation (`organization_not_found`)", body = platform_service::ErrorBody),
+        RateLimited,
+        Unavailable,
+    )
+)]
+// The hottest route: it borrows the state and the slug from the request rather than extracting
+// owned copies (`web::Data` is an `Arc` both worker threads would count up and down per read).
 #[tracing::instrument(name = "active_campaigns", skip_all, fields(slug = req.match_info().get("orgSlug")))]
 async fn active_campaigns(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let state = state(&req)?;
@@ -135,6 +177,23 @@ fn state(req: &HttpRequest) -> Result<&State, ApiError> {
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("campaign-api state is not registered")))
 }
 
+/// `GET /api/campaigns/{id}/stats`: a campaign's totals, cached.
+#[utoipa::path(
+    get,
+    path = "/api/campaigns/{id}/stats",
+    tag = "public",
+    params(("id" = Uuid, Path, description = "The campaign id")),
+    responses(
+        (status = 200, description = "The campaign's totals", body = CampaignStats, headers(
+            ("X-Cache" = String, description = "`HIT`, `MISS` or `STALE`"),
+            ("Cache-Control" = String, description = "`public, max-age=<cache.ttl_seconds>`"),
+        )),
+        (status = 400, description = "The id is not a UUID (`invalid_campaign_id`)", body = platform_service::ErrorBody),
+        (status = 404, description = "No such campaign, or deleted (`campaign_not_found`)", body = platform_service::ErrorBody),
+        RateLimited,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "campaign_stats", skip(state))]
 async fn campaign_stats(
     state: web::Data<State>,
@@ -146,6 +205,18 @@ async fn campaign_stats(
     Ok(cached_response(cached.status, &state.pages).json(&cached.value))
 }
 
+/// `GET /campaigns/{orgSlug}`: the campaign page (static HTML; its script calls the public
+/// routes), for any valid slug, known or not.
+#[utoipa::path(
+    get,
+    path = "/campaigns/{orgSlug}",
+    tag = "pages",
+    params(("orgSlug" = String, Path, description = "The organisation's slug", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    responses(
+        (status = 200, description = "The campaign page", content_type = "text/html", body = String),
+        (status = 400, description = "The slug is not a valid slug (`invalid_slug`)", body = platform_service::ErrorBody),
+    )
+)]
 async fn campaign_page(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Slug::parse(&path)?;
     Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(CAMPAIGN_PAGE))

@@ -5,8 +5,10 @@
 use actix_web::http::header::CACHE_CONTROL;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
+use platform_service::openapi::{Unauthorized, Unavailable};
 use platform_service::{RequireAdmin, TenantTokenSigner};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::db;
 use crate::domain::Slug;
@@ -20,15 +22,36 @@ pub fn configure(cfg: &mut web::ServiceConfig, signer: Option<TenantTokenSigner>
         .route("/api/admin/organisations/{orgSlug}/tokens", web::post().to(mint_token));
 }
 
-#[derive(Debug, Serialize)]
+/// A minted tenant token.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct MintedBody {
+    /// The HS256 JWT, for `Authorization: Bearer`.
     token: String,
     expires_at: DateTime<Utc>,
     /// The id the token names (the one usage-meter's `/api/usage/{orgId}` routes take).
+    #[schema(format = Uuid)]
     org_id: String,
 }
 
+/// `POST /api/admin/organisations/{orgSlug}/tokens`: a tenant token for the organisation.
+#[utoipa::path(
+    post,
+    path = "/api/admin/organisations/{orgSlug}/tokens",
+    tag = "admin",
+    params(("orgSlug" = String, Path, description = "The organisation's slug", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "A short-lived token naming the organisation", body = MintedBody, headers(
+            ("Cache-Control" = String, description = "`no-store`: a credential"),
+        )),
+        (status = 400, description = "The slug is not a valid slug (`invalid_slug`)", body = platform_service::ErrorBody),
+        (status = 404, description = "No such organisation (`organization_not_found`), or no HS256 secret is configured \
+            (`tenant_tokens_disabled`, answered before the slug is checked)", body = platform_service::ErrorBody),
+        Unauthorized,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "mint_tenant_token", skip(_admin, state, signer))]
 async fn mint_token(
     _admin: RequireAdmin,

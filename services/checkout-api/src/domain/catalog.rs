@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::CheckoutError;
 
@@ -24,7 +25,7 @@ const MAX_SKU: usize = 64;
 const MAX_NAME: usize = 200;
 
 /// A product as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
     pub sku: String,
@@ -37,16 +38,19 @@ pub struct Product {
 }
 
 /// One line as a client names it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ItemRequest {
+    /// An active product of the catalog (else 400 `unknown_product`).
     pub sku: String,
+    #[schema(minimum = 1, maximum = 10_000)]
     pub quantity: i64,
     /// Optional; must equal the catalog price when present.
     #[serde(default)]
     pub unit_amount_cents: Option<i64>,
     /// Accepted so existing clients keep working; the catalog's name is used.
     #[serde(default)]
+    #[schema(value_type = Value)]
     pub name: Option<IgnoredAny>,
 }
 
@@ -84,16 +88,22 @@ pub fn valid_price_id(price_id: &str) -> bool {
 }
 
 /// Body of the admin product routes (`sku` comes from the path on PUT).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProductRequest {
+    /// Required on create; on replace, if present, must equal the path's.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
     pub sku: Option<String>,
+    /// 1 to 200 characters once trimmed, without control characters.
     pub name: String,
+    #[schema(minimum = 0, maximum = 99_999_999)]
     pub unit_amount_cents: i64,
     #[serde(default)]
+    #[schema(pattern = "^price_[A-Za-z0-9_]+$", max_length = 255)]
     pub price_id: Option<String>,
     #[serde(default = "yes")]
+    #[schema(default = true)]
     pub active: bool,
 }
 

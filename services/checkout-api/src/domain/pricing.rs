@@ -10,11 +10,13 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use crate::domain::catalog::MAX_UNIT_AMOUNT_CENTS as MAX_AMOUNT_CENTS;
 use crate::error::CheckoutError;
 
 /// Percent or fixed amount off the subtotal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CouponKind {
     Percent,
@@ -39,7 +41,7 @@ impl CouponKind {
 }
 
 /// A coupon as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Coupon {
     pub code: String,
@@ -94,10 +96,12 @@ pub fn normalise_code(raw: &str) -> Result<String, CheckoutError> {
 }
 
 /// One delivery band: distances up to `up_to_km` (inclusive) cost `charge_cents`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeliveryBand {
+    #[schema(exclusive_minimum = 0)]
     pub up_to_km: f64,
+    #[schema(minimum = 0, maximum = 99_999_999)]
     pub charge_cents: i64,
 }
 
@@ -112,7 +116,7 @@ pub fn delivery_charge(bands: &[DeliveryBand], distance_km: f64) -> Result<i64, 
 }
 
 /// Checks a band table an admin submits: 1..=100 bands, finite positive distances without
-/// duplicates, charges ≥ 0. Returns it sorted.
+/// duplicates, charges within 0..=[`MAX_AMOUNT_CENTS`]. Returns it sorted.
 pub fn validate_bands(mut bands: Vec<DeliveryBand>) -> Result<Vec<DeliveryBand>, CheckoutError> {
     if bands.is_empty() || bands.len() > 100 {
         return Err(CheckoutError::invalid("invalid_bands", "bands must hold 1 to 100 entries"));
@@ -124,8 +128,11 @@ pub fn validate_bands(mut bands: Vec<DeliveryBand>) -> Result<Vec<DeliveryBand>,
                 "upToKm must be a finite number above 0",
             ));
         }
-        if band.charge_cents < 0 {
-            return Err(CheckoutError::invalid("invalid_bands", "chargeCents must be >= 0"));
+        if !(0..=MAX_AMOUNT_CENTS).contains(&band.charge_cents) {
+            return Err(CheckoutError::invalid(
+                "invalid_bands",
+                format!("chargeCents must be between 0 and {MAX_AMOUNT_CENTS}"),
+            ));
         }
     }
     bands.sort_by(|a, b| a.up_to_km.total_cmp(&b.up_to_km));
@@ -136,18 +143,25 @@ pub fn validate_bands(mut bands: Vec<DeliveryBand>) -> Result<Vec<DeliveryBand>,
 }
 
 /// The body of the admin coupon routes (`code` comes from the path on PUT).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CouponRequest {
+    /// Required on create; on replace, if present, must name the path's code. 1 to 32 letters,
+    /// digits, `_` or `-` (trimmed, stored upper case).
     #[serde(default)]
     pub code: Option<String>,
     pub kind: CouponKind,
+    /// Percent 1..=100, or cents 1..=99 999 999.
+    #[schema(minimum = 1, maximum = 99_999_999)]
     pub value: i64,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 99_999_999, default = 0)]
     pub min_order_cents: i64,
+    /// In the years 1970 to 9999.
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default = "yes")]
+    #[schema(default = true)]
     pub active: bool,
 }
 
@@ -174,8 +188,19 @@ impl CouponRequest {
             }
             _ => {}
         }
-        if self.min_order_cents < 0 {
-            return Err(CheckoutError::invalid("invalid_coupon", "minOrderCents must be >= 0"));
+        if self.value > MAX_AMOUNT_CENTS || !(0..=MAX_AMOUNT_CENTS).contains(&self.min_order_cents)
+        {
+            return Err(CheckoutError::invalid(
+                "invalid_coupon",
+                format!("value and minOrderCents must be at most {MAX_AMOUNT_CENTS}"),
+            ));
+        }
+        // Stored and answered as RFC 3339, which has four-digit years.
+        if self.expires_at.is_some_and(|at| !(1970..=9999).contains(&chrono::Datelike::year(&at))) {
+            return Err(CheckoutError::invalid(
+                "invalid_coupon",
+                "expiresAt must lie in the years 1970 to 9999",
+            ));
         }
         Ok(Coupon {
             code,

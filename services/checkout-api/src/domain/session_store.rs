@@ -7,6 +7,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use platform_redis::RedisError;
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::sessions::{SessionRecord, Tier};
@@ -30,7 +31,7 @@ pub enum Replaced {
 }
 
 /// Counters of both tiers, summed.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
     pub total_created: i64,
@@ -74,7 +75,7 @@ impl Stats {
 }
 
 /// Result of `cleanup_expired`.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CleanupReport {
     /// Index entries of sessions whose Redis key had expired.
@@ -93,7 +94,7 @@ pub struct SessionPage {
 }
 
 /// A session in a listing (not extending its TTL).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListedSession {
     #[serde(flatten)]

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use prometheus_client::encoding::EncodeLabelSet;
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::catalog::{ItemRequest, PricedItem};
@@ -23,8 +24,9 @@ pub struct Limits {
 }
 
 /// Where a session is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = SessionStatus)]
 pub enum Status {
     Open,
     Completed,
@@ -42,7 +44,7 @@ impl Status {
 }
 
 /// The tier that holds a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     Redis,
@@ -65,7 +67,7 @@ pub struct StoreLabel {
 }
 
 /// One line of the cart as stored: the catalog's name and unit price at the last write.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CartItem {
     pub sku: String,
@@ -76,28 +78,40 @@ pub struct CartItem {
 
 /// `POST /api/checkout/sessions`. `userId` counts only for service-token callers (the route
 /// decides and passes the acting user to `Checkout::create`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateSessionRequest {
+    /// The user the session is for; read only from a service-token caller (1–200 bytes without
+    /// control characters), ignored otherwise.
     #[serde(default)]
     pub user_id: Option<String>,
+    /// At most `checkout.max_items` lines.
+    #[schema(min_items = 1)]
     pub items: Vec<ItemRequest>,
+    /// 1 to 32 letters, digits, `_` or `-` (trimmed, case-insensitive).
     #[serde(default)]
     pub coupon_code: Option<String>,
+    /// At most `checkout.max_distance_km`.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub delivery_distance_km: Option<f64>,
 }
 
 /// `PATCH /api/checkout/sessions/{id}`: absent fields stay; `null` removes the coupon or the
-/// distance.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// distance. A body naming no field is refused (400 `empty_update`).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateSessionRequest {
+    /// Replaces the lines (as on create); `null` keeps them.
     #[serde(default)]
     pub items: Option<Vec<ItemRequest>>,
+    /// `null` removes the coupon.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     pub coupon_code: Option<Option<String>>,
+    /// `null` removes the delivery.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>, minimum = 0)]
     pub delivery_distance_km: Option<Option<f64>>,
 }
 
@@ -128,7 +142,7 @@ where
 }
 
 /// What is stored in Redis (JSON) and in Postgres (`record`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionRecord {
     pub id: Uuid,
@@ -192,7 +206,7 @@ impl SessionRecord {
 }
 
 /// The response body: the record, when it expires if left idle, and which tier holds it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionView {
     #[serde(flatten)]
@@ -279,8 +293,10 @@ pub struct Amounts {
 }
 
 impl Amounts {
+    /// Saturating: each part is bounded at the door, so this never saturates; a stored value from
+    /// before those bounds must not panic a request.
     pub fn total(self) -> i64 {
-        self.subtotal - self.discount + self.delivery
+        self.subtotal.saturating_sub(self.discount).saturating_add(self.delivery)
     }
 }
 

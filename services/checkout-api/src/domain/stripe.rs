@@ -12,22 +12,33 @@ use std::pin::Pin;
 use chrono::{SecondsFormat, TimeZone as _, Utc};
 use serde::{Deserialize, Serialize};
 use stripe_checkout::CheckoutSession;
+use utoipa::ToSchema;
 
 use crate::domain::catalog::{ItemRequest, MAX_QUANTITY, valid_price_id};
 use crate::error::CheckoutError;
 
 /// Body of `POST /api/stripe/checkout`: either `checkoutSessionId`, or `items` or `priceId`.
 /// `userId` counts only for a service-token caller.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckoutRequest {
+    /// An open checkout session to pay (not together with `items` or `priceId`).
+    #[schema(min_length = 1, max_length = 128)]
     pub checkout_session_id: Option<String>,
+    /// Read only from a service-token caller (1–128 of letters, digits, `_ - . : @`), ignored
+    /// otherwise.
     pub user_id: Option<String>,
+    #[schema(max_length = 254)]
     pub email: Option<String>,
+    /// Catalog items (1 to `stripe.max_line_items`), not together with `priceId`.
     pub items: Option<Vec<ItemRequest>>,
+    /// A Stripe price the catalog lists; without `items` or `priceId`, the configured default.
+    #[schema(pattern = "^price_[A-Za-z0-9_]+$", max_length = 255)]
     pub price_id: Option<String>,
+    /// Of the `priceId` line (1 to 10 000; default 1); unused with `items`.
     pub quantity: Option<u64>,
     /// `payment` (default for items) or `subscription` (default for a price).
+    #[schema(pattern = "^(payment|subscription)$")]
     pub mode: Option<String>,
 }
 
@@ -156,7 +167,7 @@ pub fn checkout_session_of(session: &CheckoutSession) -> Option<String> {
 }
 
 /// The answer of `POST /api/stripe/checkout`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckoutCreated {
     pub url: String,
@@ -230,14 +241,14 @@ pub fn validate_customer_id(customer_id: &str) -> Result<(), CheckoutError> {
 }
 
 /// The default payment method's card.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PaymentMethodView {
     pub brand: String,
     pub last4: String,
 }
 
 /// The newest payment intent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentView {
     pub id: String,
@@ -249,7 +260,7 @@ pub struct PaymentView {
 
 /// One customer's record in Redis (JSON, camelCase). Without a subscription only `customerId`,
 /// `status: "none"`, `lastPayment` and `syncedAt` are present.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StripeState {
     pub customer_id: String,

@@ -4,11 +4,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::CheckoutError;
 
 /// Guest or signed-in user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionKind {
     Guest,
@@ -16,7 +17,7 @@ pub enum SessionKind {
 }
 
 /// What is stored for one session.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserSession {
     pub kind: SessionKind,
@@ -26,7 +27,7 @@ pub struct UserSession {
 }
 
 /// Where a session is held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Held {
     Redis,
@@ -34,7 +35,7 @@ pub enum Held {
 }
 
 /// The response body of the session routes (never the id: it lives in the HttpOnly cookie).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserSessionView {
     #[serde(flatten)]

@@ -4,13 +4,14 @@
 
 use actix_web::{HttpResponse, web};
 use platform_service::RequireAdmin;
-use serde::Deserialize;
-use serde_json::json;
+use platform_service::openapi::{RateLimited, Unauthorized, Unavailable};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{Policies, State};
 use crate::db::{catalog, pricing as storage};
-use crate::domain::catalog::ProductRequest;
-use crate::domain::pricing::{CouponRequest, DeliveryBand, normalise_code, validate_bands};
+use crate::domain::catalog::{Product, ProductRequest, valid_sku};
+use crate::domain::pricing::{Coupon, CouponRequest, DeliveryBand, normalise_code, validate_bands};
 use crate::error::CheckoutError;
 
 pub fn configure(cfg: &mut web::ServiceConfig, policies: &Policies) {
@@ -67,15 +68,44 @@ fn same_as_path(
     }
 }
 
-async fn list_coupons(
+/// `GET /api/admin/coupons`: every coupon.
+#[utoipa::path(
+    get,
+    path = "/api/admin/coupons",
+    tag = "admin",
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "Every coupon, by code", body = Vec<Coupon>),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
+pub(super) async fn list_coupons(
     _admin: RequireAdmin,
     state: web::Data<State>,
 ) -> Result<HttpResponse, CheckoutError> {
     Ok(HttpResponse::Ok().json(storage::coupons(&state.db).await?))
 }
 
+/// `POST /api/admin/coupons`: a new coupon.
+#[utoipa::path(
+    post,
+    path = "/api/admin/coupons",
+    tag = "admin",
+    request_body = CouponRequest,
+    security(("serviceToken" = [])),
+    responses(
+        (status = 201, description = "Created (the code stored upper case)", body = Coupon),
+        (status = 400, description = "`code` missing or a value out of range (`invalid_coupon`), a malformed code (`invalid_coupon_code`), or the body is not the expected JSON", body = platform_service::ErrorBody),
+        (status = 409, description = "A coupon with this code exists (`coupon_exists`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "create_coupon", skip_all)]
-async fn create_coupon(
+pub(super) async fn create_coupon(
     _admin: RequireAdmin,
     state: web::Data<State>,
     body: web::Json<CouponRequest>,
@@ -92,7 +122,23 @@ async fn create_coupon(
     Ok(HttpResponse::Created().json(coupon))
 }
 
-async fn get_coupon(
+/// `GET /api/admin/coupons/{code}`: one coupon.
+#[utoipa::path(
+    get,
+    path = "/api/admin/coupons/{code}",
+    tag = "admin",
+    params(("code" = String, Path, description = "1 to 32 letters, digits, `_` or `-` (case-insensitive)")),
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "The coupon", body = Coupon),
+        (status = 400, description = "A malformed code (`invalid_coupon_code`)", body = platform_service::ErrorBody),
+        (status = 404, description = "No such coupon (`coupon_not_found`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
+pub(super) async fn get_coupon(
     _admin: RequireAdmin,
     state: web::Data<State>,
     path: web::Path<String>,
@@ -102,8 +148,24 @@ async fn get_coupon(
     Ok(HttpResponse::Ok().json(coupon))
 }
 
+/// `PUT /api/admin/coupons/{code}`: creates or replaces a coupon.
+#[utoipa::path(
+    put,
+    path = "/api/admin/coupons/{code}",
+    tag = "admin",
+    params(("code" = String, Path, description = "1 to 32 letters, digits, `_` or `-` (case-insensitive)")),
+    request_body = CouponRequest,
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "Stored (created or replaced)", body = Coupon),
+        (status = 400, description = "A value out of range or a body `code` other than the path's (`invalid_coupon`), a malformed code (`invalid_coupon_code`), or the body is not the expected JSON", body = platform_service::ErrorBody),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "put_coupon", skip(_admin, state, body))]
-async fn put_coupon(
+pub(super) async fn put_coupon(
     _admin: RequireAdmin,
     state: web::Data<State>,
     path: web::Path<String>,
@@ -120,8 +182,24 @@ async fn put_coupon(
     Ok(HttpResponse::Ok().json(coupon))
 }
 
+/// `DELETE /api/admin/coupons/{code}`: removes a coupon.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/coupons/{code}",
+    tag = "admin",
+    params(("code" = String, Path, description = "1 to 32 letters, digits, `_` or `-` (case-insensitive)")),
+    security(("serviceToken" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "A malformed code (`invalid_coupon_code`)", body = platform_service::ErrorBody),
+        (status = 404, description = "No such coupon (`coupon_not_found`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "delete_coupon", skip(_admin, state))]
-async fn delete_coupon(
+pub(super) async fn delete_coupon(
     _admin: RequireAdmin,
     state: web::Data<State>,
     path: web::Path<String>,
@@ -135,21 +213,57 @@ async fn delete_coupon(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn get_bands(
+/// `GET /api/admin/delivery-bands`: the delivery band table.
+#[utoipa::path(
+    get,
+    path = "/api/admin/delivery-bands",
+    tag = "admin",
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "The bands, by distance", body = BandList),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
+pub(super) async fn get_bands(
     _admin: RequireAdmin,
     state: web::Data<State>,
 ) -> Result<HttpResponse, CheckoutError> {
-    Ok(HttpResponse::Ok().json(json!({ "bands": storage::bands(&state.db).await? })))
+    Ok(HttpResponse::Ok().json(BandList { bands: storage::bands(&state.db).await? }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BandsRequest {
+/// The delivery band table.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct BandList {
     bands: Vec<DeliveryBand>,
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BandsRequest {
+    /// The new table: 1 to 100 bands of distinct `upToKm`.
+    #[schema(min_items = 1, max_items = 100)]
+    bands: Vec<DeliveryBand>,
+}
+
+/// `PUT /api/admin/delivery-bands`: replaces the whole band table.
+#[utoipa::path(
+    put,
+    path = "/api/admin/delivery-bands",
+    tag = "admin",
+    request_body = BandsRequest,
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "The stored bands, sorted by distance", body = BandList),
+        (status = 400, description = "Not 1 to 100 bands, a distance not above 0 or repeated, or a negative charge (`invalid_bands`); or the body is not the expected JSON", body = platform_service::ErrorBody),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "put_bands", skip_all)]
-async fn put_bands(
+pub(super) async fn put_bands(
     _admin: RequireAdmin,
     state: web::Data<State>,
     body: web::Json<BandsRequest>,
@@ -158,7 +272,7 @@ async fn put_bands(
     storage::replace_bands(&state.db, &bands).await?;
     state.checkout.pricing.invalidate_delivery().await;
     tracing::info!(bands = bands.len(), "delivery bands replaced");
-    Ok(HttpResponse::Ok().json(json!({ "bands": bands })))
+    Ok(HttpResponse::Ok().json(BandList { bands }))
 }
 
 /// A second product sold as the same Stripe price breaks the table's unique constraint.
@@ -169,16 +283,51 @@ fn product_write_error(error: sqlx::Error) -> CheckoutError {
     }
 }
 
-async fn list_products(
+/// `GET /api/admin/products`: the whole catalog, inactive products included.
+#[utoipa::path(
+    get,
+    path = "/api/admin/products",
+    tag = "admin",
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "Every product, by sku", body = ProductList),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
+pub(super) async fn list_products(
     _admin: RequireAdmin,
     state: web::Data<State>,
 ) -> Result<HttpResponse, CheckoutError> {
     let products = catalog::products(state.checkout.catalog.db()).await?;
-    Ok(HttpResponse::Ok().json(json!({ "products": products })))
+    Ok(HttpResponse::Ok().json(ProductList { products }))
 }
 
+/// The catalog.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ProductList {
+    products: Vec<Product>,
+}
+
+/// `POST /api/admin/products`: a new product.
+#[utoipa::path(
+    post,
+    path = "/api/admin/products",
+    tag = "admin",
+    request_body = ProductRequest,
+    security(("serviceToken" = [])),
+    responses(
+        (status = 201, description = "Created", body = Product),
+        (status = 400, description = "`sku` missing or a field breaking its rule (`invalid_product`), or the body is not the expected JSON", body = platform_service::ErrorBody),
+        (status = 409, description = "The sku exists (`product_exists`), or another product is sold as this `priceId` (`price_id_in_use`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "create_product", skip_all)]
-async fn create_product(
+pub(super) async fn create_product(
     _admin: RequireAdmin,
     state: web::Data<State>,
     body: web::Json<ProductRequest>,
@@ -196,19 +345,52 @@ async fn create_product(
     Ok(HttpResponse::Created().json(product))
 }
 
-async fn get_product(
+/// `GET /api/admin/products/{sku}`: one product.
+#[utoipa::path(
+    get,
+    path = "/api/admin/products/{sku}",
+    tag = "admin",
+    params(("sku" = String, Path, description = "The product's sku")),
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "The product", body = Product),
+        (status = 404, description = "No such product (`product_not_found`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
+pub(super) async fn get_product(
     _admin: RequireAdmin,
     state: web::Data<State>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, CheckoutError> {
-    let product = catalog::product(state.checkout.catalog.db(), &path)
+    let sku = stored_sku(&path)?;
+    let product = catalog::product(state.checkout.catalog.db(), sku)
         .await?
         .ok_or(CheckoutError::ProductNotFound)?;
     Ok(HttpResponse::Ok().json(product))
 }
 
+/// `PUT /api/admin/products/{sku}`: creates or replaces a product.
+#[utoipa::path(
+    put,
+    path = "/api/admin/products/{sku}",
+    tag = "admin",
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$", description = "1 to 64 letters, digits, `_`, `.`, `:` or `-`, starting with a letter or digit")),
+    request_body = ProductRequest,
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "Stored (created or replaced)", body = Product),
+        (status = 400, description = "A field breaking its rule or a body `sku` other than the path's (`invalid_product`), or the body is not the expected JSON", body = platform_service::ErrorBody),
+        (status = 409, description = "Another product is sold as this `priceId` (`price_id_in_use`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "put_product", skip(_admin, state, body))]
-async fn put_product(
+pub(super) async fn put_product(
     _admin: RequireAdmin,
     state: web::Data<State>,
     path: web::Path<String>,
@@ -233,17 +415,38 @@ async fn put_product(
     Ok(HttpResponse::Ok().json(product))
 }
 
+/// `DELETE /api/admin/products/{sku}`: removes a product.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/products/{sku}",
+    tag = "admin",
+    params(("sku" = String, Path, description = "The product's sku")),
+    security(("serviceToken" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such product (`product_not_found`)", body = platform_service::ErrorBody),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "delete_product", skip(_admin, state))]
-async fn delete_product(
+pub(super) async fn delete_product(
     _admin: RequireAdmin,
     state: web::Data<State>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, CheckoutError> {
+    let sku = stored_sku(&path)?;
     let catalog = &state.checkout.catalog;
-    let price_id = catalog::delete_product(catalog.db(), &path)
-        .await?
-        .ok_or(CheckoutError::ProductNotFound)?;
-    catalog.invalidate(&path, &[price_id.as_deref()]).await;
+    let price_id =
+        catalog::delete_product(catalog.db(), sku).await?.ok_or(CheckoutError::ProductNotFound)?;
+    catalog.invalidate(sku, &[price_id.as_deref()]).await;
     tracing::info!("product deleted");
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// A sku the catalog could hold; any other names no product (and never reaches Postgres, which
+/// refuses some bytes, NUL among them, with an error rather than no row).
+fn stored_sku(raw: &str) -> Result<&str, CheckoutError> {
+    if valid_sku(raw) { Ok(raw) } else { Err(CheckoutError::ProductNotFound) }
 }

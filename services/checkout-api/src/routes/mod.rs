@@ -18,6 +18,7 @@ use actix_web::web;
 use platform_redis::RedisClients;
 use platform_redis::ratelimit::{RateLimit, RateLimiter};
 use sqlx::PgPool;
+use utoipa::OpenApi;
 
 use crate::domain::checkout::Checkout;
 use crate::domain::payments::StripeService;
@@ -50,6 +51,46 @@ impl Policies {
         RateLimit::new(self.limiter.clone(), self.guest.clone())
     }
 }
+
+/// The routes' OpenAPI description (`platform_service::openapi` adds the common ones).
+///
+/// `security(...)` takes only string literals in utoipa 5.5, so the operations spell
+/// `platform_service::openapi::SERVICE_TOKEN` (`"serviceToken"`) and `SESSION_COOKIE`
+/// (`"sessionCookie"`) out; a test below checks that every name used is a known scheme.
+#[derive(Debug, OpenApi)]
+#[openapi(paths(
+    checkout::create_session,
+    checkout::get_session,
+    checkout::update_session,
+    checkout::replace_session,
+    checkout::complete_session,
+    checkout::fail_session,
+    checkout::validate_coupon,
+    checkout::delivery_quote,
+    admin::list_coupons,
+    admin::create_coupon,
+    admin::get_coupon,
+    admin::put_coupon,
+    admin::delete_coupon,
+    admin::get_bands,
+    admin::put_bands,
+    admin::list_products,
+    admin::create_product,
+    admin::get_product,
+    admin::put_product,
+    admin::delete_product,
+    redis_admin::health,
+    redis_admin::cleanup,
+    user_sessions::create_guest,
+    user_sessions::login,
+    user_sessions::current,
+    user_sessions::logout,
+    stripe::create_checkout,
+    stripe::checkout_success,
+    stripe::customer_state,
+    stripe::user_subscription,
+))]
+pub struct ApiDoc;
 
 /// Registers the state and every route group of this module.
 pub fn configure(

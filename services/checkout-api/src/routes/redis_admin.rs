@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use platform_service::RequireAdmin;
-use serde::Deserialize;
-use serde_json::json;
+use platform_service::openapi::{RateLimited, Unauthorized, Unavailable};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{Policies, State};
+use crate::domain::session_store::{CleanupReport, ListedSession, Stats};
 use crate::error::CheckoutError;
 
 /// Page size of `get_all_sessions` when none is given, and its bound.
@@ -27,11 +29,72 @@ pub fn configure(cfg: &mut web::ServiceConfig, policies: &Policies) {
     );
 }
 
-/// `healthy`: Redis and Postgres answer and both session stores use Redis. `degraded`: one of
-/// them is down but checkout still works (Postgres or memory fallback, or no Postgres while Redis
-/// serves). `unhealthy` (503): neither answers.
+/// The health report (`redis.userSessionStore` added to the shape this route always had).
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct StoreHealth {
+    /// RFC 3339, milliseconds, UTC.
+    timestamp: String,
+    environment: Environment,
+    redis: RedisStatus,
+    database: DatabaseStatus,
+    sessions: SessionCounts,
+    #[schema(pattern = "^(healthy|degraded|unhealthy)$")]
+    status: &'static str,
+}
+
+/// Settings are validated at start (the service does not run with bad ones): always configured,
+/// no errors.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Environment {
+    configured: bool,
+    errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RedisStatus {
+    connected: bool,
+    /// Checkout sessions are written to Redis (not the Postgres fallback).
+    checkout_store: bool,
+    /// User sessions are written to Redis (not the in-memory fallback).
+    user_session_store: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct DatabaseStatus {
+    connected: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct SessionCounts {
+    /// Live checkout sessions in both tiers.
+    count: u64,
+    stats: SessionTotals,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct SessionTotals {
+    total_created: i64,
+    total_completed: i64,
+    total_failed: i64,
+}
+
+/// `GET /api/redis/health`: `healthy`: Redis and Postgres answer and both session stores use
+/// Redis. `degraded`: one of them is down but checkout still works (Postgres or memory fallback,
+/// or no Postgres while Redis serves). `unhealthy` (503): neither answers.
+#[utoipa::path(
+    get,
+    path = "/api/redis/health",
+    tag = "redis",
+    responses(
+        (status = 200, description = "`healthy` or `degraded`", body = StoreHealth),
+        (status = 503, description = "`unhealthy`: neither Redis nor Postgres answers (the same report)", body = StoreHealth),
+        RateLimited,
+    )
+)]
 #[tracing::instrument(name = "redis_health", skip_all)]
-async fn health(state: web::Data<State>) -> HttpResponse {
+pub(super) async fn health(state: web::Data<State>) -> HttpResponse {
     let redis_up =
         matches!(tokio::time::timeout(PROBE_TIMEOUT, state.redis.ping()).await, Ok(Ok(_)));
     let db_up = matches!(
@@ -54,26 +117,21 @@ async fn health(state: web::Data<State>) -> HttpResponse {
     } else {
         "unhealthy"
     };
-    let body = json!({
-        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        // Settings are validated at start (the service does not run with bad ones).
-        "environment": { "configured": true, "errors": [] },
-        "redis": {
-            "connected": redis_up,
-            "checkoutStore": checkout_store,
-            "userSessionStore": user_session_store,
-        },
-        "database": { "connected": db_up },
-        "sessions": {
-            "count": count,
-            "stats": {
-                "totalCreated": stats.total_created,
-                "totalCompleted": stats.total_completed,
-                "totalFailed": stats.total_failed,
+    let body = StoreHealth {
+        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        environment: Environment { configured: true, errors: Vec::new() },
+        redis: RedisStatus { connected: redis_up, checkout_store, user_session_store },
+        database: DatabaseStatus { connected: db_up },
+        sessions: SessionCounts {
+            count,
+            stats: SessionTotals {
+                total_created: stats.total_created,
+                total_completed: stats.total_completed,
+                total_failed: stats.total_failed,
             },
         },
-        "status": status,
-    });
+        status,
+    };
     if status == "unhealthy" {
         HttpResponse::ServiceUnavailable().json(body)
     } else {
@@ -81,18 +139,79 @@ async fn health(state: web::Data<State>) -> HttpResponse {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CleanupRequest {
+pub(super) struct CleanupRequest {
+    #[schema(pattern = "^(cleanup_expired|get_stats|get_all_sessions)$")]
     action: String,
+    /// `get_all_sessions`: the `nextCursor` of the previous page.
     #[serde(default)]
     cursor: Option<String>,
+    /// `get_all_sessions`: the page size, 1 to 500 (default 50); ignored by the other actions.
     #[serde(default)]
     limit: Option<usize>,
 }
 
+/// The answer of each action (untagged: the fields tell them apart).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum CleanupResponse {
+    CleanupExpired(CleanedUp),
+    GetStats(SessionStats),
+    GetAllSessions(SessionListing),
+}
+
+/// `cleanup_expired`: what was removed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct CleanedUp {
+    success: bool,
+    #[schema(pattern = "^cleanup_expired$")]
+    action: String,
+    result: CleanupReport,
+}
+
+/// `get_stats`: the counters of both tiers and the live sessions.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct SessionStats {
+    success: bool,
+    #[schema(pattern = "^get_stats$")]
+    action: String,
+    stats: Stats,
+    active_sessions: u64,
+}
+
+/// `get_all_sessions`: one page of live sessions.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct SessionListing {
+    success: bool,
+    #[schema(pattern = "^get_all_sessions$")]
+    action: String,
+    count: usize,
+    sessions: Vec<ListedSession>,
+    /// Pass back as `cursor` for the next page; `null` at the end.
+    next_cursor: Option<String>,
+}
+
+/// `POST /api/redis/cleanup` (service token): `cleanup_expired`, `get_stats` or
+/// `get_all_sessions`.
+#[utoipa::path(
+    post,
+    path = "/api/redis/cleanup",
+    tag = "redis",
+    request_body = CleanupRequest,
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "The action's result", body = CleanupResponse),
+        (status = 400, description = "An unknown action (`unknown_action`), a `limit` outside 1..=500 (`invalid_limit`) or a `cursor` not returned as `nextCursor` (`invalid_cursor`) of `get_all_sessions`, or the body is not the expected JSON", body = platform_service::ErrorBody),
+        Unauthorized,
+        RateLimited,
+        Unavailable,
+    )
+)]
 #[tracing::instrument(name = "redis_cleanup", skip_all, fields(action = %body.action))]
-async fn cleanup(
+pub(super) async fn cleanup(
     _admin: RequireAdmin,
     state: web::Data<State>,
     body: web::Json<CleanupRequest>,
@@ -102,12 +221,21 @@ async fn cleanup(
     let response = match body.action.as_str() {
         "cleanup_expired" => {
             let report = store.cleanup_expired().await?;
-            json!({ "success": true, "action": body.action, "result": report })
+            CleanupResponse::CleanupExpired(CleanedUp {
+                success: true,
+                action: body.action,
+                result: report,
+            })
         }
         "get_stats" => {
             let stats = store.stats().await?;
             let active = store.live_count().await;
-            json!({ "success": true, "action": body.action, "stats": stats, "activeSessions": active })
+            CleanupResponse::GetStats(SessionStats {
+                success: true,
+                action: body.action,
+                stats,
+                active_sessions: active,
+            })
         }
         "get_all_sessions" => {
             let limit = body.limit.unwrap_or(DEFAULT_LIMIT);
@@ -118,12 +246,12 @@ async fn cleanup(
                 ));
             }
             let page = store.list(body.cursor.as_deref(), limit).await?;
-            json!({
-                "success": true,
-                "action": body.action,
-                "count": page.sessions.len(),
-                "sessions": page.sessions,
-                "nextCursor": page.next_cursor,
+            CleanupResponse::GetAllSessions(SessionListing {
+                success: true,
+                action: body.action,
+                count: page.sessions.len(),
+                sessions: page.sessions,
+                next_cursor: page.next_cursor,
             })
         }
         _ => return Err(CheckoutError::UnknownAction(body.action)),

@@ -4,7 +4,9 @@
 use actix_web::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
 use actix_web::{FromRequest as _, HttpRequest, HttpResponse, web};
 use platform_service::RequireAdmin;
+use platform_service::openapi::{RateLimited, Unauthorized};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::{Policies, State};
 use crate::domain::caller::Caller;
@@ -27,9 +29,24 @@ pub fn configure(cfg: &mut web::ServiceConfig, policies: &Policies) {
     );
 }
 
-/// Starts a guest session (replacing the caller's previous one, if any).
+/// `POST /api/sessions/guest`: starts a guest session (replacing the caller's previous one, if
+/// any).
+///
+/// No 503: while Redis is unreachable the session is kept in this replica's memory
+/// (`store: memory`).
+#[utoipa::path(
+    post,
+    path = "/api/sessions/guest",
+    tag = "sessions",
+    security(("sessionCookie" = []), ()),
+    responses(
+        (status = 201, description = "Started; the cookie carries its id", body = UserSessionView,
+            headers(("Set-Cookie" = String, description = "The session cookie (`HttpOnly; SameSite=Lax; Path=/`)"))),
+        RateLimited,
+    )
+)]
 #[tracing::instrument(name = "create_guest_session", skip_all)]
-async fn create_guest(
+pub(super) async fn create_guest(
     state: web::Data<State>,
     request: HttpRequest,
 ) -> Result<HttpResponse, CheckoutError> {
@@ -53,16 +70,34 @@ async fn replace_session(
     Ok((cookie(sessions.settings(), &id), view))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LoginRequest {
+pub(super) struct LoginRequest {
+    /// 1 to 200 bytes, not only whitespace, without control characters.
+    #[schema(min_length = 1, max_length = 200)]
     user_id: String,
 }
 
+/// `POST /api/sessions/login`: a user session for the user the trusted front end authenticated.
+///
 /// Called by the trusted front end (admin / service token) once it authenticated the user: the
 /// browser's previous session id (cookie forwarded) is invalidated and a new one issued.
+#[utoipa::path(
+    post,
+    path = "/api/sessions/login",
+    tag = "sessions",
+    request_body = LoginRequest,
+    security(("serviceToken" = [], "sessionCookie" = []), ("serviceToken" = [])),
+    responses(
+        (status = 200, description = "Started; the cookie carries the new id", body = UserSessionView,
+            headers(("Set-Cookie" = String, description = "The session cookie (`HttpOnly; SameSite=Lax; Path=/`)"))),
+        (status = 400, description = "A malformed `userId` (`invalid_user_id`), or the body is not the expected JSON", body = platform_service::ErrorBody),
+        Unauthorized,
+        RateLimited,
+    )
+)]
 #[tracing::instrument(name = "login", skip_all)]
-async fn login(
+pub(super) async fn login(
     _admin: RequireAdmin,
     state: web::Data<State>,
     request: HttpRequest,
@@ -76,7 +111,19 @@ async fn login(
     Ok(HttpResponse::Ok().insert_header((SET_COOKIE, set_cookie)).json(view))
 }
 
-async fn current(
+/// `GET /api/sessions/current`: the session of the caller's cookie.
+#[utoipa::path(
+    get,
+    path = "/api/sessions/current",
+    tag = "sessions",
+    security(("sessionCookie" = [])),
+    responses(
+        (status = 200, description = "The session", body = UserSessionView),
+        (status = 401, description = "No session cookie, or its session is unknown or expired (`no_session`)", body = platform_service::ErrorBody),
+        RateLimited,
+    )
+)]
+pub(super) async fn current(
     state: web::Data<State>,
     request: HttpRequest,
 ) -> Result<HttpResponse, CheckoutError> {
@@ -86,8 +133,19 @@ async fn current(
     Ok(HttpResponse::Ok().json(view))
 }
 
-/// Ends the session (idempotent) and clears the cookie.
-async fn logout(
+/// `POST /api/sessions/logout`: ends the session (idempotent) and clears the cookie.
+#[utoipa::path(
+    post,
+    path = "/api/sessions/logout",
+    tag = "sessions",
+    security(("sessionCookie" = []), ()),
+    responses(
+        (status = 204, description = "Ended (or there was none)",
+            headers(("Set-Cookie" = String, description = "Clears the session cookie (`Max-Age=0`)"))),
+        RateLimited,
+    )
+)]
+pub(super) async fn logout(
     state: web::Data<State>,
     request: HttpRequest,
 ) -> Result<HttpResponse, CheckoutError> {

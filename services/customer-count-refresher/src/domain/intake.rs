@@ -4,10 +4,11 @@
 use std::collections::HashSet;
 
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 /// One invoice as simPRO lists it (`GET …/invoices/` rows, or what a webhook forwarder fetched);
-/// only the ids are read, every other field is ignored.
-#[derive(Debug, Clone, Deserialize)]
+/// only the ids are read, every other field is ignored (so the schema allows any others).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct InvoiceRef {
     #[serde(rename = "ID")]
     pub id: u64,
@@ -17,15 +18,17 @@ pub struct InvoiceRef {
 }
 
 /// `Customer` of an invoice row.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CustomerRef {
     #[serde(rename = "ID")]
     pub id: u64,
 }
 
 /// Body of `POST /internal/simpro/invoices`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct IntakeBody {
+    /// At most `realtime.max_batch` rows (default 1000; more answer 422, not 400, so the
+    /// configurable limit is not a schema constraint). An empty list is accepted.
     pub invoices: Vec<InvoiceRef>,
 }
 

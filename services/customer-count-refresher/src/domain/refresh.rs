@@ -33,7 +33,7 @@ use crate::upstream::simpro::SimproClient;
 use crate::upstream::walk::{WalkResult, walk_all};
 
 /// Where a count was stored or read from (the `storage` / `source` fields of the JSON answers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Redis,

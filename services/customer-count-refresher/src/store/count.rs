@@ -160,7 +160,7 @@ impl LiveIds {
 }
 
 /// How the live set was reconciled by a fenced write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Reconciled {
     /// Replaced by the walk's ids plus those received during the walk.

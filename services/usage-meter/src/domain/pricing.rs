@@ -96,7 +96,7 @@ impl BillingSettings {
 }
 
 /// One metered metric on a bill.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LineItem {
     pub metric: String,
@@ -112,7 +112,7 @@ pub struct LineItem {
 }
 
 /// A month's bill. `source` is set by the caller (where the usage came from).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Bill {
     pub org_id: String,

@@ -40,8 +40,8 @@ pub const LEASE: Duration = Duration::from_secs(30);
 /// Rows per Postgres page and per restore script call.
 const PAGE: i64 = 1000;
 
-/// What a restore put back.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What a restore put back (part of the flush trigger's answer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RestoreReport {
     /// Counter rows (org, month, metric) restored.
     pub rows: usize,

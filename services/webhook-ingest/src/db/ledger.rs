@@ -228,7 +228,7 @@ pub async fn requeue(
 }
 
 /// One ledger row as the admin API shows it.
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LedgerEvent {
     pub event_id: String,
@@ -239,6 +239,7 @@ pub struct LedgerEvent {
     pub object_id: Option<String>,
     pub customer_id: Option<String>,
     /// `received` rows the relay has appended read as `streamed`.
+    #[schema(pattern = "^(received|streamed|ignored|unprocessable)$")]
     pub status: String,
     pub reason: Option<String>,
     pub stream_id: Option<String>,
