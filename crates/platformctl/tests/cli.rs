@@ -1,12 +1,12 @@
-//! The real `platformctl` binary against real Redis (and usage-meter for the redrive): its exit
-//! codes, its reports, and that it never prints a secret.
+//! The real `platformctl` binary against real Redis (and usage-meter and webhook-ingest for the
+//! redrives): its exit codes, its reports, and that it never prints a secret.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::web;
 use platform_redis::fred::prelude::*;
-use platform_redis::messages::UsageEvent;
+use platform_redis::messages::{StripeEventMessage, UsageEvent};
 use platform_redis::streams::encode_entry;
 use platform_redis::{RedisClients, RedisSettings, StreamName};
 use platform_service::AppContext;
@@ -34,6 +34,33 @@ impl TestService for UsageMeter {
         app.context()
     }
     async fn serve(app: usage_meter::UsageMeter) -> std::io::Result<()> {
+        app.run_until_stopped().await
+    }
+}
+
+/// webhook-ingest as the shared harness starts it, relaying its ledger quickly.
+struct WebhookIngest;
+
+/// The endpoint secret webhook-ingest checks deliveries against.
+const WEBHOOK_SECRET: &str = "whsec_platformctl";
+
+impl TestService for WebhookIngest {
+    type Settings = webhook_ingest::Settings;
+    type App = platform_service::Application;
+    const DATABASE: bool = true;
+    const VARS: &'static [(&'static str, &'static str)] =
+        &[("APP__WEBHOOK__SECRETS", WEBHOOK_SECRET)];
+
+    async fn build(settings: webhook_ingest::Settings) -> anyhow::Result<Self::App> {
+        webhook_ingest::build(settings).await
+    }
+    fn port(app: &Self::App) -> u16 {
+        app.port()
+    }
+    fn context(app: &Self::App) -> web::Data<AppContext> {
+        app.context()
+    }
+    async fn serve(app: Self::App) -> std::io::Result<()> {
         app.run_until_stopped().await
     }
 }
@@ -166,4 +193,86 @@ async fn a_redriven_dead_letter_is_processed_once_and_leaves_the_dead_letter_str
     assert!(once, "the event was counted more than once");
     assert_eq!(refused_code, 2, "an outbox-fed stream is refused: {refused}");
     assert!(refused.contains("outbox"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_redriven_stripe_dead_letter_is_replayed_by_webhook_ingest_and_streamed_again() {
+    // Arrange: webhook-ingest stored and streamed one event; campaign-api's group dead-lettered it.
+    let prefix = unique_prefix("platformctl-stripe");
+    let webhook = TestApp::builder(&prefix).prefix(&prefix).spawn::<WebhookIngest>().await;
+    let redis =
+        RedisClients::connect(&RedisSettings::for_url(&RedisServer::shared().url(), &prefix))
+            .await
+            .unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let body = serde_json::json!({
+        "id": "evt_redrive_1", "object": "event", "api_version": "2020-08-27", "created": now,
+        "livemode": false, "type": "payment_intent.succeeded",
+        "data": {"object": {
+            "id": "pi_redrive_1", "object": "payment_intent", "amount": 100,
+            "amount_received": 100, "currency": "usd", "metadata": {},
+        }},
+    })
+    .to_string();
+    let signature =
+        webhook_ingest::domain::signature::sign_header(WEBHOOK_SECRET, now, body.as_bytes());
+    let delivered = webhook
+        .http
+        .post(webhook.url("/api/webhooks/stripe"))
+        .header("Stripe-Signature", signature)
+        .header("Content-Type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delivered.status(), 200, "{}", delivered.text().await.unwrap());
+    let stream_key = redis.keys().stream(StreamName::StripeEvents);
+    let entries = || async {
+        let entries: Vec<(String, Vec<(String, String)>)> =
+            redis.primary().xrange(&stream_key, "-", "+", None).await.unwrap();
+        entries
+    };
+    eventually("the relay streams the event", || async { entries().await.len() == 1 }).await;
+    let message = StripeEventMessage {
+        event_id: "evt_redrive_1".into(),
+        event_type: "payment_intent.succeeded".into(),
+        created: now,
+        livemode: false,
+        api_version: Some("2020-08-27".into()),
+        object_id: Some("pi_redrive_1".into()),
+        customer_id: None,
+        raw: body,
+    };
+    let mut fields = vec![
+        ("original_id", entries().await[0].0.clone()),
+        ("reason", "the campaign was not found during the incident".to_owned()),
+        ("deliveries", "10".to_owned()),
+        ("consumer", "campaign-api-0".to_owned()),
+    ];
+    fields.extend(encode_entry(&message).unwrap());
+    let dead_key = redis.keys().dead_letter_stream(StreamName::StripeEvents, "campaign-api");
+    let _: String = redis.primary().xadd(&dead_key, false, None, "*", fields).await.unwrap();
+    let vars = [
+        ("APP__REDIS__URL", RedisServer::shared().url()),
+        ("APP__REDIS__KEY_PREFIX", prefix),
+        ("APP__PLATFORMCTL__WEBHOOK_INGEST_URL", webhook.url("")),
+    ];
+
+    // Act
+    let (code, redriven, errors) =
+        platformctl(&["dlq", "redrive", "stripe-events", "campaign-api", "--all"], &vars).await;
+    eventually("the replay is streamed again", || async { entries().await.len() == 2 }).await;
+    let left: u64 = redis.primary().xlen(&dead_key).await.unwrap();
+    let streamed = entries().await;
+    webhook.stop().await;
+
+    // Assert: the replay is a new entry above the first (the ledger's next sequence), not an
+    // append with `*` that would jump ahead of the outbox.
+    assert_eq!(code, 0, "{redriven}{errors}");
+    assert!(redriven.contains("replayed by webhook-ingest"), "{redriven}");
+    assert_eq!(left, 0, "the dead letter is gone");
+    let seq = |id: &str| id.split('-').next().unwrap().parse::<u64>().unwrap();
+    assert_eq!(seq(&streamed[1].0), seq(&streamed[0].0) + 1, "{streamed:?}");
+    let replayed = streamed[1].1.iter().find(|(k, _)| k == "data").map(|(_, v)| v.clone());
+    assert!(replayed.unwrap_or_default().contains("evt_redrive_1"), "{streamed:?}");
 }
