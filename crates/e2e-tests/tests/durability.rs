@@ -8,63 +8,15 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{ADMIN_TOKEN, CampaignApi, UsageMeter, WebhookIngest};
+use common::{ADMIN_TOKEN, Stack, WEBHOOK_SECRET};
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::CustomCommand;
-use platform_redis::{RedisClients, RedisSettings};
-use platform_testing::{
-    PostgresServer, RedisServer, TestApp, TestAppBuilder, eventually, unique_prefix,
-};
+use platform_testing::{TestApp, eventually};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-const WEBHOOK_SECRET: &str = "whsec_e2e";
-
-/// The three services' shared Redis and prefix, and each one's own database.
-struct Stack {
-    redis: RedisServer,
-    prefix: String,
-    webhook_db: String,
-    campaign_db: String,
-    usage_db: String,
-    http: reqwest::Client,
-}
-
+/// What these tests do to the stack.
 impl Stack {
-    async fn new() -> Self {
-        platform_service::telemetry::install_crypto_provider();
-        let postgres = PostgresServer::shared();
-        Self {
-            redis: RedisServer::start().unwrap(),
-            prefix: unique_prefix("e2e-durable"),
-            webhook_db: postgres.create_database().await.unwrap().url,
-            campaign_db: postgres.create_database().await.unwrap().url,
-            usage_db: postgres.create_database().await.unwrap().url,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn app(&self, database: &str, extra: &[(&str, &str)]) -> TestAppBuilder {
-        common::app(&self.redis.url(), &self.prefix, database, extra)
-    }
-
-    async fn webhook_ingest(&self) -> TestApp {
-        let secrets = [
-            ("APP__WEBHOOK__SECRETS", WEBHOOK_SECRET),
-            ("APP__WEBHOOK__RELAY_CHECKPOINT_MS", "200"),
-        ];
-        self.app(&self.webhook_db, &secrets).spawn::<WebhookIngest>().await
-    }
-
-    async fn campaign_api(&self) -> TestApp {
-        let quick = [("APP__STRIPE_EVENTS__BLOCK_MS", "100")];
-        self.app(&self.campaign_db, &quick).spawn::<CampaignApi>().await
-    }
-
-    async fn usage_meter(&self) -> TestApp {
-        self.app(&self.usage_db, &[("APP__USAGE__BLOCK_MS", "100")]).spawn::<UsageMeter>().await
-    }
-
     /// Delivers `count` donations of 100 cents, each its own event and payment intent.
     async fn donate(&self, webhook: &TestApp, org_id: &str, campaign_id: &str, count: usize) {
         for _ in 0..count {
@@ -145,10 +97,9 @@ impl Stack {
     }
 
     async fn redis_command(&self, command: &'static str) {
-        let redis = RedisClients::connect(&RedisSettings::for_url(&self.redis.url(), &self.prefix))
+        let _: platform_redis::fred::types::Value = self
+            .redis()
             .await
-            .unwrap();
-        let _: platform_redis::fred::types::Value = redis
             .primary()
             .custom(CustomCommand::new_static(command, None, false), Vec::<String>::new())
             .await
@@ -190,7 +141,7 @@ async fn create_campaign(stack: &Stack, campaign_api: &TestApp) -> (String, Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn donations_acknowledged_while_campaign_api_was_down_survive_redis_losing_everything() {
     // Arrange: the stack runs, campaign-api's group is checkpointed, then campaign-api stops.
-    let stack = Stack::new().await;
+    let stack = Stack::new("e2e-durable").await;
     let webhook = stack.webhook_ingest().await;
     let usage = stack.usage_meter().await;
     let campaign_api = stack.campaign_api().await;
@@ -231,7 +182,7 @@ async fn donations_acknowledged_while_campaign_api_was_down_survive_redis_losing
 async fn donations_after_redis_last_snapshot_survive_a_restart_from_that_snapshot() {
     // Arrange: ten donations processed and counted, a snapshot, then campaign-api stops and ten
     // more are acknowledged (on the stream, not in the snapshot).
-    let stack = Stack::new().await;
+    let stack = Stack::new("e2e-durable").await;
     let webhook = stack.webhook_ingest().await;
     let usage = stack.usage_meter().await;
     let campaign_api = stack.campaign_api().await;

@@ -10,62 +10,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, CampaignApi, UsageMeter};
+use common::{ADMIN_TOKEN, Stack};
+use platform_redis::StreamName;
 use platform_redis::fred::prelude::*;
 use platform_redis::messages::{OrganisationEvent, OrganisationOverrides, OrganisationState};
 use platform_redis::streams::StreamProducer;
-use platform_redis::{RedisClients, RedisSettings, StreamName};
-use platform_testing::{
-    PostgresServer, RedisServer, TestApp, eventually, found_within, holds_within, unique_prefix,
-};
+use platform_testing::{TestApp, eventually, found_within, holds_within};
 use serde_json::{Value, json};
 
-/// Two services on one private Redis and prefix, each with its own database.
-struct Stack {
-    redis: RedisServer,
-    prefix: String,
-    campaign_db: String,
-    usage_db: String,
-    http: reqwest::Client,
-}
-
+/// The admin calls of these tests.
 impl Stack {
-    async fn new() -> Self {
-        platform_service::telemetry::install_crypto_provider();
-        let postgres = PostgresServer::shared();
-        Self {
-            redis: RedisServer::start().unwrap(),
-            prefix: unique_prefix("e2e-orgs"),
-            campaign_db: postgres.create_database().await.unwrap().url,
-            usage_db: postgres.create_database().await.unwrap().url,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn campaign_api(&self) -> TestApp {
-        let quick = [("APP__ORGANISATIONS__RELAY_CHECKPOINT_MS", "200")];
-        common::app(&self.redis.url(), &self.prefix, &self.campaign_db, &quick)
-            .spawn::<CampaignApi>()
-            .await
-    }
-
-    async fn usage_meter(&self) -> TestApp {
-        let quick = [
-            ("APP__USAGE__BLOCK_MS", "100"),
-            ("APP__ORGANISATION_EVENTS__BLOCK_MS", "100"),
-            ("APP__USAGE__FLUSH_INTERVAL_MS", "100"),
-        ];
-        common::app(&self.redis.url(), &self.prefix, &self.usage_db, &quick)
-            .spawn::<UsageMeter>()
-            .await
-    }
-
-    async fn redis(&self) -> RedisClients {
-        RedisClients::connect(&RedisSettings::for_url(&self.redis.url(), &self.prefix))
-            .await
-            .unwrap()
-    }
-
     async fn admin(&self, method: reqwest::Method, url: String, body: Value) -> (u16, Value) {
         let response = self
             .http
@@ -97,7 +51,7 @@ fn campaign(name: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_meter_bills_and_limits_by_the_tier_campaign_api_holds_once_per_version() {
     // Arrange: a growth organisation with seed 000's example month.
-    let stack = Stack::new().await;
+    let stack = Stack::new("e2e-orgs").await;
     let campaign_api = stack.campaign_api().await;
     let usage = stack.usage_meter().await;
     let (status, org) = stack
@@ -200,7 +154,7 @@ async fn usage_meter_bills_and_limits_by_the_tier_campaign_api_holds_once_per_ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_campaign_created_is_counted_once_and_a_free_organisations_third_is_refused() {
     // Arrange
-    let stack = Stack::new().await;
+    let stack = Stack::new("e2e-orgs").await;
     let campaign_api = stack.campaign_api().await;
     let usage = stack.usage_meter().await;
     let (_, org) = stack

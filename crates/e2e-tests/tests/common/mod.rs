@@ -1,13 +1,18 @@
 //! What every cross-service test needs: each service as the shared harness starts it, on the
-//! test's Redis, key prefix and database.
+//! test's Redis, key prefix and database, and the [`Stack`] of services that work together.
 #![allow(dead_code)]
 
 use actix_web::web;
+use platform_redis::{RedisClients, RedisSettings};
 use platform_service::{AppContext, Application};
-use platform_testing::{TestApp, TestAppBuilder, TestService};
+use platform_testing::{
+    PostgresServer, RedisServer, TestApp, TestAppBuilder, TestService, unique_prefix,
+};
 
 /// The admin / service token of the default settings.
 pub const ADMIN_TOKEN: &str = "dev-admin-token";
+/// The endpoint secret webhook-ingest checks deliveries against in a [`Stack`].
+pub const WEBHOOK_SECRET: &str = "whsec_e2e";
 
 /// A unit type per service, implementing [`TestService`] with the service's `build`.
 macro_rules! service {
@@ -63,4 +68,66 @@ pub fn app(
         .database_url(database_url)
         .vars(&[("APP__HTTP__WORKERS", "1"), ("APP__RATE_LIMIT__ENABLED", "false")])
         .vars(extra)
+}
+
+/// Services working together: one private Redis and key prefix they share, and each service's
+/// own database. Each spawner reads its streams and checkpoints quickly.
+pub struct Stack {
+    pub redis: RedisServer,
+    pub prefix: String,
+    pub webhook_db: String,
+    pub campaign_db: String,
+    pub usage_db: String,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    pub async fn new(test: &str) -> Self {
+        platform_service::telemetry::install_crypto_provider();
+        let postgres = PostgresServer::shared();
+        Self {
+            redis: RedisServer::start().unwrap(),
+            prefix: unique_prefix(test),
+            webhook_db: postgres.create_database().await.unwrap().url,
+            campaign_db: postgres.create_database().await.unwrap().url,
+            usage_db: postgres.create_database().await.unwrap().url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn app(&self, database: &str, extra: &[(&str, &str)]) -> TestAppBuilder {
+        app(&self.redis.url(), &self.prefix, database, extra)
+    }
+
+    pub async fn webhook_ingest(&self) -> TestApp {
+        let quick = [
+            ("APP__WEBHOOK__SECRETS", WEBHOOK_SECRET),
+            ("APP__WEBHOOK__RELAY_CHECKPOINT_MS", "200"),
+        ];
+        self.app(&self.webhook_db, &quick).spawn::<WebhookIngest>().await
+    }
+
+    pub async fn campaign_api(&self) -> TestApp {
+        let quick = [
+            ("APP__STRIPE_EVENTS__BLOCK_MS", "100"),
+            ("APP__ORGANISATIONS__RELAY_CHECKPOINT_MS", "200"),
+        ];
+        self.app(&self.campaign_db, &quick).spawn::<CampaignApi>().await
+    }
+
+    pub async fn usage_meter(&self) -> TestApp {
+        let quick = [
+            ("APP__USAGE__BLOCK_MS", "100"),
+            ("APP__ORGANISATION_EVENTS__BLOCK_MS", "100"),
+            ("APP__USAGE__FLUSH_INTERVAL_MS", "100"),
+        ];
+        self.app(&self.usage_db, &quick).spawn::<UsageMeter>().await
+    }
+
+    /// Clients of the stack's Redis, under its prefix.
+    pub async fn redis(&self) -> RedisClients {
+        RedisClients::connect(&RedisSettings::for_url(&self.redis.url(), &self.prefix))
+            .await
+            .unwrap()
+    }
 }
