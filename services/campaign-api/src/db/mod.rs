@@ -306,14 +306,15 @@ pub async fn record_donation(
 /// Creates the `demo` organisation and gives it a few active campaigns when it has none.
 pub async fn seed_demo(pool: &PgPool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let created: Option<crate::domain::Organisation> = sqlx::query_as(
-        "INSERT INTO organisations (id, slug, name, tier) VALUES ($1, 'demo', 'Demo Church', \
-         'starter') ON CONFLICT (slug) DO NOTHING RETURNING id, slug, name, tier, \
-         api_requests_per_minute, included, version, created_at, updated_at",
-    )
-    .bind(Uuid::new_v4())
-    .fetch_optional(&mut *tx)
-    .await?;
+    let created: Option<crate::domain::Organisation> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO organisations (id, slug, name, tier) VALUES ($1, 'demo', 'Demo Church', \
+         'starter') ON CONFLICT (slug) DO NOTHING RETURNING {}",
+            organisations::ORGANISATION_COLUMNS
+        )))
+        .bind(Uuid::new_v4())
+        .fetch_optional(&mut *tx)
+        .await?;
     if let Some(org) = created {
         organisations::append_event(&mut tx, &org.event()).await?;
     }

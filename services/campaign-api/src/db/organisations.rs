@@ -14,7 +14,8 @@ use crate::domain::{
 };
 use crate::error::ApiError;
 
-const ORGANISATION_COLUMNS: &str =
+/// The columns an `Organisation` reads, for every query that returns one (the demo seed's too).
+pub(crate) const ORGANISATION_COLUMNS: &str =
     "id, slug, name, tier, api_requests_per_minute, included, version, created_at, updated_at";
 
 /// Appends `event` to the outbox inside the caller's transaction. The transaction has written
