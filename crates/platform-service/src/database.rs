@@ -42,6 +42,20 @@ pub fn permanent_error(error: &sqlx::Error) -> Option<String> {
     }
 }
 
+/// Whether Postgres refused a value the request carried (SQLSTATE class `22`: a NUL character in
+/// text, a date or number out of range), or sqlx could not encode it: the caller's input, a 400,
+/// not an outage or a bug. Routes check their input first; this keeps anything they miss a 4xx.
+pub fn is_invalid_value(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("22")),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
+
+/// The message of a 400 for [`is_invalid_value`].
+pub const INVALID_VALUE: &str = "The request holds a value that cannot be stored (a NUL character, a date or number out of range)";
+
 /// Whether a database error means "Postgres is not reachable" rather than "this query is wrong".
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {

@@ -2,7 +2,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use platform_service::database::is_unavailable;
+use platform_service::database::{INVALID_VALUE, is_invalid_value, is_unavailable};
 use platform_service::{error_response, server_error};
 
 /// Everything a request can fail with. 4xx explain themselves; 5xx are logged and opaque.
@@ -18,6 +18,8 @@ pub enum ApiError {
     InvalidCampaignId,
     #[error("Invalid `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("{INVALID_VALUE}")]
+    InvalidValue,
     #[error("An organization with this slug already exists")]
     SlugTaken,
     #[error("Nothing to update: the body names no field")]
@@ -50,7 +52,7 @@ impl ApiError {
             ApiError::OrganisationNotFound => "organization_not_found",
             ApiError::CampaignNotFound => "campaign_not_found",
             ApiError::InvalidCampaignId => "invalid_campaign_id",
-            ApiError::Invalid { .. } => "invalid_input",
+            ApiError::Invalid { .. } | ApiError::InvalidValue => "invalid_input",
             ApiError::SlugTaken => "slug_taken",
             ApiError::EmptyPatch => "empty_update",
             ApiError::CampaignLimit { .. } => "campaign_limit_reached",
@@ -66,6 +68,8 @@ impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         if is_unavailable(&error) {
             ApiError::Unavailable(error)
+        } else if is_invalid_value(&error) {
+            ApiError::InvalidValue
         } else {
             ApiError::Internal(error.into())
         }
@@ -78,6 +82,7 @@ impl ResponseError for ApiError {
             ApiError::InvalidSlug
             | ApiError::InvalidCampaignId
             | ApiError::Invalid { .. }
+            | ApiError::InvalidValue
             | ApiError::EmptyPatch => StatusCode::BAD_REQUEST,
             ApiError::OrganisationNotFound
             | ApiError::CampaignNotFound

@@ -4,6 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use platform_redis::RedisError;
+use platform_service::database::{INVALID_VALUE, is_invalid_value, is_unavailable};
 use platform_service::error::error_chain;
 use platform_service::{error_response, server_error};
 
@@ -133,8 +134,10 @@ impl CheckoutError {
 
 impl From<sqlx::Error> for CheckoutError {
     fn from(error: sqlx::Error) -> Self {
-        if is_db_unavailable(&error) {
+        if is_unavailable(&error) {
             CheckoutError::Unavailable(error.into())
+        } else if is_invalid_value(&error) {
+            CheckoutError::invalid("invalid_input", INVALID_VALUE)
         } else {
             CheckoutError::Internal(error.into())
         }
@@ -171,17 +174,6 @@ impl From<serde_json::Error> for CheckoutError {
     fn from(error: serde_json::Error) -> Self {
         CheckoutError::Internal(error.into())
     }
-}
-
-/// Whether a database error means "Postgres is not reachable" rather than "this query is wrong".
-pub fn is_db_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-    )
 }
 
 impl ResponseError for CheckoutError {

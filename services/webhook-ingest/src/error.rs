@@ -7,6 +7,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use platform_service::database::{INVALID_VALUE, is_invalid_value};
 use platform_service::{error_response, server_error};
 
 use crate::db::batch::SubmitError;
@@ -54,8 +55,10 @@ pub enum WebhookError {
     NotFound(String),
     #[error("{0}")]
     InvalidQuery(String),
+    #[error("{INVALID_VALUE}")]
+    InvalidValue,
     #[error("the ledger database is unavailable")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     #[error("the ledger database is unavailable")]
     LedgerBatch(#[from] SubmitError),
     #[error("the ledger is not configured")]
@@ -72,15 +75,26 @@ impl WebhookError {
             Self::Unprocessable(_) => "unprocessable_event",
             Self::NotFound(_) => "event_not_found",
             Self::InvalidQuery(_) => "invalid_query",
+            Self::InvalidValue => "invalid_input",
             Self::Database(_) | Self::LedgerBatch(_) | Self::NoDatabase => "unavailable",
         }
+    }
+}
+
+/// Every other ledger failure answers 503, so Stripe retries: an outage passes, and a retry of a
+/// statement that failed for another reason costs nothing.
+impl From<sqlx::Error> for WebhookError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_invalid_value(&error) { Self::InvalidValue } else { Self::Database(error) }
     }
 }
 
 impl ResponseError for WebhookError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::Signature(_) | Self::Body(_) | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Self::Signature(_) | Self::Body(_) | Self::InvalidQuery(_) | Self::InvalidValue => {
+                StatusCode::BAD_REQUEST
+            }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::CONFLICT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,

@@ -382,6 +382,11 @@ async fn admins_list_recent_events_by_type_and_replay_one_to_the_stream() {
     let (refused, refused_answer) = app
         .admin(reqwest::Method::POST, &format!("/api/admin/webhooks/events/{poison}/replay"))
         .await;
+    // Postgres refuses a NUL in text: the caller's input, not an outage.
+    let (nul_type, nul_type_answer) =
+        app.admin(reqwest::Method::GET, "/api/admin/webhooks/events?type=a%00b").await;
+    let (nul_id, _) =
+        app.admin(reqwest::Method::POST, "/api/admin/webhooks/events/evt_a%00b/replay").await;
     app.stream_has(3).await;
 
     // Assert
@@ -396,6 +401,8 @@ async fn admins_list_recent_events_by_type_and_replay_one_to_the_stream() {
     assert_eq!(replay_status, 200, "{replayed}");
     assert_eq!((missing, &missing_answer["code"]), (404, &Value::from("event_not_found")));
     assert_eq!((refused, &refused_answer["code"]), (409, &Value::from("unprocessable_event")));
+    assert_eq!((nul_type, &nul_type_answer["code"]), (400, &Value::from("invalid_input")));
+    assert_eq!(nul_id, 400);
     let stream = app.stream().await;
     assert_eq!(stream[2].0, replayed["streamId"].as_str().unwrap(), "appended at its new place");
     assert_eq!(app.streamed_ids().await, vec![paid.clone(), refunded, paid]);
