@@ -27,7 +27,7 @@ use crate::cors::{CorsPolicy, only_for_allowed_origins};
 use crate::error::{configure_extractors, json_errors, no_route};
 use crate::health;
 use crate::metrics::{FallbackCollector, observe_requests};
-use crate::openapi::DocumentJson;
+use crate::openapi::ServedDocument;
 use crate::settings::HttpSettings;
 
 /// A bound, not yet running HTTP server.
@@ -64,7 +64,7 @@ impl Application {
         let context = web::Data::new(context);
         let metrics = web::Data::new(context.metrics.clone());
         let token = web::Data::new(AdminToken(admin_token));
-        let document = web::Data::new(DocumentJson::new(context.service, api)?);
+        let document = web::Data::new(ServedDocument::new(context.service, api)?);
         let extractors = configure_extractors(http.body_limit_bytes);
         let body_timeout = BodyTimeout::new(Duration::from_millis(http.body_timeout_ms));
         let cors = CorsPolicy::new(http);

@@ -103,14 +103,20 @@ pub fn configure_extractors(body_limit: usize) -> impl Fn(&mut web::ServiceConfi
 
 /// The app's default service: 404 for a path no route has, 405 for a path that has routes but
 /// none for this method (routes registered with `cfg.route(path, web::post()...)` fall through to
-/// here on another method; `web::resource` routes answer 405 with `Allow` themselves).
+/// here on another method; `web::resource` routes answer 405 with `Allow` themselves). The 405's
+/// `Allow` (RFC 9110 §15.5.6) lists the methods the service's OpenAPI document gives the path.
 pub async fn no_route(req: HttpRequest) -> HttpResponse {
     if req.resource_map().has_resource(req.path()) {
-        error_response(
+        let mut response = error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             format!("Method {} is not allowed on this route", req.method()),
-        )
+        );
+        let document = req.app_data::<web::Data<crate::openapi::ServedDocument>>();
+        if let Some(allow) = document.and_then(|doc| doc.allow(req.path())) {
+            response.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        response
     } else {
         error_response(StatusCode::NOT_FOUND, "not_found", "No such route")
     }

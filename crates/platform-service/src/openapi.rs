@@ -5,11 +5,13 @@
 //! shares: the common routes of [`crate::health`], the error body, the security schemes its
 //! operations name, and the answers the HTTP edge gives any route (400 / 408 / 413 / 415 for a
 //! body, 500), so a status code a client can meet is always documented. The committed copies in
-//! `docs/openapi/` are this document, checked by the e2e suite.
+//! `docs/openapi/` are this document, checked by the e2e suite. The document's methods per path
+//! also give a 405 its `Allow` header ([`crate::error::no_route`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use actix_web::dev::ResourceDef;
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpResponse, http::StatusCode};
 use utoipa::openapi::content::ContentBuilder;
@@ -195,13 +197,41 @@ impl IntoResponses for Unauthorized {
     }
 }
 
-/// The document's JSON, written once at start.
+/// The served document: its JSON, written once at start, and each path's methods, which the
+/// `Allow` header of a 405 lists ([`crate::error::no_route`]).
 #[derive(Debug, Clone)]
-pub(crate) struct DocumentJson(pub Bytes);
+pub(crate) struct ServedDocument {
+    json: Bytes,
+    methods: Vec<(ResourceDef, HeaderValue)>,
+}
 
-impl DocumentJson {
+impl ServedDocument {
     pub(crate) fn new(service: &str, api: utoipa::openapi::OpenApi) -> serde_json::Result<Self> {
-        Ok(Self(Bytes::from(document(service, api).to_json()?)))
+        let doc = document(service, api);
+        let methods = doc
+            .paths
+            .paths
+            .iter()
+            .filter_map(|(path, item)| {
+                let named = [
+                    ("GET", &item.get),
+                    ("POST", &item.post),
+                    ("PUT", &item.put),
+                    ("PATCH", &item.patch),
+                    ("DELETE", &item.delete),
+                ];
+                let allow: Vec<&str> =
+                    named.iter().filter(|(_, op)| op.is_some()).map(|(name, _)| *name).collect();
+                let allow = HeaderValue::from_str(&allow.join(", ")).ok()?;
+                Some((ResourceDef::new(path.as_str()), allow))
+            })
+            .collect();
+        Ok(Self { json: Bytes::from(doc.to_json()?), methods })
+    }
+
+    /// The methods of the documented path `path` matches (templates such as `{id}` included).
+    pub(crate) fn allow(&self, path: &str) -> Option<&HeaderValue> {
+        self.methods.iter().find(|(def, _)| def.is_match(path)).map(|(_, allow)| allow)
     }
 }
 
@@ -212,9 +242,9 @@ impl DocumentJson {
     tag = "operations",
     responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object))
 )]
-pub(crate) async fn openapi_json(doc: web::Data<DocumentJson>) -> HttpResponse {
+pub(crate) async fn openapi_json(doc: web::Data<ServedDocument>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, "application/json"))
         .insert_header((CACHE_CONTROL, "no-cache"))
-        .body(doc.0.clone())
+        .body(doc.json.clone())
 }

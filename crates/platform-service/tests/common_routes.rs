@@ -236,12 +236,14 @@ async fn http_workers_send_redis_commands_on_connections_of_their_own() {
 
 #[tokio::test]
 async fn a_wrong_method_gets_405_json_and_an_unknown_path_404_json() {
-    // Arrange: /echo is registered with `cfg.route`, /limited as a `web::resource`.
+    // Arrange: /echo and /healthz are registered with `cfg.route`, /limited as a `web::resource`;
+    // only /healthz is in the OpenAPI document.
     let app = spawn_app(&RedisServer::shared().url(), false).await;
 
     // Act
     let put_route = app.client.put(format!("{}/echo", app.base)).send().await.unwrap();
     let put_resource = app.client.put(format!("{}/limited", app.base)).send().await.unwrap();
+    let post_documented = app.client.post(format!("{}/healthz", app.base)).send().await.unwrap();
     let (unknown, unknown_body) = app.get("/echo/deeper").await;
 
     // Assert
@@ -254,6 +256,9 @@ async fn a_wrong_method_gets_405_json_and_an_unknown_path_404_json() {
     let body: Value = put_resource.json().await.unwrap();
     assert_eq!(body["code"], "method_not_allowed", "{body}");
     assert!(body["error"].as_str().unwrap().contains("PUT"), "{body}");
+    // A `cfg.route` path the OpenAPI document describes lists its methods (RFC 9110).
+    assert_eq!(post_documented.status().as_u16(), 405);
+    assert_eq!(post_documented.headers()["allow"], "GET");
     assert_eq!(unknown, 404);
     assert_eq!(unknown_body["code"], "not_found");
 }
