@@ -35,12 +35,14 @@ const SERVICES: [(&str, Routes); 5] = [
 ];
 
 /// What schemathesis checks: conformance to the document (status codes, bodies, content types,
-/// headers), no 5xx, operations that declare security refuse requests without it, 405 with
-/// `Allow` for an undeclared method, and (stateful) nothing still readable after a delete.
+/// headers), no 5xx, every request the document calls invalid refused with a 4xx, operations that
+/// declare security refuse requests without it, 405 with `Allow` for an undeclared method, and
+/// (stateful) nothing still readable after a delete. Not `positive_data_acceptance`: the
+/// documents describe rules across fields and limits from settings in words, not schema.
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
                       response_headers_conformance,response_schema_conformance,ignored_auth,\
                       unsupported_method,missing_required_header,use_after_free,\
-                      ensure_resource_availability";
+                      ensure_resource_availability,negative_data_rejection";
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
