@@ -512,3 +512,20 @@ fn builder(endpoint: &RedisEndpoint, settings: &RedisSettings) -> Result<Builder
         .set_policy(ReconnectPolicy::new_exponential(0, 50, settings.reconnect_max_delay_ms, 2));
     Ok(builder)
 }
+
+/// The value of `field` in the text of an `INFO` section (`field:value` lines).
+pub fn info_field(info: &str, field: &str) -> Option<String> {
+    info.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':')).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::info_field;
+
+    #[test]
+    fn info_fields_are_read_by_name() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nuptime_in_seconds:42\r\n";
+        assert_eq!(info_field(info, "redis_version").as_deref(), Some("7.0.15"));
+        assert_eq!(info_field(info, "uptime_in_seconds").as_deref(), Some("42"));
+    }
+}

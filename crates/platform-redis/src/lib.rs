@@ -23,7 +23,9 @@ pub mod stripe_event;
 pub mod trace;
 pub mod usage;
 
-pub use client::{RedisClients, RedisEndpoint, RedisMode, RedisSettings, Role, RolePool};
+pub use client::{
+    RedisClients, RedisEndpoint, RedisMode, RedisSettings, Role, RolePool, info_field,
+};
 pub use direct::{DirectConnection, Reply};
 pub use error::{RedisError, Result};
 pub use keys::{Keys, StreamName};

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use fred::prelude::*;
+use platform_redis::info_field;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -201,11 +202,7 @@ pub(crate) async fn redis_health(ctx: web::Data<AppContext>) -> HttpResponse {
 
 async fn memory_info(ctx: &AppContext) -> Option<RedisMemory> {
     let info: String = ctx.redis.primary().info(Some(fred::types::InfoKind::Memory)).await.ok()?;
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(':')))
-            .map(|v| v.trim().to_owned())
-    };
+    let field = |name: &str| info_field(&info, name);
     Some(RedisMemory {
         used_bytes: field("used_memory").and_then(|v| v.parse().ok()),
         used_human: field("used_memory_human"),

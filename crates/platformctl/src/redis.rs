@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use platform_redis::fred::prelude::*;
 use platform_redis::fred::types::{CustomCommand, InfoKind};
-use platform_redis::{RedisClients, RedisEndpoint, Role};
+use platform_redis::{RedisClients, RedisEndpoint, Role, info_field};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -46,11 +46,6 @@ pub fn address(endpoint: &RedisEndpoint) -> String {
             format!("{scheme}://{}:{}/{}", endpoint.host, endpoint.port, endpoint.db)
         }
     }
-}
-
-/// `field:value` lines of an `INFO` section.
-fn info_field(info: &str, field: &str) -> Option<String> {
-    info.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':')).map(str::to_owned)
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<RedisClients> {
@@ -187,12 +182,5 @@ mod tests {
     fn addresses_never_show_credentials() {
         let endpoint = RedisEndpoint::from_url("redis://app:s3cret@cache.internal:6380/2");
         assert_eq!(address(&endpoint), "redis://cache.internal:6380/2");
-    }
-
-    #[test]
-    fn info_fields_are_read_by_name() {
-        let info = "# Server\r\nredis_version:7.0.15\r\nuptime_in_seconds:42\r\n";
-        assert_eq!(info_field(info, "redis_version").as_deref(), Some("7.0.15"));
-        assert_eq!(info_field(info, "uptime_in_seconds").as_deref(), Some("42"));
     }
 }
